@@ -1,0 +1,870 @@
+//! The decision flow: one ordered pipeline that decides every response's
+//! status (CONTRACT.md §3).
+//!
+//! [`run`] walks the nodes of [`Node`] in order. Each node asks the
+//! [`Service`] or the [`Resource`] for a fact and either passes or halts with
+//! a problem from the catalogue. Handlers never choose a status: they supply
+//! facts (is the method known, who is calling, does the resource exist, what
+//! are its validators) and, at the end, a [`Success`] whose variant fixes the
+//! 2xx status. The flow records every node it passed, so a test can assert the
+//! path as well as the outcome.
+//!
+//! The flow does no IO itself. Reading the body, authenticating and loading
+//! the resource are facts supplied through the traits below.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use serde_json::Value;
+
+use crate::access::{Access, Principal, authorize};
+use crate::catalogue::ProblemKind;
+use crate::media::{self, ContentTypeError, MediaType};
+use crate::problem::Problem;
+use crate::route::{Guard, MethodSpec, Params, RouteSpec, RouteTable};
+use crate::validators::{self, Conditions, PreconditionOutcome, Validators};
+
+/// A boxed, sendable future, as returned by the fact-supplying traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The nodes of the flow, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    /// 503: maintenance, overload, database down.
+    ServiceAvailable,
+    /// 501: a method Canon does not implement at all.
+    KnownMethod,
+    /// 414: request target longer than the limit.
+    UriLength,
+    /// 431: header section larger than the limit.
+    HeaderSize,
+    /// 401: credentials, for `/v1` paths.
+    Authenticated,
+    /// 429: rate limits and quotas.
+    RateLimit,
+    /// 404: no route for the path.
+    RouteExists,
+    /// 204 for OPTIONS.
+    Options,
+    /// 405 (or 501 for a planned method): the route does not support the method.
+    MethodAllowed,
+    /// 415: the body's media type.
+    ContentType,
+    /// 413 and 408: the body's size and arrival.
+    Body,
+    /// 406: something in `Accept` can be produced.
+    Acceptable,
+    /// 400: headers, query and body are well-formed.
+    WellFormed,
+    /// 403 (or 404 for another tenant): the caller's role allows the action.
+    Authorized,
+    /// 404, 410, 301, 307, 308: the resource's existence.
+    Exists,
+    /// 412, 304: conditional request headers.
+    Preconditions,
+    /// 428: the resource demands `If-Match`.
+    PreconditionRequired,
+    /// 423: another caller holds the lock.
+    Unlocked,
+    /// 2xx, or 409/400 from the action itself.
+    Execute,
+}
+
+/// Whether the service can take requests now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// Serving.
+    Available,
+    /// Not serving: answer 503 with `Retry-After`.
+    Unavailable {
+        /// Seconds the client should wait.
+        retry_after: u64,
+        /// Why, for the problem's detail.
+        reason: String,
+    },
+}
+
+/// The request exceeds a limit the flow enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request target accepted (414 beyond).
+    pub max_uri_bytes: usize,
+    /// Largest header section accepted, names and values (431 beyond).
+    pub max_header_bytes: usize,
+    /// Largest body accepted (413 beyond).
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// It is longer than the limit (413).
+    TooLarge,
+    /// It did not arrive in time (408).
+    TimedOut,
+    /// The connection failed while reading it (400).
+    Aborted,
+}
+
+/// The request body, read only when the flow decides to.
+pub trait BodySource: Send {
+    /// Reads the whole body, failing once more than `limit` bytes arrive.
+    fn read(self: Box<Self>, limit: usize) -> BoxFuture<'static, Result<Bytes, BodyError>>;
+}
+
+impl BodySource for Bytes {
+    fn read(self: Box<Self>, limit: usize) -> BoxFuture<'static, Result<Bytes, BodyError>> {
+        let body = *self;
+        Box::pin(async move {
+            if body.len() > limit {
+                Err(BodyError::TooLarge)
+            } else {
+                Ok(body)
+            }
+        })
+    }
+}
+
+/// Service-wide facts: availability, limits, routes and authentication.
+pub trait Service: Send + Sync {
+    /// The route table.
+    fn routes(&self) -> &RouteTable;
+    /// The limits to enforce.
+    fn limits(&self) -> Limits;
+    /// Whether requests can be taken now.
+    fn availability(&self) -> Availability;
+    /// The principal holding `token`; `Ok(None)` when the token is unknown,
+    /// revoked or expired.
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Principal>, Problem>>;
+    /// The handler for one request to `route`.
+    fn resource(
+        &self,
+        route: &'static RouteSpec,
+        params: Params,
+        principal: Option<Principal>,
+    ) -> Box<dyn Resource>;
+}
+
+/// What a resource is given at the well-formedness node.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// The request line and headers.
+    pub head: &'a Parts,
+    /// The body and its media type, when the method takes one and one was sent.
+    pub body: Option<(MediaType, Bytes)>,
+}
+
+/// Per-request facts about the addressed resource, and the action itself.
+pub trait Resource: Send {
+    /// Checks and keeps the query and body (400 on failure). Called once.
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem>;
+    /// Says whether the resource exists, and its validators.
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>>;
+    /// Performs the method. `produce` is the negotiated media type when the
+    /// method answers with a body.
+    fn execute(&mut self, produce: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>>;
+}
+
+/// A resource's state as far as the flow needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Its validators (for 304/412).
+    pub validators: Validators,
+    /// Writes must carry `If-Match` (428).
+    pub require_if_match: bool,
+    /// Held by another caller (423).
+    pub locked_by_other: Option<LockInfo>,
+}
+
+/// A lock held by someone other than the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockInfo {
+    /// Who holds it.
+    pub holder: String,
+    /// When it expires.
+    pub expires_at: String,
+}
+
+/// Whether the addressed resource exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Existence {
+    /// It exists.
+    Found(Found),
+    /// It never existed (or its tombstone expired).
+    Missing,
+    /// It was deleted and its tombstone is still kept.
+    Gone,
+    /// It lives at another URL for good (301 for GET/HEAD, 308 otherwise).
+    Moved(String),
+    /// It is reached through another URL for now (307).
+    Redirect(String),
+}
+
+/// A representation to send.
+#[derive(Debug, Clone)]
+pub struct Representation {
+    /// Its media type.
+    pub media: MediaType,
+    /// The encoded body.
+    pub body: Bytes,
+    /// Validators of the representation.
+    pub validators: Validators,
+    /// `Cache-Control`, when the representation carries one.
+    pub cache_control: Option<&'static str>,
+    /// `Content-Location`, when the body represents another URL (PUT/PATCH).
+    pub content_location: Option<String>,
+    /// `Link` header values (`<…>; rel="next"`).
+    pub links: Vec<String>,
+    /// `Vary` header value.
+    pub vary: Option<&'static str>,
+}
+
+impl Representation {
+    /// A JSON representation of `value`.
+    pub fn json(value: &Value) -> Self {
+        Self::new(
+            MediaType::Json,
+            Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+        )
+    }
+
+    /// A representation of `body` as `media`.
+    pub fn new(media: MediaType, body: Bytes) -> Self {
+        Self {
+            media,
+            body,
+            validators: Validators::default(),
+            cache_control: None,
+            content_location: None,
+            links: Vec::new(),
+            vary: None,
+        }
+    }
+
+    /// With validators (and the `Cache-Control` records carry).
+    pub fn with_validators(mut self, validators: Validators) -> Self {
+        self.validators = validators;
+        self.cache_control = Some("private, no-cache");
+        self
+    }
+}
+
+/// How an action succeeded. The variant fixes the 2xx status.
+#[derive(Debug, Clone)]
+pub enum Success {
+    /// 200 with a representation.
+    Ok(Representation),
+    /// 201: created at `location`.
+    Created {
+        /// Absolute path of the new resource.
+        location: String,
+        /// Its representation.
+        representation: Representation,
+    },
+    /// 204.
+    NoContent,
+}
+
+/// The flow's answer: the response and the nodes passed to reach it.
+#[derive(Debug)]
+pub struct Decision {
+    /// The response to send (the server adds `X-Request-Id`).
+    pub response: Response<Bytes>,
+    /// The nodes passed, in order; the last one decided.
+    pub trace: Vec<Node>,
+}
+
+/// Methods Canon implements somewhere; anything else is 501.
+const KNOWN_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// The realm in `WWW-Authenticate`.
+const REALM: &str = "Bearer realm=\"canon\"";
+
+/// A halt: the problem and the headers it implies.
+struct Halt {
+    problem: Problem,
+    headers: Vec<(HeaderName, String)>,
+}
+
+impl From<Problem> for Halt {
+    fn from(problem: Problem) -> Self {
+        Halt {
+            problem,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl Halt {
+    fn with(mut self, name: HeaderName, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// One flow run: the request and the nodes passed so far.
+struct Walk<'r> {
+    head: &'r Parts,
+    trace: Vec<Node>,
+}
+
+impl Walk<'_> {
+    fn visit(&mut self, node: Node) {
+        self.trace.push(node);
+    }
+}
+
+/// Runs the flow for one request and returns the response.
+///
+/// `request_id` goes into problem bodies; the caller sets the header.
+pub async fn run(
+    service: &dyn Service,
+    head: &Parts,
+    body: Box<dyn BodySource>,
+    request_id: &str,
+) -> Decision {
+    let mut walk = Walk {
+        head,
+        trace: Vec::with_capacity(20),
+    };
+    let response = match decide(service, &mut walk, body).await {
+        Ok(response) => response,
+        Err(halt) => problem_response(&halt.problem, head, request_id, &halt.headers),
+    };
+    Decision {
+        response,
+        trace: walk.trace,
+    }
+}
+
+async fn decide(
+    service: &dyn Service,
+    walk: &mut Walk<'_>,
+    body: Box<dyn BodySource>,
+) -> Result<Response<Bytes>, Halt> {
+    let head = walk.head;
+    let limits = service.limits();
+
+    walk.visit(Node::ServiceAvailable);
+    if let Availability::Unavailable {
+        retry_after,
+        reason,
+    } = service.availability()
+    {
+        return Err(
+            Halt::from(Problem::new(ProblemKind::ServiceUnavailable, reason))
+                .with(header::RETRY_AFTER, retry_after.to_string()),
+        );
+    }
+
+    walk.visit(Node::KnownMethod);
+    if !KNOWN_METHODS.contains(&head.method) {
+        return Err(Problem::new(
+            ProblemKind::NotImplemented,
+            format!("The method {} is not implemented by Canon.", head.method),
+        )
+        .into());
+    }
+
+    walk.visit(Node::UriLength);
+    let target_len = head.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri_bytes {
+        return Err(Problem::new(
+            ProblemKind::UriTooLong,
+            format!(
+                "The request target is {target_len} bytes; the limit is {}.",
+                limits.max_uri_bytes
+            ),
+        )
+        .into());
+    }
+
+    walk.visit(Node::HeaderSize);
+    let header_bytes: usize = head
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(Problem::new(
+            ProblemKind::HeadersTooLarge,
+            format!(
+                "The header section is {header_bytes} bytes; the limit is {}.",
+                limits.max_header_bytes
+            ),
+        )
+        .into());
+    }
+
+    let path = head.uri.path();
+    let matched = service.routes().lookup(path);
+    let principal = if requires_credentials(path, matched.as_ref().map(|(r, _)| *r)) {
+        walk.visit(Node::Authenticated);
+        Some(authenticate(service, head).await?)
+    } else {
+        None
+    };
+
+    // Node::RateLimit (429) goes here with the traffic-control work.
+
+    walk.visit(Node::RouteExists);
+    let Some((route, params)) = matched else {
+        return Err(Problem::new(
+            ProblemKind::NotFound,
+            format!("No resource lives at {path}."),
+        )
+        .into());
+    };
+
+    if head.method == Method::OPTIONS {
+        walk.visit(Node::Options);
+        return Ok(empty(
+            StatusCode::NO_CONTENT,
+            &[(header::ALLOW, route.allow())],
+        ));
+    }
+
+    walk.visit(Node::MethodAllowed);
+    let Some(spec) = route.method(&head.method) else {
+        if route.planned.contains(&head.method) {
+            return Err(Problem::new(
+                ProblemKind::NotImplemented,
+                format!(
+                    "{} on this resource is part of the contract but not implemented yet.",
+                    head.method
+                ),
+            )
+            .into());
+        }
+        return Err(Halt::from(Problem::new(
+            ProblemKind::MethodNotAllowed,
+            format!("{} is not supported here; see Allow.", head.method),
+        ))
+        .with(header::ALLOW, route.allow()));
+    };
+
+    walk.visit(Node::ContentType);
+    let body_media = content_type(head, spec)?;
+
+    walk.visit(Node::Body);
+    let body = match body_media {
+        Some(media) => Some((media, read_body(head, body, limits.max_body_bytes).await?)),
+        None => None,
+    };
+
+    walk.visit(Node::Acceptable);
+    let produce = acceptable(head, spec)?;
+
+    walk.visit(Node::WellFormed);
+    let conditions = Conditions::from_headers(&head.headers)
+        .map_err(|e| Problem::new(ProblemKind::InvalidHeader, e.to_string()))?;
+    let tenant = params.get("tenant").map(str::to_owned);
+    let mut resource = service.resource(route, params, principal.clone());
+    resource.parse(Input { head, body })?;
+
+    walk.visit(Node::Authorized);
+    if let (Guard::Role(required), Some(principal)) = (spec.guard, &principal) {
+        match authorize(principal, tenant.as_deref(), required) {
+            Access::Granted => {}
+            Access::Invisible => return Err(not_found(path).into()),
+            Access::Forbidden { required } => {
+                return Err(Problem::new(
+                    ProblemKind::Forbidden,
+                    format!(
+                        "{} {} needs the {required} role; you are {}.",
+                        head.method,
+                        path,
+                        principal.role()
+                    ),
+                )
+                .with("required_role", required.as_str())
+                .into());
+            }
+        }
+    }
+
+    walk.visit(Node::Exists);
+    let found = match resource.load().await? {
+        Existence::Found(found) => Some(found),
+        Existence::Missing if spec.creates => None,
+        Existence::Gone if spec.creates => None,
+        Existence::Missing => return Err(not_found(path).into()),
+        Existence::Gone => {
+            return Err(Problem::new(ProblemKind::Gone, format!("{path} was deleted.")).into());
+        }
+        Existence::Moved(location) => {
+            let status = if is_safe(&head.method) {
+                StatusCode::MOVED_PERMANENTLY
+            } else {
+                StatusCode::PERMANENT_REDIRECT
+            };
+            return Ok(empty(status, &[(header::LOCATION, location)]));
+        }
+        Existence::Redirect(location) => {
+            return Ok(empty(
+                StatusCode::TEMPORARY_REDIRECT,
+                &[
+                    (header::LOCATION, location),
+                    (header::VARY, "Authorization".into()),
+                ],
+            ));
+        }
+    };
+
+    walk.visit(Node::Preconditions);
+    match validators::evaluate(
+        &head.method,
+        &conditions,
+        found.as_ref().map(|f| &f.validators),
+    ) {
+        PreconditionOutcome::Proceed => {}
+        PreconditionOutcome::NotModified => {
+            return Ok(not_modified(found.as_ref().map(|f| &f.validators), spec));
+        }
+        PreconditionOutcome::Failed => {
+            let mut halt = Halt::from(Problem::new(
+                ProblemKind::PreconditionFailed,
+                "A precondition in the request headers does not hold for the current state of the resource.",
+            ));
+            if let Some(etag) = found.as_ref().and_then(|f| f.validators.etag.as_ref()) {
+                halt = halt.with(header::ETAG, etag.to_string());
+            }
+            return Err(halt);
+        }
+    }
+
+    if let Some(found) = found.as_ref().filter(|_| spec.writes) {
+        walk.visit(Node::PreconditionRequired);
+        if found.require_if_match && conditions.if_match.is_none() {
+            return Err(Problem::new(
+                ProblemKind::PreconditionRequired,
+                "This collection requires conditional writes: GET the record and resend with If-Match set to its ETag.",
+            )
+            .into());
+        }
+        walk.visit(Node::Unlocked);
+        if let Some(lock) = &found.locked_by_other {
+            return Err(Problem::new(
+                ProblemKind::Locked,
+                format!(
+                    "The record is locked by {} until {}.",
+                    lock.holder, lock.expires_at
+                ),
+            )
+            .with(
+                "lock",
+                serde_json::json!({"holder": lock.holder, "expires_at": lock.expires_at}),
+            )
+            .into());
+        }
+    }
+
+    walk.visit(Node::Execute);
+    let success = resource.execute(produce).await?;
+    Ok(success_response(success))
+}
+
+/// `/v1` is the authenticated API; everything else (health, docs) is public.
+/// An unknown path under `/v1` still demands credentials, so anonymous
+/// callers cannot map the API's routes.
+fn requires_credentials(path: &str, route: Option<&RouteSpec>) -> bool {
+    match route {
+        Some(route) => route.methods.iter().any(|m| m.guard != Guard::Public),
+        None => path == "/v1" || path.starts_with("/v1/"),
+    }
+}
+
+async fn authenticate(service: &dyn Service, head: &Parts) -> Result<Principal, Halt> {
+    let values: Vec<&HeaderValue> = head.headers.get_all(header::AUTHORIZATION).iter().collect();
+    let challenge_invalid = format!("{REALM}, error=\"invalid_token\"");
+    let token = match values.as_slice() {
+        [] => {
+            return Err(Halt::from(Problem::new(
+                ProblemKind::CredentialsRequired,
+                "Send an API key as `Authorization: Bearer <token>`.",
+            ))
+            .with(header::WWW_AUTHENTICATE, REALM));
+        }
+        [one] => one
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|t| !t.is_empty()),
+        _ => None,
+    };
+    let Some(token) = token else {
+        return Err(Halt::from(Problem::new(
+            ProblemKind::InvalidToken,
+            "The Authorization header must be exactly one `Bearer <token>`.",
+        ))
+        .with(header::WWW_AUTHENTICATE, challenge_invalid));
+    };
+    match service.authenticate(token).await? {
+        Some(principal) => Ok(principal),
+        None => Err(Halt::from(Problem::new(
+            ProblemKind::InvalidToken,
+            "The token is unknown, revoked or expired.",
+        ))
+        .with(header::WWW_AUTHENTICATE, challenge_invalid)),
+    }
+}
+
+/// Whether the request carries a body, judged by its framing headers.
+fn has_body(head: &Parts) -> bool {
+    let length = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match length {
+        Some(n) => n > 0,
+        None => head.headers.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
+fn content_type(head: &Parts, spec: &MethodSpec) -> Result<Option<MediaType>, Halt> {
+    if spec.accepts.is_empty() || !has_body(head) {
+        return Ok(None);
+    }
+    let accepted: Vec<&str> = spec.accepts.iter().map(|m| m.essence()).collect();
+    let unsupported = |detail: String| {
+        let mut halt = Halt::from(
+            Problem::new(ProblemKind::UnsupportedMediaType, detail)
+                .with("accepted", accepted.clone()),
+        );
+        let accept_header = if head.method == Method::PATCH {
+            Some(header::HeaderName::from_static("accept-patch"))
+        } else if head.method == Method::POST {
+            Some(header::HeaderName::from_static("accept-post"))
+        } else {
+            None
+        };
+        if let Some(name) = accept_header {
+            halt = halt.with(name, accepted.join(", "));
+        }
+        halt
+    };
+    let Some(value) = head.headers.get(header::CONTENT_TYPE) else {
+        return Err(unsupported(format!(
+            "The body has no Content-Type; send one of: {}.",
+            accepted.join(", ")
+        )));
+    };
+    let parsed = value
+        .to_str()
+        .map_err(|_| ContentTypeError::Malformed)
+        .and_then(media::parse_content_type);
+    match parsed {
+        Ok(m) if spec.accepts.contains(&m) => Ok(Some(m)),
+        Ok(m) => Err(unsupported(format!(
+            "{m} is not accepted here; send one of: {}.",
+            accepted.join(", ")
+        ))),
+        Err(e) => Err(unsupported(format!(
+            "{e}; send one of: {}.",
+            accepted.join(", ")
+        ))),
+    }
+}
+
+async fn read_body(head: &Parts, body: Box<dyn BodySource>, limit: usize) -> Result<Bytes, Halt> {
+    let too_large = || {
+        Halt::from(
+            Problem::new(
+                ProblemKind::ContentTooLarge,
+                format!("The body is larger than {limit} bytes."),
+            )
+            .with("max_bytes", limit),
+        )
+        .with(header::CONNECTION, "close")
+    };
+    let declared = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match body.read(limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(BodyError::TooLarge) => Err(too_large()),
+        Err(BodyError::TimedOut) => Err(Halt::from(Problem::new(
+            ProblemKind::RequestTimeout,
+            "The body did not arrive in time.",
+        ))
+        .with(header::CONNECTION, "close")),
+        Err(BodyError::Aborted) => Err(Problem::new(
+            ProblemKind::MalformedBody,
+            "The body could not be read to its end.",
+        )
+        .into()),
+    }
+}
+
+fn acceptable(head: &Parts, spec: &MethodSpec) -> Result<Option<MediaType>, Halt> {
+    if spec.produces.is_empty() {
+        return Ok(None);
+    }
+    let values = head
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    match media::negotiate(values, spec.produces) {
+        Some(m) => Ok(Some(m)),
+        None => {
+            let offered: Vec<&str> = spec.produces.iter().map(|m| m.essence()).collect();
+            Err(Problem::new(
+                ProblemKind::NotAcceptable,
+                format!(
+                    "Nothing in Accept can be produced here; available: {}.",
+                    offered.join(", ")
+                ),
+            )
+            .with("acceptable", offered)
+            .into())
+        }
+    }
+}
+
+fn is_safe(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+fn not_found(path: &str) -> Problem {
+    Problem::new(
+        ProblemKind::NotFound,
+        format!("No resource lives at {path}."),
+    )
+}
+
+fn empty(status: StatusCode, headers: &[(HeaderName, String)]) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            response.headers_mut().append(name.clone(), v);
+        }
+    }
+    response
+}
+
+fn set(response: &mut Response<Bytes>, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, v);
+    }
+}
+
+fn set_validators(response: &mut Response<Bytes>, v: &Validators) {
+    if let Some(etag) = &v.etag {
+        set(response, header::ETAG, &etag.to_string());
+    }
+    if let Some(t) = v.last_modified {
+        set(response, header::LAST_MODIFIED, &validators::http_date(t));
+    }
+}
+
+fn not_modified(v: Option<&Validators>, spec: &MethodSpec) -> Response<Bytes> {
+    let mut response = empty(StatusCode::NOT_MODIFIED, &[]);
+    if let Some(v) = v {
+        set_validators(&mut response, v);
+    }
+    set(&mut response, header::CACHE_CONTROL, "private, no-cache");
+    if spec.produces.len() > 1 {
+        set(&mut response, header::VARY, "Accept");
+    }
+    response
+}
+
+fn representation_response(status: StatusCode, rep: Representation) -> Response<Bytes> {
+    let mut response = Response::new(rep.body);
+    *response.status_mut() = status;
+    set(
+        &mut response,
+        header::CONTENT_TYPE,
+        rep.media.content_type(),
+    );
+    set_validators(&mut response, &rep.validators);
+    if let Some(cc) = rep.cache_control {
+        set(&mut response, header::CACHE_CONTROL, cc);
+    }
+    if let Some(cl) = &rep.content_location {
+        set(&mut response, header::CONTENT_LOCATION, cl);
+    }
+    if let Some(vary) = rep.vary {
+        set(&mut response, header::VARY, vary);
+    }
+    for link in &rep.links {
+        if let Ok(v) = HeaderValue::from_str(link) {
+            response.headers_mut().append(header::LINK, v);
+        }
+    }
+    response
+}
+
+fn success_response(success: Success) -> Response<Bytes> {
+    match success {
+        Success::Ok(rep) => representation_response(StatusCode::OK, rep),
+        Success::Created {
+            location,
+            representation,
+        } => {
+            let mut response = representation_response(StatusCode::CREATED, representation);
+            set(&mut response, header::LOCATION, &location);
+            response
+        }
+        Success::NoContent => empty(StatusCode::NO_CONTENT, &[]),
+    }
+}
+
+/// Builds the `application/problem+json` response for `problem`.
+pub fn problem_response(
+    problem: &Problem,
+    head: &Parts,
+    request_id: &str,
+    headers: &[(HeaderName, String)],
+) -> Response<Bytes> {
+    let body = problem.to_body(head.uri.path(), request_id);
+    let mut response = Response::new(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()));
+    *response.status_mut() = problem.kind().status();
+    set(
+        &mut response,
+        header::CONTENT_TYPE,
+        MediaType::Problem.content_type(),
+    );
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            response.headers_mut().append(name.clone(), v);
+        }
+    }
+    response
+}

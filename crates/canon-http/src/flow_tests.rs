@@ -1,0 +1,764 @@
+//! Node-by-node tests of the decision flow: each test sets up the facts that
+//! make exactly one node decide, and asserts the status, the headers that
+//! status implies, the problem type and the path of nodes taken.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use serde_json::Value;
+
+use crate::access::{Principal, Role, TenantRole};
+use crate::flow::*;
+use crate::media::MediaType;
+use crate::problem::Problem;
+use crate::route::{Guard, MethodSpec, Params, RouteSpec, RouteTable};
+use crate::validators::{EntityTag, Validators};
+use crate::{FieldError, ProblemKind};
+
+static ROUTES: &[RouteSpec] = &[
+    RouteSpec {
+        name: "item",
+        pattern: "/v1/tenants/{tenant}/items/{id}",
+        methods: &[
+            MethodSpec::read(Method::GET, Guard::Role(Role::Viewer), &[MediaType::Json]),
+            MethodSpec::write(
+                Method::PUT,
+                Guard::Role(Role::Editor),
+                &[MediaType::Json],
+                &[MediaType::Json],
+            )
+            .creating(),
+            MethodSpec::write(Method::DELETE, Guard::Role(Role::Editor), &[], &[]),
+        ],
+        planned: &[Method::PATCH],
+        summary: "an item",
+    },
+    RouteSpec {
+        name: "items",
+        pattern: "/v1/tenants/{tenant}/items",
+        methods: &[
+            MethodSpec::read(
+                Method::GET,
+                Guard::Role(Role::Viewer),
+                &[MediaType::Json, MediaType::Csv],
+            ),
+            MethodSpec::write(
+                Method::POST,
+                Guard::Role(Role::Editor),
+                &[MediaType::Json],
+                &[MediaType::Json],
+            ),
+        ],
+        planned: &[],
+        summary: "items",
+    },
+    RouteSpec {
+        name: "health",
+        pattern: "/healthz",
+        methods: &[MethodSpec::read(
+            Method::GET,
+            Guard::Public,
+            &[MediaType::Json],
+        )],
+        planned: &[],
+        summary: "health",
+    },
+];
+
+/// The facts a test controls.
+#[derive(Clone)]
+struct Facts {
+    availability: Availability,
+    principal: Option<Principal>,
+    existence: Existence,
+    parse_error: Option<Problem>,
+    execute: Result<Success, Problem>,
+    limits: Limits,
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        Self {
+            availability: Availability::Available,
+            principal: Some(member(TenantRole::Editor)),
+            existence: Existence::Found(Found {
+                validators: Validators::new(
+                    EntityTag::strong("v1"),
+                    UNIX_EPOCH + Duration::from_secs(1_000_000),
+                ),
+                ..Found::default()
+            }),
+            parse_error: None,
+            execute: Ok(Success::Ok(Representation::json(
+                &serde_json::json!({"ok": true}),
+            ))),
+            limits: Limits::default(),
+        }
+    }
+}
+
+fn member(role: TenantRole) -> Principal {
+    Principal::Member {
+        key_id: "k1".into(),
+        tenant: "acme".into(),
+        user_id: "u1".into(),
+        role,
+    }
+}
+
+struct Stub {
+    facts: Facts,
+    table: RouteTable,
+    /// What the resource saw at `parse`.
+    seen_body: Arc<Mutex<Option<(MediaType, Bytes)>>>,
+}
+
+impl Service for Stub {
+    fn routes(&self) -> &RouteTable {
+        &self.table
+    }
+    fn limits(&self) -> Limits {
+        self.facts.limits
+    }
+    fn availability(&self) -> Availability {
+        self.facts.availability.clone()
+    }
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Principal>, Problem>> {
+        let p = if token == "good" {
+            self.facts.principal.clone()
+        } else {
+            None
+        };
+        Box::pin(async move { Ok(p) })
+    }
+    fn resource(
+        &self,
+        _: &'static RouteSpec,
+        _: Params,
+        _: Option<Principal>,
+    ) -> Box<dyn Resource> {
+        Box::new(StubResource {
+            facts: self.facts.clone(),
+            seen_body: self.seen_body.clone(),
+        })
+    }
+}
+
+struct StubResource {
+    facts: Facts,
+    seen_body: Arc<Mutex<Option<(MediaType, Bytes)>>>,
+}
+
+impl Resource for StubResource {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        *self.seen_body.lock().unwrap() = input.body;
+        self.facts.parse_error.clone().map_or(Ok(()), Err)
+    }
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        let e = self.facts.existence.clone();
+        Box::pin(async move { Ok(e) })
+    }
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        let r = self.facts.execute.clone();
+        Box::pin(async move { r })
+    }
+}
+
+struct Run {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Value,
+    trace: Vec<Node>,
+    seen_body: Option<(MediaType, Bytes)>,
+}
+
+impl Run {
+    fn problem_type(&self) -> &str {
+        self.body["type"].as_str().unwrap_or("")
+    }
+    fn header(&self, name: header::HeaderName) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    fn last(&self) -> Node {
+        *self.trace.last().unwrap()
+    }
+}
+
+async fn run_with(facts: Facts, req: Request<Bytes>) -> Run {
+    let seen = Arc::new(Mutex::new(None));
+    let stub = Stub {
+        facts,
+        table: RouteTable::new(ROUTES).unwrap(),
+        seen_body: seen.clone(),
+    };
+    let (head, body) = req.into_parts();
+    let decision = run(&stub, &head, Box::new(body), "rid").await;
+    let (parts, body) = decision.response.into_parts();
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap()
+    };
+    let seen_body = seen.lock().unwrap().take();
+    Run {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        trace: decision.trace,
+        seen_body,
+    }
+}
+
+fn req(method: Method, uri: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", "Bearer good")
+}
+
+fn get(uri: &str) -> Request<Bytes> {
+    req(Method::GET, uri).body(Bytes::new()).unwrap()
+}
+
+fn put_json(uri: &str, body: &str) -> http::request::Builder {
+    req(Method::PUT, uri)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+}
+
+const ITEM: &str = "/v1/tenants/acme/items/1";
+
+fn assert_problem(r: &Run, status: u16, slug: &str) {
+    assert_eq!(r.status.as_u16(), status, "body: {}", r.body);
+    assert_eq!(r.header(header::CONTENT_TYPE), "application/problem+json");
+    assert_eq!(r.problem_type(), format!("/problems/{slug}"));
+    assert_eq!(r.body["status"], status);
+    assert_eq!(r.body["request_id"], "rid");
+    assert!(r.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+#[tokio::test]
+async fn happy_path_visits_every_node_in_order() {
+    let r = run_with(Facts::default(), get(ITEM)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.trace,
+        vec![
+            Node::ServiceAvailable,
+            Node::KnownMethod,
+            Node::UriLength,
+            Node::HeaderSize,
+            Node::Authenticated,
+            Node::RouteExists,
+            Node::MethodAllowed,
+            Node::ContentType,
+            Node::Body,
+            Node::Acceptable,
+            Node::WellFormed,
+            Node::Authorized,
+            Node::Exists,
+            Node::Preconditions,
+            Node::Execute,
+        ]
+    );
+}
+
+#[tokio::test]
+async fn n01_unavailable_is_503_with_retry_after_before_anything_else() {
+    let facts = Facts {
+        availability: Availability::Unavailable {
+            retry_after: 30,
+            reason: "maintenance".into(),
+        },
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts,
+        Request::builder()
+            .method("FOO")
+            .uri(ITEM)
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 503, "service-unavailable");
+    assert_eq!(r.header(header::RETRY_AFTER), "30");
+    assert_eq!(r.trace, vec![Node::ServiceAvailable]);
+}
+
+#[tokio::test]
+async fn n02_unknown_method_is_501_before_auth() {
+    for m in ["FOO", "PROPFIND", "TRACE"] {
+        let r = run_with(
+            Facts::default(),
+            Request::builder()
+                .method(m)
+                .uri(ITEM)
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await;
+        assert_problem(&r, 501, "not-implemented");
+        assert_eq!(r.last(), Node::KnownMethod);
+    }
+}
+
+#[tokio::test]
+async fn n03_long_uri_is_414() {
+    let uri = format!("{ITEM}?q={}", "a".repeat(9000));
+    let r = run_with(Facts::default(), get(&uri)).await;
+    assert_problem(&r, 414, "uri-too-long");
+    assert_eq!(r.last(), Node::UriLength);
+}
+
+#[tokio::test]
+async fn n04_large_headers_are_431() {
+    let r = run_with(
+        Facts::default(),
+        req(Method::GET, ITEM)
+            .header("x-big", "b".repeat(20_000))
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 431, "headers-too-large");
+    assert_eq!(r.last(), Node::HeaderSize);
+}
+
+#[tokio::test]
+async fn n05_missing_credentials_are_401_with_challenge() {
+    let r = run_with(
+        Facts::default(),
+        Request::get(ITEM).body(Bytes::new()).unwrap(),
+    )
+    .await;
+    assert_problem(&r, 401, "credentials-required");
+    assert_eq!(r.header(header::WWW_AUTHENTICATE), "Bearer realm=\"canon\"");
+    assert_eq!(r.last(), Node::Authenticated);
+}
+
+#[tokio::test]
+async fn n05_bad_credentials_are_401_invalid_token() {
+    for auth in ["Bearer nope", "Basic Zm9vOmJhcg==", "Bearer", "Bearer  "] {
+        let r = run_with(
+            Facts::default(),
+            Request::get(ITEM)
+                .header("authorization", auth)
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await;
+        assert_problem(&r, 401, "invalid-token");
+        assert_eq!(
+            r.header(header::WWW_AUTHENTICATE),
+            "Bearer realm=\"canon\", error=\"invalid_token\""
+        );
+    }
+}
+
+#[tokio::test]
+async fn n05_unknown_v1_paths_need_credentials_before_404() {
+    let r = run_with(
+        Facts::default(),
+        Request::get("/v1/nowhere").body(Bytes::new()).unwrap(),
+    )
+    .await;
+    assert_problem(&r, 401, "credentials-required");
+    let r = run_with(
+        Facts::default(),
+        Request::get("/nowhere").body(Bytes::new()).unwrap(),
+    )
+    .await;
+    assert_problem(&r, 404, "not-found");
+    assert!(!r.trace.contains(&Node::Authenticated));
+}
+
+#[tokio::test]
+async fn public_routes_skip_authentication() {
+    let r = run_with(
+        Facts::default(),
+        Request::get("/healthz").body(Bytes::new()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.trace.contains(&Node::Authenticated));
+}
+
+#[tokio::test]
+async fn n06_no_route_is_404() {
+    let r = run_with(Facts::default(), get("/v1/tenants/acme/nothing")).await;
+    assert_problem(&r, 404, "not-found");
+    assert_eq!(r.last(), Node::RouteExists);
+}
+
+#[tokio::test]
+async fn options_is_204_with_allow() {
+    let r = run_with(
+        Facts::default(),
+        req(Method::OPTIONS, ITEM).body(Bytes::new()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.header(header::ALLOW), "GET, HEAD, PUT, DELETE, OPTIONS");
+    assert_eq!(r.last(), Node::Options);
+}
+
+#[tokio::test]
+async fn n07_unsupported_method_is_405_with_allow() {
+    let r = run_with(
+        Facts::default(),
+        req(Method::POST, ITEM).body(Bytes::new()).unwrap(),
+    )
+    .await;
+    assert_problem(&r, 405, "method-not-allowed");
+    assert_eq!(r.header(header::ALLOW), "GET, HEAD, PUT, DELETE, OPTIONS");
+    assert_eq!(r.last(), Node::MethodAllowed);
+}
+
+#[tokio::test]
+async fn n07_planned_method_is_501_without_allow() {
+    let r = run_with(
+        Facts::default(),
+        req(Method::PATCH, ITEM).body(Bytes::new()).unwrap(),
+    )
+    .await;
+    assert_problem(&r, 501, "not-implemented");
+    assert!(r.headers.get(header::ALLOW).is_none());
+}
+
+#[tokio::test]
+async fn n08_wrong_content_type_is_415_with_accept_post() {
+    let r = run_with(
+        Facts::default(),
+        req(Method::POST, "/v1/tenants/acme/items")
+            .header("content-type", "text/xml")
+            .header("content-length", "3")
+            .body(Bytes::from("<a>"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 415, "unsupported-media-type");
+    assert_eq!(
+        r.header(header::HeaderName::from_static("accept-post")),
+        "application/json"
+    );
+    assert_eq!(r.body["accepted"][0], "application/json");
+    assert_eq!(r.last(), Node::ContentType);
+
+    let r = run_with(
+        Facts::default(),
+        req(Method::PUT, ITEM)
+            .header("content-length", "2")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 415, "unsupported-media-type");
+}
+
+#[tokio::test]
+async fn n09_body_over_limit_is_413() {
+    let facts = Facts {
+        limits: Limits {
+            max_body_bytes: 10,
+            ..Limits::default()
+        },
+        ..Facts::default()
+    };
+    let body = "{\"a\":\"0123456789\"}";
+    let r = run_with(
+        facts.clone(),
+        put_json(ITEM, body).body(Bytes::from(body)).unwrap(),
+    )
+    .await;
+    assert_problem(&r, 413, "content-too-large");
+    assert_eq!(r.body["max_bytes"], 10);
+    assert_eq!(r.header(header::CONNECTION), "close");
+    assert_eq!(r.last(), Node::Body);
+    // Without a Content-Length the limit is enforced while reading.
+    let r = run_with(
+        facts,
+        req(Method::PUT, ITEM)
+            .header("content-type", "application/json")
+            .header("transfer-encoding", "chunked")
+            .body(Bytes::from(body))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 413, "content-too-large");
+}
+
+#[tokio::test]
+async fn n09_body_reaches_the_resource_with_its_media_type() {
+    let r = run_with(
+        Facts::default(),
+        put_json(ITEM, "{}").body(Bytes::from("{}")).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.seen_body, Some((MediaType::Json, Bytes::from("{}"))));
+}
+
+#[tokio::test]
+async fn n10_nothing_acceptable_is_406_naming_what_is() {
+    let r = run_with(
+        Facts::default(),
+        req(Method::GET, "/v1/tenants/acme/items")
+            .header("accept", "application/xml")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 406, "not-acceptable");
+    assert_eq!(
+        r.body["acceptable"],
+        serde_json::json!(["application/json", "text/csv"])
+    );
+    assert_eq!(r.last(), Node::Acceptable);
+}
+
+#[tokio::test]
+async fn n11_malformed_input_is_400() {
+    let facts = Facts {
+        parse_error: Some(
+            Problem::new(ProblemKind::MalformedBody, "bad json")
+                .with_errors(vec![FieldError::new("", "eof")]),
+        ),
+        ..Facts::default()
+    };
+    let r = run_with(facts, get(ITEM)).await;
+    assert_problem(&r, 400, "malformed-body");
+    assert_eq!(r.last(), Node::WellFormed);
+
+    let r = run_with(
+        Facts::default(),
+        req(Method::GET, ITEM)
+            .header("if-match", "not-a-tag")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 400, "invalid-header");
+}
+
+#[tokio::test]
+async fn n12_role_too_low_is_403() {
+    let facts = Facts {
+        principal: Some(member(TenantRole::Viewer)),
+        ..Facts::default()
+    };
+    let r = run_with(facts, req(Method::DELETE, ITEM).body(Bytes::new()).unwrap()).await;
+    assert_problem(&r, 403, "forbidden");
+    assert_eq!(r.body["required_role"], "editor");
+    assert_eq!(r.last(), Node::Authorized);
+}
+
+#[tokio::test]
+async fn n12_other_tenant_is_404_not_403() {
+    let facts = Facts {
+        principal: Some(member(TenantRole::Viewer)),
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts,
+        req(Method::DELETE, "/v1/tenants/other/items/1")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 404, "not-found");
+    assert_eq!(r.last(), Node::Authorized);
+}
+
+#[tokio::test]
+async fn n13_existence() {
+    let r = run_with(
+        Facts {
+            existence: Existence::Missing,
+            ..Facts::default()
+        },
+        get(ITEM),
+    )
+    .await;
+    assert_problem(&r, 404, "not-found");
+    assert_eq!(r.last(), Node::Exists);
+
+    let r = run_with(
+        Facts {
+            existence: Existence::Gone,
+            ..Facts::default()
+        },
+        get(ITEM),
+    )
+    .await;
+    assert_problem(&r, 410, "gone");
+
+    let moved = Facts {
+        existence: Existence::Moved("/v1/new".into()),
+        ..Facts::default()
+    };
+    let r = run_with(moved.clone(), get(ITEM)).await;
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(r.header(header::LOCATION), "/v1/new");
+    let r = run_with(moved, req(Method::DELETE, ITEM).body(Bytes::new()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+
+    let r = run_with(
+        Facts {
+            existence: Existence::Redirect("/v1/t/acme".into()),
+            ..Facts::default()
+        },
+        get(ITEM),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(r.header(header::VARY), "Authorization");
+}
+
+#[tokio::test]
+async fn n13_missing_resource_can_be_created_by_put() {
+    let created = Success::Created {
+        location: ITEM.into(),
+        representation: Representation::json(&Value::Null),
+    };
+    let facts = Facts {
+        existence: Existence::Missing,
+        execute: Ok(created),
+        ..Facts::default()
+    };
+    let r = run_with(facts, put_json(ITEM, "{}").body(Bytes::from("{}")).unwrap()).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header(header::LOCATION), ITEM);
+}
+
+#[tokio::test]
+async fn n14_preconditions() {
+    let r = run_with(
+        Facts::default(),
+        req(Method::GET, ITEM)
+            .header("if-none-match", "W/\"v1\"")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.header(header::ETAG), "\"v1\"");
+    assert_eq!(r.header(header::CACHE_CONTROL), "private, no-cache");
+    assert_eq!(r.body, Value::Null);
+    assert_eq!(r.last(), Node::Preconditions);
+
+    let r = run_with(
+        Facts::default(),
+        put_json(ITEM, "{}")
+            .header("if-match", "\"v0\"")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 412, "precondition-failed");
+    assert_eq!(r.header(header::ETAG), "\"v1\"");
+}
+
+#[tokio::test]
+async fn n14_not_found_beats_precondition_failed() {
+    let facts = Facts {
+        existence: Existence::Missing,
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts,
+        req(Method::DELETE, ITEM)
+            .header("if-match", "\"v0\"")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 404, "not-found");
+}
+
+#[tokio::test]
+async fn n15_require_if_match_is_428_on_writes_only() {
+    let found = Found {
+        require_if_match: true,
+        ..Found::default()
+    };
+    let facts = Facts {
+        existence: Existence::Found(found),
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts.clone(),
+        req(Method::DELETE, ITEM).body(Bytes::new()).unwrap(),
+    )
+    .await;
+    assert_problem(&r, 428, "precondition-required");
+    assert_eq!(r.last(), Node::PreconditionRequired);
+    let r = run_with(facts, get(ITEM)).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn n16_locked_by_other_is_423_naming_holder() {
+    let lock = LockInfo {
+        holder: "k2".into(),
+        expires_at: "2030-01-01T00:00:00Z".into(),
+    };
+    let facts = Facts {
+        existence: Existence::Found(Found {
+            locked_by_other: Some(lock),
+            ..Found::default()
+        }),
+        ..Facts::default()
+    };
+    let r = run_with(facts, req(Method::DELETE, ITEM).body(Bytes::new()).unwrap()).await;
+    assert_problem(&r, 423, "locked");
+    assert_eq!(r.body["lock"]["holder"], "k2");
+    assert_eq!(r.last(), Node::Unlocked);
+}
+
+#[tokio::test]
+async fn n17_execute_failures_come_from_the_catalogue() {
+    let facts = Facts {
+        execute: Err(Problem::new(ProblemKind::UniqueConflict, "taken")),
+        ..Facts::default()
+    };
+    let r = run_with(facts, put_json(ITEM, "{}").body(Bytes::from("{}")).unwrap()).await;
+    assert_problem(&r, 409, "unique-conflict");
+    assert_eq!(r.last(), Node::Execute);
+}
+
+#[tokio::test]
+async fn success_statuses_and_headers() {
+    let rep = Representation::json(&serde_json::json!({"id": 1})).with_validators(Validators::new(
+        EntityTag::strong("e"),
+        UNIX_EPOCH + Duration::from_secs(784_111_777),
+    ));
+    let facts = Facts {
+        execute: Ok(Success::Ok(rep)),
+        ..Facts::default()
+    };
+    let r = run_with(facts, get(ITEM)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header(header::ETAG), "\"e\"");
+    assert_eq!(
+        r.header(header::LAST_MODIFIED),
+        "Sun, 06 Nov 1994 08:49:37 GMT"
+    );
+    assert_eq!(r.header(header::CACHE_CONTROL), "private, no-cache");
+    assert_eq!(r.header(header::CONTENT_TYPE), "application/json");
+
+    let facts = Facts {
+        execute: Ok(Success::NoContent),
+        ..Facts::default()
+    };
+    let r = run_with(facts, req(Method::DELETE, ITEM).body(Bytes::new()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+}

@@ -1,0 +1,271 @@
+//! The route table: which paths exist, which methods each supports, who may
+//! call them, and which media types they read and write.
+//!
+//! Routes are data, not code, so the decision flow, the documentation and the
+//! tests can all read the same table.
+
+use http::Method;
+
+use crate::access::Role;
+use crate::media::MediaType;
+
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Anyone, without credentials (health, docs).
+    Public,
+    /// An authenticated caller holding at least this role.
+    Role(Role),
+}
+
+/// What a route does with one method.
+#[derive(Debug, Clone)]
+pub struct MethodSpec {
+    /// The method. `HEAD` is implied by `GET` and never listed.
+    pub method: Method,
+    /// Who may call it.
+    pub guard: Guard,
+    /// Media types accepted for the request body; empty when the method takes none.
+    pub accepts: &'static [MediaType],
+    /// Media types the success response can be, in order of preference; empty
+    /// when success has no body.
+    pub produces: &'static [MediaType],
+    /// Whether the method creates the resource when it does not exist (PUT).
+    pub creates: bool,
+    /// Whether the method changes state (so locks and `require_if_match` apply).
+    pub writes: bool,
+}
+
+impl MethodSpec {
+    /// A safe read producing `produces`.
+    pub const fn read(method: Method, guard: Guard, produces: &'static [MediaType]) -> Self {
+        Self {
+            method,
+            guard,
+            accepts: &[],
+            produces,
+            creates: false,
+            writes: false,
+        }
+    }
+
+    /// A write taking `accepts` and answering with `produces`.
+    pub const fn write(
+        method: Method,
+        guard: Guard,
+        accepts: &'static [MediaType],
+        produces: &'static [MediaType],
+    ) -> Self {
+        Self {
+            method,
+            guard,
+            accepts,
+            produces,
+            creates: false,
+            writes: true,
+        }
+    }
+
+    /// This spec, marked as able to create a missing resource.
+    pub const fn creating(mut self) -> Self {
+        self.creates = true;
+        self
+    }
+}
+
+/// One route: a path pattern and its methods.
+#[derive(Debug)]
+pub struct RouteSpec {
+    /// A stable name, used to dispatch to the handler.
+    pub name: &'static str,
+    /// The path pattern in `matchit` syntax (`/v1/tenants/{tenant}`).
+    pub pattern: &'static str,
+    /// The supported methods.
+    pub methods: &'static [MethodSpec],
+    /// Methods the contract names for this route that are not implemented
+    /// yet: they answer 501, and are left out of `Allow`.
+    pub planned: &'static [Method],
+    /// One line on what the route is.
+    pub summary: &'static str,
+}
+
+impl RouteSpec {
+    /// The spec for `method`, with `HEAD` served by `GET`.
+    pub fn method(&self, method: &Method) -> Option<&MethodSpec> {
+        let wanted = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        self.methods.iter().find(|m| &m.method == wanted)
+    }
+
+    /// The `Allow` header value: the supported methods, `HEAD` after `GET`,
+    /// and `OPTIONS`.
+    pub fn allow(&self) -> String {
+        let mut out: Vec<&str> = Vec::with_capacity(self.methods.len() + 2);
+        for m in self.methods {
+            out.push(m.method.as_str());
+            if m.method == Method::GET {
+                out.push("HEAD");
+            }
+        }
+        out.push("OPTIONS");
+        out.join(", ")
+    }
+}
+
+/// Path parameters captured by a match, in pattern order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params(Vec<(&'static str, String)>);
+
+impl Params {
+    /// The value of the parameter `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Builds parameters from pairs (for tests and internal dispatch).
+    pub fn from_pairs(pairs: Vec<(&'static str, String)>) -> Self {
+        Self(pairs)
+    }
+}
+
+/// A compiled route table.
+pub struct RouteTable {
+    routes: &'static [RouteSpec],
+    router: matchit::Router<usize>,
+    /// Parameter names per route, so captured names can be `'static`.
+    param_names: Vec<Vec<&'static str>>,
+}
+
+/// The table could not be compiled (a pattern conflict: a programming error).
+#[derive(Debug, thiserror::Error)]
+#[error("route {pattern}: {reason}")]
+pub struct RouteTableError {
+    /// The offending pattern.
+    pub pattern: &'static str,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+impl RouteTable {
+    /// Compiles `routes`.
+    pub fn new(routes: &'static [RouteSpec]) -> Result<Self, RouteTableError> {
+        let mut router = matchit::Router::new();
+        let mut param_names = Vec::with_capacity(routes.len());
+        for (i, r) in routes.iter().enumerate() {
+            router.insert(r.pattern, i).map_err(|e| RouteTableError {
+                pattern: r.pattern,
+                reason: e.to_string(),
+            })?;
+            param_names.push(
+                r.pattern
+                    .split('/')
+                    .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                    .map(|s| s.trim_start_matches('*'))
+                    .collect(),
+            );
+        }
+        Ok(Self {
+            routes,
+            router,
+            param_names,
+        })
+    }
+
+    /// Every route, in table order.
+    pub fn routes(&self) -> &'static [RouteSpec] {
+        self.routes
+    }
+
+    /// The route matching `path`, with its parameters (percent-decoded).
+    pub fn lookup(&self, path: &str) -> Option<(&'static RouteSpec, Params)> {
+        let matched = self.router.at(path).ok()?;
+        let idx = *matched.value;
+        let mut params = Vec::with_capacity(self.param_names[idx].len());
+        for name in &self.param_names[idx] {
+            let raw = matched.params.get(name)?;
+            params.push((*name, percent_decode(raw)?));
+        }
+        Some((&self.routes[idx], Params(params)))
+    }
+}
+
+/// Decodes `%XX` escapes; `None` for bad escapes or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static ROUTES: &[RouteSpec] = &[
+        RouteSpec {
+            name: "thing",
+            pattern: "/v1/things/{thing}",
+            methods: &[
+                MethodSpec::read(Method::GET, Guard::Role(Role::Viewer), &[MediaType::Json]),
+                MethodSpec::write(
+                    Method::PUT,
+                    Guard::Role(Role::Editor),
+                    &[MediaType::Json],
+                    &[MediaType::Json],
+                )
+                .creating(),
+            ],
+            planned: &[Method::PATCH],
+            summary: "a thing",
+        },
+        RouteSpec {
+            name: "health",
+            pattern: "/healthz",
+            methods: &[],
+            planned: &[],
+            summary: "",
+        },
+    ];
+
+    #[test]
+    fn lookup_captures_decoded_params() {
+        let t = RouteTable::new(ROUTES).unwrap();
+        let (r, p) = t.lookup("/v1/things/a%20b").unwrap();
+        assert_eq!(r.name, "thing");
+        assert_eq!(p.get("thing"), Some("a b"));
+        assert!(t.lookup("/v1/things/%zz").is_none());
+        assert!(t.lookup("/v1/things").is_none());
+        assert!(t.lookup("/v1/things/a/b").is_none());
+    }
+
+    #[test]
+    fn allow_lists_head_after_get_and_options_last() {
+        assert_eq!(ROUTES[0].allow(), "GET, HEAD, PUT, OPTIONS");
+        assert_eq!(ROUTES[1].allow(), "OPTIONS");
+    }
+
+    #[test]
+    fn head_is_served_by_get() {
+        assert!(ROUTES[0].method(&Method::HEAD).is_some());
+        assert!(ROUTES[0].method(&Method::DELETE).is_none());
+    }
+}
