@@ -1,1 +1,174 @@
-//! stub
+//! Canon's storage: the [`Store`] trait and its backends.
+//!
+//! The trait speaks in domain operations (create a record, look up a key by
+//! its hash), not SQL, so each backend writes the SQL its engine does best
+//! and callers never see which one they talk to. Every write is atomic and
+//! durable when its future resolves with `Ok`: a caller may answer 2xx then.
+//!
+//! Backends: [`sqlite::SqliteStore`] (embedded, the default). PostgreSQL
+//! follows behind the same trait and the same conformance suite.
+
+pub mod model;
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use model::*;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value is taken. `pointer` is a JSON pointer into the request
+    /// body naming the field (`/name`, `/email`, `/data/serial`, `/id`).
+    #[error("{pointer} is already taken")]
+    Conflict {
+        /// The conflicting field.
+        pointer: String,
+    },
+    /// A collection still has records.
+    #[error("the collection still has records")]
+    NotEmpty,
+    /// The expectation given with a write did not hold.
+    #[error("the record changed since it was read")]
+    ExpectationFailed,
+    /// The addressed parent disappeared while the write was queued.
+    #[error("the target no longer exists")]
+    Vanished,
+    /// The database cannot be reached or is failing.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (a bug, corrupt data). The message is for logs only.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Every persistent operation Canon performs.
+///
+/// Tenant-scoped operations take the tenant's id, so a caller can only reach
+/// rows of the tenant it resolved first: one tenant's ids never find another
+/// tenant's rows.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Creates the operator key with `token_hash` unless an operator key
+    /// exists. Returns whether it created one.
+    async fn bootstrap_operator(&self, token_hash: &str) -> StoreResult<bool>;
+    /// Who holds the key whose token hashes to `token_hash`.
+    async fn key_owner(&self, token_hash: &str) -> StoreResult<Option<KeyOwner>>;
+
+    /// Creates a tenant.
+    async fn create_tenant(&self, name: &str) -> StoreResult<Tenant>;
+    /// A tenant by name.
+    async fn tenant(&self, name: &str) -> StoreResult<Lookup<Tenant>>;
+    /// Tenants by id.
+    async fn list_tenants(&self, page: PageRequest) -> StoreResult<Page<Tenant>>;
+
+    /// Creates a user.
+    async fn create_user(
+        &self,
+        tenant_id: &str,
+        email: &str,
+        role: TenantRole,
+    ) -> StoreResult<User>;
+    /// A user by id.
+    async fn user(&self, tenant_id: &str, id: &str) -> StoreResult<Lookup<User>>;
+    /// Users by id.
+    async fn list_users(&self, tenant_id: &str, page: PageRequest) -> StoreResult<Page<User>>;
+    /// Changes a user's role; `None` when the user does not exist.
+    async fn set_user_role(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        role: TenantRole,
+    ) -> StoreResult<Option<User>>;
+    /// Deletes a user and its keys, leaving a tombstone for `retention`.
+    /// Returns whether it existed.
+    async fn delete_user(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        retention: Duration,
+    ) -> StoreResult<bool>;
+
+    /// Creates an API key for a user.
+    async fn create_api_key(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        name: &str,
+        token_hash: &str,
+    ) -> StoreResult<ApiKey>;
+    /// A user's key by id.
+    async fn api_key(&self, user_id: &str, id: &str) -> StoreResult<Lookup<ApiKey>>;
+    /// A user's keys by id.
+    async fn list_api_keys(&self, user_id: &str, page: PageRequest) -> StoreResult<Page<ApiKey>>;
+    /// Revokes (deletes) a key, leaving a tombstone. Returns whether it existed.
+    async fn revoke_api_key(
+        &self,
+        user_id: &str,
+        id: &str,
+        retention: Duration,
+    ) -> StoreResult<bool>;
+
+    /// Creates a collection.
+    async fn create_collection(
+        &self,
+        tenant_id: &str,
+        new: NewCollection,
+    ) -> StoreResult<Collection>;
+    /// A collection by name.
+    async fn collection(&self, tenant_id: &str, name: &str) -> StoreResult<Lookup<Collection>>;
+    /// Collections by id.
+    async fn list_collections(
+        &self,
+        tenant_id: &str,
+        page: PageRequest,
+    ) -> StoreResult<Page<Collection>>;
+    /// Deletes an empty collection ([`StoreError::NotEmpty`] otherwise),
+    /// leaving a tombstone. Returns whether it existed.
+    async fn delete_collection(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        retention: Duration,
+    ) -> StoreResult<bool>;
+
+    /// Creates a record with a new id.
+    async fn create_record(&self, collection: &Collection, data: Value) -> StoreResult<Record>;
+    /// A record by id.
+    async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>>;
+    /// A page of records.
+    async fn list_records(
+        &self,
+        collection_id: &str,
+        query: RecordQuery,
+    ) -> StoreResult<Page<Record>>;
+    /// Replaces a record's data, or creates it at `id`. Returns the record and
+    /// whether it was created.
+    async fn put_record(
+        &self,
+        collection: &Collection,
+        id: &str,
+        data: Value,
+        expect: Expect,
+    ) -> StoreResult<(Record, bool)>;
+    /// Deletes a record, leaving a tombstone. Returns whether it existed.
+    async fn delete_record(
+        &self,
+        collection_id: &str,
+        id: &str,
+        expect: Expect,
+        retention: Duration,
+    ) -> StoreResult<bool>;
+
+    /// Deletes tombstones that expired. Returns how many.
+    async fn purge_tombstones(&self) -> StoreResult<u64>;
+}

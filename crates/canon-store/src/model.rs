@@ -1,0 +1,245 @@
+//! The stored entities and the shapes of queries over them.
+//!
+//! Times are milliseconds since the Unix epoch (UTC) so every backend stores
+//! them the same way; the server formats them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use canon_http::access::TenantRole;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The current time in [`Millis`].
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A new time-ordered id (UUIDv7), so ids sort in creation order.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Internal id.
+    pub id: String,
+    /// The unique slug it is addressed by.
+    pub name: String,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// A user of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Id.
+    pub id: String,
+    /// Owning tenant's id.
+    pub tenant_id: String,
+    /// Email, stored lower-cased; unique within the tenant.
+    pub email: String,
+    /// Role.
+    pub role: TenantRole,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// An API key (never its token: only the token's hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Id.
+    pub id: String,
+    /// The user it belongs to; `None` for the operator's key.
+    pub user_id: Option<String>,
+    /// A label chosen by its creator.
+    pub name: String,
+    /// Creation time.
+    pub created_at: Millis,
+}
+
+/// Who holds an API key, as found by its token hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOwner {
+    /// The operator.
+    Operator {
+        /// Key id.
+        key_id: String,
+        /// The stored hash, for the constant-time comparison.
+        token_hash: String,
+    },
+    /// A tenant's user.
+    Member {
+        /// Key id.
+        key_id: String,
+        /// The stored hash, for the constant-time comparison.
+        token_hash: String,
+        /// Tenant name.
+        tenant: String,
+        /// User id.
+        user_id: String,
+        /// The user's role.
+        role: TenantRole,
+    },
+}
+
+/// What a new collection is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCollection {
+    /// Slug.
+    pub name: String,
+    /// JSON Schema (draft 2020-12) for its records' data.
+    pub schema: Value,
+    /// Top-level data fields whose values must be unique.
+    pub unique: Vec<String>,
+    /// Whether writes of existing records must carry `If-Match`.
+    pub require_if_match: bool,
+}
+
+/// A collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collection {
+    /// Id.
+    pub id: String,
+    /// Owning tenant's id.
+    pub tenant_id: String,
+    /// Slug.
+    pub name: String,
+    /// JSON Schema for its records' data.
+    pub schema: Value,
+    /// Unique top-level fields.
+    pub unique: Vec<String>,
+    /// Writes must carry `If-Match`.
+    pub require_if_match: bool,
+    /// Bumped on every change of the collection itself.
+    pub version: i64,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// A record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Id (server-made UUIDv7, or chosen by the client through PUT).
+    pub id: String,
+    /// The collection's id.
+    pub collection_id: String,
+    /// The data, a JSON object.
+    pub data: Value,
+    /// 1 at creation, +1 on every write.
+    pub version: i64,
+    /// Opaque strong entity tag, new on every write.
+    pub etag: String,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// The result of looking something up by its address.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup<T> {
+    /// It exists.
+    Found(T),
+    /// It was deleted and its tombstone has not expired.
+    Gone,
+    /// It never existed, or its tombstone expired.
+    Missing,
+}
+
+impl<T> Lookup<T> {
+    /// The found value, if any.
+    pub fn found(self) -> Option<T> {
+        match self {
+            Lookup::Found(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Where a page of a list starts: after the item with this id (and, for sorted
+/// record lists, this sort value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The last id of the previous page.
+    pub id: String,
+    /// The sort field's value on that item, when the list is sorted by a field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort_value: Option<Value>,
+}
+
+/// A page request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageRequest {
+    /// Items per page, at least 1.
+    pub limit: usize,
+    /// Where to continue from.
+    pub after: Option<Cursor>,
+}
+
+/// A page of results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<Cursor>,
+}
+
+/// Sort order of a record list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortOrder {
+    /// By id: creation order for server-made ids.
+    Id,
+    /// By a top-level data field (missing values last), then id.
+    Field {
+        /// The field.
+        field: String,
+        /// Descending.
+        descending: bool,
+    },
+}
+
+/// A record list query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordQuery {
+    /// Paging.
+    pub page: PageRequest,
+    /// Equality filters on top-level data fields; values are JSON scalars.
+    pub filters: Vec<(String, Value)>,
+    /// Order.
+    pub sort: SortOrder,
+}
+
+/// Whether a field name may be used in filters, sorts and unique lists:
+/// `[A-Za-z_][A-Za-z0-9_]{0,63}`.
+pub fn is_field_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// What a write expects the record's current state to be, checked atomically
+/// with the write (so two writers with the same `If-Match` cannot both win).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is there.
+    Anything,
+    /// The record exists with this entity tag.
+    Etag(String),
+    /// The record does not exist.
+    Absent,
+}

@@ -1,0 +1,521 @@
+//! The backend-agnostic store suite. Every backend's test file calls each
+//! function here with a fresh, empty store; nothing here knows which engine
+//! it talks to.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use canon_store::*;
+use serde_json::json;
+
+const KEEP: Duration = Duration::from_secs(3600);
+
+fn first_page(limit: usize) -> PageRequest {
+    PageRequest { limit, after: None }
+}
+
+async fn tenant(store: &dyn Store, name: &str) -> Tenant {
+    store.create_tenant(name).await.expect("create tenant")
+}
+
+async fn collection(store: &dyn Store, t: &Tenant, name: &str, unique: &[&str]) -> Collection {
+    store
+        .create_collection(
+            &t.id,
+            NewCollection {
+                name: name.into(),
+                schema: json!({"type": "object"}),
+                unique: unique.iter().map(|s| s.to_string()).collect(),
+                require_if_match: false,
+            },
+        )
+        .await
+        .expect("create collection")
+}
+
+pub async fn tenants_are_unique_by_name(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    assert!(
+        matches!(store.create_tenant("acme").await, Err(StoreError::Conflict { pointer }) if pointer == "/name")
+    );
+    assert_eq!(store.tenant("acme").await.unwrap(), Lookup::Found(t));
+    assert_eq!(store.tenant("nope").await.unwrap(), Lookup::Missing);
+}
+
+pub async fn lists_page_by_cursor(store: Arc<dyn Store>) {
+    for i in 0..5 {
+        tenant(&*store, &format!("t{i}")).await;
+    }
+    let p1 = store.list_tenants(first_page(2)).await.unwrap();
+    assert_eq!(p1.items.len(), 2);
+    let p2 = store
+        .list_tenants(PageRequest {
+            limit: 2,
+            after: p1.next.clone(),
+        })
+        .await
+        .unwrap();
+    let p3 = store
+        .list_tenants(PageRequest {
+            limit: 2,
+            after: p2.next.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(p3.items.len(), 1);
+    assert!(p3.next.is_none());
+    let names: Vec<_> = [p1, p2, p3]
+        .into_iter()
+        .flat_map(|p| p.items)
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["t0", "t1", "t2", "t3", "t4"]);
+}
+
+pub async fn users_keys_and_authentication(store: Arc<dyn Store>) {
+    assert!(store.bootstrap_operator("ophash").await.unwrap());
+    assert!(
+        !store.bootstrap_operator("other").await.unwrap(),
+        "only one bootstrap"
+    );
+    assert!(matches!(
+        store.key_owner("ophash").await.unwrap(),
+        Some(KeyOwner::Operator { .. })
+    ));
+
+    let t = tenant(&*store, "acme").await;
+    let u = store
+        .create_user(&t.id, "a@example.com", TenantRole::Editor)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_user(&t.id, "a@example.com", TenantRole::Viewer).await,
+        Err(StoreError::Conflict { pointer }) if pointer == "/email"
+    ));
+    let other = tenant(&*store, "other").await;
+    store
+        .create_user(&other.id, "a@example.com", TenantRole::Viewer)
+        .await
+        .expect("emails are unique per tenant only");
+
+    let k = store
+        .create_api_key(&t.id, &u.id, "ci", "khash")
+        .await
+        .unwrap();
+    match store.key_owner("khash").await.unwrap() {
+        Some(KeyOwner::Member {
+            tenant,
+            user_id,
+            role,
+            key_id,
+            ..
+        }) => {
+            assert_eq!(
+                (tenant.as_str(), user_id.as_str(), role, key_id.as_str()),
+                ("acme", u.id.as_str(), TenantRole::Editor, k.id.as_str())
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(
+            store.create_api_key(&other.id, &u.id, "x", "h2").await,
+            Err(StoreError::Vanished)
+        ),
+        "a user of another tenant is not found"
+    );
+
+    let role = store
+        .set_user_role(&t.id, &u.id, TenantRole::Admin)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(role.role, TenantRole::Admin);
+    assert!(store.revoke_api_key(&u.id, &k.id, KEEP).await.unwrap());
+    assert_eq!(
+        store.key_owner("khash").await.unwrap(),
+        None,
+        "revoked keys do not authenticate"
+    );
+    assert_eq!(store.api_key(&u.id, &k.id).await.unwrap(), Lookup::Gone);
+
+    let k2 = store
+        .create_api_key(&t.id, &u.id, "ci2", "khash2")
+        .await
+        .unwrap();
+    assert!(store.delete_user(&t.id, &u.id, KEEP).await.unwrap());
+    assert_eq!(store.user(&t.id, &u.id).await.unwrap(), Lookup::Gone);
+    assert_eq!(
+        store.key_owner("khash2").await.unwrap(),
+        None,
+        "a deleted user's keys stop working"
+    );
+    assert_eq!(
+        store.user(&other.id, &u.id).await.unwrap(),
+        Lookup::Missing,
+        "tombstones are per tenant"
+    );
+    let _ = k2;
+}
+
+pub async fn records_crud_versions_and_tombstones(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = collection(&*store, &t, "devices", &[]).await;
+    let r = store.create_record(&c, json!({"name": "a"})).await.unwrap();
+    assert_eq!(r.version, 1);
+    assert_eq!(
+        store.record(&c.id, &r.id).await.unwrap(),
+        Lookup::Found(r.clone())
+    );
+
+    let (r2, created) = store
+        .put_record(&c, &r.id, json!({"name": "b"}), Expect::Anything)
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(r2.version, 2);
+    assert_ne!(r2.etag, r.etag);
+    assert_eq!(r2.created_at, r.created_at);
+
+    assert!(matches!(
+        store
+            .put_record(&c, &r.id, json!({}), Expect::Etag(r.etag.clone()))
+            .await,
+        Err(StoreError::ExpectationFailed)
+    ));
+    assert!(matches!(
+        store.put_record(&c, &r.id, json!({}), Expect::Absent).await,
+        Err(StoreError::ExpectationFailed)
+    ));
+
+    let (made, created) = store
+        .put_record(&c, "client-id", json!({"name": "c"}), Expect::Absent)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(made.id, "client-id");
+
+    assert!(
+        store
+            .delete_record(&c.id, &r.id, Expect::Etag(r2.etag.clone()), KEEP)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.record(&c.id, &r.id).await.unwrap(), Lookup::Gone);
+    assert!(
+        !store
+            .delete_record(&c.id, &r.id, Expect::Anything, KEEP)
+            .await
+            .unwrap()
+    );
+
+    // A zero retention leaves an already-expired tombstone: 404, and purged.
+    assert!(
+        store
+            .delete_record(&c.id, "client-id", Expect::Anything, Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.record(&c.id, "client-id").await.unwrap(),
+        Lookup::Missing
+    );
+    assert!(store.purge_tombstones().await.unwrap() >= 1);
+
+    // Re-creating at a deleted id clears its tombstone.
+    let (again, created) = store
+        .put_record(&c, &r.id, json!({"name": "again"}), Expect::Anything)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(again.version, 1);
+    assert_ne!(again.etag, r.etag);
+}
+
+pub async fn unique_fields_conflict_by_pointer(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = collection(&*store, &t, "devices", &["serial", "mac"]).await;
+    let a = store
+        .create_record(&c, json!({"serial": "S1", "mac": "m1"}))
+        .await
+        .unwrap();
+    match store
+        .create_record(&c, json!({"serial": "S2", "mac": "m1"}))
+        .await
+    {
+        Err(StoreError::Conflict { pointer }) => assert_eq!(pointer, "/data/mac"),
+        other => panic!("{other:?}"),
+    }
+    // The failed write left nothing behind: S2 is still free.
+    store
+        .create_record(&c, json!({"serial": "S2"}))
+        .await
+        .expect("S2 free");
+    // Values are typed: the number 1 and the string "1" differ.
+    store.create_record(&c, json!({"serial": 1})).await.unwrap();
+    store
+        .create_record(&c, json!({"serial": "1"}))
+        .await
+        .unwrap();
+    // Replacing frees the old value; deleting frees the new one.
+    store
+        .put_record(&c, &a.id, json!({"serial": "S9"}), Expect::Anything)
+        .await
+        .unwrap();
+    store
+        .create_record(&c, json!({"serial": "S1", "mac": "m1"}))
+        .await
+        .expect("S1 and m1 freed");
+    assert!(
+        store
+            .delete_record(&c.id, &a.id, Expect::Anything, KEEP)
+            .await
+            .unwrap()
+    );
+    store
+        .create_record(&c, json!({"serial": "S9"}))
+        .await
+        .expect("S9 freed");
+    // Missing and null values are not unique.
+    store
+        .create_record(&c, json!({"serial": null}))
+        .await
+        .unwrap();
+    store
+        .create_record(&c, json!({"serial": null}))
+        .await
+        .unwrap();
+}
+
+pub async fn collections_delete_only_when_empty(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = collection(&*store, &t, "devices", &[]).await;
+    assert!(matches!(
+        store.create_collection(&t.id, NewCollection { name: "devices".into(), schema: json!({}), unique: vec![], require_if_match: false }).await,
+        Err(StoreError::Conflict { pointer }) if pointer == "/name"
+    ));
+    let r = store.create_record(&c, json!({})).await.unwrap();
+    assert!(matches!(
+        store.delete_collection(&t.id, "devices", KEEP).await,
+        Err(StoreError::NotEmpty)
+    ));
+    store
+        .delete_record(&c.id, &r.id, Expect::Anything, KEEP)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .delete_collection(&t.id, "devices", KEEP)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.collection(&t.id, "devices").await.unwrap(),
+        Lookup::Gone
+    );
+    assert!(matches!(
+        store.create_record(&c, json!({})).await,
+        Err(StoreError::Vanished)
+    ));
+    let again = collection(&*store, &t, "devices", &[]).await;
+    assert_eq!(
+        store.collection(&t.id, "devices").await.unwrap(),
+        Lookup::Found(again)
+    );
+    assert_eq!(
+        store
+            .list_collections(&t.id, first_page(10))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}
+
+pub async fn record_lists_filter_sort_and_page(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = collection(&*store, &t, "devices", &[]).await;
+    let rows = [
+        json!({"name": "d", "port": 80, "up": true}),
+        json!({"name": "a", "port": 443, "up": false}),
+        json!({"name": "c", "port": 80, "up": true}),
+        json!({"name": "b", "port": "80"}),
+        json!({"port": 22}),
+    ];
+    for r in rows {
+        store.create_record(&c, r).await.unwrap();
+    }
+    let q = |filters: Vec<(&str, serde_json::Value)>,
+             sort: SortOrder,
+             limit: usize,
+             after: Option<Cursor>| RecordQuery {
+        page: PageRequest { limit, after },
+        filters: filters
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        sort,
+    };
+    let names = |p: &Page<Record>| {
+        p.items
+            .iter()
+            .map(|r| {
+                r.data
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("-")
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let by_port = store
+        .list_records(&c.id, q(vec![("port", json!(80))], SortOrder::Id, 10, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&by_port),
+        ["d", "c"],
+        "number 80 does not match string \"80\""
+    );
+    let up = store
+        .list_records(&c.id, q(vec![("up", json!(true))], SortOrder::Id, 10, None))
+        .await
+        .unwrap();
+    assert_eq!(names(&up), ["d", "c"]);
+
+    let sort = SortOrder::Field {
+        field: "name".into(),
+        descending: false,
+    };
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let p = store
+            .list_records(&c.id, q(vec![], sort.clone(), 2, after))
+            .await
+            .unwrap();
+        all.extend(names(&p));
+        after = p.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        all,
+        ["a", "b", "c", "d", "-"],
+        "missing values sort last, pages join up"
+    );
+
+    let desc = SortOrder::Field {
+        field: "name".into(),
+        descending: true,
+    };
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let p = store
+            .list_records(&c.id, q(vec![], desc.clone(), 3, after))
+            .await
+            .unwrap();
+        all.extend(names(&p));
+        after = p.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(all, ["d", "c", "b", "a", "-"]);
+}
+
+pub async fn concurrent_writes_all_commit(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = Arc::new(collection(&*store, &t, "devices", &["serial"]).await);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (store, c) = (store.clone(), c.clone());
+        // Every tenth write collides with an earlier serial and must fail alone.
+        let serial = if i % 10 == 9 {
+            format!("s{}", i - 1)
+        } else {
+            format!("s{i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            store.create_record(&c, json!({"serial": serial})).await
+        }));
+    }
+    let mut ok = 0;
+    let mut conflicts = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::Conflict { .. }) => conflicts += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok + conflicts, 200);
+    assert_eq!(conflicts, 20);
+    let listed = store
+        .list_records(
+            &c.id,
+            RecordQuery {
+                page: first_page(1000),
+                filters: vec![],
+                sort: SortOrder::Id,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 180);
+}
+
+pub async fn same_expectation_has_one_winner(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = Arc::new(collection(&*store, &t, "devices", &[]).await);
+    let r = store.create_record(&c, json!({"n": 0})).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (store, c, id, etag) = (store.clone(), c.clone(), r.id.clone(), r.etag.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .put_record(&c, &id, json!({"n": i}), Expect::Etag(etag))
+                .await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(StoreError::ExpectationFailed) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(winners, 1);
+}
+
+/// Runs every conformance test, each on a fresh store from `make`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            tenants_are_unique_by_name,
+            lists_page_by_cursor,
+            users_keys_and_authentication,
+            records_crud_versions_and_tombstones,
+            unique_fields_conflict_by_pointer,
+            collections_delete_only_when_empty,
+            record_lists_filter_sort_and_page,
+            concurrent_writes_all_commit,
+            same_expectation_has_one_winner,
+        );
+    };
+    (@each $make:expr; $($name:ident,)+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $make;
+                conformance::$name(store).await;
+            }
+        )+
+    };
+}
