@@ -141,9 +141,7 @@ pub enum Access {
 pub fn authorize(principal: &Principal, tenant: Option<&str>, required: Role) -> Access {
     match principal {
         Principal::Operator { .. } => Access::Granted,
-        Principal::Member {
-            tenant: own, role, ..
-        } => {
+        Principal::Member { tenant: own, role, .. } => {
             if tenant.is_some_and(|t| t != own) {
                 Access::Invisible
             } else if role.role() >= required {
@@ -182,30 +180,17 @@ mod tests {
         let viewer = member("acme", TenantRole::Viewer);
         let editor = member("acme", TenantRole::Editor);
         let admin = member("acme", TenantRole::Admin);
-        assert_eq!(
-            authorize(&viewer, Some("acme"), Role::Viewer),
-            Access::Granted
-        );
+        assert_eq!(authorize(&viewer, Some("acme"), Role::Viewer), Access::Granted);
         assert_eq!(
             authorize(&viewer, Some("acme"), Role::Editor),
-            Access::Forbidden {
-                required: Role::Editor
-            }
+            Access::Forbidden { required: Role::Editor }
         );
-        assert_eq!(
-            authorize(&editor, Some("acme"), Role::Editor),
-            Access::Granted
-        );
+        assert_eq!(authorize(&editor, Some("acme"), Role::Editor), Access::Granted);
         assert_eq!(
             authorize(&editor, Some("acme"), Role::Admin),
-            Access::Forbidden {
-                required: Role::Admin
-            }
+            Access::Forbidden { required: Role::Admin }
         );
-        assert_eq!(
-            authorize(&admin, Some("acme"), Role::Admin),
-            Access::Granted
-        );
+        assert_eq!(authorize(&admin, Some("acme"), Role::Admin), Access::Granted);
         assert_eq!(
             authorize(&admin, None, Role::Operator),
             Access::Forbidden {

@@ -226,8 +226,7 @@ mod tests {
     #[test]
     fn every_problem_status_is_a_documented_error_status() {
         for p in PROBLEMS {
-            let entry = status_entry(p.status)
-                .unwrap_or_else(|| panic!("{} has undocumented status", p.slug));
+            let entry = status_entry(p.status).unwrap_or_else(|| panic!("{} has undocumented status", p.slug));
             assert!(entry.code >= 400, "{} is not an error status", p.slug);
             assert_eq!(p.kind.status().as_u16(), p.status);
         }

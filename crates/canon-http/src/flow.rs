@@ -149,17 +149,9 @@ pub trait Service: Send + Sync {
     fn availability(&self) -> Availability;
     /// The principal holding `token`; `Ok(None)` when the token is unknown,
     /// revoked or expired.
-    fn authenticate<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Principal>, Problem>>;
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>>;
     /// The handler for one request to `route`.
-    fn resource(
-        &self,
-        route: &'static RouteSpec,
-        params: Params,
-        principal: Option<Principal>,
-    ) -> Box<dyn Resource>;
+    fn resource(&self, route: &'static RouteSpec, params: Params, principal: Option<Principal>) -> Box<dyn Resource>;
 }
 
 /// What a resource is given at the well-formedness node.
@@ -342,19 +334,14 @@ impl Walk<'_> {
 /// Runs the flow for one request and returns the response.
 ///
 /// `request_id` goes into problem bodies; the caller sets the header.
-pub async fn run(
-    service: &dyn Service,
-    head: &Parts,
-    body: Box<dyn BodySource>,
-    request_id: &str,
-) -> Decision {
+pub async fn run(service: &dyn Service, head: &Parts, body: Box<dyn BodySource>, request_id: &str) -> Decision {
     let mut walk = Walk {
         head,
         trace: Vec::with_capacity(20),
     };
     let response = match decide(service, &mut walk, body).await {
         Ok(response) => response,
-        Err(halt) => problem_response(&halt.problem, head, request_id, &halt.headers),
+        Err(halt) => problem_response(&halt.problem, head.uri.path(), request_id, &halt.headers),
     };
     Decision {
         response,
@@ -371,15 +358,9 @@ async fn decide(
     let limits = service.limits();
 
     walk.visit(Node::ServiceAvailable);
-    if let Availability::Unavailable {
-        retry_after,
-        reason,
-    } = service.availability()
-    {
-        return Err(
-            Halt::from(Problem::new(ProblemKind::ServiceUnavailable, reason))
-                .with(header::RETRY_AFTER, retry_after.to_string()),
-        );
+    if let Availability::Unavailable { retry_after, reason } = service.availability() {
+        return Err(Halt::from(Problem::new(ProblemKind::ServiceUnavailable, reason))
+            .with(header::RETRY_AFTER, retry_after.to_string()));
     }
 
     walk.visit(Node::KnownMethod);
@@ -405,11 +386,7 @@ async fn decide(
     }
 
     walk.visit(Node::HeaderSize);
-    let header_bytes: usize = head
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
+    let header_bytes: usize = head.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if header_bytes > limits.max_header_bytes {
         return Err(Problem::new(
             ProblemKind::HeadersTooLarge,
@@ -423,7 +400,7 @@ async fn decide(
 
     let path = head.uri.path();
     let matched = service.routes().lookup(path);
-    let principal = if requires_credentials(path, matched.as_ref().map(|(r, _)| *r)) {
+    let principal = if requires_credentials(path) {
         walk.visit(Node::Authenticated);
         Some(authenticate(service, head).await?)
     } else {
@@ -434,19 +411,12 @@ async fn decide(
 
     walk.visit(Node::RouteExists);
     let Some((route, params)) = matched else {
-        return Err(Problem::new(
-            ProblemKind::NotFound,
-            format!("No resource lives at {path}."),
-        )
-        .into());
+        return Err(Problem::new(ProblemKind::NotFound, format!("No resource lives at {path}.")).into());
     };
 
     if head.method == Method::OPTIONS {
         walk.visit(Node::Options);
-        return Ok(empty(
-            StatusCode::NO_CONTENT,
-            &[(header::ALLOW, route.allow())],
-        ));
+        return Ok(empty(StatusCode::NO_CONTENT, &[(header::ALLOW, route.allow())]));
     }
 
     walk.visit(Node::MethodAllowed);
@@ -481,14 +451,23 @@ async fn decide(
     let produce = acceptable(head, spec)?;
 
     walk.visit(Node::WellFormed);
-    let conditions = Conditions::from_headers(&head.headers)
-        .map_err(|e| Problem::new(ProblemKind::InvalidHeader, e.to_string()))?;
+    let conditions =
+        Conditions::from_headers(&head.headers).map_err(|e| Problem::new(ProblemKind::InvalidHeader, e.to_string()))?;
     let tenant = params.get("tenant").map(str::to_owned);
     let mut resource = service.resource(route, params, principal.clone());
     resource.parse(Input { head, body })?;
 
     walk.visit(Node::Authorized);
-    if let (Guard::Role(required), Some(principal)) = (spec.guard, &principal) {
+    if let Guard::Role(required) = spec.guard {
+        // A guarded route outside /v1 would reach here unauthenticated: a
+        // table error, refused rather than served.
+        let Some(principal) = &principal else {
+            return Err(Halt::from(Problem::new(
+                ProblemKind::CredentialsRequired,
+                "This resource needs credentials.",
+            ))
+            .with(header::WWW_AUTHENTICATE, REALM));
+        };
         match authorize(principal, tenant.as_deref(), required) {
             Access::Granted => {}
             Access::Invisible => return Err(not_found(path).into()),
@@ -528,20 +507,13 @@ async fn decide(
         Existence::Redirect(location) => {
             return Ok(empty(
                 StatusCode::TEMPORARY_REDIRECT,
-                &[
-                    (header::LOCATION, location),
-                    (header::VARY, "Authorization".into()),
-                ],
+                &[(header::LOCATION, location), (header::VARY, "Authorization".into())],
             ));
         }
     };
 
     walk.visit(Node::Preconditions);
-    match validators::evaluate(
-        &head.method,
-        &conditions,
-        found.as_ref().map(|f| &f.validators),
-    ) {
+    match validators::evaluate(&head.method, &conditions, found.as_ref().map(|f| &f.validators)) {
         PreconditionOutcome::Proceed => {}
         PreconditionOutcome::NotModified => {
             return Ok(not_modified(found.as_ref().map(|f| &f.validators), spec));
@@ -571,10 +543,7 @@ async fn decide(
         if let Some(lock) = &found.locked_by_other {
             return Err(Problem::new(
                 ProblemKind::Locked,
-                format!(
-                    "The record is locked by {} until {}.",
-                    lock.holder, lock.expires_at
-                ),
+                format!("The record is locked by {} until {}.", lock.holder, lock.expires_at),
             )
             .with(
                 "lock",
@@ -590,13 +559,10 @@ async fn decide(
 }
 
 /// `/v1` is the authenticated API; everything else (health, docs) is public.
-/// An unknown path under `/v1` still demands credentials, so anonymous
-/// callers cannot map the API's routes.
-fn requires_credentials(path: &str, route: Option<&RouteSpec>) -> bool {
-    match route {
-        Some(route) => route.methods.iter().any(|m| m.guard != Guard::Public),
-        None => path == "/v1" || path.starts_with("/v1/"),
-    }
+/// Unknown paths under `/v1` demand credentials too, so anonymous callers
+/// cannot map the API's routes.
+fn requires_credentials(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
 }
 
 async fn authenticate(service: &dyn Service, head: &Parts) -> Result<Principal, Halt> {
@@ -656,10 +622,8 @@ fn content_type(head: &Parts, spec: &MethodSpec) -> Result<Option<MediaType>, Ha
     }
     let accepted: Vec<&str> = spec.accepts.iter().map(|m| m.essence()).collect();
     let unsupported = |detail: String| {
-        let mut halt = Halt::from(
-            Problem::new(ProblemKind::UnsupportedMediaType, detail)
-                .with("accepted", accepted.clone()),
-        );
+        let mut halt =
+            Halt::from(Problem::new(ProblemKind::UnsupportedMediaType, detail).with("accepted", accepted.clone()));
         let accept_header = if head.method == Method::PATCH {
             Some(header::HeaderName::from_static("accept-patch"))
         } else if head.method == Method::POST {
@@ -688,10 +652,7 @@ fn content_type(head: &Parts, spec: &MethodSpec) -> Result<Option<MediaType>, Ha
             "{m} is not accepted here; send one of: {}.",
             accepted.join(", ")
         ))),
-        Err(e) => Err(unsupported(format!(
-            "{e}; send one of: {}.",
-            accepted.join(", ")
-        ))),
+        Err(e) => Err(unsupported(format!("{e}; send one of: {}.", accepted.join(", ")))),
     }
 }
 
@@ -722,11 +683,9 @@ async fn read_body(head: &Parts, body: Box<dyn BodySource>, limit: usize) -> Res
             "The body did not arrive in time.",
         ))
         .with(header::CONNECTION, "close")),
-        Err(BodyError::Aborted) => Err(Problem::new(
-            ProblemKind::MalformedBody,
-            "The body could not be read to its end.",
-        )
-        .into()),
+        Err(BodyError::Aborted) => {
+            Err(Problem::new(ProblemKind::MalformedBody, "The body could not be read to its end.").into())
+        }
     }
 }
 
@@ -761,10 +720,7 @@ fn is_safe(method: &Method) -> bool {
 }
 
 fn not_found(path: &str) -> Problem {
-    Problem::new(
-        ProblemKind::NotFound,
-        format!("No resource lives at {path}."),
-    )
+    Problem::new(ProblemKind::NotFound, format!("No resource lives at {path}."))
 }
 
 fn empty(status: StatusCode, headers: &[(HeaderName, String)]) -> Response<Bytes> {
@@ -808,11 +764,7 @@ fn not_modified(v: Option<&Validators>, spec: &MethodSpec) -> Response<Bytes> {
 fn representation_response(status: StatusCode, rep: Representation) -> Response<Bytes> {
     let mut response = Response::new(rep.body);
     *response.status_mut() = status;
-    set(
-        &mut response,
-        header::CONTENT_TYPE,
-        rep.media.content_type(),
-    );
+    set(&mut response, header::CONTENT_TYPE, rep.media.content_type());
     set_validators(&mut response, &rep.validators);
     if let Some(cc) = rep.cache_control {
         set(&mut response, header::CACHE_CONTROL, cc);
@@ -849,18 +801,23 @@ fn success_response(success: Success) -> Response<Bytes> {
 /// Builds the `application/problem+json` response for `problem`.
 pub fn problem_response(
     problem: &Problem,
-    head: &Parts,
+    instance: &str,
     request_id: &str,
     headers: &[(HeaderName, String)],
 ) -> Response<Bytes> {
-    let body = problem.to_body(head.uri.path(), request_id);
+    let body = problem.to_body(instance, request_id);
     let mut response = Response::new(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()));
     *response.status_mut() = problem.kind().status();
-    set(
-        &mut response,
-        header::CONTENT_TYPE,
-        MediaType::Problem.content_type(),
+    set(&mut response, header::CONTENT_TYPE, MediaType::Problem.content_type());
+    // 503 and 429 always tell the client when to come back.
+    let needs_retry_after = matches!(
+        problem.kind(),
+        ProblemKind::ServiceUnavailable | ProblemKind::TooManyRequests
     );
+    if needs_retry_after && !headers.iter().any(|(n, _)| n == header::RETRY_AFTER) {
+        let secs = problem.extension("retry_after").and_then(Value::as_u64).unwrap_or(1);
+        set(&mut response, header::RETRY_AFTER, &secs.to_string());
+    }
     for (name, value) in headers {
         if let Ok(v) = HeaderValue::from_str(value) {
             response.headers_mut().append(name.clone(), v);

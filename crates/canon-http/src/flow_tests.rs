@@ -57,11 +57,7 @@ static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: "health",
         pattern: "/healthz",
-        methods: &[MethodSpec::read(
-            Method::GET,
-            Guard::Public,
-            &[MediaType::Json],
-        )],
+        methods: &[MethodSpec::read(Method::GET, Guard::Public, &[MediaType::Json])],
         planned: &[],
         summary: "health",
     },
@@ -84,16 +80,11 @@ impl Default for Facts {
             availability: Availability::Available,
             principal: Some(member(TenantRole::Editor)),
             existence: Existence::Found(Found {
-                validators: Validators::new(
-                    EntityTag::strong("v1"),
-                    UNIX_EPOCH + Duration::from_secs(1_000_000),
-                ),
+                validators: Validators::new(EntityTag::strong("v1"), UNIX_EPOCH + Duration::from_secs(1_000_000)),
                 ..Found::default()
             }),
             parse_error: None,
-            execute: Ok(Success::Ok(Representation::json(
-                &serde_json::json!({"ok": true}),
-            ))),
+            execute: Ok(Success::Ok(Representation::json(&serde_json::json!({"ok": true})))),
             limits: Limits::default(),
         }
     }
@@ -125,10 +116,7 @@ impl Service for Stub {
     fn availability(&self) -> Availability {
         self.facts.availability.clone()
     }
-    fn authenticate<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Principal>, Problem>> {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>> {
         let p = if token == "good" {
             self.facts.principal.clone()
         } else {
@@ -136,12 +124,7 @@ impl Service for Stub {
         };
         Box::pin(async move { Ok(p) })
     }
-    fn resource(
-        &self,
-        _: &'static RouteSpec,
-        _: Params,
-        _: Option<Principal>,
-    ) -> Box<dyn Resource> {
+    fn resource(&self, _: &'static RouteSpec, _: Params, _: Option<Principal>) -> Box<dyn Resource> {
         Box::new(StubResource {
             facts: self.facts.clone(),
             seen_body: self.seen_body.clone(),
@@ -182,10 +165,7 @@ impl Run {
         self.body["type"].as_str().unwrap_or("")
     }
     fn header(&self, name: header::HeaderName) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
     fn last(&self) -> Node {
         *self.trace.last().unwrap()
@@ -282,11 +262,7 @@ async fn n01_unavailable_is_503_with_retry_after_before_anything_else() {
     };
     let r = run_with(
         facts,
-        Request::builder()
-            .method("FOO")
-            .uri(ITEM)
-            .body(Bytes::new())
-            .unwrap(),
+        Request::builder().method("FOO").uri(ITEM).body(Bytes::new()).unwrap(),
     )
     .await;
     assert_problem(&r, 503, "service-unavailable");
@@ -299,11 +275,7 @@ async fn n02_unknown_method_is_501_before_auth() {
     for m in ["FOO", "PROPFIND", "TRACE"] {
         let r = run_with(
             Facts::default(),
-            Request::builder()
-                .method(m)
-                .uri(ITEM)
-                .body(Bytes::new())
-                .unwrap(),
+            Request::builder().method(m).uri(ITEM).body(Bytes::new()).unwrap(),
         )
         .await;
         assert_problem(&r, 501, "not-implemented");
@@ -335,11 +307,7 @@ async fn n04_large_headers_are_431() {
 
 #[tokio::test]
 async fn n05_missing_credentials_are_401_with_challenge() {
-    let r = run_with(
-        Facts::default(),
-        Request::get(ITEM).body(Bytes::new()).unwrap(),
-    )
-    .await;
+    let r = run_with(Facts::default(), Request::get(ITEM).body(Bytes::new()).unwrap()).await;
     assert_problem(&r, 401, "credentials-required");
     assert_eq!(r.header(header::WWW_AUTHENTICATE), "Bearer realm=\"canon\"");
     assert_eq!(r.last(), Node::Authenticated);
@@ -372,22 +340,14 @@ async fn n05_unknown_v1_paths_need_credentials_before_404() {
     )
     .await;
     assert_problem(&r, 401, "credentials-required");
-    let r = run_with(
-        Facts::default(),
-        Request::get("/nowhere").body(Bytes::new()).unwrap(),
-    )
-    .await;
+    let r = run_with(Facts::default(), Request::get("/nowhere").body(Bytes::new()).unwrap()).await;
     assert_problem(&r, 404, "not-found");
     assert!(!r.trace.contains(&Node::Authenticated));
 }
 
 #[tokio::test]
 async fn public_routes_skip_authentication() {
-    let r = run_with(
-        Facts::default(),
-        Request::get("/healthz").body(Bytes::new()).unwrap(),
-    )
-    .await;
+    let r = run_with(Facts::default(), Request::get("/healthz").body(Bytes::new()).unwrap()).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(!r.trace.contains(&Node::Authenticated));
 }
@@ -401,11 +361,7 @@ async fn n06_no_route_is_404() {
 
 #[tokio::test]
 async fn options_is_204_with_allow() {
-    let r = run_with(
-        Facts::default(),
-        req(Method::OPTIONS, ITEM).body(Bytes::new()).unwrap(),
-    )
-    .await;
+    let r = run_with(Facts::default(), req(Method::OPTIONS, ITEM).body(Bytes::new()).unwrap()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(r.header(header::ALLOW), "GET, HEAD, PUT, DELETE, OPTIONS");
     assert_eq!(r.last(), Node::Options);
@@ -413,11 +369,7 @@ async fn options_is_204_with_allow() {
 
 #[tokio::test]
 async fn n07_unsupported_method_is_405_with_allow() {
-    let r = run_with(
-        Facts::default(),
-        req(Method::POST, ITEM).body(Bytes::new()).unwrap(),
-    )
-    .await;
+    let r = run_with(Facts::default(), req(Method::POST, ITEM).body(Bytes::new()).unwrap()).await;
     assert_problem(&r, 405, "method-not-allowed");
     assert_eq!(r.header(header::ALLOW), "GET, HEAD, PUT, DELETE, OPTIONS");
     assert_eq!(r.last(), Node::MethodAllowed);
@@ -425,11 +377,7 @@ async fn n07_unsupported_method_is_405_with_allow() {
 
 #[tokio::test]
 async fn n07_planned_method_is_501_without_allow() {
-    let r = run_with(
-        Facts::default(),
-        req(Method::PATCH, ITEM).body(Bytes::new()).unwrap(),
-    )
-    .await;
+    let r = run_with(Facts::default(), req(Method::PATCH, ITEM).body(Bytes::new()).unwrap()).await;
     assert_problem(&r, 501, "not-implemented");
     assert!(r.headers.get(header::ALLOW).is_none());
 }
@@ -474,11 +422,7 @@ async fn n09_body_over_limit_is_413() {
         ..Facts::default()
     };
     let body = "{\"a\":\"0123456789\"}";
-    let r = run_with(
-        facts.clone(),
-        put_json(ITEM, body).body(Bytes::from(body)).unwrap(),
-    )
-    .await;
+    let r = run_with(facts.clone(), put_json(ITEM, body).body(Bytes::from(body)).unwrap()).await;
     assert_problem(&r, 413, "content-too-large");
     assert_eq!(r.body["max_bytes"], 10);
     assert_eq!(r.header(header::CONNECTION), "close");
@@ -498,11 +442,7 @@ async fn n09_body_over_limit_is_413() {
 
 #[tokio::test]
 async fn n09_body_reaches_the_resource_with_its_media_type() {
-    let r = run_with(
-        Facts::default(),
-        put_json(ITEM, "{}").body(Bytes::from("{}")).unwrap(),
-    )
-    .await;
+    let r = run_with(Facts::default(), put_json(ITEM, "{}").body(Bytes::from("{}")).unwrap()).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.seen_body, Some((MediaType::Json, Bytes::from("{}"))));
 }
@@ -529,8 +469,7 @@ async fn n10_nothing_acceptable_is_406_naming_what_is() {
 async fn n11_malformed_input_is_400() {
     let facts = Facts {
         parse_error: Some(
-            Problem::new(ProblemKind::MalformedBody, "bad json")
-                .with_errors(vec![FieldError::new("", "eof")]),
+            Problem::new(ProblemKind::MalformedBody, "bad json").with_errors(vec![FieldError::new("", "eof")]),
         ),
         ..Facts::default()
     };
@@ -694,11 +633,7 @@ async fn n15_require_if_match_is_428_on_writes_only() {
         existence: Existence::Found(found),
         ..Facts::default()
     };
-    let r = run_with(
-        facts.clone(),
-        req(Method::DELETE, ITEM).body(Bytes::new()).unwrap(),
-    )
-    .await;
+    let r = run_with(facts.clone(), req(Method::DELETE, ITEM).body(Bytes::new()).unwrap()).await;
     assert_problem(&r, 428, "precondition-required");
     assert_eq!(r.last(), Node::PreconditionRequired);
     let r = run_with(facts, get(ITEM)).await;
@@ -748,10 +683,7 @@ async fn success_statuses_and_headers() {
     let r = run_with(facts, get(ITEM)).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header(header::ETAG), "\"e\"");
-    assert_eq!(
-        r.header(header::LAST_MODIFIED),
-        "Sun, 06 Nov 1994 08:49:37 GMT"
-    );
+    assert_eq!(r.header(header::LAST_MODIFIED), "Sun, 06 Nov 1994 08:49:37 GMT");
     assert_eq!(r.header(header::CACHE_CONTROL), "private, no-cache");
     assert_eq!(r.header(header::CONTENT_TYPE), "application/json");
 

@@ -104,8 +104,7 @@ pub fn parse_content_type(value: &str) -> Result<MediaType, ContentTypeError> {
             }
         }
     }
-    MediaType::from_essence(essence)
-        .ok_or_else(|| ContentTypeError::Unsupported(essence.to_ascii_lowercase()))
+    MediaType::from_essence(essence).ok_or_else(|| ContentTypeError::Unsupported(essence.to_ascii_lowercase()))
 }
 
 /// `type/subtype` syntax check (RFC 9110 token characters); `*` allowed when
@@ -196,10 +195,7 @@ fn parse_accept(header: &str) -> Vec<AcceptRange<'_>> {
 /// accepts anything. Each offered type takes the quality of the most specific
 /// range that matches it; the highest non-zero quality wins and ties go to the
 /// server's order.
-pub fn negotiate<'h>(
-    accept: impl IntoIterator<Item = &'h str>,
-    offered: &[MediaType],
-) -> Option<MediaType> {
+pub fn negotiate<'h>(accept: impl IntoIterator<Item = &'h str>, offered: &[MediaType]) -> Option<MediaType> {
     let mut ranges = Vec::new();
     let mut any_header = false;
     for value in accept {
@@ -245,35 +241,22 @@ mod tests {
         assert_eq!(negotiate(["text/csv"], LIST), Some(Csv));
         assert_eq!(negotiate(["text/*"], LIST), Some(Csv));
         assert_eq!(negotiate(["*/*"], LIST), Some(Json));
-        assert_eq!(
-            negotiate(["application/x-ndjson, */*;q=0.1"], LIST),
-            Some(Ndjson)
-        );
+        assert_eq!(negotiate(["application/x-ndjson, */*;q=0.1"], LIST), Some(Ndjson));
         assert_eq!(negotiate(["TEXT/CSV"], LIST), Some(Csv));
     }
 
     #[test]
     fn quality_orders_and_zero_excludes() {
-        assert_eq!(
-            negotiate(["application/json;q=0.5, text/csv;q=0.9"], LIST),
-            Some(Csv)
-        );
+        assert_eq!(negotiate(["application/json;q=0.5, text/csv;q=0.9"], LIST), Some(Csv));
         assert_eq!(negotiate(["*/*, application/json;q=0"], &[Json]), None);
-        assert_eq!(
-            negotiate(["*/*;q=0.1, application/json;q=0"], LIST),
-            Some(Csv)
-        );
+        assert_eq!(negotiate(["*/*;q=0.1, application/json;q=0"], LIST), Some(Csv));
     }
 
     #[test]
     fn nothing_acceptable() {
         assert_eq!(negotiate(["application/xml"], LIST), None);
         assert_eq!(negotiate(["garbage"], LIST), None);
-        assert_eq!(
-            negotiate(["text/csv;q=2"], LIST),
-            None,
-            "invalid q drops the element"
-        );
+        assert_eq!(negotiate(["text/csv;q=2"], LIST), None, "invalid q drops the element");
     }
 
     #[test]
@@ -284,14 +267,8 @@ mod tests {
     #[test]
     fn content_type_parsing() {
         assert_eq!(parse_content_type("application/json"), Ok(Json));
-        assert_eq!(
-            parse_content_type("Application/JSON; charset=UTF-8"),
-            Ok(Json)
-        );
-        assert_eq!(
-            parse_content_type("application/merge-patch+json"),
-            Ok(MergePatch)
-        );
+        assert_eq!(parse_content_type("Application/JSON; charset=UTF-8"), Ok(Json));
+        assert_eq!(parse_content_type("application/merge-patch+json"), Ok(MergePatch));
         assert!(matches!(
             parse_content_type("text/plain"),
             Err(ContentTypeError::Unsupported(_))

@@ -66,10 +66,7 @@ impl Problem {
 
     /// Adds an extension member. Standard members cannot be overridden.
     pub fn with(mut self, name: &str, value: impl Into<Value>) -> Self {
-        if !matches!(
-            name,
-            "type" | "title" | "status" | "detail" | "instance" | "request_id"
-        ) {
+        if !matches!(name, "type" | "title" | "status" | "detail" | "instance" | "request_id") {
             self.extensions.insert(name.to_owned(), value.into());
         }
         self

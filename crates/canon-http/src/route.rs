@@ -92,11 +92,7 @@ pub struct RouteSpec {
 impl RouteSpec {
     /// The spec for `method`, with `HEAD` served by `GET`.
     pub fn method(&self, method: &Method) -> Option<&MethodSpec> {
-        let wanted = if method == Method::HEAD {
-            &Method::GET
-        } else {
-            method
-        };
+        let wanted = if method == Method::HEAD { &Method::GET } else { method };
         self.methods.iter().find(|m| &m.method == wanted)
     }
 
@@ -122,10 +118,7 @@ pub struct Params(Vec<(&'static str, String)>);
 impl Params {
     /// The value of the parameter `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 
     /// Builds parameters from pairs (for tests and internal dispatch).

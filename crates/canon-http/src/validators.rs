@@ -85,10 +85,7 @@ pub struct BadTagList(pub &'static str);
 
 impl TagCondition {
     /// Parses every line of `name` in `headers`; `Ok(None)` when absent.
-    pub fn from_headers(
-        headers: &HeaderMap,
-        name: &'static header::HeaderName,
-    ) -> Result<Option<Self>, BadTagList> {
+    pub fn from_headers(headers: &HeaderMap, name: &'static header::HeaderName) -> Result<Option<Self>, BadTagList> {
         let mut tags = Vec::new();
         let mut any = false;
         let mut present = false;
@@ -114,13 +111,8 @@ impl TagCondition {
         match self {
             TagCondition::Any => exists,
             TagCondition::Tags(tags) => current.is_some_and(|cur| {
-                tags.iter().any(|t| {
-                    if strong {
-                        t.strong_eq(cur)
-                    } else {
-                        t.weak_eq(cur)
-                    }
-                })
+                tags.iter()
+                    .any(|t| if strong { t.strong_eq(cur) } else { t.weak_eq(cur) })
             }),
         }
     }
@@ -179,10 +171,7 @@ pub fn http_date(t: SystemTime) -> String {
 
 /// Truncates a time to whole seconds, the precision of HTTP-dates.
 pub fn to_seconds(t: SystemTime) -> SystemTime {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
@@ -239,11 +228,7 @@ pub enum PreconditionOutcome {
 
 /// Evaluates `conditions` against the current representation in the order of
 /// RFC 9110 §13.2.2. `current` is `None` when the resource does not exist.
-pub fn evaluate(
-    method: &Method,
-    conditions: &Conditions,
-    current: Option<&Validators>,
-) -> PreconditionOutcome {
+pub fn evaluate(method: &Method, conditions: &Conditions, current: Option<&Validators>) -> PreconditionOutcome {
     let exists = current.is_some();
     let etag = current.and_then(|v| v.etag.as_ref());
     let modified = current.and_then(|v| v.last_modified).map(to_seconds);
@@ -296,10 +281,7 @@ mod tests {
     }
 
     fn current() -> Validators {
-        Validators::new(
-            EntityTag::strong("v1"),
-            UNIX_EPOCH + Duration::from_secs(1_000_000),
-        )
+        Validators::new(EntityTag::strong("v1"), UNIX_EPOCH + Duration::from_secs(1_000_000))
     }
 
     #[test]
@@ -315,10 +297,7 @@ mod tests {
                 EntityTag::strong("c,d")
             ]))
         );
-        assert_eq!(
-            cond(&[("if-none-match", "*")]).if_none_match,
-            Some(TagCondition::Any)
-        );
+        assert_eq!(cond(&[("if-none-match", "*")]).if_none_match, Some(TagCondition::Any));
     }
 
     #[test]
@@ -333,10 +312,7 @@ mod tests {
 
     #[test]
     fn malformed_dates_are_ignored() {
-        let c = cond(&[
-            ("if-modified-since", "yesterday"),
-            ("if-unmodified-since", "soon"),
-        ]);
+        let c = cond(&[("if-modified-since", "yesterday"), ("if-unmodified-since", "soon")]);
         assert!(c.is_empty());
     }
 
@@ -379,28 +355,19 @@ mod tests {
     fn if_none_match_is_weak_304_on_reads_412_on_writes() {
         let cur = current();
         let c = cond(&[("if-none-match", "W/\"v1\"")]);
-        assert_eq!(
-            evaluate(&Method::GET, &c, Some(&cur)),
-            PreconditionOutcome::NotModified
-        );
+        assert_eq!(evaluate(&Method::GET, &c, Some(&cur)), PreconditionOutcome::NotModified);
         assert_eq!(
             evaluate(&Method::HEAD, &c, Some(&cur)),
             PreconditionOutcome::NotModified
         );
-        assert_eq!(
-            evaluate(&Method::PUT, &c, Some(&cur)),
-            PreconditionOutcome::Failed
-        );
+        assert_eq!(evaluate(&Method::PUT, &c, Some(&cur)), PreconditionOutcome::Failed);
         let star = cond(&[("if-none-match", "*")]);
         assert_eq!(
             evaluate(&Method::PUT, &star, None),
             PreconditionOutcome::Proceed,
             "create-only PUT"
         );
-        assert_eq!(
-            evaluate(&Method::PUT, &star, Some(&cur)),
-            PreconditionOutcome::Failed
-        );
+        assert_eq!(evaluate(&Method::PUT, &star, Some(&cur)), PreconditionOutcome::Failed);
     }
 
     #[test]
@@ -410,44 +377,24 @@ mod tests {
         let ims_same = at(1_000_000);
         let ims_before = at(999_999);
         assert_eq!(
-            evaluate(
-                &Method::GET,
-                &cond(&[("if-modified-since", &ims_same)]),
-                Some(&cur)
-            ),
+            evaluate(&Method::GET, &cond(&[("if-modified-since", &ims_same)]), Some(&cur)),
             PreconditionOutcome::NotModified
         );
         assert_eq!(
-            evaluate(
-                &Method::GET,
-                &cond(&[("if-modified-since", &ims_before)]),
-                Some(&cur)
-            ),
+            evaluate(&Method::GET, &cond(&[("if-modified-since", &ims_before)]), Some(&cur)),
             PreconditionOutcome::Proceed
         );
         assert_eq!(
-            evaluate(
-                &Method::PUT,
-                &cond(&[("if-modified-since", &ims_same)]),
-                Some(&cur)
-            ),
+            evaluate(&Method::PUT, &cond(&[("if-modified-since", &ims_same)]), Some(&cur)),
             PreconditionOutcome::Proceed,
             "If-Modified-Since applies to GET/HEAD only"
         );
         assert_eq!(
-            evaluate(
-                &Method::PUT,
-                &cond(&[("if-unmodified-since", &ims_before)]),
-                Some(&cur)
-            ),
+            evaluate(&Method::PUT, &cond(&[("if-unmodified-since", &ims_before)]), Some(&cur)),
             PreconditionOutcome::Failed
         );
         assert_eq!(
-            evaluate(
-                &Method::PUT,
-                &cond(&[("if-unmodified-since", &ims_same)]),
-                Some(&cur)
-            ),
+            evaluate(&Method::PUT, &cond(&[("if-unmodified-since", &ims_same)]), Some(&cur)),
             PreconditionOutcome::Proceed
         );
     }
@@ -462,22 +409,13 @@ mod tests {
                 &http_date(UNIX_EPOCH + Duration::from_secs(2_000_000)),
             ),
         ]);
-        assert_eq!(
-            evaluate(&Method::GET, &c, Some(&cur)),
-            PreconditionOutcome::Proceed
-        );
+        assert_eq!(evaluate(&Method::GET, &c, Some(&cur)), PreconditionOutcome::Proceed);
     }
 
     #[test]
     fn if_unmodified_since_is_ignored_when_if_match_is_present() {
         let cur = current();
-        let c = cond(&[
-            ("if-match", "\"v1\""),
-            ("if-unmodified-since", &http_date(UNIX_EPOCH)),
-        ]);
-        assert_eq!(
-            evaluate(&Method::PUT, &c, Some(&cur)),
-            PreconditionOutcome::Proceed
-        );
+        let c = cond(&[("if-match", "\"v1\""), ("if-unmodified-since", &http_date(UNIX_EPOCH))]);
+        assert_eq!(evaluate(&Method::PUT, &c, Some(&cur)), PreconditionOutcome::Proceed);
     }
 }

@@ -1,1 +1,17 @@
-//! stub
+//! Canon's HTTP server: the route table, authentication, the resource
+//! handlers, and the axum wiring that feeds every request to the decision
+//! flow of `canon-http`.
+
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod input;
+pub mod listing;
+pub mod render;
+pub mod resources;
+pub mod routes;
+pub mod token;
+
+pub use app::{App, enveloped, serve};
+pub use config::Config;

@@ -72,85 +72,43 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tenants(&self, page: PageRequest) -> StoreResult<Page<Tenant>>;
 
     /// Creates a user.
-    async fn create_user(
-        &self,
-        tenant_id: &str,
-        email: &str,
-        role: TenantRole,
-    ) -> StoreResult<User>;
+    async fn create_user(&self, tenant_id: &str, email: &str, role: TenantRole) -> StoreResult<User>;
     /// A user by id.
     async fn user(&self, tenant_id: &str, id: &str) -> StoreResult<Lookup<User>>;
     /// Users by id.
     async fn list_users(&self, tenant_id: &str, page: PageRequest) -> StoreResult<Page<User>>;
     /// Changes a user's role; `None` when the user does not exist.
-    async fn set_user_role(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        role: TenantRole,
-    ) -> StoreResult<Option<User>>;
+    async fn set_user_role(&self, tenant_id: &str, id: &str, role: TenantRole) -> StoreResult<Option<User>>;
     /// Deletes a user and its keys, leaving a tombstone for `retention`.
     /// Returns whether it existed.
-    async fn delete_user(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        retention: Duration,
-    ) -> StoreResult<bool>;
+    async fn delete_user(&self, tenant_id: &str, id: &str, retention: Duration) -> StoreResult<bool>;
 
     /// Creates an API key for a user.
-    async fn create_api_key(
-        &self,
-        tenant_id: &str,
-        user_id: &str,
-        name: &str,
-        token_hash: &str,
-    ) -> StoreResult<ApiKey>;
+    async fn create_api_key(&self, tenant_id: &str, user_id: &str, name: &str, token_hash: &str)
+    -> StoreResult<ApiKey>;
     /// A user's key by id.
     async fn api_key(&self, user_id: &str, id: &str) -> StoreResult<Lookup<ApiKey>>;
     /// A user's keys by id.
     async fn list_api_keys(&self, user_id: &str, page: PageRequest) -> StoreResult<Page<ApiKey>>;
     /// Revokes (deletes) a key, leaving a tombstone. Returns whether it existed.
-    async fn revoke_api_key(
-        &self,
-        user_id: &str,
-        id: &str,
-        retention: Duration,
-    ) -> StoreResult<bool>;
+    async fn revoke_api_key(&self, user_id: &str, id: &str, retention: Duration) -> StoreResult<bool>;
 
     /// Creates a collection.
-    async fn create_collection(
-        &self,
-        tenant_id: &str,
-        new: NewCollection,
-    ) -> StoreResult<Collection>;
+    async fn create_collection(&self, tenant_id: &str, new: NewCollection) -> StoreResult<Collection>;
     /// A collection by name.
     async fn collection(&self, tenant_id: &str, name: &str) -> StoreResult<Lookup<Collection>>;
     /// Collections by id.
-    async fn list_collections(
-        &self,
-        tenant_id: &str,
-        page: PageRequest,
-    ) -> StoreResult<Page<Collection>>;
+    async fn list_collections(&self, tenant_id: &str, page: PageRequest) -> StoreResult<Page<Collection>>;
     /// Deletes an empty collection ([`StoreError::NotEmpty`] otherwise),
     /// leaving a tombstone. Returns whether it existed.
-    async fn delete_collection(
-        &self,
-        tenant_id: &str,
-        name: &str,
-        retention: Duration,
-    ) -> StoreResult<bool>;
+    async fn delete_collection(&self, tenant_id: &str, name: &str, retention: Duration) -> StoreResult<bool>;
 
     /// Creates a record with a new id.
     async fn create_record(&self, collection: &Collection, data: Value) -> StoreResult<Record>;
     /// A record by id.
     async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>>;
     /// A page of records.
-    async fn list_records(
-        &self,
-        collection_id: &str,
-        query: RecordQuery,
-    ) -> StoreResult<Page<Record>>;
+    async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>>;
     /// Replaces a record's data, or creates it at `id`. Returns the record and
     /// whether it was created.
     async fn put_record(

@@ -24,10 +24,7 @@ async fn data_survives_reopen_and_migrations_are_idempotent() {
         store.create_tenant("acme").await.unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    assert!(matches!(
-        store.tenant("acme").await.unwrap(),
-        Lookup::Found(_)
-    ));
+    assert!(matches!(store.tenant("acme").await.unwrap(), Lookup::Found(_)));
 }
 
 #[tokio::test]
@@ -36,8 +33,6 @@ async fn pragmas_are_durable() {
     let path = dir.path().join("canon.db");
     let _store = SqliteStore::open(&path).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let mode: String = conn
-        .pragma_query_value(None, "journal_mode", |r| r.get(0))
-        .unwrap();
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
 }

@@ -1,1 +1,188 @@
-fn main() {}
+//! The `canon` binary.
+//!
+//! `canon serve` reads flags, then `CANON_*` environment variables, then the
+//! `--config` TOML file (same keys, snake_case), then defaults, in that order
+//! of precedence.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canon_server::{App, Config};
+use canon_store::sqlite::SqliteStore;
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+#[derive(Parser)]
+#[command(
+    name = "canon",
+    version,
+    about = "A multi-tenant REST resource server that gets HTTP right."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "CANON_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Database URL: sqlite://PATH [default: sqlite://canon.db].
+    #[arg(long = "database", env = "CANON_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Redis URL for shared rate-limit state (accepted; used by the traffic-control work).
+    #[arg(long = "redis", env = "CANON_REDIS_URL")]
+    redis_url: Option<String>,
+    /// TOML file with any of these settings.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Largest request body, in bytes [default: 1048576].
+    #[arg(long, env = "CANON_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Milliseconds a body may take to arrive before 408 [default: 10000].
+    #[arg(long, env = "CANON_BODY_TIMEOUT_MS")]
+    body_timeout_ms: Option<u64>,
+    /// Requests served at once; beyond it 503 [default: 1024].
+    #[arg(long, env = "CANON_MAX_IN_FLIGHT")]
+    max_in_flight: Option<usize>,
+    /// Days a deleted resource answers 410 before 404 [default: 30].
+    #[arg(long, env = "CANON_TOMBSTONE_DAYS")]
+    tombstone_days: Option<u64>,
+    /// Operator token to create on first start [default: generated and printed].
+    #[arg(long, env = "CANON_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    bootstrap_token: Option<String>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    redis_url: Option<String>,
+    max_body_bytes: Option<usize>,
+    body_timeout_ms: Option<u64>,
+    max_in_flight: Option<usize>,
+    tombstone_days: Option<u64>,
+    bootstrap_token: Option<String>,
+}
+
+fn resolve(args: ServeArgs) -> Result<Config, String> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let d = Config::default();
+    if args.redis_url.or(file.redis_url).is_some() {
+        tracing::info!("a Redis URL was given; shared rate limits arrive with the traffic-control work");
+    }
+    Ok(Config {
+        listen: args.listen.or(file.listen).unwrap_or(d.listen),
+        database_url: args.database_url.or(file.database_url).unwrap_or(d.database_url),
+        max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(d.max_body_bytes),
+        body_timeout: args
+            .body_timeout_ms
+            .or(file.body_timeout_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(d.body_timeout),
+        max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight),
+        tombstone_retention: args
+            .tombstone_days
+            .or(file.tombstone_days)
+            .map(|days| Duration::from_secs(days * 86_400))
+            .unwrap_or(d.tombstone_retention),
+        bootstrap_token: args.bootstrap_token.or(file.bootstrap_token),
+    })
+}
+
+fn sqlite_path(url: &str) -> Result<PathBuf, String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err("PostgreSQL support arrives with the scale-out work; use sqlite://PATH for now".into());
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    if path.is_empty() {
+        return Err("the database URL names no file".into());
+    }
+    Ok(PathBuf::from(path))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = resolve(args)?;
+    let path = sqlite_path(&config.database_url)?;
+    let store = SqliteStore::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let app = App::new(config, Arc::new(store)).map_err(|e| e.to_string())?;
+    if let Some(token) = app.bootstrap().await.map_err(|e| e.to_string())? {
+        eprintln!("Created the operator token (shown once, store it now):\n\n    {token}\n");
+    }
+    let listener = tokio::net::TcpListener::bind(app.config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", app.config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, database = %path.display(), "canon is serving");
+    eprintln!("canon listening on http://{addr}");
+    canon_server::serve(app, listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CANON_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("canon: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("canon: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -32,9 +32,7 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
 /// Opens a connection with Canon's pragmas.
 fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -128,11 +126,7 @@ impl Engine {
             .acquire()
             .await
             .map_err(|_| StoreError::Unavailable("closed".into()))?;
-        let conn = self
-            .readers
-            .lock()
-            .map_err(|_| internal("reader pool poisoned"))?
-            .pop();
+        let conn = self.readers.lock().map_err(|_| internal("reader pool poisoned"))?.pop();
         let conn = match conn {
             Some(c) => c,
             None => open(&self.path, true).map_err(internal)?,

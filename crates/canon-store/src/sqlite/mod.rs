@@ -96,13 +96,7 @@ mod kind {
     pub const RECORD: &str = "record";
 }
 
-fn put_tombstone(
-    conn: &Connection,
-    kind: &str,
-    scope: &str,
-    key: &str,
-    retention: Duration,
-) -> rusqlite::Result<()> {
+fn put_tombstone(conn: &Connection, kind: &str, scope: &str, key: &str, retention: Duration) -> rusqlite::Result<()> {
     let now = now_millis();
     conn.execute(
         "INSERT INTO tombstones (kind, scope, key, deleted_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -130,11 +124,7 @@ fn absent<T>(conn: &Connection, kind: &str, scope: &str, key: &str) -> StoreResu
         )
         .optional()
         .map_err(db_error)?;
-    Ok(if live.is_some() {
-        Lookup::Gone
-    } else {
-        Lookup::Missing
-    })
+    Ok(if live.is_some() { Lookup::Gone } else { Lookup::Missing })
 }
 
 fn found_or_tombstone<T>(
@@ -191,8 +181,7 @@ fn tenant_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
 }
 
 fn role_from_sql(s: String) -> rusqlite::Result<TenantRole> {
-    TenantRole::parse(&s)
-        .ok_or_else(|| rusqlite::Error::InvalidColumnType(0, s, rusqlite::types::Type::Text))
+    TenantRole::parse(&s).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, s, rusqlite::types::Type::Text))
 }
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
@@ -218,9 +207,8 @@ fn key_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
 
 fn json_column(r: &Row<'_>, i: usize) -> rusqlite::Result<Value> {
     let s: String = r.get(i)?;
-    serde_json::from_str(&s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
-    })
+    serde_json::from_str(&s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
@@ -232,11 +220,7 @@ fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
         schema: json_column(r, 3)?,
         unique: unique
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
             .unwrap_or_default(),
         require_if_match: r.get(5)?,
         version: r.get(6)?,
@@ -268,10 +252,7 @@ fn load_record(conn: &Connection, collection_id: &str, id: &str) -> StoreResult<
     conn.prepare_cached(&format!(
         "SELECT {RECORD_COLS} FROM records WHERE collection_id = ?1 AND id = ?2"
     ))
-    .and_then(|mut s| {
-        s.query_row(params![collection_id, id], record_row)
-            .optional()
-    })
+    .and_then(|mut s| s.query_row(params![collection_id, id], record_row).optional())
     .map_err(db_error)
 }
 
@@ -290,12 +271,7 @@ fn check_expectation(current: Option<&Record>, expect: &Expect) -> StoreResult<(
 }
 
 /// Rewrites a record's unique-value rows; the first taken value names the field.
-fn index_unique(
-    conn: &Connection,
-    collection: &Collection,
-    id: &str,
-    data: &Value,
-) -> StoreResult<()> {
+fn index_unique(conn: &Connection, collection: &Collection, id: &str, data: &Value) -> StoreResult<()> {
     if collection.unique.is_empty() {
         return Ok(());
     }
@@ -319,11 +295,7 @@ fn index_unique(
 
 fn collection_exists(conn: &Connection, collection_id: &str) -> StoreResult<()> {
     let found: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM collections WHERE id = ?1",
-            [collection_id],
-            |r| r.get(0),
-        )
+        .query_row("SELECT 1 FROM collections WHERE id = ?1", [collection_id], |r| r.get(0))
         .optional()
         .map_err(db_error)?;
     found.map(|_| ()).ok_or(StoreError::Vanished)
@@ -365,11 +337,7 @@ fn json_types(v: &Value) -> &'static [&'static str] {
     }
 }
 
-fn list_records(
-    conn: &Connection,
-    collection_id: &str,
-    q: &RecordQuery,
-) -> StoreResult<Page<Record>> {
+fn list_records(conn: &Connection, collection_id: &str, q: &RecordQuery) -> StoreResult<Page<Record>> {
     let mut sql = format!("SELECT {RECORD_COLS}");
     let mut args: Vec<SqlValue> = vec![SqlValue::Text(collection_id.to_owned())];
     let sort = match &q.sort {
@@ -523,7 +491,12 @@ impl Store for SqliteStore {
         self.engine
             .write(move |c| {
                 let now = now_millis();
-                let t = Tenant { id: new_id(), name, created_at: now, updated_at: now };
+                let t = Tenant {
+                    id: new_id(),
+                    name,
+                    created_at: now,
+                    updated_at: now,
+                };
                 c.execute(
                     "INSERT INTO tenants (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?4)",
                     params![t.id, t.name, t.created_at, t.updated_at],
@@ -539,9 +512,7 @@ impl Store for SqliteStore {
         self.engine
             .read(move |c| {
                 let t = c
-                    .prepare_cached(
-                        "SELECT id, name, created_at, updated_at FROM tenants WHERE name = ?1",
-                    )
+                    .prepare_cached("SELECT id, name, created_at, updated_at FROM tenants WHERE name = ?1")
                     .and_then(|mut s| s.query_row([&name], tenant_row).optional())
                     .map_err(db_error)?;
                 Ok(t.map_or(Lookup::Missing, Lookup::Found))
@@ -564,12 +535,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn create_user(
-        &self,
-        tenant_id: &str,
-        email: &str,
-        role: TenantRole,
-    ) -> StoreResult<User> {
+    async fn create_user(&self, tenant_id: &str, email: &str, role: TenantRole) -> StoreResult<User> {
         let (tenant_id, email) = (tenant_id.to_owned(), email.to_owned());
         self.engine
             .write(move |c| {
@@ -584,14 +550,7 @@ impl Store for SqliteStore {
                 };
                 c.execute(
                     &format!("INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-                    params![
-                        u.id,
-                        u.tenant_id,
-                        u.email,
-                        u.role.as_str(),
-                        u.created_at,
-                        u.updated_at
-                    ],
+                    params![u.id, u.tenant_id, u.email, u.role.as_str(), u.created_at, u.updated_at],
                 )
                 .map_err(|e| conflict_or_internal(e, "/email"))?;
                 Ok(u)
@@ -630,12 +589,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn set_user_role(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        role: TenantRole,
-    ) -> StoreResult<Option<User>> {
+    async fn set_user_role(&self, tenant_id: &str, id: &str, role: TenantRole) -> StoreResult<Option<User>> {
         let (tenant_id, id) = (tenant_id.to_owned(), id.to_owned());
         self.engine
             .write(move |c| {
@@ -655,22 +609,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn delete_user(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        retention: Duration,
-    ) -> StoreResult<bool> {
+    async fn delete_user(&self, tenant_id: &str, id: &str, retention: Duration) -> StoreResult<bool> {
         let (tenant_id, id) = (tenant_id.to_owned(), id.to_owned());
         self.engine
             .write(move |c| {
                 c.execute("DELETE FROM api_keys WHERE user_id = ?1", [&id])
                     .map_err(db_error)?;
                 let n = c
-                    .execute(
-                        "DELETE FROM users WHERE tenant_id = ?1 AND id = ?2",
-                        [&tenant_id, &id],
-                    )
+                    .execute("DELETE FROM users WHERE tenant_id = ?1 AND id = ?2", [&tenant_id, &id])
                     .map_err(db_error)?;
                 if n > 0 {
                     put_tombstone(c, kind::USER, &tenant_id, &id, retention).map_err(db_error)?;
@@ -742,20 +688,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn revoke_api_key(
-        &self,
-        user_id: &str,
-        id: &str,
-        retention: Duration,
-    ) -> StoreResult<bool> {
+    async fn revoke_api_key(&self, user_id: &str, id: &str, retention: Duration) -> StoreResult<bool> {
         let (user_id, id) = (user_id.to_owned(), id.to_owned());
         self.engine
             .write(move |c| {
                 let n = c
-                    .execute(
-                        "DELETE FROM api_keys WHERE user_id = ?1 AND id = ?2",
-                        [&user_id, &id],
-                    )
+                    .execute("DELETE FROM api_keys WHERE user_id = ?1 AND id = ?2", [&user_id, &id])
                     .map_err(db_error)?;
                 if n > 0 {
                     put_tombstone(c, kind::API_KEY, &user_id, &id, retention).map_err(db_error)?;
@@ -765,11 +703,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn create_collection(
-        &self,
-        tenant_id: &str,
-        new: NewCollection,
-    ) -> StoreResult<Collection> {
+    async fn create_collection(&self, tenant_id: &str, new: NewCollection) -> StoreResult<Collection> {
         let tenant_id = tenant_id.to_owned();
         self.engine
             .write(move |c| {
@@ -811,7 +745,9 @@ impl Store for SqliteStore {
         self.engine
             .read(move |c| {
                 let col = c
-                    .prepare_cached(&format!("SELECT {COLLECTION_COLS} FROM collections WHERE tenant_id = ?1 AND name = ?2"))
+                    .prepare_cached(&format!(
+                        "SELECT {COLLECTION_COLS} FROM collections WHERE tenant_id = ?1 AND name = ?2"
+                    ))
                     .and_then(|mut s| s.query_row([&tenant_id, &name], collection_row).optional())
                     .map_err(db_error)?;
                 found_or_tombstone(c, col, kind::COLLECTION, &tenant_id, &name)
@@ -819,11 +755,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn list_collections(
-        &self,
-        tenant_id: &str,
-        p: PageRequest,
-    ) -> StoreResult<Page<Collection>> {
+    async fn list_collections(&self, tenant_id: &str, p: PageRequest) -> StoreResult<Page<Collection>> {
         let tenant_id = tenant_id.to_owned();
         self.engine
             .read(move |c| {
@@ -841,12 +773,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn delete_collection(
-        &self,
-        tenant_id: &str,
-        name: &str,
-        retention: Duration,
-    ) -> StoreResult<bool> {
+    async fn delete_collection(&self, tenant_id: &str, name: &str, retention: Duration) -> StoreResult<bool> {
         let (tenant_id, name) = (tenant_id.to_owned(), name.to_owned());
         self.engine
             .write(move |c| {
@@ -860,11 +787,9 @@ impl Store for SqliteStore {
                     .map_err(db_error)?;
                 let Some(id) = id else { return Ok(false) };
                 let has_records: Option<i64> = c
-                    .query_row(
-                        "SELECT 1 FROM records WHERE collection_id = ?1 LIMIT 1",
-                        [&id],
-                        |r| r.get(0),
-                    )
+                    .query_row("SELECT 1 FROM records WHERE collection_id = ?1 LIMIT 1", [&id], |r| {
+                        r.get(0)
+                    })
                     .optional()
                     .map_err(db_error)?;
                 if has_records.is_some() {
@@ -877,8 +802,7 @@ impl Store for SqliteStore {
                 .map_err(db_error)?;
                 c.execute("DELETE FROM collections WHERE id = ?1", [&id])
                     .map_err(db_error)?;
-                put_tombstone(c, kind::COLLECTION, &tenant_id, &name, retention)
-                    .map_err(db_error)?;
+                put_tombstone(c, kind::COLLECTION, &tenant_id, &name, retention).map_err(db_error)?;
                 Ok(true)
             })
             .await
@@ -930,15 +854,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn list_records(
-        &self,
-        collection_id: &str,
-        query: RecordQuery,
-    ) -> StoreResult<Page<Record>> {
+    async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>> {
         let collection_id = collection_id.to_owned();
-        self.engine
-            .read(move |c| list_records(c, &collection_id, &query))
-            .await
+        self.engine.read(move |c| list_records(c, &collection_id, &query)).await
     }
 
     async fn put_record(
@@ -1024,12 +942,9 @@ impl Store for SqliteStore {
     async fn purge_tombstones(&self) -> StoreResult<u64> {
         self.engine
             .write(|c| {
-                c.execute(
-                    "DELETE FROM tombstones WHERE expires_at <= ?1",
-                    [now_millis()],
-                )
-                .map(|n| n as u64)
-                .map_err(db_error)
+                c.execute("DELETE FROM tombstones WHERE expires_at <= ?1", [now_millis()])
+                    .map(|n| n as u64)
+                    .map_err(db_error)
             })
             .await
     }

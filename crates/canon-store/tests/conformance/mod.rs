@@ -35,9 +35,7 @@ async fn collection(store: &dyn Store, t: &Tenant, name: &str, unique: &[&str]) 
 
 pub async fn tenants_are_unique_by_name(store: Arc<dyn Store>) {
     let t = tenant(&*store, "acme").await;
-    assert!(
-        matches!(store.create_tenant("acme").await, Err(StoreError::Conflict { pointer }) if pointer == "/name")
-    );
+    assert!(matches!(store.create_tenant("acme").await, Err(StoreError::Conflict { pointer }) if pointer == "/name"));
     assert_eq!(store.tenant("acme").await.unwrap(), Lookup::Found(t));
     assert_eq!(store.tenant("nope").await.unwrap(), Lookup::Missing);
 }
@@ -64,20 +62,13 @@ pub async fn lists_page_by_cursor(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(p3.items.len(), 1);
     assert!(p3.next.is_none());
-    let names: Vec<_> = [p1, p2, p3]
-        .into_iter()
-        .flat_map(|p| p.items)
-        .map(|t| t.name)
-        .collect();
+    let names: Vec<_> = [p1, p2, p3].into_iter().flat_map(|p| p.items).map(|t| t.name).collect();
     assert_eq!(names, ["t0", "t1", "t2", "t3", "t4"]);
 }
 
 pub async fn users_keys_and_authentication(store: Arc<dyn Store>) {
     assert!(store.bootstrap_operator("ophash").await.unwrap());
-    assert!(
-        !store.bootstrap_operator("other").await.unwrap(),
-        "only one bootstrap"
-    );
+    assert!(!store.bootstrap_operator("other").await.unwrap(), "only one bootstrap");
     assert!(matches!(
         store.key_owner("ophash").await.unwrap(),
         Some(KeyOwner::Operator { .. })
@@ -98,10 +89,7 @@ pub async fn users_keys_and_authentication(store: Arc<dyn Store>) {
         .await
         .expect("emails are unique per tenant only");
 
-    let k = store
-        .create_api_key(&t.id, &u.id, "ci", "khash")
-        .await
-        .unwrap();
+    let k = store.create_api_key(&t.id, &u.id, "ci", "khash").await.unwrap();
     match store.key_owner("khash").await.unwrap() {
         Some(KeyOwner::Member {
             tenant,
@@ -139,10 +127,7 @@ pub async fn users_keys_and_authentication(store: Arc<dyn Store>) {
     );
     assert_eq!(store.api_key(&u.id, &k.id).await.unwrap(), Lookup::Gone);
 
-    let k2 = store
-        .create_api_key(&t.id, &u.id, "ci2", "khash2")
-        .await
-        .unwrap();
+    let k2 = store.create_api_key(&t.id, &u.id, "ci2", "khash2").await.unwrap();
     assert!(store.delete_user(&t.id, &u.id, KEEP).await.unwrap());
     assert_eq!(store.user(&t.id, &u.id).await.unwrap(), Lookup::Gone);
     assert_eq!(
@@ -163,10 +148,7 @@ pub async fn records_crud_versions_and_tombstones(store: Arc<dyn Store>) {
     let c = collection(&*store, &t, "devices", &[]).await;
     let r = store.create_record(&c, json!({"name": "a"})).await.unwrap();
     assert_eq!(r.version, 1);
-    assert_eq!(
-        store.record(&c.id, &r.id).await.unwrap(),
-        Lookup::Found(r.clone())
-    );
+    assert_eq!(store.record(&c.id, &r.id).await.unwrap(), Lookup::Found(r.clone()));
 
     let (r2, created) = store
         .put_record(&c, &r.id, json!({"name": "b"}), Expect::Anything)
@@ -202,12 +184,7 @@ pub async fn records_crud_versions_and_tombstones(store: Arc<dyn Store>) {
             .unwrap()
     );
     assert_eq!(store.record(&c.id, &r.id).await.unwrap(), Lookup::Gone);
-    assert!(
-        !store
-            .delete_record(&c.id, &r.id, Expect::Anything, KEEP)
-            .await
-            .unwrap()
-    );
+    assert!(!store.delete_record(&c.id, &r.id, Expect::Anything, KEEP).await.unwrap());
 
     // A zero retention leaves an already-expired tombstone: 404, and purged.
     assert!(
@@ -216,10 +193,7 @@ pub async fn records_crud_versions_and_tombstones(store: Arc<dyn Store>) {
             .await
             .unwrap()
     );
-    assert_eq!(
-        store.record(&c.id, "client-id").await.unwrap(),
-        Lookup::Missing
-    );
+    assert_eq!(store.record(&c.id, "client-id").await.unwrap(), Lookup::Missing);
     assert!(store.purge_tombstones().await.unwrap() >= 1);
 
     // Re-creating at a deleted id clears its tombstone.
@@ -239,24 +213,15 @@ pub async fn unique_fields_conflict_by_pointer(store: Arc<dyn Store>) {
         .create_record(&c, json!({"serial": "S1", "mac": "m1"}))
         .await
         .unwrap();
-    match store
-        .create_record(&c, json!({"serial": "S2", "mac": "m1"}))
-        .await
-    {
+    match store.create_record(&c, json!({"serial": "S2", "mac": "m1"})).await {
         Err(StoreError::Conflict { pointer }) => assert_eq!(pointer, "/data/mac"),
         other => panic!("{other:?}"),
     }
     // The failed write left nothing behind: S2 is still free.
-    store
-        .create_record(&c, json!({"serial": "S2"}))
-        .await
-        .expect("S2 free");
+    store.create_record(&c, json!({"serial": "S2"})).await.expect("S2 free");
     // Values are typed: the number 1 and the string "1" differ.
     store.create_record(&c, json!({"serial": 1})).await.unwrap();
-    store
-        .create_record(&c, json!({"serial": "1"}))
-        .await
-        .unwrap();
+    store.create_record(&c, json!({"serial": "1"})).await.unwrap();
     // Replacing frees the old value; deleting frees the new one.
     store
         .put_record(&c, &a.id, json!({"serial": "S9"}), Expect::Anything)
@@ -266,25 +231,14 @@ pub async fn unique_fields_conflict_by_pointer(store: Arc<dyn Store>) {
         .create_record(&c, json!({"serial": "S1", "mac": "m1"}))
         .await
         .expect("S1 and m1 freed");
-    assert!(
-        store
-            .delete_record(&c.id, &a.id, Expect::Anything, KEEP)
-            .await
-            .unwrap()
-    );
+    assert!(store.delete_record(&c.id, &a.id, Expect::Anything, KEEP).await.unwrap());
     store
         .create_record(&c, json!({"serial": "S9"}))
         .await
         .expect("S9 freed");
     // Missing and null values are not unique.
-    store
-        .create_record(&c, json!({"serial": null}))
-        .await
-        .unwrap();
-    store
-        .create_record(&c, json!({"serial": null}))
-        .await
-        .unwrap();
+    store.create_record(&c, json!({"serial": null})).await.unwrap();
+    store.create_record(&c, json!({"serial": null})).await.unwrap();
 }
 
 pub async fn collections_delete_only_when_empty(store: Arc<dyn Store>) {
@@ -299,36 +253,17 @@ pub async fn collections_delete_only_when_empty(store: Arc<dyn Store>) {
         store.delete_collection(&t.id, "devices", KEEP).await,
         Err(StoreError::NotEmpty)
     ));
-    store
-        .delete_record(&c.id, &r.id, Expect::Anything, KEEP)
-        .await
-        .unwrap();
-    assert!(
-        store
-            .delete_collection(&t.id, "devices", KEEP)
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        store.collection(&t.id, "devices").await.unwrap(),
-        Lookup::Gone
-    );
+    store.delete_record(&c.id, &r.id, Expect::Anything, KEEP).await.unwrap();
+    assert!(store.delete_collection(&t.id, "devices", KEEP).await.unwrap());
+    assert_eq!(store.collection(&t.id, "devices").await.unwrap(), Lookup::Gone);
     assert!(matches!(
         store.create_record(&c, json!({})).await,
         Err(StoreError::Vanished)
     ));
     let again = collection(&*store, &t, "devices", &[]).await;
+    assert_eq!(store.collection(&t.id, "devices").await.unwrap(), Lookup::Found(again));
     assert_eq!(
-        store.collection(&t.id, "devices").await.unwrap(),
-        Lookup::Found(again)
-    );
-    assert_eq!(
-        store
-            .list_collections(&t.id, first_page(10))
-            .await
-            .unwrap()
-            .items
-            .len(),
+        store.list_collections(&t.id, first_page(10)).await.unwrap().items.len(),
         1
     );
 }
@@ -346,27 +281,16 @@ pub async fn record_lists_filter_sort_and_page(store: Arc<dyn Store>) {
     for r in rows {
         store.create_record(&c, r).await.unwrap();
     }
-    let q = |filters: Vec<(&str, serde_json::Value)>,
-             sort: SortOrder,
-             limit: usize,
-             after: Option<Cursor>| RecordQuery {
-        page: PageRequest { limit, after },
-        filters: filters
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-        sort,
-    };
+    let q =
+        |filters: Vec<(&str, serde_json::Value)>, sort: SortOrder, limit: usize, after: Option<Cursor>| RecordQuery {
+            page: PageRequest { limit, after },
+            filters: filters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            sort,
+        };
     let names = |p: &Page<Record>| {
         p.items
             .iter()
-            .map(|r| {
-                r.data
-                    .get("name")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or("-")
-                    .to_owned()
-            })
+            .map(|r| r.data.get("name").and_then(|n| n.as_str()).unwrap_or("-").to_owned())
             .collect::<Vec<_>>()
     };
 
@@ -374,11 +298,7 @@ pub async fn record_lists_filter_sort_and_page(store: Arc<dyn Store>) {
         .list_records(&c.id, q(vec![("port", json!(80))], SortOrder::Id, 10, None))
         .await
         .unwrap();
-    assert_eq!(
-        names(&by_port),
-        ["d", "c"],
-        "number 80 does not match string \"80\""
-    );
+    assert_eq!(names(&by_port), ["d", "c"], "number 80 does not match string \"80\"");
     let up = store
         .list_records(&c.id, q(vec![("up", json!(true))], SortOrder::Id, 10, None))
         .await
@@ -477,9 +397,7 @@ pub async fn same_expectation_has_one_winner(store: Arc<dyn Store>) {
     for i in 0..50 {
         let (store, c, id, etag) = (store.clone(), c.clone(), r.id.clone(), r.etag.clone());
         tasks.push(tokio::spawn(async move {
-            store
-                .put_record(&c, &id, json!({"n": i}), Expect::Etag(etag))
-                .await
+            store.put_record(&c, &id, json!({"n": i}), Expect::Etag(etag)).await
         }));
     }
     let mut winners = 0;

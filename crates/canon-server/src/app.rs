@@ -1,0 +1,258 @@
+//! The running server: shared state, the one axum handler every request
+//! goes through, and the [`Service`] facts the decision flow asks for.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use canon_http::Problem;
+use canon_http::access::Principal;
+use canon_http::flow::{self, Availability, BoxFuture, Limits, Resource, Service};
+use canon_http::route::{Params, RouteSpec, RouteTable};
+use canon_store::{Collection, KeyOwner, Store};
+use futures_util::FutureExt;
+use http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::body::IncomingBody;
+use crate::config::Config;
+use crate::error::{internal, store_problem};
+use crate::resources;
+use crate::routes::ROUTES;
+use crate::token;
+
+/// The request-id header.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Compiled JSON Schema validators, per collection id and version.
+type SchemaCache = Mutex<HashMap<String, (i64, Arc<jsonschema::Validator>)>>;
+
+/// State shared by all requests.
+pub struct App {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The configuration.
+    pub config: Config,
+    routes: RouteTable,
+    schemas: SchemaCache,
+    in_flight: Arc<Semaphore>,
+}
+
+impl App {
+    /// Builds the state over `store`.
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Arc::new(App {
+            store,
+            routes: RouteTable::new(ROUTES)?,
+            schemas: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            config,
+        }))
+    }
+
+    /// Creates the operator key on an empty store. Returns the token when
+    /// one was generated (the caller prints it once).
+    pub async fn bootstrap(&self) -> Result<Option<String>, canon_store::StoreError> {
+        let (token, generated) = match &self.config.bootstrap_token {
+            Some(t) => (t.clone(), false),
+            None => (token::generate(), true),
+        };
+        let created = self.store.bootstrap_operator(&token::digest(&token)).await?;
+        Ok((created && generated).then_some(token))
+    }
+
+    /// The compiled validator for `collection`'s schema.
+    pub fn validator(&self, collection: &Collection) -> Result<Arc<jsonschema::Validator>, Problem> {
+        if let Ok(cache) = self.schemas.lock()
+            && let Some((version, v)) = cache.get(&collection.id)
+            && *version == collection.version
+        {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(jsonschema::draft202012::new(&collection.schema).map_err(|e| {
+            tracing::error!(collection = %collection.id, error = %e, "stored schema does not compile");
+            internal()
+        })?);
+        if let Ok(mut cache) = self.schemas.lock() {
+            cache.insert(collection.id.clone(), (collection.version, v.clone()));
+        }
+        Ok(v)
+    }
+
+    /// The axum router, without the envelope (see [`enveloped`]): one
+    /// fallback handler, since routing is part of the decision flow (401 must
+    /// come before 404, and 404/405/501 read one table).
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new().fallback(handle).with_state(self.clone())
+    }
+}
+
+/// One request's view of the service.
+struct Exchange<'a> {
+    app: &'a Arc<App>,
+    overloaded: bool,
+}
+
+impl Service for Exchange<'_> {
+    fn routes(&self) -> &RouteTable {
+        &self.app.routes
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.app.config.max_body_bytes,
+            ..Limits::default()
+        }
+    }
+
+    fn availability(&self) -> Availability {
+        if self.overloaded {
+            Availability::Unavailable {
+                retry_after: 1,
+                reason: "Canon is serving as many requests as it is allowed to; retry shortly.".into(),
+            }
+        } else {
+            Availability::Available
+        }
+    }
+
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>> {
+        Box::pin(async move {
+            let digest = token::digest(token);
+            let owner = self.app.store.key_owner(&digest).await.map_err(store_problem)?;
+            Ok(owner.and_then(|owner| match owner {
+                KeyOwner::Operator { key_id, token_hash } => {
+                    token::digests_match(&token_hash, &digest).then_some(Principal::Operator { key_id })
+                }
+                KeyOwner::Member {
+                    key_id,
+                    token_hash,
+                    tenant,
+                    user_id,
+                    role,
+                } => token::digests_match(&token_hash, &digest).then_some(Principal::Member {
+                    key_id,
+                    tenant,
+                    user_id,
+                    role,
+                }),
+            }))
+        })
+    }
+
+    fn resource(&self, route: &'static RouteSpec, params: Params, principal: Option<Principal>) -> Box<dyn Resource> {
+        resources::for_route(self.app.clone(), route, params, principal)
+    }
+}
+
+/// The request id of the request being served, set by [`envelope`].
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The client's request id when it is sane (1–128 characters from a safe
+/// set), otherwise a new one.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// Wraps every response: assigns the request id, turns a panic anywhere
+/// below into a 500 problem (the server keeps serving), sets `X-Request-Id`.
+async fn envelope(mut req: Request, next: Next) -> Response {
+    let id = request_id(&req);
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!(%method, path, request_id = id, "request handler panicked");
+            let (parts, bytes) = flow::problem_response(&internal(), &path, &id, &[]).into_parts();
+            Response::from_parts(parts, Body::from(bytes))
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// Adds the request-id and panic envelope around `router`.
+pub fn enveloped(router: Router) -> Router {
+    router.layer(middleware::from_fn(envelope))
+}
+
+/// The API handler: every request goes through the decision flow.
+async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    // Answer 503 at once instead of queueing when the in-flight limit is reached.
+    let permit = app.in_flight.clone().try_acquire_owned().ok();
+    let (head, body) = req.into_parts();
+    let exchange = Exchange {
+        app: &app,
+        overloaded: permit.is_none(),
+    };
+    let body = Box::new(IncomingBody {
+        body,
+        timeout: app.config.body_timeout,
+    });
+    let decision = flow::run(&exchange, &head, body, &request_id).await;
+    drop(permit);
+    tracing::debug!(
+        method = %head.method,
+        path = head.uri.path(),
+        status = decision.response.status().as_u16(),
+        trace = ?decision.trace,
+        "decided"
+    );
+    let (parts, bytes) = decision.response.into_parts();
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then finishes the
+/// requests in flight.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let purge = tokio::spawn(purge_tombstones(app.clone()));
+    let result = axum::serve(
+        listener,
+        enveloped(app.router()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    purge.abort();
+    result
+}
+
+/// Deletes expired tombstones hourly (lookups already ignore them; this
+/// only reclaims space).
+async fn purge_tombstones(app: Arc<App>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match app.store.purge_tombstones().await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "expired tombstones removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "tombstone purge failed"),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Reading a request body under a size limit and a deadline.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use canon_http::flow::{BodyError, BodySource, BoxFuture};
+use http_body_util::BodyExt;
+
+/// An incoming body, read only if the decision flow asks for it.
+pub struct IncomingBody {
+    /// The body stream.
+    pub body: Body,
+    /// Time allowed for the whole body to arrive.
+    pub timeout: Duration,
+}
+
+impl BodySource for IncomingBody {
+    fn read(self: Box<Self>, limit: usize) -> BoxFuture<'static, Result<Bytes, BodyError>> {
+        let IncomingBody { mut body, timeout } = *self;
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut buf = BytesMut::new();
+            loop {
+                let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                    Err(_) => return Err(BodyError::TimedOut),
+                    Ok(None) => break,
+                    Ok(Some(Err(_))) => return Err(BodyError::Aborted),
+                    Ok(Some(Ok(frame))) => frame,
+                };
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Err(BodyError::TooLarge);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(buf.freeze())
+        })
+    }
+}

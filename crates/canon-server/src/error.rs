@@ -1,0 +1,49 @@
+//! Where store and validation errors become problems: the one mapping from
+//! internal failures to the catalogue.
+
+use canon_http::{FieldError, Problem, ProblemKind};
+use canon_store::StoreError;
+
+/// Maps a store failure to the problem answered for it. Internal details
+/// are logged, never sent.
+pub fn store_problem(e: StoreError) -> Problem {
+    match e {
+        StoreError::Conflict { pointer } => Problem::new(
+            ProblemKind::UniqueConflict,
+            format!("The value at {pointer} is already taken."),
+        )
+        .with_errors(vec![FieldError::new(pointer, "already taken")]),
+        StoreError::NotEmpty => Problem::new(
+            ProblemKind::StateConflict,
+            "The collection still has records. Delete them first, or send DELETE with ?force=true.",
+        ),
+        StoreError::ExpectationFailed => Problem::new(
+            ProblemKind::PreconditionFailed,
+            "The resource changed while this request was being handled; fetch it again.",
+        ),
+        StoreError::Vanished => Problem::new(
+            ProblemKind::NotFound,
+            "The resource was deleted while this request was handled.",
+        ),
+        StoreError::Unavailable(msg) => {
+            tracing::error!(error = %msg, "database unavailable");
+            Problem::new(
+                ProblemKind::ServiceUnavailable,
+                "The database is unavailable; retry shortly.",
+            )
+            .with("retry_after", 5)
+        }
+        StoreError::Internal(msg) => {
+            tracing::error!(error = %msg, "storage failure");
+            internal()
+        }
+    }
+}
+
+/// The problem for anything unexpected.
+pub fn internal() -> Problem {
+    Problem::new(
+        ProblemKind::Internal,
+        "An unexpected error occurred. Quote the request_id when reporting it.",
+    )
+}

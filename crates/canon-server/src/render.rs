@@ -1,0 +1,66 @@
+//! How stored entities look on the wire.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use canon_http::flow::Representation;
+use canon_http::validators::{EntityTag, Validators};
+use canon_store::{ApiKey, Collection, Millis, Record, Tenant, User};
+use serde_json::{Value, json};
+
+/// Formats milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
+pub fn timestamp(ms: Millis) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    t.format(&format).unwrap_or_default()
+}
+
+/// Milliseconds since the epoch as a `SystemTime`.
+pub fn system_time(ms: Millis) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// A tenant.
+pub fn tenant(t: &Tenant) -> Value {
+    json!({"name": t.name, "created_at": timestamp(t.created_at), "updated_at": timestamp(t.updated_at)})
+}
+
+/// A user.
+pub fn user(u: &User) -> Value {
+    json!({
+        "id": u.id, "email": u.email, "role": u.role.as_str(),
+        "created_at": timestamp(u.created_at), "updated_at": timestamp(u.updated_at),
+    })
+}
+
+/// An API key (never its token).
+pub fn api_key(k: &ApiKey) -> Value {
+    json!({"id": k.id, "name": k.name, "created_at": timestamp(k.created_at)})
+}
+
+/// A collection.
+pub fn collection(c: &Collection) -> Value {
+    json!({
+        "name": c.name, "schema": c.schema, "unique": c.unique, "require_if_match": c.require_if_match,
+        "created_at": timestamp(c.created_at), "updated_at": timestamp(c.updated_at),
+    })
+}
+
+/// A record's envelope.
+pub fn record(r: &Record) -> Value {
+    json!({
+        "id": r.id, "data": r.data, "version": r.version,
+        "created_at": timestamp(r.created_at), "updated_at": timestamp(r.updated_at),
+    })
+}
+
+/// A record's validators: its strong tag and modification time.
+pub fn record_validators(r: &Record) -> Validators {
+    Validators::new(EntityTag::strong(r.etag.clone()), system_time(r.updated_at))
+}
+
+/// A record as a JSON representation with its validators.
+pub fn record_representation(r: &Record) -> Representation {
+    Representation::json(&record(r)).with_validators(record_validators(r))
+}

@@ -1,0 +1,149 @@
+//! `/docs/status-codes` and `/problems/{slug}`: documentation generated from
+//! the catalogue the flow answers with, so the two cannot disagree.
+
+use bytes::Bytes;
+use canon_http::Problem;
+use canon_http::catalogue::{PROBLEMS, ProblemKind, ProblemType, STATUSES};
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
+use canon_http::media::MediaType;
+use serde_json::{Value, json};
+
+use super::Cx;
+use crate::input::Query;
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn problem_json(p: &ProblemType) -> Value {
+    json!({"type": p.type_url(), "slug": p.slug, "status": p.status, "title": p.title, "description": p.description})
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .5rem;vertical-align:top;text-align:left}}</style>\
+         </head><body><h1>{t}</h1>\n{body}</body></html>\n",
+        t = escape(title)
+    )
+}
+
+fn representation(media: Option<MediaType>, json: Value, html: String) -> Representation {
+    match media {
+        Some(MediaType::Html) => Representation::new(MediaType::Html, Bytes::from(html)),
+        _ => Representation::json(&json),
+    }
+}
+
+/// `GET /docs/status-codes`.
+pub struct StatusCodes;
+
+impl Resource for StatusCodes {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async { Ok(Existence::Found(Found::default())) })
+    }
+    fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let statuses: Vec<Value> = STATUSES
+                .iter()
+                .map(|s| {
+                    let problems: Vec<&str> = PROBLEMS.iter().filter(|p| p.status == s.code).map(|p| p.slug).collect();
+                    json!({"status": s.code, "reason": s.reason, "when": s.when, "headers": s.headers, "problem_types": problems})
+                })
+                .collect();
+            let problems: Vec<Value> = PROBLEMS.iter().map(problem_json).collect();
+            let mut html = String::from(
+                "<h2>Statuses</h2>\n<table><tr><th>Status</th><th>When Canon sends it</th><th>Headers</th><th>Problem types</th></tr>\n",
+            );
+            for s in STATUSES {
+                let links: Vec<String> = PROBLEMS
+                    .iter()
+                    .filter(|p| p.status == s.code)
+                    .map(|p| format!("<a href=\"{}\">{}</a>", p.type_url(), p.slug))
+                    .collect();
+                html.push_str(&format!(
+                    "<tr id=\"s{c}\"><td>{c} {r}</td><td>{w}</td><td>{h}</td><td>{l}</td></tr>\n",
+                    c = s.code,
+                    r = escape(s.reason),
+                    w = escape(s.when),
+                    h = escape(&s.headers.join(", ")),
+                    l = links.join(" ")
+                ));
+            }
+            html.push_str("</table>\n<h2>Problem types</h2>\n<table><tr><th>Type</th><th>Status</th><th>Title</th><th>Meaning</th></tr>\n");
+            for p in PROBLEMS {
+                html.push_str(&format!(
+                    "<tr><td><a href=\"{u}\">{u}</a></td><td>{s}</td><td>{t}</td><td>{d}</td></tr>\n",
+                    u = p.type_url(),
+                    s = p.status,
+                    t = escape(p.title),
+                    d = escape(p.description)
+                ));
+            }
+            html.push_str("</table>\n");
+            let json = json!({"statuses": statuses, "problem_types": problems});
+            Ok(Success::Ok(representation(
+                media,
+                json,
+                page("Canon status codes", &html),
+            )))
+        })
+    }
+}
+
+/// `GET /problems/{slug}`.
+pub struct ProblemPage {
+    cx: Cx,
+    kind: Option<ProblemKind>,
+}
+
+impl ProblemPage {
+    /// For the slug in `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self { cx, kind: None }
+    }
+}
+
+impl Resource for ProblemPage {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        Query::parse(&input.head.uri, &[])?;
+        self.kind = ProblemKind::from_slug(self.cx.param("slug"));
+        Ok(())
+    }
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        let found = self.kind.is_some();
+        Box::pin(async move {
+            Ok(if found {
+                Existence::Found(Found::default())
+            } else {
+                Existence::Missing
+            })
+        })
+    }
+    fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        let entry = self.kind.map(|k| k.entry());
+        Box::pin(async move {
+            let p = entry.ok_or_else(crate::error::internal)?;
+            let html = format!(
+                "<p><code>{u}</code> is sent with status <a href=\"/docs/status-codes#s{s}\">{s}</a>.</p>\n<p>{d}</p>\n\
+                 <p>Every problem body has <code>type</code>, <code>title</code>, <code>status</code>, <code>detail</code>, \
+                 <code>instance</code> and <code>request_id</code>.</p>\n",
+                u = p.type_url(),
+                s = p.status,
+                d = escape(p.description)
+            );
+            Ok(Success::Ok(representation(
+                media,
+                problem_json(p),
+                page(p.title, &html),
+            )))
+        })
+    }
+}

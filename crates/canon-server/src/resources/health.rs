@@ -1,0 +1,50 @@
+//! `/healthz` and `/readyz`.
+
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
+use canon_http::media::MediaType;
+use canon_http::{Problem, ProblemKind};
+use serde_json::json;
+
+use super::Cx;
+use crate::input::Query;
+
+/// `GET /healthz`: the process is alive.
+pub struct Health;
+
+impl Resource for Health {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async { Ok(Existence::Found(Found::default())) })
+    }
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async { Ok(Success::Ok(Representation::json(&json!({"status": "ok"})))) })
+    }
+}
+
+/// `GET /readyz`: the database answers.
+pub struct Ready(pub Cx);
+
+impl Resource for Ready {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async { Ok(Existence::Found(Found::default())) })
+    }
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            match self.0.app.store.ping().await {
+                Ok(()) => Ok(Success::Ok(Representation::json(&json!({"status": "ready"})))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "readiness check failed");
+                    Err(
+                        Problem::new(ProblemKind::ServiceUnavailable, "The database does not answer.")
+                            .with("retry_after", 5),
+                    )
+                }
+            }
+        })
+    }
+}

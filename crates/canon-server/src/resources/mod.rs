@@ -1,0 +1,184 @@
+//! One module per resource family. Each resource supplies facts to the
+//! decision flow (does it exist, what are its validators) and performs the
+//! method; none of them chooses a status.
+
+mod collections;
+mod docs;
+mod health;
+mod records;
+mod tenants;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use canon_http::access::Principal;
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
+use canon_http::media::MediaType;
+use canon_http::route::{Params, RouteSpec};
+use canon_http::{Problem, ProblemKind};
+use canon_store::{Lookup, Tenant};
+use http::{HeaderMap, Method, Uri, header};
+
+use crate::app::App;
+use crate::error::store_problem;
+use crate::routes::name;
+
+/// What every resource knows about its request.
+pub struct Cx {
+    /// Shared state.
+    pub app: Arc<App>,
+    /// Path parameters.
+    pub params: Params,
+    /// The caller (`None` on public routes).
+    pub principal: Option<Principal>,
+    /// The request method (set at parse).
+    pub method: Method,
+    /// The request target (set at parse).
+    pub uri: Uri,
+    /// Whether the request carries a precondition header, so writes must
+    /// be checked atomically against the state the flow evaluated.
+    pub conditional: bool,
+}
+
+impl Cx {
+    /// A path parameter (always present: the route pattern names it).
+    pub fn param(&self, name: &str) -> &str {
+        self.params.get(name).unwrap_or("")
+    }
+
+    /// Keeps what later steps need from the request head.
+    pub fn remember(&mut self, input: &Input<'_>) {
+        self.method = input.head.method.clone();
+        self.uri = input.head.uri.clone();
+        self.conditional = is_conditional(&input.head.headers);
+    }
+
+    /// The tenant named in the path.
+    pub async fn tenant(&self) -> Result<Lookup<Tenant>, Problem> {
+        self.app.store.tenant(self.param("tenant")).await.map_err(store_problem)
+    }
+
+    /// How long tombstones are kept.
+    pub fn retention(&self) -> Duration {
+        self.app.config.tombstone_retention
+    }
+
+    /// The path of the tenant's resources.
+    pub fn tenant_path(&self) -> String {
+        format!("/v1/tenants/{}", self.param("tenant"))
+    }
+}
+
+fn is_conditional(h: &HeaderMap) -> bool {
+    h.contains_key(header::IF_MATCH)
+        || h.contains_key(header::IF_NONE_MATCH)
+        || h.contains_key(header::IF_UNMODIFIED_SINCE)
+}
+
+/// The existence of a container resource (a list) given its parent's lookup.
+pub fn container<T>(parent: Lookup<T>) -> Existence {
+    match parent {
+        Lookup::Found(_) => Existence::Found(Found::default()),
+        Lookup::Gone => Existence::Gone,
+        Lookup::Missing => Existence::Missing,
+    }
+}
+
+/// The resource handling `route`.
+pub fn for_route(
+    app: Arc<App>,
+    route: &'static RouteSpec,
+    params: Params,
+    principal: Option<Principal>,
+) -> Box<dyn Resource> {
+    let cx = Cx {
+        app,
+        params,
+        principal,
+        method: Method::GET,
+        uri: Uri::default(),
+        conditional: false,
+    };
+    match route.name {
+        name::HEALTH => Box::new(health::Health),
+        name::READY => Box::new(health::Ready(cx)),
+        name::STATUS_CODES => Box::new(docs::StatusCodes),
+        name::PROBLEM => Box::new(docs::ProblemPage::new(cx)),
+        name::TENANTS => Box::new(tenants::Tenants::new(cx)),
+        name::TENANT => Box::new(tenants::OneTenant::new(cx)),
+        name::USERS => Box::new(users::Users::new(cx)),
+        name::USER => Box::new(users::OneUser::new(cx)),
+        name::API_KEYS => Box::new(users::ApiKeys::new(cx)),
+        name::API_KEY => Box::new(users::OneApiKey::new(cx)),
+        name::COLLECTIONS => Box::new(collections::Collections::new(cx)),
+        name::COLLECTION => Box::new(collections::OneCollection::new(cx)),
+        name::RECORDS => Box::new(records::Records::new(cx)),
+        name::RECORD => Box::new(records::OneRecord::new(cx)),
+        // Planned routes have no methods, so the flow answers 501 before
+        // asking for a resource; this arm is never reached.
+        _ => Box::new(Unreachable),
+    }
+}
+
+struct Unreachable;
+
+impl Resource for Unreachable {
+    fn parse(&mut self, _: Input<'_>) -> Result<(), Problem> {
+        Err(Problem::new(
+            ProblemKind::NotImplemented,
+            "This operation is not implemented yet.",
+        ))
+    }
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async { Ok(Existence::Missing) })
+    }
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async {
+            Err(Problem::new(
+                ProblemKind::NotImplemented,
+                "This operation is not implemented yet.",
+            ))
+        })
+    }
+}
+
+/// A page of a list as the negotiated media type.
+pub fn list_success(
+    cx: &Cx,
+    items: Vec<serde_json::Value>,
+    next: Option<canon_store::Cursor>,
+    fingerprint: &str,
+    media: Option<MediaType>,
+) -> Result<Success, Problem> {
+    let next = next.map(|c| crate::listing::encode_cursor(&c, fingerprint));
+    Ok(Success::Ok(crate::listing::page(
+        items,
+        next,
+        media.unwrap_or(MediaType::Json),
+        &cx.uri,
+    )?))
+}
+
+/// 201 for a JSON body at `location`.
+pub fn created(location: String, body: &serde_json::Value) -> Success {
+    Success::Created {
+        location,
+        representation: canon_http::flow::Representation::json(body),
+    }
+}
+
+/// 200 with a JSON body.
+pub fn ok(body: &serde_json::Value) -> Success {
+    Success::Ok(canon_http::flow::Representation::json(body))
+}
+
+/// Unwraps a lookup that `load` already found, or reports the race.
+pub fn still_there<T>(lookup: Option<T>) -> Result<T, Problem> {
+    lookup.ok_or_else(|| {
+        Problem::new(
+            ProblemKind::NotFound,
+            "The resource was deleted while this request was handled.",
+        )
+    })
+}

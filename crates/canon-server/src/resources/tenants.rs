@@ -1,0 +1,124 @@
+//! `/v1/tenants` and `/v1/tenants/{tenant}`.
+
+use canon_http::Problem;
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
+use canon_http::media::MediaType;
+use canon_store::{Lookup, PageRequest, Tenant};
+use http::Method;
+use serde::Deserialize;
+
+use super::{Cx, created, list_success, ok, still_there};
+use crate::error::store_problem;
+use crate::input::{Query, decode, invalid_field, json_body, slug};
+use crate::{listing, render};
+
+/// Tenant names that would shadow a path: `current` stands for the caller's
+/// own tenant.
+pub const RESERVED: &[&str] = &["current"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    name: String,
+}
+
+/// `GET, POST /v1/tenants`.
+pub struct Tenants {
+    cx: Cx,
+    page: Option<PageRequest>,
+    new: Option<NewTenant>,
+}
+
+impl Tenants {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self {
+            cx,
+            page: None,
+            new: None,
+        }
+    }
+}
+
+impl Resource for Tenants {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        if self.cx.method == Method::POST {
+            Query::parse(&input.head.uri, &[])?;
+            let new: NewTenant = decode(json_body(input.body.as_ref())?)?;
+            slug(&new.name, "/name")?;
+            if RESERVED.contains(&new.name.as_str()) {
+                return Err(invalid_field("/name", "is reserved"));
+            }
+            self.new = Some(new);
+        } else {
+            let q = Query::parse(&input.head.uri, &["limit", "cursor"])?;
+            self.page = Some(listing::page_request(&q, "tenants")?);
+        }
+        Ok(())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async { Ok(Existence::Found(Found::default())) })
+    }
+
+    fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let store = &self.cx.app.store;
+            if let Some(new) = self.new.take() {
+                let t = store.create_tenant(&new.name).await.map_err(store_problem)?;
+                return Ok(created(format!("/v1/tenants/{}", t.name), &render::tenant(&t)));
+            }
+            let page = store
+                .list_tenants(self.page.take().unwrap_or(PageRequest { limit: 50, after: None }))
+                .await
+                .map_err(store_problem)?;
+            let items = page.items.iter().map(render::tenant).collect();
+            list_success(&self.cx, items, page.next, "tenants", media)
+        })
+    }
+}
+
+/// `GET /v1/tenants/{tenant}`.
+pub struct OneTenant {
+    cx: Cx,
+    tenant: Option<Tenant>,
+}
+
+impl OneTenant {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self { cx, tenant: None }
+    }
+}
+
+impl Resource for OneTenant {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            let lookup = self.cx.tenant().await?;
+            let existence = super::container(lookup.clone());
+            self.tenant = lookup.found();
+            Ok(existence)
+        })
+    }
+
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let t = still_there(self.tenant.take())?;
+            Ok(ok(&render::tenant(&t)))
+        })
+    }
+}
+
+/// The tenant of a tenant-scoped request, for resources below it.
+pub async fn require(cx: &Cx) -> Result<Result<Tenant, Existence>, Problem> {
+    Ok(match cx.tenant().await? {
+        Lookup::Found(t) => Ok(t),
+        other => Err(super::container(other)),
+    })
+}

@@ -1,0 +1,365 @@
+//! Users of a tenant and their API keys.
+
+use canon_http::Problem;
+use canon_http::access::TenantRole;
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
+use canon_http::media::MediaType;
+use canon_store::{ApiKey, Lookup, PageRequest, Tenant, User};
+use http::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Cx, created, list_success, ok, still_there, tenants};
+use crate::error::store_problem;
+use crate::input::{Query, decode, invalid_field, json_body};
+use crate::{listing, render, token};
+
+const FIRST_PAGE: PageRequest = PageRequest {
+    limit: listing::DEFAULT_LIMIT,
+    after: None,
+};
+
+fn role(s: &str) -> Result<TenantRole, Problem> {
+    TenantRole::parse(s).ok_or_else(|| invalid_field("/role", "must be one of admin, editor, viewer"))
+}
+
+/// Lower-cases and checks an email address: one `@`, something on each side,
+/// no white space or control characters, at most 254 bytes.
+fn email(s: &str) -> Result<String, Problem> {
+    let e = s.trim().to_lowercase();
+    let valid = e.len() <= 254
+        && e.split('@').count() == 2
+        && e.split('@').all(|p| !p.is_empty())
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(e)
+    } else {
+        Err(invalid_field("/email", "must be an email address"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    email: String,
+    role: String,
+}
+
+/// `GET, POST /v1/tenants/{tenant}/users`.
+pub struct Users {
+    cx: Cx,
+    tenant: Option<Tenant>,
+    page: Option<PageRequest>,
+    new: Option<(String, TenantRole)>,
+}
+
+impl Users {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self {
+            cx,
+            tenant: None,
+            page: None,
+            new: None,
+        }
+    }
+}
+
+impl Resource for Users {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        if self.cx.method == Method::POST {
+            Query::parse(&input.head.uri, &[])?;
+            let new: NewUser = decode(json_body(input.body.as_ref())?)?;
+            self.new = Some((email(&new.email)?, role(&new.role)?));
+        } else {
+            let q = Query::parse(&input.head.uri, &["limit", "cursor"])?;
+            self.page = Some(listing::page_request(&q, "users")?);
+        }
+        Ok(())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            match tenants::require(&self.cx).await? {
+                Ok(t) => {
+                    self.tenant = Some(t);
+                    Ok(Existence::Found(Found::default()))
+                }
+                Err(e) => Ok(e),
+            }
+        })
+    }
+
+    fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let tenant = still_there(self.tenant.take())?;
+            let store = &self.cx.app.store;
+            if let Some((email, role)) = self.new.take() {
+                let u = store
+                    .create_user(&tenant.id, &email, role)
+                    .await
+                    .map_err(store_problem)?;
+                return Ok(created(
+                    format!("{}/users/{}", self.cx.tenant_path(), u.id),
+                    &render::user(&u),
+                ));
+            }
+            let page = store
+                .list_users(&tenant.id, self.page.take().unwrap_or(FIRST_PAGE))
+                .await
+                .map_err(store_problem)?;
+            list_success(
+                &self.cx,
+                page.items.iter().map(render::user).collect(),
+                page.next,
+                "users",
+                media,
+            )
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserPatch {
+    role: Option<String>,
+}
+
+/// Loads the tenant and the user named in the path.
+async fn load_user(cx: &Cx) -> Result<Result<(Tenant, User), Existence>, Problem> {
+    let tenant = match tenants::require(cx).await? {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(
+        match cx
+            .app
+            .store
+            .user(&tenant.id, cx.param("user"))
+            .await
+            .map_err(store_problem)?
+        {
+            Lookup::Found(u) => Ok((tenant, u)),
+            other => Err(super::container(other)),
+        },
+    )
+}
+
+/// `GET, PATCH, DELETE /v1/tenants/{tenant}/users/{user}`.
+pub struct OneUser {
+    cx: Cx,
+    found: Option<(Tenant, User)>,
+    role: Option<TenantRole>,
+}
+
+impl OneUser {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self {
+            cx,
+            found: None,
+            role: None,
+        }
+    }
+}
+
+impl Resource for OneUser {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        Query::parse(&input.head.uri, &[])?;
+        if self.cx.method == Method::PATCH {
+            let patch: UserPatch = decode(json_body(input.body.as_ref())?)?;
+            self.role = patch.role.as_deref().map(role).transpose()?;
+        }
+        Ok(())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            match load_user(&self.cx).await? {
+                Ok(found) => {
+                    self.found = Some(found);
+                    Ok(Existence::Found(Found::default()))
+                }
+                Err(e) => Ok(e),
+            }
+        })
+    }
+
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let (tenant, user) = still_there(self.found.take())?;
+            let store = &self.cx.app.store;
+            match self.cx.method {
+                Method::DELETE => {
+                    store
+                        .delete_user(&tenant.id, &user.id, self.cx.retention())
+                        .await
+                        .map_err(store_problem)?;
+                    Ok(Success::NoContent)
+                }
+                Method::PATCH => {
+                    let user = match self.role {
+                        Some(role) => still_there(
+                            store
+                                .set_user_role(&tenant.id, &user.id, role)
+                                .await
+                                .map_err(store_problem)?,
+                        )?,
+                        None => user,
+                    };
+                    let mut rep = canon_http::flow::Representation::json(&render::user(&user));
+                    rep.content_location = Some(self.cx.uri.path().to_owned());
+                    Ok(Success::Ok(rep))
+                }
+                _ => Ok(ok(&render::user(&user))),
+            }
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: String,
+}
+
+/// `GET, POST /v1/tenants/{tenant}/users/{user}/api-keys`.
+pub struct ApiKeys {
+    cx: Cx,
+    found: Option<(Tenant, User)>,
+    page: Option<PageRequest>,
+    name: Option<String>,
+}
+
+impl ApiKeys {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self {
+            cx,
+            found: None,
+            page: None,
+            name: None,
+        }
+    }
+}
+
+impl Resource for ApiKeys {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        if self.cx.method == Method::POST {
+            Query::parse(&input.head.uri, &[])?;
+            let new: NewKey = decode(json_body(input.body.as_ref())?)?;
+            let name = new.name.trim();
+            if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+                return Err(invalid_field("/name", "must be 1 to 100 printable characters"));
+            }
+            self.name = Some(name.to_owned());
+        } else {
+            let q = Query::parse(&input.head.uri, &["limit", "cursor"])?;
+            self.page = Some(listing::page_request(&q, "api-keys")?);
+        }
+        Ok(())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            match load_user(&self.cx).await? {
+                Ok(found) => {
+                    self.found = Some(found);
+                    Ok(Existence::Found(Found::default()))
+                }
+                Err(e) => Ok(e),
+            }
+        })
+    }
+
+    fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let (tenant, user) = still_there(self.found.take())?;
+            let store = &self.cx.app.store;
+            if let Some(name) = self.name.take() {
+                let secret = token::generate();
+                let k = store
+                    .create_api_key(&tenant.id, &user.id, &name, &token::digest(&secret))
+                    .await
+                    .map_err(store_problem)?;
+                let mut body = render::api_key(&k);
+                body["token"] = Value::String(secret);
+                let location = format!("{}/users/{}/api-keys/{}", self.cx.tenant_path(), user.id, k.id);
+                return Ok(created(location, &body));
+            }
+            let page = store
+                .list_api_keys(&user.id, self.page.take().unwrap_or(FIRST_PAGE))
+                .await
+                .map_err(store_problem)?;
+            list_success(
+                &self.cx,
+                page.items.iter().map(render::api_key).collect(),
+                page.next,
+                "api-keys",
+                media,
+            )
+        })
+    }
+}
+
+/// `GET, DELETE /v1/tenants/{tenant}/users/{user}/api-keys/{key}`.
+pub struct OneApiKey {
+    cx: Cx,
+    found: Option<(User, ApiKey)>,
+}
+
+impl OneApiKey {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self { cx, found: None }
+    }
+}
+
+impl Resource for OneApiKey {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            let user = match load_user(&self.cx).await? {
+                Ok((_, u)) => u,
+                Err(e) => return Ok(e),
+            };
+            match self
+                .cx
+                .app
+                .store
+                .api_key(&user.id, self.cx.param("key"))
+                .await
+                .map_err(store_problem)?
+            {
+                Lookup::Found(k) => {
+                    self.found = Some((user, k));
+                    Ok(Existence::Found(Found::default()))
+                }
+                other => Ok(super::container(other)),
+            }
+        })
+    }
+
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let (user, key) = still_there(self.found.take())?;
+            if self.cx.method == Method::DELETE {
+                self.cx
+                    .app
+                    .store
+                    .revoke_api_key(&user.id, &key.id, self.cx.retention())
+                    .await
+                    .map_err(store_problem)?;
+                return Ok(Success::NoContent);
+            }
+            Ok(ok(&render::api_key(&key)))
+        })
+    }
+}

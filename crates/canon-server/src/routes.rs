@@ -1,0 +1,255 @@
+//! Canon's route table (CONTRACT.md §2): every path, its methods, the role
+//! each demands, and the media types each reads and writes. The decision flow
+//! reads it for 404/405/415/406/403 and `Allow`; `/docs` and tests read it too.
+
+use canon_http::access::Role;
+use canon_http::media::MediaType::{self, Html, Json, MergePatch};
+use canon_http::route::{Guard, MethodSpec, RouteSpec};
+use http::Method;
+
+use crate::listing::LIST_TYPES;
+
+const JSON: &[MediaType] = &[Json];
+const PATCH: &[MediaType] = &[MergePatch, Json];
+const PAGE: &[MediaType] = &[Html, Json];
+const NONE: &[MediaType] = &[];
+
+const fn role(r: Role) -> Guard {
+    Guard::Role(r)
+}
+const fn get(g: Guard, produces: &'static [MediaType]) -> MethodSpec {
+    MethodSpec::read(Method::GET, g, produces)
+}
+const fn post(g: Guard) -> MethodSpec {
+    MethodSpec::write(Method::POST, g, JSON, JSON)
+}
+const fn put(g: Guard) -> MethodSpec {
+    MethodSpec::write(Method::PUT, g, JSON, JSON)
+}
+const fn patch(g: Guard) -> MethodSpec {
+    MethodSpec::write(Method::PATCH, g, PATCH, JSON)
+}
+const fn delete(g: Guard) -> MethodSpec {
+    MethodSpec::write(Method::DELETE, g, NONE, NONE)
+}
+
+use Role::{Admin, Editor, Operator, Viewer};
+
+/// Route names, used to dispatch to handlers.
+pub mod name {
+    #![allow(missing_docs)]
+    pub const HEALTH: &str = "health";
+    pub const READY: &str = "ready";
+    pub const STATUS_CODES: &str = "status-codes";
+    pub const PROBLEM: &str = "problem";
+    pub const TENANTS: &str = "tenants";
+    pub const TENANT: &str = "tenant";
+    pub const USERS: &str = "users";
+    pub const USER: &str = "user";
+    pub const API_KEYS: &str = "api-keys";
+    pub const API_KEY: &str = "api-key";
+    pub const COLLECTIONS: &str = "collections";
+    pub const COLLECTION: &str = "collection";
+    pub const RECORDS: &str = "records";
+    pub const RECORD: &str = "record";
+    pub const PLANNED: &str = "planned";
+}
+
+/// Every route Canon serves.
+pub static ROUTES: &[RouteSpec] = &[
+    RouteSpec {
+        name: name::HEALTH,
+        pattern: "/healthz",
+        methods: &[get(Guard::Public, JSON)],
+        planned: &[],
+        summary: "The process is alive.",
+    },
+    RouteSpec {
+        name: name::READY,
+        pattern: "/readyz",
+        methods: &[get(Guard::Public, JSON)],
+        planned: &[],
+        summary: "The database answers.",
+    },
+    RouteSpec {
+        name: name::STATUS_CODES,
+        pattern: "/docs/status-codes",
+        methods: &[get(Guard::Public, PAGE)],
+        planned: &[],
+        summary: "Every status and problem type Canon answers.",
+    },
+    RouteSpec {
+        name: name::PROBLEM,
+        pattern: "/problems/{slug}",
+        methods: &[get(Guard::Public, PAGE)],
+        planned: &[],
+        summary: "One problem type.",
+    },
+    RouteSpec {
+        name: name::TENANTS,
+        pattern: "/v1/tenants",
+        methods: &[get(role(Operator), LIST_TYPES), post(role(Operator))],
+        planned: &[],
+        summary: "Tenants.",
+    },
+    RouteSpec {
+        name: name::TENANT,
+        pattern: "/v1/tenants/{tenant}",
+        methods: &[get(role(Viewer), JSON)],
+        planned: &[Method::PATCH, Method::DELETE],
+        summary: "One tenant.",
+    },
+    RouteSpec {
+        name: name::USERS,
+        pattern: "/v1/tenants/{tenant}/users",
+        methods: &[get(role(Admin), LIST_TYPES), post(role(Admin))],
+        planned: &[],
+        summary: "A tenant's users.",
+    },
+    RouteSpec {
+        name: name::USER,
+        pattern: "/v1/tenants/{tenant}/users/{user}",
+        methods: &[get(role(Admin), JSON), patch(role(Admin)), delete(role(Admin))],
+        planned: &[],
+        summary: "One user.",
+    },
+    RouteSpec {
+        name: name::API_KEYS,
+        pattern: "/v1/tenants/{tenant}/users/{user}/api-keys",
+        methods: &[get(role(Admin), LIST_TYPES), post(role(Admin))],
+        planned: &[],
+        summary: "A user's API keys.",
+    },
+    RouteSpec {
+        name: name::API_KEY,
+        pattern: "/v1/tenants/{tenant}/users/{user}/api-keys/{key}",
+        methods: &[get(role(Admin), JSON), delete(role(Admin))],
+        planned: &[],
+        summary: "One API key.",
+    },
+    RouteSpec {
+        name: name::COLLECTIONS,
+        pattern: "/v1/tenants/{tenant}/collections",
+        methods: &[get(role(Viewer), LIST_TYPES), post(role(Admin))],
+        planned: &[],
+        summary: "A tenant's collections.",
+    },
+    RouteSpec {
+        name: name::COLLECTION,
+        pattern: "/v1/tenants/{tenant}/collections/{collection}",
+        methods: &[get(role(Viewer), JSON), delete(role(Admin))],
+        planned: &[Method::PATCH],
+        summary: "One collection.",
+    },
+    RouteSpec {
+        name: name::RECORDS,
+        pattern: "/v1/tenants/{tenant}/collections/{collection}/records",
+        methods: &[get(role(Viewer), LIST_TYPES), post(role(Editor))],
+        planned: &[],
+        summary: "A collection's records.",
+    },
+    RouteSpec {
+        name: name::RECORD,
+        pattern: "/v1/tenants/{tenant}/collections/{collection}/records/{id}",
+        methods: &[
+            get(role(Viewer), JSON),
+            put(role(Editor)).creating(),
+            delete(role(Editor)),
+        ],
+        planned: &[Method::PATCH],
+        summary: "One record.",
+    },
+    // Named by the contract, built by later work: they answer 501.
+    RouteSpec {
+        name: name::PLANNED,
+        pattern: "/v1/tenants/{tenant}/collections/{collection}/records/{id}/lock",
+        methods: &[],
+        planned: &[Method::GET, Method::PUT, Method::DELETE],
+        summary: "A record's lock (planned).",
+    },
+    RouteSpec {
+        name: name::PLANNED,
+        pattern: "/v1/tenants/{tenant}/collections/{collection}/records/batch",
+        methods: &[],
+        planned: &[Method::POST],
+        summary: "Batch writes (planned).",
+    },
+    RouteSpec {
+        name: name::PLANNED,
+        pattern: "/v1/tenants/{tenant}/collections/{collection}/imports",
+        methods: &[],
+        planned: &[Method::POST],
+        summary: "Imports (planned).",
+    },
+    RouteSpec {
+        name: name::PLANNED,
+        pattern: "/v1/tenants/{tenant}/collections/{collection}/exports",
+        methods: &[],
+        planned: &[Method::POST],
+        summary: "Exports (planned).",
+    },
+    RouteSpec {
+        name: name::PLANNED,
+        pattern: "/v1/tenants/{tenant}/jobs/{job}",
+        methods: &[],
+        planned: &[Method::GET, Method::DELETE],
+        summary: "A job (planned).",
+    },
+    RouteSpec {
+        name: name::PLANNED,
+        pattern: "/v1/tenants/{tenant}/jobs/{job}/result",
+        methods: &[],
+        planned: &[Method::GET],
+        summary: "A job's result (planned).",
+    },
+    RouteSpec {
+        name: name::PLANNED,
+        pattern: "/v1/tenants/{tenant}/devices",
+        methods: &[],
+        planned: &[Method::GET, Method::POST],
+        summary: "Devices (planned).",
+    },
+    RouteSpec {
+        name: name::PLANNED,
+        pattern: "/v1/tenants/{tenant}/devices/{device}/api/{*path}",
+        methods: &[],
+        planned: &[Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
+        summary: "Device gateway (planned).",
+    },
+    RouteSpec {
+        name: name::PLANNED,
+        pattern: "/v1/admin/maintenance",
+        methods: &[],
+        planned: &[Method::GET, Method::PUT],
+        summary: "Maintenance mode (planned).",
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canon_http::route::RouteTable;
+
+    #[test]
+    fn table_compiles() {
+        let t = RouteTable::new(ROUTES).unwrap();
+        assert_eq!(
+            t.lookup("/v1/tenants/a/collections/c/records/batch").unwrap().0.summary,
+            "Batch writes (planned)."
+        );
+        assert_eq!(
+            t.lookup("/v1/tenants/a/collections/c/records/x").unwrap().0.name,
+            name::RECORD
+        );
+    }
+
+    #[test]
+    fn api_routes_are_guarded_and_others_public() {
+        for r in ROUTES {
+            for m in r.methods {
+                let public = m.guard == Guard::Public;
+                assert_eq!(public, !r.pattern.starts_with("/v1/"), "{} {}", m.method, r.pattern);
+            }
+        }
+    }
+}
