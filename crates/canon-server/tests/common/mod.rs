@@ -1,0 +1,182 @@
+//! A real Canon server on a real socket, and helpers to talk to it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use canon_server::{App, Config};
+use canon_store::sqlite::SqliteStore;
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+
+pub const OPERATOR: &str = "operator-token-for-tests";
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub client: Client,
+    _dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn config() -> Config {
+    Config {
+        bootstrap_token: Some(OPERATOR.into()),
+        ..Config::default()
+    }
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Self::start_with(config(), |r| r).await
+    }
+
+    /// Starts a server with `config`; `extend` may add test-only routes
+    /// under the same envelope.
+    pub async fn start_with(mut config: Config, extend: impl FnOnce(Router) -> Router) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path().join("canon.db")).expect("open store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        config.listen = addr;
+        let app = App::new(config, Arc::new(store)).expect("app");
+        app.bootstrap().await.expect("bootstrap");
+        let router = canon_server::enveloped(extend(app.router()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("serve");
+        });
+        let client = Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Server {
+            addr,
+            client,
+            _dir: dir,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn req(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let mut b = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            b = b.bearer_auth(t);
+        }
+        b
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Response {
+        let mut b = self.req(method, path, Some(token));
+        if let Some(body) = body {
+            b = b.json(&body);
+        }
+        b.send().await.expect("send")
+    }
+
+    pub async fn ok_json(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Value {
+        let r = self.call(method.clone(), path, token, body).await;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{method} {path}: {status} {body}");
+        body
+    }
+}
+
+/// A tenant with one user of each role, an API key each, and a collection.
+pub struct World {
+    pub admin: String,
+    pub editor: String,
+    pub viewer: String,
+    pub editor_id: String,
+}
+
+pub async fn world(s: &Server, tenant: &str) -> World {
+    s.ok_json(Method::POST, "/v1/tenants", OPERATOR, Some(json!({"name": tenant})))
+        .await;
+    let mut tokens = Vec::new();
+    let mut ids = Vec::new();
+    for role in ["admin", "editor", "viewer"] {
+        let u = s
+            .ok_json(
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/users"),
+                OPERATOR,
+                Some(json!({"email": format!("{role}@{tenant}.example"), "role": role})),
+            )
+            .await;
+        let id = u["id"].as_str().expect("id").to_owned();
+        let k = s
+            .ok_json(
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/users/{id}/api-keys"),
+                OPERATOR,
+                Some(json!({"name": role})),
+            )
+            .await;
+        tokens.push(k["token"].as_str().expect("token").to_owned());
+        ids.push(id);
+    }
+    s.ok_json(
+        Method::POST,
+        &format!("/v1/tenants/{tenant}/collections"),
+        OPERATOR,
+        Some(json!({
+            "name": "devices",
+            "schema": {"type": "object", "properties": {"port": {"type": "integer"}, "serial": {"type": "string"}}, "required": ["port"], "additionalProperties": false},
+            "unique": ["serial"]
+        })),
+    )
+    .await;
+    World {
+        admin: tokens[0].clone(),
+        editor: tokens[1].clone(),
+        viewer: tokens[2].clone(),
+        editor_id: ids[1].clone(),
+    }
+}
+
+pub fn header<'a>(r: &'a Response, name: &str) -> &'a str {
+    r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Asserts `r` is the problem `slug` with `status`, a body whose members
+/// agree with the response, and an `X-Request-Id` matching `request_id`.
+pub async fn assert_problem(r: Response, status: u16, slug: &str) -> Value {
+    assert_eq!(
+        r.status(),
+        StatusCode::from_u16(status).unwrap(),
+        "{:?}",
+        r.url().path()
+    );
+    assert_eq!(header(&r, "content-type"), "application/problem+json");
+    let rid = header(&r, "x-request-id").to_owned();
+    assert!(!rid.is_empty(), "x-request-id");
+    let path = r.url().path().to_owned();
+    let body: Value = r.json().await.expect("problem body is JSON");
+    assert_eq!(body["type"], format!("/problems/{slug}"), "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
+    assert_eq!(body["instance"], path);
+    assert_eq!(body["request_id"], rid);
+    body
+}
