@@ -299,14 +299,14 @@ const REALM: &str = "Bearer realm=\"canon\"";
 
 /// A halt: the problem and the headers it implies.
 struct Halt {
-    problem: Problem,
+    problem: Box<Problem>,
     headers: Vec<(HeaderName, String)>,
 }
 
 impl From<Problem> for Halt {
     fn from(problem: Problem) -> Self {
         Halt {
-            problem,
+            problem: Box::new(problem),
             headers: Vec::new(),
         }
     }

@@ -93,7 +93,7 @@ impl RouteSpec {
     /// The spec for `method`, with `HEAD` served by `GET`.
     pub fn method(&self, method: &Method) -> Option<&MethodSpec> {
         let wanted = if method == Method::HEAD { &Method::GET } else { method };
-        self.methods.iter().find(|m| &m.method == wanted)
+        self.methods.iter().find(|m| m.method == *wanted)
     }
 
     /// The `Allow` header value: the supported methods, `HEAD` after `GET`,
