@@ -34,6 +34,9 @@ pub enum StoreError {
     /// The expectation given with a write did not hold.
     #[error("the record changed since it was read")]
     ExpectationFailed,
+    /// Another caller holds a live lease on the record.
+    #[error("the record is locked by {}", .0.holder)]
+    Locked(Lease),
     /// The addressed parent disappeared while the write was queued.
     #[error("the target no longer exists")]
     Vanished,
@@ -100,8 +103,21 @@ pub trait Store: Send + Sync + 'static {
     /// Collections by id.
     async fn list_collections(&self, tenant_id: &str, page: PageRequest) -> StoreResult<Page<Collection>>;
     /// Deletes an empty collection ([`StoreError::NotEmpty`] otherwise),
-    /// leaving a tombstone. Returns whether it existed.
+    /// leaving a tombstone and ending its redirects. Returns whether it existed.
     async fn delete_collection(&self, tenant_id: &str, name: &str, retention: Duration) -> StoreResult<bool>;
+    /// Changes a collection. A rename keeps the old name as a redirect to the
+    /// collection; a changed `unique` list re-indexes every record
+    /// ([`StoreError::Conflict`] when existing records already collide).
+    /// `None` when no collection has that name.
+    async fn update_collection(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        changes: CollectionChanges,
+    ) -> StoreResult<Option<Collection>>;
+    /// The current name of the collection that was once called `name`, when
+    /// `name` is an old name of a renamed collection.
+    async fn collection_alias(&self, tenant_id: &str, name: &str) -> StoreResult<Option<String>>;
 
     /// Creates a record with a new id.
     async fn create_record(&self, collection: &Collection, data: Value) -> StoreResult<Record>;
@@ -109,24 +125,65 @@ pub trait Store: Send + Sync + 'static {
     async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>>;
     /// A page of records.
     async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>>;
-    /// Replaces a record's data, or creates it at `id`. Returns the record and
-    /// whether it was created.
+    /// Replaces a record's data, or creates it at `id`, as `actor`. Returns
+    /// the record and whether it was created. Fails with
+    /// [`StoreError::ExpectationFailed`] when `expect` does not hold and with
+    /// [`StoreError::Locked`] when someone else holds a lease on the record,
+    /// both checked inside the write's transaction.
     async fn put_record(
         &self,
         collection: &Collection,
         id: &str,
         data: Value,
         expect: Expect,
+        actor: &str,
     ) -> StoreResult<(Record, bool)>;
-    /// Deletes a record, leaving a tombstone. Returns whether it existed.
+    /// Deletes a record as `actor`, leaving a tombstone and dropping its lease.
+    /// Checks `expect` and leases like [`Store::put_record`]. Returns whether it existed.
     async fn delete_record(
         &self,
         collection_id: &str,
         id: &str,
         expect: Expect,
+        actor: &str,
         retention: Duration,
     ) -> StoreResult<bool>;
 
-    /// Deletes tombstones that expired. Returns how many.
-    async fn purge_tombstones(&self) -> StoreResult<u64>;
+    /// The live lease on a record, if any.
+    async fn lease(&self, collection_id: &str, record_id: &str) -> StoreResult<Option<Lease>>;
+    /// Takes or renews the lease on an existing record for `holder`, for
+    /// `ttl`. Returns the lease and whether it is new (false: renewed).
+    /// Fails with [`StoreError::Locked`] when another holder's lease is live
+    /// and with [`StoreError::Vanished`] when the record does not exist.
+    async fn acquire_lease(
+        &self,
+        collection_id: &str,
+        record_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<(Lease, bool)>;
+    /// Releases the live lease on a record. With `holder`, only that holder's
+    /// lease ([`StoreError::Locked`] if someone else's is live); without, any
+    /// (an admin breaking it). Returns whether a live lease was released.
+    async fn release_lease(&self, collection_id: &str, record_id: &str, holder: Option<&str>) -> StoreResult<bool>;
+
+    /// Claims an idempotency key for one request, or reports the earlier
+    /// request that used it. A claim still unfinished after `lease` counts as
+    /// abandoned (its server died) and may be claimed again; a key is
+    /// forgotten `ttl` after its first use.
+    async fn claim_idempotency(
+        &self,
+        request: &IdempotencyRequest,
+        ttl: Duration,
+        lease: Duration,
+    ) -> StoreResult<IdempotencyClaim>;
+    /// Records the response to replay for a claimed key.
+    async fn complete_idempotency(&self, scope: &str, key: &str, response: StoredResponse) -> StoreResult<()>;
+    /// Frees a claimed key whose request should not be replayed (it failed
+    /// in a way a retry may fix).
+    async fn release_idempotency(&self, scope: &str, key: &str) -> StoreResult<()>;
+
+    /// Deletes what expired: tombstones, leases, idempotency keys. Returns how
+    /// many rows went.
+    async fn purge_expired(&self) -> StoreResult<u64>;
 }

@@ -243,3 +243,63 @@ pub enum Expect {
     /// The record does not exist.
     Absent,
 }
+
+/// A lease on a record: while it is live, only its holder may write the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Who holds it (a user id, or `operator`).
+    pub holder: String,
+    /// When it was first taken.
+    pub acquired_at: Millis,
+    /// When it releases itself.
+    pub expires_at: Millis,
+}
+
+/// Changes to a collection; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CollectionChanges {
+    /// A new name; the old one becomes a redirect.
+    pub name: Option<String>,
+    /// A new schema, checked by later writes.
+    pub schema: Option<Value>,
+    /// New unique fields; existing records are indexed again.
+    pub unique: Option<Vec<String>>,
+    /// Whether writes must carry `If-Match`.
+    pub require_if_match: Option<bool>,
+}
+
+/// A response kept for an idempotency key, replayed to retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// One request's claim on an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key was free (or its earlier request was abandoned): go ahead,
+    /// then complete or release it.
+    Claimed,
+    /// Another request with this key is still running.
+    InFlight,
+    /// The key was used for a different request.
+    Mismatch,
+    /// The key's request finished: replay this.
+    Completed(StoredResponse),
+}
+
+/// A request to claim an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRequest {
+    /// Whose key it is: the caller's identity (and tenant).
+    pub scope: String,
+    /// The key the client sent.
+    pub key: String,
+    /// A digest of the request (method, target, body), to spot reuse.
+    pub fingerprint: String,
+}

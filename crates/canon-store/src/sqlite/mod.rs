@@ -21,7 +21,7 @@ pub use engine::MAX_BATCH;
 use engine::internal;
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -256,6 +256,56 @@ fn load_record(conn: &Connection, collection_id: &str, id: &str) -> StoreResult<
     .map_err(db_error)
 }
 
+/// Inserts a new record row; a taken id is a conflict on `/id`.
+fn insert_record(conn: &Connection, r: &Record) -> StoreResult<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO records ({RECORD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            r.collection_id,
+            r.id,
+            r.data.to_string(),
+            r.version,
+            r.etag,
+            r.created_at,
+            r.updated_at
+        ])
+    })
+    .map_err(|e| conflict_or_internal(e, "/id"))?;
+    Ok(())
+}
+
+fn lease_row(r: &Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        holder: r.get(0)?,
+        acquired_at: r.get(1)?,
+        expires_at: r.get(2)?,
+    })
+}
+
+/// The record's lease, unless it expired.
+fn live_lease(conn: &Connection, collection_id: &str, record_id: &str) -> StoreResult<Option<Lease>> {
+    conn.prepare_cached(
+        "SELECT holder, acquired_at, expires_at FROM locks
+         WHERE collection_id = ?1 AND record_id = ?2 AND expires_at > ?3",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![collection_id, record_id, now_millis()], lease_row)
+            .optional()
+    })
+    .map_err(db_error)
+}
+
+/// Fails with [`StoreError::Locked`] when someone other than `actor` holds
+/// a live lease on the record.
+fn check_lease(conn: &Connection, collection_id: &str, record_id: &str, actor: &str) -> StoreResult<()> {
+    match live_lease(conn, collection_id, record_id)? {
+        Some(lease) if lease.holder != actor => Err(StoreError::Locked(lease)),
+        _ => Ok(()),
+    }
+}
+
 fn check_expectation(current: Option<&Record>, expect: &Expect) -> StoreResult<()> {
     let holds = match (expect, current) {
         (Expect::Anything, _) => true,
@@ -291,6 +341,92 @@ fn index_unique(conn: &Connection, collection: &Collection, id: &str, data: &Val
         .map_err(|e| conflict_or_internal(e, &format!("/data/{field}")))?;
     }
     Ok(())
+}
+
+fn drop_alias(conn: &Connection, tenant_id: &str, name: &str) -> StoreResult<()> {
+    conn.execute(
+        "DELETE FROM collection_aliases WHERE tenant_id = ?1 AND name = ?2",
+        [tenant_id, name],
+    )
+    .map_err(db_error)?;
+    Ok(())
+}
+
+fn load_collection(conn: &Connection, tenant_id: &str, name: &str) -> StoreResult<Option<Collection>> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLLECTION_COLS} FROM collections WHERE tenant_id = ?1 AND name = ?2"
+    ))
+    .and_then(|mut s| s.query_row([tenant_id, name], collection_row).optional())
+    .map_err(db_error)
+}
+
+/// Applies `changes` to the collection called `name`, inside the writer's
+/// transaction.
+fn update_collection(
+    conn: &Connection,
+    tenant_id: &str,
+    name: &str,
+    changes: CollectionChanges,
+) -> StoreResult<Option<Collection>> {
+    let Some(current) = load_collection(conn, tenant_id, name)? else {
+        return Ok(None);
+    };
+    let mut next = current.clone();
+    if let Some(new_name) = changes.name.filter(|n| *n != current.name) {
+        if load_collection(conn, tenant_id, &new_name)?.is_some() {
+            return Err(StoreError::Conflict {
+                pointer: "/name".into(),
+            });
+        }
+        drop_alias(conn, tenant_id, &new_name)?;
+        clear_tombstone(conn, kind::COLLECTION, tenant_id, &new_name).map_err(db_error)?;
+        conn.execute(
+            "INSERT INTO collection_aliases (tenant_id, name, collection_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![tenant_id, current.name, current.id, now_millis()],
+        )
+        .map_err(db_error)?;
+        next.name = new_name;
+    }
+    if let Some(schema) = changes.schema {
+        next.schema = schema;
+    }
+    if let Some(flag) = changes.require_if_match {
+        next.require_if_match = flag;
+    }
+    let reindex = changes.unique.as_ref().is_some_and(|u| *u != current.unique);
+    if let Some(unique) = changes.unique {
+        next.unique = unique;
+    }
+    next.version = current.version + 1;
+    next.updated_at = now_millis();
+    conn.execute(
+        "UPDATE collections SET name = ?1, schema = ?2, unique_fields = ?3, require_if_match = ?4, version = ?5, updated_at = ?6 WHERE id = ?7",
+        params![
+            next.name,
+            next.schema.to_string(),
+            Value::from(next.unique.clone()).to_string(),
+            next.require_if_match,
+            next.version,
+            next.updated_at,
+            next.id
+        ],
+    )
+    .map_err(db_error)?;
+    if reindex {
+        conn.execute("DELETE FROM unique_values WHERE collection_id = ?1", [&next.id])
+            .map_err(db_error)?;
+        let mut stmt = conn
+            .prepare(&format!("SELECT {RECORD_COLS} FROM records WHERE collection_id = ?1"))
+            .map_err(db_error)?;
+        let records = stmt
+            .query_map([&next.id], record_row)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(db_error)?;
+        for r in &records {
+            index_unique(conn, &next, &r.id, &r.data)?;
+        }
+    }
+    Ok(Some(next))
 }
 
 fn collection_exists(conn: &Connection, collection_id: &str) -> StoreResult<()> {
@@ -735,6 +871,8 @@ impl Store for SqliteStore {
                 )
                 .map_err(|e| conflict_or_internal(e, "/name"))?;
                 clear_tombstone(c, kind::COLLECTION, &col.tenant_id, &col.name).map_err(db_error)?;
+                // A new collection under an old name ends that name's redirect.
+                drop_alias(c, &col.tenant_id, &col.name)?;
                 Ok(col)
             })
             .await
@@ -744,12 +882,7 @@ impl Store for SqliteStore {
         let (tenant_id, name) = (tenant_id.to_owned(), name.to_owned());
         self.engine
             .read(move |c| {
-                let col = c
-                    .prepare_cached(&format!(
-                        "SELECT {COLLECTION_COLS} FROM collections WHERE tenant_id = ?1 AND name = ?2"
-                    ))
-                    .and_then(|mut s| s.query_row([&tenant_id, &name], collection_row).optional())
-                    .map_err(db_error)?;
+                let col = load_collection(c, &tenant_id, &name)?;
                 found_or_tombstone(c, col, kind::COLLECTION, &tenant_id, &name)
             })
             .await
@@ -800,10 +933,40 @@ impl Store for SqliteStore {
                     [kind::RECORD, &id],
                 )
                 .map_err(db_error)?;
+                c.execute("DELETE FROM collection_aliases WHERE collection_id = ?1", [&id])
+                    .map_err(db_error)?;
+                c.execute("DELETE FROM locks WHERE collection_id = ?1", [&id])
+                    .map_err(db_error)?;
                 c.execute("DELETE FROM collections WHERE id = ?1", [&id])
                     .map_err(db_error)?;
                 put_tombstone(c, kind::COLLECTION, &tenant_id, &name, retention).map_err(db_error)?;
                 Ok(true)
+            })
+            .await
+    }
+
+    async fn update_collection(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        changes: CollectionChanges,
+    ) -> StoreResult<Option<Collection>> {
+        let (tenant_id, name) = (tenant_id.to_owned(), name.to_owned());
+        self.engine
+            .write(move |c| update_collection(c, &tenant_id, &name, changes))
+            .await
+    }
+
+    async fn collection_alias(&self, tenant_id: &str, name: &str) -> StoreResult<Option<String>> {
+        let (tenant_id, name) = (tenant_id.to_owned(), name.to_owned());
+        self.engine
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT c.name FROM collection_aliases a JOIN collections c ON c.id = a.collection_id
+                     WHERE a.tenant_id = ?1 AND a.name = ?2",
+                )
+                .and_then(|mut s| s.query_row([&tenant_id, &name], |r| r.get(0)).optional())
+                .map_err(db_error)
             })
             .await
     }
@@ -823,21 +986,7 @@ impl Store for SqliteStore {
                     created_at: now,
                     updated_at: now,
                 };
-                c.prepare_cached(&format!(
-                    "INSERT INTO records ({RECORD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-                ))
-                .and_then(|mut s| {
-                    s.execute(params![
-                        r.collection_id,
-                        r.id,
-                        r.data.to_string(),
-                        r.version,
-                        r.etag,
-                        r.created_at,
-                        r.updated_at
-                    ])
-                })
-                .map_err(|e| conflict_or_internal(e, "/id"))?;
+                insert_record(c, &r)?;
                 index_unique(c, &collection, &r.id, &r.data)?;
                 Ok(r)
             })
@@ -865,13 +1014,15 @@ impl Store for SqliteStore {
         id: &str,
         data: Value,
         expect: Expect,
+        actor: &str,
     ) -> StoreResult<(Record, bool)> {
-        let (collection, id) = (collection.clone(), id.to_owned());
+        let (collection, id, actor) = (collection.clone(), id.to_owned(), actor.to_owned());
         self.engine
             .write(move |c| {
                 collection_exists(c, &collection.id)?;
                 let current = load_record(c, &collection.id, &id)?;
                 check_expectation(current.as_ref(), &expect)?;
+                check_lease(c, &collection.id, &id, &actor)?;
                 let now = now_millis();
                 let (record, created) = match current {
                     Some(cur) => {
@@ -893,11 +1044,7 @@ impl Store for SqliteStore {
                             created_at: now,
                             updated_at: now,
                         };
-                        c.execute(
-                            &format!("INSERT INTO records ({RECORD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-                            params![r.collection_id, r.id, r.data.to_string(), r.version, r.etag, r.created_at, r.updated_at],
-                        )
-                        .map_err(|e| conflict_or_internal(e, "/id"))?;
+                        insert_record(c, &r)?;
                         clear_tombstone(c, kind::RECORD, &r.collection_id, &r.id).map_err(db_error)?;
                         (r, true)
                     }
@@ -913,9 +1060,10 @@ impl Store for SqliteStore {
         collection_id: &str,
         id: &str,
         expect: Expect,
+        actor: &str,
         retention: Duration,
     ) -> StoreResult<bool> {
-        let (collection_id, id) = (collection_id.to_owned(), id.to_owned());
+        let (collection_id, id, actor) = (collection_id.to_owned(), id.to_owned(), actor.to_owned());
         self.engine
             .write(move |c| {
                 let current = load_record(c, &collection_id, &id)?;
@@ -923,6 +1071,12 @@ impl Store for SqliteStore {
                 if current.is_none() {
                     return Ok(false);
                 }
+                check_lease(c, &collection_id, &id, &actor)?;
+                c.execute(
+                    "DELETE FROM locks WHERE collection_id = ?1 AND record_id = ?2",
+                    [&collection_id, &id],
+                )
+                .map_err(db_error)?;
                 c.execute(
                     "DELETE FROM records WHERE collection_id = ?1 AND id = ?2",
                     [&collection_id, &id],
@@ -939,12 +1093,191 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn purge_tombstones(&self) -> StoreResult<u64> {
+    async fn lease(&self, collection_id: &str, record_id: &str) -> StoreResult<Option<Lease>> {
+        let (collection_id, record_id) = (collection_id.to_owned(), record_id.to_owned());
+        self.engine
+            .read(move |c| live_lease(c, &collection_id, &record_id))
+            .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        collection_id: &str,
+        record_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<(Lease, bool)> {
+        let (collection_id, record_id, holder) = (collection_id.to_owned(), record_id.to_owned(), holder.to_owned());
+        self.engine
+            .write(move |c| {
+                if load_record(c, &collection_id, &record_id)?.is_none() {
+                    return Err(StoreError::Vanished);
+                }
+                let now = now_millis();
+                let current = live_lease(c, &collection_id, &record_id)?;
+                let renewed = match current {
+                    Some(lease) if lease.holder != holder => return Err(StoreError::Locked(lease)),
+                    Some(lease) => Some(lease),
+                    None => None,
+                };
+                let lease = Lease {
+                    holder,
+                    acquired_at: renewed.as_ref().map_or(now, |l| l.acquired_at),
+                    expires_at: now.saturating_add(retention_ms(ttl)),
+                };
+                c.execute(
+                    "INSERT INTO locks (collection_id, record_id, holder, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (collection_id, record_id) DO UPDATE SET
+                       holder = excluded.holder, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at",
+                    params![collection_id, record_id, lease.holder, lease.acquired_at, lease.expires_at],
+                )
+                .map_err(db_error)?;
+                Ok((lease, renewed.is_none()))
+            })
+            .await
+    }
+
+    async fn release_lease(&self, collection_id: &str, record_id: &str, holder: Option<&str>) -> StoreResult<bool> {
+        let (collection_id, record_id, holder) = (
+            collection_id.to_owned(),
+            record_id.to_owned(),
+            holder.map(str::to_owned),
+        );
+        self.engine
+            .write(move |c| {
+                let Some(lease) = live_lease(c, &collection_id, &record_id)? else {
+                    return Ok(false);
+                };
+                if holder.as_ref().is_some_and(|h| *h != lease.holder) {
+                    return Err(StoreError::Locked(lease));
+                }
+                c.execute(
+                    "DELETE FROM locks WHERE collection_id = ?1 AND record_id = ?2",
+                    [&collection_id, &record_id],
+                )
+                .map_err(db_error)?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn claim_idempotency(
+        &self,
+        request: &IdempotencyRequest,
+        ttl: Duration,
+        lease: Duration,
+    ) -> StoreResult<IdempotencyClaim> {
+        let request = request.clone();
+        self.engine
+            .write(move |c| {
+                let now = now_millis();
+                let row = c
+                    .query_row(
+                        "SELECT fingerprint, claimed_at, expires_at, status, headers, body FROM idempotency_keys
+                         WHERE scope = ?1 AND key = ?2",
+                        [&request.scope, &request.key],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, Option<u16>>(3)?,
+                                r.get::<_, Option<String>>(4)?,
+                                r.get::<_, Option<Vec<u8>>>(5)?,
+                            ))
+                        },
+                    )
+                    .optional()
+                    .map_err(db_error)?;
+                if let Some((fingerprint, claimed_at, expires_at, status, headers, body)) = row
+                    && expires_at > now
+                {
+                    if fingerprint != request.fingerprint {
+                        return Ok(IdempotencyClaim::Mismatch);
+                    }
+                    match status {
+                        Some(status) => {
+                            let headers: Vec<(String, String)> = headers
+                                .as_deref()
+                                .map(serde_json::from_str)
+                                .transpose()
+                                .map_err(internal)?
+                                .unwrap_or_default();
+                            return Ok(IdempotencyClaim::Completed(StoredResponse {
+                                status,
+                                headers,
+                                body: body.unwrap_or_default(),
+                            }));
+                        }
+                        None if now.saturating_sub(claimed_at) < retention_ms(lease) => {
+                            return Ok(IdempotencyClaim::InFlight);
+                        }
+                        // The first request's server died mid-flight: take over.
+                        None => {}
+                    }
+                }
+                c.execute(
+                    "INSERT INTO idempotency_keys (scope, key, fingerprint, claimed_at, expires_at, status, headers, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, NULL)
+                     ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                       claimed_at = excluded.claimed_at, expires_at = excluded.expires_at,
+                       status = NULL, headers = NULL, body = NULL",
+                    params![
+                        request.scope,
+                        request.key,
+                        request.fingerprint,
+                        now,
+                        now.saturating_add(retention_ms(ttl))
+                    ],
+                )
+                .map_err(db_error)?;
+                Ok(IdempotencyClaim::Claimed)
+            })
+            .await
+    }
+
+    async fn complete_idempotency(&self, scope: &str, key: &str, response: StoredResponse) -> StoreResult<()> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        let headers = serde_json::to_string(&response.headers).map_err(internal)?;
+        self.engine
+            .write(move |c| {
+                c.execute(
+                    "UPDATE idempotency_keys SET status = ?1, headers = ?2, body = ?3 WHERE scope = ?4 AND key = ?5",
+                    params![response.status, headers, response.body, scope, key],
+                )
+                .map_err(db_error)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn release_idempotency(&self, scope: &str, key: &str) -> StoreResult<()> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.engine
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND status IS NULL",
+                    [&scope, &key],
+                )
+                .map_err(db_error)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn purge_expired(&self) -> StoreResult<u64> {
         self.engine
             .write(|c| {
-                c.execute("DELETE FROM tombstones WHERE expires_at <= ?1", [now_millis()])
-                    .map(|n| n as u64)
-                    .map_err(db_error)
+                let now = now_millis();
+                let mut n = 0;
+                for sql in [
+                    "DELETE FROM tombstones WHERE expires_at <= ?1",
+                    "DELETE FROM locks WHERE expires_at <= ?1",
+                    "DELETE FROM idempotency_keys WHERE expires_at <= ?1",
+                ] {
+                    n += c.execute(sql, [now]).map_err(db_error)? as u64;
+                }
+                Ok(n)
             })
             .await
     }

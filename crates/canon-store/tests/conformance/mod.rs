@@ -9,6 +9,8 @@ use canon_store::*;
 use serde_json::json;
 
 const KEEP: Duration = Duration::from_secs(3600);
+/// The writer in tests that do not care who writes.
+const ACTOR: &str = "tester";
 
 fn first_page(limit: usize) -> PageRequest {
     PageRequest { limit, after: None }
@@ -151,7 +153,7 @@ pub async fn records_crud_versions_and_tombstones(store: Arc<dyn Store>) {
     assert_eq!(store.record(&c.id, &r.id).await.unwrap(), Lookup::Found(r.clone()));
 
     let (r2, created) = store
-        .put_record(&c, &r.id, json!({"name": "b"}), Expect::Anything)
+        .put_record(&c, &r.id, json!({"name": "b"}), Expect::Anything, ACTOR)
         .await
         .unwrap();
     assert!(!created);
@@ -161,17 +163,17 @@ pub async fn records_crud_versions_and_tombstones(store: Arc<dyn Store>) {
 
     assert!(matches!(
         store
-            .put_record(&c, &r.id, json!({}), Expect::Etag(r.etag.clone()))
+            .put_record(&c, &r.id, json!({}), Expect::Etag(r.etag.clone()), ACTOR)
             .await,
         Err(StoreError::ExpectationFailed)
     ));
     assert!(matches!(
-        store.put_record(&c, &r.id, json!({}), Expect::Absent).await,
+        store.put_record(&c, &r.id, json!({}), Expect::Absent, ACTOR).await,
         Err(StoreError::ExpectationFailed)
     ));
 
     let (made, created) = store
-        .put_record(&c, "client-id", json!({"name": "c"}), Expect::Absent)
+        .put_record(&c, "client-id", json!({"name": "c"}), Expect::Absent, ACTOR)
         .await
         .unwrap();
     assert!(created);
@@ -179,26 +181,31 @@ pub async fn records_crud_versions_and_tombstones(store: Arc<dyn Store>) {
 
     assert!(
         store
-            .delete_record(&c.id, &r.id, Expect::Etag(r2.etag.clone()), KEEP)
+            .delete_record(&c.id, &r.id, Expect::Etag(r2.etag.clone()), ACTOR, KEEP)
             .await
             .unwrap()
     );
     assert_eq!(store.record(&c.id, &r.id).await.unwrap(), Lookup::Gone);
-    assert!(!store.delete_record(&c.id, &r.id, Expect::Anything, KEEP).await.unwrap());
+    assert!(
+        !store
+            .delete_record(&c.id, &r.id, Expect::Anything, ACTOR, KEEP)
+            .await
+            .unwrap()
+    );
 
     // A zero retention leaves an already-expired tombstone: 404, and purged.
     assert!(
         store
-            .delete_record(&c.id, "client-id", Expect::Anything, Duration::ZERO)
+            .delete_record(&c.id, "client-id", Expect::Anything, ACTOR, Duration::ZERO)
             .await
             .unwrap()
     );
     assert_eq!(store.record(&c.id, "client-id").await.unwrap(), Lookup::Missing);
-    assert!(store.purge_tombstones().await.unwrap() >= 1);
+    assert!(store.purge_expired().await.unwrap() >= 1);
 
     // Re-creating at a deleted id clears its tombstone.
     let (again, created) = store
-        .put_record(&c, &r.id, json!({"name": "again"}), Expect::Anything)
+        .put_record(&c, &r.id, json!({"name": "again"}), Expect::Anything, ACTOR)
         .await
         .unwrap();
     assert!(created);
@@ -224,14 +231,19 @@ pub async fn unique_fields_conflict_by_pointer(store: Arc<dyn Store>) {
     store.create_record(&c, json!({"serial": "1"})).await.unwrap();
     // Replacing frees the old value; deleting frees the new one.
     store
-        .put_record(&c, &a.id, json!({"serial": "S9"}), Expect::Anything)
+        .put_record(&c, &a.id, json!({"serial": "S9"}), Expect::Anything, ACTOR)
         .await
         .unwrap();
     store
         .create_record(&c, json!({"serial": "S1", "mac": "m1"}))
         .await
         .expect("S1 and m1 freed");
-    assert!(store.delete_record(&c.id, &a.id, Expect::Anything, KEEP).await.unwrap());
+    assert!(
+        store
+            .delete_record(&c.id, &a.id, Expect::Anything, ACTOR, KEEP)
+            .await
+            .unwrap()
+    );
     store
         .create_record(&c, json!({"serial": "S9"}))
         .await
@@ -253,7 +265,10 @@ pub async fn collections_delete_only_when_empty(store: Arc<dyn Store>) {
         store.delete_collection(&t.id, "devices", KEEP).await,
         Err(StoreError::NotEmpty)
     ));
-    store.delete_record(&c.id, &r.id, Expect::Anything, KEEP).await.unwrap();
+    store
+        .delete_record(&c.id, &r.id, Expect::Anything, ACTOR, KEEP)
+        .await
+        .unwrap();
     assert!(store.delete_collection(&t.id, "devices", KEEP).await.unwrap());
     assert_eq!(store.collection(&t.id, "devices").await.unwrap(), Lookup::Gone);
     assert!(matches!(
@@ -397,7 +412,9 @@ pub async fn same_expectation_has_one_winner(store: Arc<dyn Store>) {
     for i in 0..50 {
         let (store, c, id, etag) = (store.clone(), c.clone(), r.id.clone(), r.etag.clone());
         tasks.push(tokio::spawn(async move {
-            store.put_record(&c, &id, json!({"n": i}), Expect::Etag(etag)).await
+            store
+                .put_record(&c, &id, json!({"n": i}), Expect::Etag(etag), ACTOR)
+                .await
         }));
     }
     let mut winners = 0;
@@ -409,6 +426,225 @@ pub async fn same_expectation_has_one_winner(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(winners, 1);
+}
+
+pub async fn leases_block_other_writers_until_released_or_expired(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = collection(&*store, &t, "devices", &[]).await;
+    let r = store.create_record(&c, json!({"n": 0})).await.unwrap();
+    assert_eq!(store.lease(&c.id, &r.id).await.unwrap(), None);
+
+    let (lease, new) = store.acquire_lease(&c.id, &r.id, "alice", KEEP).await.unwrap();
+    assert!(new);
+    assert_eq!(lease.holder, "alice");
+    assert_eq!(store.lease(&c.id, &r.id).await.unwrap(), Some(lease.clone()));
+
+    // Renewing keeps the acquisition time; another holder is refused.
+    let (renewed, new) = store.acquire_lease(&c.id, &r.id, "alice", KEEP).await.unwrap();
+    assert!(!new);
+    assert_eq!(renewed.acquired_at, lease.acquired_at);
+    assert!(matches!(
+        store.acquire_lease(&c.id, &r.id, "bob", KEEP).await,
+        Err(StoreError::Locked(l)) if l.holder == "alice"
+    ));
+
+    // Writes by others fail inside the transaction; the holder's succeed.
+    assert!(matches!(
+        store
+            .put_record(&c, &r.id, json!({"n": 1}), Expect::Anything, "bob")
+            .await,
+        Err(StoreError::Locked(_))
+    ));
+    assert!(matches!(
+        store.delete_record(&c.id, &r.id, Expect::Anything, "bob", KEEP).await,
+        Err(StoreError::Locked(_))
+    ));
+    store
+        .put_record(&c, &r.id, json!({"n": 2}), Expect::Anything, "alice")
+        .await
+        .unwrap();
+
+    // Only the holder releases by name; a break releases anyone's.
+    assert!(matches!(
+        store.release_lease(&c.id, &r.id, Some("bob")).await,
+        Err(StoreError::Locked(_))
+    ));
+    assert!(store.release_lease(&c.id, &r.id, None).await.unwrap());
+    assert!(!store.release_lease(&c.id, &r.id, None).await.unwrap());
+    store
+        .put_record(&c, &r.id, json!({"n": 3}), Expect::Anything, "bob")
+        .await
+        .unwrap();
+
+    // An expired lease frees itself.
+    store
+        .acquire_lease(&c.id, &r.id, "alice", Duration::from_millis(30))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(store.lease(&c.id, &r.id).await.unwrap(), None);
+    let (taken, new) = store.acquire_lease(&c.id, &r.id, "bob", KEEP).await.unwrap();
+    assert!(new);
+    assert_eq!(taken.holder, "bob");
+
+    // Deleting the record (by the holder) drops its lease; no lease on a missing record.
+    assert!(
+        store
+            .delete_record(&c.id, &r.id, Expect::Anything, "bob", KEEP)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.lease(&c.id, &r.id).await.unwrap(), None);
+    assert!(matches!(
+        store.acquire_lease(&c.id, &r.id, "bob", KEEP).await,
+        Err(StoreError::Vanished)
+    ));
+}
+
+pub async fn renamed_collections_leave_redirects(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let a = collection(&*store, &t, "a", &[]).await;
+    let rename = |name: &str| CollectionChanges {
+        name: Some(name.into()),
+        ..CollectionChanges::default()
+    };
+    let b = store.update_collection(&t.id, "a", rename("b")).await.unwrap().unwrap();
+    assert_eq!((b.id.as_str(), b.name.as_str(), b.version), (a.id.as_str(), "b", 2));
+    assert_eq!(store.collection(&t.id, "a").await.unwrap(), Lookup::Missing);
+    assert_eq!(store.collection_alias(&t.id, "a").await.unwrap().as_deref(), Some("b"));
+
+    // Two renames: both old names lead to the current one.
+    store.update_collection(&t.id, "b", rename("c")).await.unwrap().unwrap();
+    assert_eq!(store.collection_alias(&t.id, "a").await.unwrap().as_deref(), Some("c"));
+    assert_eq!(store.collection_alias(&t.id, "b").await.unwrap().as_deref(), Some("c"));
+
+    // A taken name conflicts; a missing collection is None.
+    collection(&*store, &t, "other", &[]).await;
+    assert!(matches!(
+        store.update_collection(&t.id, "c", rename("other")).await,
+        Err(StoreError::Conflict { pointer }) if pointer == "/name"
+    ));
+    assert_eq!(store.update_collection(&t.id, "zzz", rename("y")).await.unwrap(), None);
+
+    // A new collection under an old name ends that redirect.
+    collection(&*store, &t, "a", &[]).await;
+    assert_eq!(store.collection_alias(&t.id, "a").await.unwrap(), None);
+    assert_eq!(store.collection_alias(&t.id, "b").await.unwrap().as_deref(), Some("c"));
+
+    // Options and unique fields change; colliding records refuse the index.
+    let c = store.collection(&t.id, "c").await.unwrap().found().unwrap();
+    store.create_record(&c, json!({"serial": "S1"})).await.unwrap();
+    store.create_record(&c, json!({"serial": "S1"})).await.unwrap();
+    let unique = CollectionChanges {
+        unique: Some(vec!["serial".into()]),
+        require_if_match: Some(true),
+        ..CollectionChanges::default()
+    };
+    assert!(matches!(
+        store.update_collection(&t.id, "c", unique.clone()).await,
+        Err(StoreError::Conflict { pointer }) if pointer == "/data/serial"
+    ));
+    let unchanged = store.collection(&t.id, "c").await.unwrap().found().unwrap();
+    assert!(unchanged.unique.is_empty() && !unchanged.require_if_match);
+
+    // Deleting the collection ends its redirects.
+    let empty = collection(&*store, &t, "d", &[]).await;
+    store.update_collection(&t.id, "d", rename("e")).await.unwrap();
+    assert!(store.delete_collection(&t.id, "e", KEEP).await.unwrap());
+    assert_eq!(store.collection_alias(&t.id, "d").await.unwrap(), None);
+    assert_eq!(store.collection(&t.id, &empty.name).await.unwrap(), Lookup::Missing);
+}
+
+pub async fn idempotency_keys_claim_replay_and_expire(store: Arc<dyn Store>) {
+    let request = IdempotencyRequest {
+        scope: "acme/alice".into(),
+        key: "k1".into(),
+        fingerprint: "f1".into(),
+    };
+    let day = Duration::from_secs(86_400);
+    let lease = Duration::from_secs(60);
+    assert_eq!(
+        store.claim_idempotency(&request, day, lease).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    assert_eq!(
+        store.claim_idempotency(&request, day, lease).await.unwrap(),
+        IdempotencyClaim::InFlight
+    );
+    let other_body = IdempotencyRequest {
+        fingerprint: "f2".into(),
+        ..request.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency(&other_body, day, lease).await.unwrap(),
+        IdempotencyClaim::Mismatch
+    );
+    // Another caller's key of the same name is separate.
+    let other_scope = IdempotencyRequest {
+        scope: "acme/bob".into(),
+        ..request.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency(&other_scope, day, lease).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+
+    let response = StoredResponse {
+        status: 201,
+        headers: vec![("location".into(), "/x".into())],
+        body: b"{}".to_vec(),
+    };
+    store
+        .complete_idempotency("acme/alice", "k1", response.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim_idempotency(&request, day, lease).await.unwrap(),
+        IdempotencyClaim::Completed(response)
+    );
+    // Releasing a completed key does nothing; releasing a claim frees it.
+    store.release_idempotency("acme/alice", "k1").await.unwrap();
+    assert!(matches!(
+        store.claim_idempotency(&request, day, lease).await.unwrap(),
+        IdempotencyClaim::Completed(_)
+    ));
+    store.release_idempotency("acme/bob", "k1").await.unwrap();
+    assert_eq!(
+        store.claim_idempotency(&other_scope, day, lease).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+
+    // An abandoned claim (older than its lease) can be taken over.
+    let abandoned = IdempotencyRequest {
+        key: "k2".into(),
+        ..request.clone()
+    };
+    let short = Duration::from_millis(20);
+    assert_eq!(
+        store.claim_idempotency(&abandoned, day, short).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(
+        store.claim_idempotency(&abandoned, day, short).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+
+    // Expired keys are forgotten and purged.
+    let brief = IdempotencyRequest {
+        key: "k3".into(),
+        ..request.clone()
+    };
+    store.claim_idempotency(&brief, Duration::ZERO, lease).await.unwrap();
+    assert!(store.purge_expired().await.unwrap() >= 1);
+    let reused = IdempotencyRequest {
+        fingerprint: "new".into(),
+        ..brief
+    };
+    assert_eq!(
+        store.claim_idempotency(&reused, day, lease).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
 }
 
 /// Runs every conformance test, each on a fresh store from `make`.
@@ -425,6 +661,9 @@ macro_rules! conformance_tests {
             record_lists_filter_sort_and_page,
             concurrent_writes_all_commit,
             same_expectation_has_one_winner,
+            leases_block_other_writers_until_released_or_expired,
+            renamed_collections_leave_redirects,
+            idempotency_keys_claim_replay_and_expire,
         );
     };
     (@each $make:expr; $($name:ident,)+) => {
