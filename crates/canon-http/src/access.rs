@@ -113,6 +113,15 @@ impl Principal {
         }
     }
 
+    /// Who the caller is, as recorded on what it holds (leases): the user's
+    /// id, or `operator`. Every key of one user acts as the same actor.
+    pub fn actor(&self) -> &str {
+        match self {
+            Principal::Operator { .. } => "operator",
+            Principal::Member { user_id, .. } => user_id,
+        }
+    }
+
     /// The tenant the caller belongs to, `None` for the operator.
     pub fn tenant(&self) -> Option<&str> {
         match self {
@@ -136,13 +145,18 @@ pub enum Access {
     Invisible,
 }
 
+/// The `{tenant}` path segment that stands for the caller's own tenant
+/// (`/v1/tenants/current/…` redirects there).
+pub const CURRENT_TENANT: &str = "current";
+
 /// Decides whether `principal` may use a route demanding `required`, when the
 /// route addresses `tenant` (the `{tenant}` path segment, if any).
+/// [`CURRENT_TENANT`] addresses the caller's own tenant.
 pub fn authorize(principal: &Principal, tenant: Option<&str>, required: Role) -> Access {
     match principal {
         Principal::Operator { .. } => Access::Granted,
         Principal::Member { tenant: own, role, .. } => {
-            if tenant.is_some_and(|t| t != own) {
+            if tenant.is_some_and(|t| t != own && t != CURRENT_TENANT) {
                 Access::Invisible
             } else if role.role() >= required {
                 Access::Granted
@@ -197,6 +211,18 @@ mod tests {
                 required: Role::Operator
             }
         );
+    }
+
+    #[test]
+    fn current_stands_for_the_callers_own_tenant() {
+        let viewer = member("acme", TenantRole::Viewer);
+        assert_eq!(authorize(&viewer, Some(CURRENT_TENANT), Role::Viewer), Access::Granted);
+        assert_eq!(
+            authorize(&viewer, Some(CURRENT_TENANT), Role::Editor),
+            Access::Forbidden { required: Role::Editor }
+        );
+        assert_eq!(viewer.actor(), "u");
+        assert_eq!(Principal::Operator { key_id: "k".into() }.actor(), "operator");
     }
 
     #[test]

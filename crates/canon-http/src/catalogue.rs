@@ -119,6 +119,12 @@ problem_kinds! {
     /// The resource's state forbids the change.
     StateConflict => ("state-conflict", 409, "Conflict with the resource's state",
         "The change is not possible in the resource's current state, for example deleting a collection that still has records without `?force=true`."),
+    /// An earlier request with the same idempotency key is still running.
+    IdempotencyKeyInFlight => ("idempotency-key-in-flight", 409, "Idempotency key in use",
+        "A request with this `Idempotency-Key` is still being processed. Retry shortly: once it finishes, the retry receives its response."),
+    /// A JSON Patch `test` operation failed.
+    PatchTestFailed => ("patch-test-failed", 409, "Patch test failed",
+        "A `test` operation of the JSON Patch did not hold against the current record, so no operation was applied. `errors` points at the failing operation."),
     /// The resource was deleted.
     Gone => ("gone", 410, "Gone",
         "The resource existed and was deleted. Its tombstone is kept for the retention period (30 days by default); after that the URL answers 404."),

@@ -62,6 +62,8 @@ pub enum Node {
     WellFormed,
     /// 403 (or 404 for another tenant): the caller's role allows the action.
     Authorized,
+    /// 409, 422 or a replay: a POST's `Idempotency-Key` was seen before.
+    Idempotent,
     /// 404, 410, 301, 307, 308: the resource's existence.
     Exists,
     /// 412, 304: conditional request headers.
@@ -152,6 +154,96 @@ pub trait Service: Send + Sync {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>>;
     /// The handler for one request to `route`.
     fn resource(&self, route: &'static RouteSpec, params: Params, principal: Option<Principal>) -> Box<dyn Resource>;
+    /// Claims a POST's idempotency key, or says what became of the request
+    /// that used it first. Without a ledger every key is fresh.
+    fn claim_key<'a>(&'a self, request: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
+        let _ = request;
+        Box::pin(async { Ok(KeyState::Fresh) })
+    }
+    /// Records the response to replay for a claimed key, or frees the key
+    /// when `response` is `None` (the outcome should not be replayed).
+    fn settle_key<'a>(&'a self, request: Keyed<'a>, response: Option<&'a Response<Bytes>>) -> BoxFuture<'a, ()> {
+        let _ = (request, response);
+        Box::pin(async {})
+    }
+}
+
+/// A POST carrying an `Idempotency-Key`, as the ledger needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Keyed<'a> {
+    /// The key the client sent.
+    pub key: &'a str,
+    /// Who sent it: keys are scoped to the caller.
+    pub principal: &'a Principal,
+    /// The request line and headers.
+    pub head: &'a Parts,
+    /// The body, to tell a retry from a different request.
+    pub body: &'a [u8],
+}
+
+/// What the ledger knows of an idempotency key.
+#[derive(Debug)]
+pub enum KeyState {
+    /// First use (now claimed): run the request.
+    Fresh,
+    /// The first request with the key is still running (409).
+    InFlight,
+    /// The key was used for a different request (422).
+    Mismatch,
+    /// The first request finished: send its response again.
+    Completed(Response<Bytes>),
+}
+
+/// Whether a response to a keyed POST is kept for replay. Outcomes a retry
+/// may change (timeouts, rate limits, server failures) free the key instead.
+pub fn is_replayable(status: StatusCode) -> bool {
+    !(status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS)
+}
+
+/// The header naming a POST's idempotency key.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set on a response replayed for an idempotency key.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// Reads `Idempotency-Key`: an RFC 8941 string (`"…"`) or, leniently, a bare
+/// token; 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, &'static str> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("Idempotency-Key must be sent once");
+    }
+    let raw = value
+        .to_str()
+        .map_err(|_| "Idempotency-Key must be visible ASCII")?
+        .trim();
+    let key = match raw.strip_prefix('"') {
+        Some(rest) => rest
+            .strip_suffix('"')
+            .ok_or("Idempotency-Key has an unterminated quote")?,
+        None => raw,
+    };
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+        return Err("Idempotency-Key must be 1 to 255 visible ASCII characters, without quotes or backslashes");
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Whether the request asks for `Prefer: return=minimal`.
+fn prefers_minimal(head: &Parts) -> bool {
+    head.headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            let p = p.split(';').next().unwrap_or("").trim();
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("return") && v.trim().trim_matches('"').eq_ignore_ascii_case("minimal")
+            })
+        })
 }
 
 /// What a resource is given at the well-formedness node.
@@ -192,6 +284,23 @@ pub struct LockInfo {
     pub holder: String,
     /// When it expires.
     pub expires_at: String,
+}
+
+impl LockInfo {
+    /// The 423 problem naming the holder and the expiry.
+    pub fn problem(&self) -> Problem {
+        Problem::new(
+            ProblemKind::Locked,
+            format!(
+                "The resource is locked by {} until {}; retry after that, or ask the holder to release it.",
+                self.holder, self.expires_at
+            ),
+        )
+        .with(
+            "lock",
+            serde_json::json!({"holder": self.holder, "expires_at": self.expires_at}),
+        )
+    }
 }
 
 /// Whether the addressed resource exists.
@@ -322,6 +431,7 @@ impl Halt {
 /// One flow run: the request and the nodes passed so far.
 struct Walk<'r> {
     head: &'r Parts,
+    request_id: &'r str,
     trace: Vec<Node>,
 }
 
@@ -337,15 +447,21 @@ impl Walk<'_> {
 pub async fn run(service: &dyn Service, head: &Parts, body: Box<dyn BodySource>, request_id: &str) -> Decision {
     let mut walk = Walk {
         head,
+        request_id,
         trace: Vec::with_capacity(20),
     };
-    let response = match decide(service, &mut walk, body).await {
-        Ok(response) => response,
-        Err(halt) => problem_response(&halt.problem, head.uri.path(), request_id, &halt.headers),
-    };
+    let response = respond(head, request_id, decide(service, &mut walk, body).await);
     Decision {
         response,
         trace: walk.trace,
+    }
+}
+
+/// The response for a flow outcome.
+fn respond(head: &Parts, request_id: &str, outcome: Result<Response<Bytes>, Halt>) -> Response<Bytes> {
+    match outcome {
+        Ok(response) => response,
+        Err(halt) => problem_response(&halt.problem, head.uri.path(), request_id, &halt.headers),
     }
 }
 
@@ -453,6 +569,12 @@ async fn decide(
     walk.visit(Node::WellFormed);
     let conditions =
         Conditions::from_headers(&head.headers).map_err(|e| Problem::new(ProblemKind::InvalidHeader, e.to_string()))?;
+    let key = if head.method == Method::POST {
+        idempotency_key(&head.headers).map_err(|e| Problem::new(ProblemKind::InvalidHeader, e))?
+    } else {
+        None
+    };
+    let body_bytes = body.as_ref().map(|(_, b)| b.clone()).unwrap_or_default();
     let tenant = params.get("tenant").map(str::to_owned);
     let mut resource = service.resource(route, params, principal.clone());
     resource.parse(Input { head, body })?;
@@ -487,6 +609,54 @@ async fn decide(
         }
     }
 
+    let (Some(key), Some(principal)) = (key, principal.as_ref()) else {
+        return act(walk, resource, spec, &conditions, produce).await;
+    };
+    walk.visit(Node::Idempotent);
+    let keyed = Keyed {
+        key: &key,
+        principal,
+        head,
+        body: &body_bytes,
+    };
+    match service.claim_key(keyed).await? {
+        KeyState::Fresh => {}
+        KeyState::InFlight => {
+            return Err(Problem::new(
+                ProblemKind::IdempotencyKeyInFlight,
+                "A request with this Idempotency-Key is still being processed; retry shortly.",
+            )
+            .into());
+        }
+        KeyState::Mismatch => {
+            return Err(Problem::new(
+                ProblemKind::IdempotencyKeyReused,
+                "This Idempotency-Key was used for a different request (another target or body).",
+            )
+            .into());
+        }
+        KeyState::Completed(mut response) => {
+            set(&mut response, IDEMPOTENT_REPLAYED, "true");
+            return Ok(response);
+        }
+    }
+    let outcome = act(walk, resource, spec, &conditions, produce).await;
+    let response = respond(head, walk.request_id, outcome);
+    let keep = is_replayable(response.status()).then_some(&response);
+    service.settle_key(keyed, keep).await;
+    Ok(response)
+}
+
+/// The nodes from existence to the action: what the resource's state decides.
+async fn act(
+    walk: &mut Walk<'_>,
+    mut resource: Box<dyn Resource>,
+    spec: &MethodSpec,
+    conditions: &Conditions,
+    produce: Option<MediaType>,
+) -> Result<Response<Bytes>, Halt> {
+    let head = walk.head;
+    let path = head.uri.path();
     walk.visit(Node::Exists);
     let found = match resource.load().await? {
         Existence::Found(found) => Some(found),
@@ -513,7 +683,7 @@ async fn decide(
     };
 
     walk.visit(Node::Preconditions);
-    match validators::evaluate(&head.method, &conditions, found.as_ref().map(|f| &f.validators)) {
+    match validators::evaluate(&head.method, conditions, found.as_ref().map(|f| &f.validators)) {
         PreconditionOutcome::Proceed => {}
         PreconditionOutcome::NotModified => {
             return Ok(not_modified(found.as_ref().map(|f| &f.validators), spec));
@@ -541,21 +711,14 @@ async fn decide(
         }
         walk.visit(Node::Unlocked);
         if let Some(lock) = &found.locked_by_other {
-            return Err(Problem::new(
-                ProblemKind::Locked,
-                format!("The record is locked by {} until {}.", lock.holder, lock.expires_at),
-            )
-            .with(
-                "lock",
-                serde_json::json!({"holder": lock.holder, "expires_at": lock.expires_at}),
-            )
-            .into());
+            return Err(lock.problem().into());
         }
     }
 
     walk.visit(Node::Execute);
     let success = resource.execute(produce).await?;
-    Ok(success_response(success))
+    let minimal = !is_safe(&head.method) && prefers_minimal(head);
+    Ok(success_response(success, minimal))
 }
 
 /// `/v1` is the authenticated API; everything else (health, docs) is public.
@@ -783,8 +946,17 @@ fn representation_response(status: StatusCode, rep: Representation) -> Response<
     response
 }
 
-fn success_response(success: Success) -> Response<Bytes> {
-    match success {
+/// The 2xx response for `success`. With `minimal` (`Prefer: return=minimal`
+/// on a write) the body is left out: 200 becomes 204, 201 stays 201; the
+/// validators and locations stay.
+fn success_response(success: Success, minimal: bool) -> Response<Bytes> {
+    let mut response = match success {
+        Success::Ok(rep) if minimal => {
+            let mut response = representation_response(StatusCode::NO_CONTENT, rep);
+            *response.body_mut() = Bytes::new();
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            response
+        }
         Success::Ok(rep) => representation_response(StatusCode::OK, rep),
         Success::Created {
             location,
@@ -792,10 +964,22 @@ fn success_response(success: Success) -> Response<Bytes> {
         } => {
             let mut response = representation_response(StatusCode::CREATED, representation);
             set(&mut response, header::LOCATION, &location);
+            if minimal {
+                *response.body_mut() = Bytes::new();
+                response.headers_mut().remove(header::CONTENT_TYPE);
+            }
             response
         }
-        Success::NoContent => empty(StatusCode::NO_CONTENT, &[]),
+        Success::NoContent => return empty(StatusCode::NO_CONTENT, &[]),
+    };
+    if minimal {
+        set(
+            &mut response,
+            HeaderName::from_static("preference-applied"),
+            "return=minimal",
+        );
     }
+    response
 }
 
 /// Builds the `application/problem+json` response for `problem`.

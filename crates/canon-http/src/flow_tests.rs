@@ -72,6 +72,8 @@ struct Facts {
     parse_error: Option<Problem>,
     execute: Result<Success, Problem>,
     limits: Limits,
+    /// What the idempotency ledger answers for a key.
+    key_state: fn() -> KeyState,
 }
 
 impl Default for Facts {
@@ -86,6 +88,7 @@ impl Default for Facts {
             parse_error: None,
             execute: Ok(Success::Ok(Representation::json(&serde_json::json!({"ok": true})))),
             limits: Limits::default(),
+            key_state: || KeyState::Fresh,
         }
     }
 }
@@ -104,6 +107,8 @@ struct Stub {
     table: RouteTable,
     /// What the resource saw at `parse`.
     seen_body: Arc<Mutex<Option<(MediaType, Bytes)>>>,
+    /// Settlements of idempotency keys: the key and the kept status.
+    settled: Arc<Mutex<Vec<(String, Option<u16>)>>>,
 }
 
 impl Service for Stub {
@@ -130,6 +135,17 @@ impl Service for Stub {
             seen_body: self.seen_body.clone(),
         })
     }
+    fn claim_key<'a>(&'a self, _: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
+        let state = (self.facts.key_state)();
+        Box::pin(async move { Ok(state) })
+    }
+    fn settle_key<'a>(&'a self, request: Keyed<'a>, response: Option<&'a http::Response<Bytes>>) -> BoxFuture<'a, ()> {
+        self.settled
+            .lock()
+            .unwrap()
+            .push((request.key.to_owned(), response.map(|r| r.status().as_u16())));
+        Box::pin(async {})
+    }
 }
 
 struct StubResource {
@@ -153,6 +169,7 @@ impl Resource for StubResource {
 }
 
 struct Run {
+    settled: Vec<(String, Option<u16>)>,
     status: StatusCode,
     headers: http::HeaderMap,
     body: Value,
@@ -174,10 +191,12 @@ impl Run {
 
 async fn run_with(facts: Facts, req: Request<Bytes>) -> Run {
     let seen = Arc::new(Mutex::new(None));
+    let settled = Arc::new(Mutex::new(Vec::new()));
     let stub = Stub {
         facts,
         table: RouteTable::new(ROUTES).unwrap(),
         seen_body: seen.clone(),
+        settled: settled.clone(),
     };
     let (head, body) = req.into_parts();
     let decision = run(&stub, &head, Box::new(body), "rid").await;
@@ -188,7 +207,9 @@ async fn run_with(facts: Facts, req: Request<Bytes>) -> Run {
         serde_json::from_slice(&body).unwrap()
     };
     let seen_body = seen.lock().unwrap().take();
+    let settled = settled.lock().unwrap().clone();
     Run {
+        settled,
         status: parts.status,
         headers: parts.headers,
         body,
@@ -693,4 +714,273 @@ async fn success_statuses_and_headers() {
     };
     let r = run_with(facts, req(Method::DELETE, ITEM).body(Bytes::new()).unwrap()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
+}
+
+const ITEMS: &str = "/v1/tenants/acme/items";
+
+fn post_keyed(key: &str) -> Request<Bytes> {
+    req(Method::POST, ITEMS)
+        .header("content-type", "application/json")
+        .header("content-length", "2")
+        .header("idempotency-key", key)
+        .body(Bytes::from("{}"))
+        .unwrap()
+}
+
+fn created() -> Success {
+    Success::Created {
+        location: ITEM.into(),
+        representation: Representation::json(&serde_json::json!({"id": 1}))
+            .with_validators(Validators::new(EntityTag::strong("e1"), UNIX_EPOCH)),
+    }
+}
+
+#[tokio::test]
+async fn n14_precondition_nodes_one_by_one() {
+    // If-Match is compared strongly: a weak tag never matches.
+    let r = run_with(
+        Facts::default(),
+        put_json(ITEM, "{}")
+            .header("if-match", "W/\"v1\"")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 412, "precondition-failed");
+    assert_eq!(r.last(), Node::Preconditions);
+
+    // If-Match: * on a missing resource fails even for a creating PUT.
+    let missing = Facts {
+        existence: Existence::Missing,
+        execute: Ok(created()),
+        ..Facts::default()
+    };
+    let r = run_with(
+        missing.clone(),
+        put_json(ITEM, "{}")
+            .header("if-match", "*")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 412, "precondition-failed");
+    assert_eq!(r.header(header::ETAG), "", "nothing to name when nothing exists");
+
+    // If-None-Match: * makes PUT create-only: 201 when missing, 412 when present.
+    let r = run_with(
+        missing,
+        put_json(ITEM, "{}")
+            .header("if-none-match", "*")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = run_with(
+        Facts::default(),
+        put_json(ITEM, "{}")
+            .header("if-none-match", "*")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 412, "precondition-failed");
+
+    // If-Modified-Since is ignored when If-None-Match is present.
+    let later = crate::validators::http_date(UNIX_EPOCH + Duration::from_secs(2_000_000));
+    let r = run_with(
+        Facts::default(),
+        req(Method::GET, ITEM)
+            .header("if-none-match", "\"other\"")
+            .header("if-modified-since", &later)
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = run_with(
+        Facts::default(),
+        req(Method::GET, ITEM)
+            .header("if-modified-since", &later)
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+
+    // If-Unmodified-Since before the last change fails a write.
+    let r = run_with(
+        Facts::default(),
+        req(Method::DELETE, ITEM)
+            .header("if-unmodified-since", crate::validators::http_date(UNIX_EPOCH))
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 412, "precondition-failed");
+}
+
+#[tokio::test]
+async fn n14_gone_beats_precondition_failed() {
+    let facts = Facts {
+        existence: Existence::Gone,
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts,
+        req(Method::GET, ITEM)
+            .header("if-none-match", "*")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 410, "gone");
+    assert_eq!(r.last(), Node::Exists);
+}
+
+#[tokio::test]
+async fn n14_not_modified_list_carries_vary_accept() {
+    let r = run_with(
+        Facts::default(),
+        req(Method::GET, ITEMS)
+            .header("if-none-match", "\"v1\"")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.header(header::VARY), "Accept");
+}
+
+#[tokio::test]
+async fn n13b_idempotency_key_fresh_runs_and_is_settled() {
+    let facts = Facts {
+        existence: Existence::Found(Found::default()),
+        execute: Ok(created()),
+        ..Facts::default()
+    };
+    let r = run_with(facts, post_keyed("\"k-1\"")).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert!(r.trace.contains(&Node::Idempotent));
+    assert_eq!(r.settled, vec![("k-1".to_owned(), Some(201))]);
+}
+
+#[tokio::test]
+async fn n13b_idempotency_key_failures_a_retry_may_fix_free_the_key() {
+    let facts = Facts {
+        existence: Existence::Found(Found::default()),
+        execute: Err(Problem::new(ProblemKind::ServiceUnavailable, "db down")),
+        ..Facts::default()
+    };
+    let r = run_with(facts, post_keyed("k-2")).await;
+    assert_problem(&r, 503, "service-unavailable");
+    assert_eq!(r.settled, vec![("k-2".to_owned(), None)]);
+
+    // A conflict is an outcome: kept and replayed.
+    let facts = Facts {
+        existence: Existence::Found(Found::default()),
+        execute: Err(Problem::new(ProblemKind::UniqueConflict, "taken")),
+        ..Facts::default()
+    };
+    let r = run_with(facts, post_keyed("k-3")).await;
+    assert_problem(&r, 409, "unique-conflict");
+    assert_eq!(r.settled, vec![("k-3".to_owned(), Some(409))]);
+}
+
+#[tokio::test]
+async fn n13b_idempotency_key_replay_in_flight_and_mismatch() {
+    let facts = Facts {
+        key_state: || {
+            let mut response = http::Response::new(Bytes::from_static(b"{\"id\":1}"));
+            *response.status_mut() = StatusCode::CREATED;
+            response.headers_mut().insert(header::LOCATION, ITEM.parse().unwrap());
+            KeyState::Completed(response)
+        },
+        ..Facts::default()
+    };
+    let r = run_with(facts, post_keyed("k")).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header(header::LOCATION), ITEM);
+    assert_eq!(r.header(IDEMPOTENT_REPLAYED), "true");
+    assert_eq!(r.last(), Node::Idempotent);
+    assert!(r.settled.is_empty(), "a replay settles nothing");
+
+    let facts = Facts {
+        key_state: || KeyState::InFlight,
+        ..Facts::default()
+    };
+    let r = run_with(facts, post_keyed("k")).await;
+    assert_problem(&r, 409, "idempotency-key-in-flight");
+
+    let facts = Facts {
+        key_state: || KeyState::Mismatch,
+        ..Facts::default()
+    };
+    let r = run_with(facts, post_keyed("k")).await;
+    assert_problem(&r, 422, "idempotency-key-reused");
+}
+
+#[tokio::test]
+async fn n11_malformed_idempotency_key_is_400() {
+    for bad in ["\"unterminated", "\"\"", "has space"] {
+        let r = run_with(Facts::default(), post_keyed(bad)).await;
+        assert_problem(&r, 400, "invalid-header");
+        assert_eq!(r.last(), Node::WellFormed, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn prefer_return_minimal_drops_the_body_keeps_the_validators() {
+    let rep = Representation::json(&serde_json::json!({"id": 1}))
+        .with_validators(Validators::new(EntityTag::strong("e2"), UNIX_EPOCH));
+    let facts = Facts {
+        execute: Ok(Success::Ok(rep)),
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts.clone(),
+        put_json(ITEM, "{}")
+            .header("prefer", "return=minimal")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.body, Value::Null);
+    assert_eq!(r.header(header::ETAG), "\"e2\"");
+    assert_eq!(r.header(header::CONTENT_TYPE), "");
+    assert_eq!(
+        r.header(header::HeaderName::from_static("preference-applied")),
+        "return=minimal"
+    );
+
+    // Reads ignore the preference.
+    let r = run_with(
+        facts,
+        req(Method::GET, ITEM)
+            .header("prefer", "return=minimal")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // 201 keeps its Location, without a body.
+    let facts = Facts {
+        existence: Existence::Missing,
+        execute: Ok(created()),
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts,
+        put_json(ITEM, "{}")
+            .header("prefer", "respond-async, return=minimal")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header(header::LOCATION), ITEM);
+    assert_eq!(r.header(header::ETAG), "\"e1\"");
+    assert_eq!(r.body, Value::Null);
 }

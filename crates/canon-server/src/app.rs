@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use canon_http::Problem;
 use canon_http::access::Principal;
-use canon_http::flow::{self, Availability, BoxFuture, Limits, Resource, Service};
+use canon_http::flow::{self, Availability, BoxFuture, KeyState, Keyed, Limits, Resource, Service};
 use canon_http::route::{Params, RouteSpec, RouteTable};
 use canon_store::{Collection, KeyOwner, Store};
 use futures_util::FutureExt;
@@ -24,9 +24,9 @@ use tokio::sync::Semaphore;
 use crate::body::IncomingBody;
 use crate::config::Config;
 use crate::error::{internal, store_problem};
-use crate::resources;
 use crate::routes::ROUTES;
 use crate::token;
+use crate::{idempotency, resources};
 
 /// The request-id header.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -150,6 +150,18 @@ impl Service for Exchange<'_> {
     fn resource(&self, route: &'static RouteSpec, params: Params, principal: Option<Principal>) -> Box<dyn Resource> {
         resources::for_route(self.app.clone(), route, params, principal)
     }
+
+    fn claim_key<'a>(&'a self, request: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
+        Box::pin(async move { idempotency::claim(&*self.app.store, &request).await })
+    }
+
+    fn settle_key<'a>(
+        &'a self,
+        request: Keyed<'a>,
+        response: Option<&'a http::Response<bytes::Bytes>>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move { idempotency::settle(&*self.app.store, &request, response).await })
+    }
 }
 
 /// The request id of the request being served, set by [`envelope`].
@@ -232,7 +244,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let purge = tokio::spawn(purge_tombstones(app.clone()));
+    let purge = tokio::spawn(purge_expired(app.clone()));
     let result = axum::serve(
         listener,
         enveloped(app.router()).into_make_service_with_connect_info::<SocketAddr>(),
@@ -243,16 +255,16 @@ pub async fn serve(
     result
 }
 
-/// Deletes expired tombstones hourly (lookups already ignore them; this
-/// only reclaims space).
-async fn purge_tombstones(app: Arc<App>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+/// Deletes expired tombstones, leases and idempotency keys every ten
+/// minutes (lookups already ignore them; this only reclaims space).
+async fn purge_expired(app: Arc<App>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
     loop {
         tick.tick().await;
-        match app.store.purge_tombstones().await {
-            Ok(n) if n > 0 => tracing::info!(purged = n, "expired tombstones removed"),
+        match app.store.purge_expired().await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "expired rows removed"),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "tombstone purge failed"),
+            Err(e) => tracing::warn!(error = %e, "purge of expired rows failed"),
         }
     }
 }

@@ -21,6 +21,7 @@ pub fn store_problem(e: StoreError) -> Problem {
             ProblemKind::PreconditionFailed,
             "The resource changed while this request was being handled; fetch it again.",
         ),
+        StoreError::Locked(lease) => crate::render::lock_info(&lease).problem(),
         StoreError::Vanished => Problem::new(
             ProblemKind::NotFound,
             "The resource was deleted while this request was handled.",

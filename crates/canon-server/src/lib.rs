@@ -6,6 +6,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod idempotency;
 pub mod input;
 pub mod listing;
 pub mod render;

@@ -6,9 +6,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use canon_http::flow::Representation;
 use canon_http::media::MediaType;
+use canon_http::validators::{EntityTag, Validators};
 use canon_http::{Problem, ProblemKind};
 use canon_store::{Cursor, PageRequest};
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::input::{Query, invalid_query};
 
@@ -96,6 +98,46 @@ pub fn page(
     rep.vary = Some("Accept");
     rep.cache_control = Some("private, no-cache");
     Ok(rep)
+}
+
+/// A page read at the flow's existence node, so its weak entity tag can
+/// answer `If-None-Match` before the page is rendered.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    items: Vec<Value>,
+    next: Option<String>,
+}
+
+impl Listed {
+    /// A page of `items`; `next` is the store's cursor for the rest, bound
+    /// to the list's `fingerprint`.
+    pub fn new(items: Vec<Value>, next: Option<Cursor>, fingerprint: &str) -> Listed {
+        Listed {
+            items,
+            next: next.map(|c| encode_cursor(&c, fingerprint)),
+        }
+    }
+
+    /// A weak tag over the page's content: equal pages are semantically
+    /// equal whatever media type renders them, not byte-for-byte equal.
+    pub fn validators(&self) -> Validators {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&self.items).unwrap_or_default());
+        h.update(self.next.as_deref().unwrap_or("").as_bytes());
+        let tag: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+        Validators {
+            etag: Some(EntityTag::weak(tag)),
+            last_modified: None,
+        }
+    }
+
+    /// The page as `media`, carrying its validators.
+    pub fn render(self, media: Option<MediaType>, uri: &http::Uri) -> Result<Representation, Problem> {
+        let validators = self.validators();
+        let mut rep = page(self.items, self.next, media.unwrap_or(MediaType::Json), uri)?;
+        rep.validators = validators;
+        Ok(rep)
+    }
 }
 
 fn next_url(uri: &http::Uri, cursor: &str) -> String {

@@ -2,9 +2,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use canon_http::flow::LockInfo;
 use canon_http::flow::Representation;
 use canon_http::validators::{EntityTag, Validators};
-use canon_store::{ApiKey, Collection, Millis, Record, Tenant, User};
+use canon_store::{ApiKey, Collection, Lease, Millis, Record, Tenant, User};
 use serde_json::{Value, json};
 
 /// Formats milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
@@ -63,4 +64,31 @@ pub fn record_validators(r: &Record) -> Validators {
 /// A record as a JSON representation with its validators.
 pub fn record_representation(r: &Record) -> Representation {
     Representation::json(&record(r)).with_validators(record_validators(r))
+}
+
+/// A lease as the flow reports it in a 423.
+pub fn lock_info(lease: &Lease) -> LockInfo {
+    LockInfo {
+        holder: lease.holder.clone(),
+        expires_at: timestamp(lease.expires_at),
+    }
+}
+
+/// A lease's representation: `{"holder","acquired_at","expires_at"}`.
+pub fn lease(lease: &Lease) -> Value {
+    json!({
+        "holder": lease.holder,
+        "acquired_at": timestamp(lease.acquired_at),
+        "expires_at": timestamp(lease.expires_at),
+    })
+}
+
+/// A collection's validators: a weak tag (the representation is rebuilt
+/// from stored settings, so only semantic equality is promised) from its id
+/// and version, and its modification time.
+pub fn collection_validators(c: &Collection) -> Validators {
+    Validators::new(
+        EntityTag::weak(format!("{}.{}", c.id, c.version)),
+        system_time(c.updated_at),
+    )
 }

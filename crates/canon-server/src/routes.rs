@@ -3,7 +3,7 @@
 //! reads it for 404/405/415/406/403 and `Allow`; `/docs` and tests read it too.
 
 use canon_http::access::Role;
-use canon_http::media::MediaType::{self, Html, Json, MergePatch};
+use canon_http::media::MediaType::{self, Html, Json, JsonPatch, MergePatch};
 use canon_http::route::{Guard, MethodSpec, RouteSpec};
 use http::Method;
 
@@ -11,6 +11,7 @@ use crate::listing::LIST_TYPES;
 
 const JSON: &[MediaType] = &[Json];
 const PATCH: &[MediaType] = &[MergePatch, Json];
+const RECORD_PATCH: &[MediaType] = &[MergePatch, JsonPatch, Json];
 const PAGE: &[MediaType] = &[Html, Json];
 const NONE: &[MediaType] = &[];
 
@@ -28,6 +29,9 @@ const fn put(g: Guard) -> MethodSpec {
 }
 const fn patch(g: Guard) -> MethodSpec {
     MethodSpec::write(Method::PATCH, g, PATCH, JSON)
+}
+const fn patch_record(g: Guard) -> MethodSpec {
+    MethodSpec::write(Method::PATCH, g, RECORD_PATCH, JSON)
 }
 const fn delete(g: Guard) -> MethodSpec {
     MethodSpec::write(Method::DELETE, g, NONE, NONE)
@@ -52,6 +56,7 @@ pub mod name {
     pub const COLLECTION: &str = "collection";
     pub const RECORDS: &str = "records";
     pub const RECORD: &str = "record";
+    pub const LOCK: &str = "lock";
     pub const PLANNED: &str = "planned";
 }
 
@@ -137,8 +142,8 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::COLLECTION,
         pattern: "/v1/tenants/{tenant}/collections/{collection}",
-        methods: &[get(role(Viewer), JSON), delete(role(Admin))],
-        planned: &[Method::PATCH],
+        methods: &[get(role(Viewer), JSON), patch(role(Admin)), delete(role(Admin))],
+        planned: &[],
         summary: "One collection.",
     },
     RouteSpec {
@@ -154,19 +159,20 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[
             get(role(Viewer), JSON),
             put(role(Editor)).creating(),
+            patch_record(role(Editor)),
             delete(role(Editor)),
         ],
-        planned: &[Method::PATCH],
+        planned: &[],
         summary: "One record.",
     },
-    // Named by the contract, built by later work: they answer 501.
     RouteSpec {
-        name: name::PLANNED,
+        name: name::LOCK,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records/{id}/lock",
-        methods: &[],
-        planned: &[Method::GET, Method::PUT, Method::DELETE],
-        summary: "A record's lock (planned).",
+        methods: &[get(role(Editor), JSON), put(role(Editor)), delete(role(Editor))],
+        planned: &[],
+        summary: "A record's lock: a lease that keeps other callers from writing it.",
     },
+    // Named by the contract, built by later work: they answer 501.
     RouteSpec {
         name: name::PLANNED,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records/batch",

@@ -83,7 +83,7 @@ async fn head_is_get_without_body_and_options_lists_allow() {
 
     let r = s.call(Method::OPTIONS, &path, &w.viewer, None).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(header(&r, "allow"), "GET, HEAD, PUT, DELETE, OPTIONS");
+    assert_eq!(header(&r, "allow"), "GET, HEAD, PUT, PATCH, DELETE, OPTIONS");
 }
 
 #[tokio::test]

@@ -1,17 +1,18 @@
 //! `/v1/tenants/{tenant}/collections` and one collection.
 
-use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::{FieldError, Problem, ProblemKind};
-use canon_store::{Collection, Lookup, NewCollection, PageRequest, Tenant, is_field_name};
+use canon_store::{Collection, CollectionChanges, Lookup, NewCollection, PageRequest, Tenant, is_field_name};
 use http::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Cx, created, list_success, ok, still_there, tenants};
+use super::{Cx, still_there, tenants};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body, slug};
-use crate::{listing, render};
+use crate::listing::{self, Listed};
+use crate::render;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,11 +48,64 @@ fn check_schema(schema: &Value) -> Result<(), Problem> {
     Ok(())
 }
 
+/// Checks a `unique` list (`pointer` names it) and returns it sorted, deduplicated.
+fn unique_fields(mut unique: Vec<String>, pointer: &str) -> Result<Vec<String>, Problem> {
+    for (i, f) in unique.iter().enumerate() {
+        if !is_field_name(f) {
+            return Err(invalid_field(
+                &format!("{pointer}/{i}"),
+                "must be a top-level field name ([A-Za-z_][A-Za-z0-9_]*)",
+            ));
+        }
+    }
+    unique.sort();
+    unique.dedup();
+    Ok(unique)
+}
+
+/// A collection name: a slug that does not shadow a route segment.
+fn collection_name(name: &str) -> Result<(), Problem> {
+    slug(name, "/name")
+}
+
+/// The body of PATCH on a collection: a merge patch of its settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CollectionPatch {
+    name: Option<String>,
+    schema: Option<Value>,
+    unique: Option<Vec<String>>,
+    require_if_match: Option<bool>,
+}
+
+impl CollectionPatch {
+    fn parse(body: Value) -> Result<CollectionChanges, Problem> {
+        // In a merge patch null removes a member; no setting can be removed.
+        if let Some((k, _)) = body.as_object().into_iter().flatten().find(|(_, v)| v.is_null()) {
+            return Err(invalid_field(&format!("/{k}"), "cannot be removed; send a value"));
+        }
+        let patch: CollectionPatch = decode(body)?;
+        if let Some(name) = &patch.name {
+            collection_name(name)?;
+        }
+        if let Some(schema) = &patch.schema {
+            check_schema(schema)?;
+        }
+        Ok(CollectionChanges {
+            name: patch.name,
+            schema: patch.schema,
+            unique: patch.unique.map(|u| unique_fields(u, "/unique")).transpose()?,
+            require_if_match: patch.require_if_match,
+        })
+    }
+}
+
 /// `GET, POST /v1/tenants/{tenant}/collections`.
 pub struct Collections {
     cx: Cx,
     tenant: Option<Tenant>,
     page: Option<PageRequest>,
+    listed: Option<Listed>,
     new: Option<NewCollection>,
 }
 
@@ -62,9 +116,20 @@ impl Collections {
             cx,
             tenant: None,
             page: None,
+            listed: None,
             new: None,
         }
     }
+}
+
+/// The URL of the collection called `name` in `cx`'s tenant.
+fn collection_path(cx: &Cx, name: &str) -> String {
+    format!("{}/collections/{name}", cx.tenant_path())
+}
+
+/// A collection with its (weak) validators.
+fn collection_representation(c: &Collection) -> Representation {
+    Representation::json(&render::collection(c)).with_validators(render::collection_validators(c))
 }
 
 impl Resource for Collections {
@@ -73,23 +138,12 @@ impl Resource for Collections {
         if self.cx.method == Method::POST {
             Query::parse(&input.head.uri, &[])?;
             let body: NewCollectionBody = decode(json_body(input.body.as_ref())?)?;
-            slug(&body.name, "/name")?;
+            collection_name(&body.name)?;
             check_schema(&body.schema)?;
-            for (i, f) in body.unique.iter().enumerate() {
-                if !is_field_name(f) {
-                    return Err(invalid_field(
-                        &format!("/unique/{i}"),
-                        "must be a top-level field name ([A-Za-z_][A-Za-z0-9_]*)",
-                    ));
-                }
-            }
-            let mut unique = body.unique;
-            unique.sort();
-            unique.dedup();
             self.new = Some(NewCollection {
                 name: body.name,
                 schema: body.schema,
-                unique,
+                unique: unique_fields(body.unique, "/unique")?,
                 require_if_match: body.require_if_match,
             });
         } else {
@@ -101,44 +155,50 @@ impl Resource for Collections {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            match tenants::require(&self.cx).await? {
-                Ok(t) => {
-                    self.tenant = Some(t);
-                    Ok(Existence::Found(Found::default()))
-                }
-                Err(e) => Ok(e),
+            let tenant = match tenants::require(&self.cx).await? {
+                Ok(t) => t,
+                Err(e) => return Ok(e),
+            };
+            let mut found = Found::default();
+            if let Some(page) = self.page.take() {
+                let page = self
+                    .cx
+                    .app
+                    .store
+                    .list_collections(&tenant.id, page)
+                    .await
+                    .map_err(store_problem)?;
+                let listed = Listed::new(
+                    page.items.iter().map(render::collection).collect(),
+                    page.next,
+                    "collections",
+                );
+                found.validators = listed.validators();
+                self.listed = Some(listed);
             }
+            self.tenant = Some(tenant);
+            Ok(Existence::Found(found))
         })
     }
 
     fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
             let tenant = still_there(self.tenant.take())?;
-            let store = &self.cx.app.store;
             if let Some(new) = self.new.take() {
-                let c = store.create_collection(&tenant.id, new).await.map_err(store_problem)?;
-                return Ok(created(
-                    format!("{}/collections/{}", self.cx.tenant_path(), c.name),
-                    &render::collection(&c),
-                ));
+                let c = self
+                    .cx
+                    .app
+                    .store
+                    .create_collection(&tenant.id, new)
+                    .await
+                    .map_err(store_problem)?;
+                return Ok(Success::Created {
+                    location: collection_path(&self.cx, &c.name),
+                    representation: collection_representation(&c),
+                });
             }
-            let page = store
-                .list_collections(
-                    &tenant.id,
-                    self.page.take().unwrap_or(PageRequest {
-                        limit: listing::DEFAULT_LIMIT,
-                        after: None,
-                    }),
-                )
-                .await
-                .map_err(store_problem)?;
-            list_success(
-                &self.cx,
-                page.items.iter().map(render::collection).collect(),
-                page.next,
-                "collections",
-                media,
-            )
+            let listed = self.listed.take().ok_or_else(crate::error::internal)?;
+            Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
         })
     }
 }
@@ -149,24 +209,28 @@ pub async fn load_collection(cx: &Cx) -> Result<Result<(Tenant, Collection), Exi
         Ok(t) => t,
         Err(e) => return Ok(Err(e)),
     };
-    Ok(
-        match cx
-            .app
-            .store
-            .collection(&tenant.id, cx.param("collection"))
-            .await
-            .map_err(store_problem)?
-        {
-            Lookup::Found(c) => Ok((tenant, c)),
-            other => Err(super::container(other)),
-        },
-    )
+    let store = &cx.app.store;
+    let name = cx.param("collection");
+    match store.collection(&tenant.id, name).await.map_err(store_problem)? {
+        Lookup::Found(c) => Ok(Ok((tenant, c))),
+        other => {
+            // An old name of a renamed collection: the same path under the new name.
+            if let Some(current) = store.collection_alias(&tenant.id, name).await.map_err(store_problem)? {
+                let old_prefix = collection_path(cx, name);
+                let rest = cx.uri.path().strip_prefix(&old_prefix).unwrap_or("");
+                let target = format!("{}{rest}", collection_path(cx, &current));
+                return Ok(Err(Existence::Moved(super::with_query(target, &cx.uri))));
+            }
+            Ok(Err(super::container(other)))
+        }
+    }
 }
 
-/// `GET, DELETE /v1/tenants/{tenant}/collections/{collection}`.
+/// `GET, PATCH, DELETE /v1/tenants/{tenant}/collections/{collection}`.
 pub struct OneCollection {
     cx: Cx,
     found: Option<(Tenant, Collection)>,
+    changes: Option<CollectionChanges>,
     force: bool,
 }
 
@@ -176,6 +240,7 @@ impl OneCollection {
         Self {
             cx,
             found: None,
+            changes: None,
             force: false,
         }
     }
@@ -184,10 +249,15 @@ impl OneCollection {
 impl Resource for OneCollection {
     fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
         self.cx.remember(&input);
-        if self.cx.method == Method::DELETE {
-            self.force = Query::parse(&input.head.uri, &["force"])?.flag("force")?;
-        } else {
-            Query::parse(&input.head.uri, &[])?;
+        match self.cx.method {
+            Method::DELETE => self.force = Query::parse(&input.head.uri, &["force"])?.flag("force")?,
+            Method::PATCH => {
+                Query::parse(&input.head.uri, &[])?;
+                self.changes = Some(CollectionPatch::parse(json_body(input.body.as_ref())?)?);
+            }
+            _ => {
+                Query::parse(&input.head.uri, &[])?;
+            }
         }
         Ok(())
     }
@@ -196,8 +266,12 @@ impl Resource for OneCollection {
         Box::pin(async move {
             match load_collection(&self.cx).await? {
                 Ok(found) => {
+                    let validators = render::collection_validators(&found.1);
                     self.found = Some(found);
-                    Ok(Existence::Found(Found::default()))
+                    Ok(Existence::Found(Found {
+                        validators,
+                        ..Found::default()
+                    }))
                 }
                 Err(e) => Ok(e),
             }
@@ -207,24 +281,30 @@ impl Resource for OneCollection {
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
             let (tenant, c) = still_there(self.found.take())?;
-            if self.cx.method != Method::DELETE {
-                return Ok(ok(&render::collection(&c)));
-            }
-            match self
-                .cx
-                .app
-                .store
-                .delete_collection(&tenant.id, &c.name, self.cx.retention())
-                .await
-            {
-                Ok(_) => Ok(Success::NoContent),
-                // Deleting the records of a non-empty collection is long work:
-                // it becomes a job (202) with the jobs feature.
-                Err(canon_store::StoreError::NotEmpty) if self.force => Err(Problem::new(
-                    ProblemKind::NotImplemented,
-                    "Deleting a collection that still has records (?force=true) runs as a job, which is not implemented yet.",
-                )),
-                Err(e) => Err(store_problem(e)),
+            let store = &self.cx.app.store;
+            match self.cx.method {
+                Method::PATCH => {
+                    let changes = self.changes.take().unwrap_or_default();
+                    let updated = store
+                        .update_collection(&tenant.id, &c.name, changes)
+                        .await
+                        .map_err(store_problem)?;
+                    let updated = still_there(updated)?;
+                    let mut rep = collection_representation(&updated);
+                    rep.content_location = Some(collection_path(&self.cx, &updated.name));
+                    Ok(Success::Ok(rep))
+                }
+                Method::DELETE => match store.delete_collection(&tenant.id, &c.name, self.cx.retention()).await {
+                    Ok(_) => Ok(Success::NoContent),
+                    // Deleting the records of a non-empty collection is long work:
+                    // it becomes a job (202) with the jobs feature.
+                    Err(canon_store::StoreError::NotEmpty) if self.force => Err(Problem::new(
+                        ProblemKind::NotImplemented,
+                        "Deleting a collection that still has records (?force=true) runs as a job, which is not implemented yet.",
+                    )),
+                    Err(e) => Err(store_problem(e)),
+                },
+                _ => Ok(Success::Ok(collection_representation(&c))),
             }
         })
     }

@@ -12,7 +12,7 @@ mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
-use canon_http::access::Principal;
+use canon_http::access::{CURRENT_TENANT, Principal};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::route::{Params, RouteSpec};
@@ -100,6 +100,9 @@ pub fn for_route(
         uri: Uri::default(),
         conditional: false,
     };
+    if cx.params.get("tenant") == Some(CURRENT_TENANT) {
+        return Box::new(CurrentTenant(cx));
+    }
     match route.name {
         name::HEALTH => Box::new(health::Health),
         name::READY => Box::new(health::Ready(cx)),
@@ -115,9 +118,49 @@ pub fn for_route(
         name::COLLECTION => Box::new(collections::OneCollection::new(cx)),
         name::RECORDS => Box::new(records::Records::new(cx)),
         name::RECORD => Box::new(records::OneRecord::new(cx)),
+        name::LOCK => Box::new(records::RecordLock::new(cx)),
         // Planned routes have no methods, so the flow answers 501 before
         // asking for a resource; this arm is never reached.
         _ => Box::new(Unreachable),
+    }
+}
+
+/// Any route under `/v1/tenants/current/…`: a temporary redirect to the same
+/// path under the caller's own tenant. Temporary, and varying by
+/// `Authorization`, because the target depends on who asks. The operator
+/// belongs to no tenant: 404.
+struct CurrentTenant(Cx);
+
+impl Resource for CurrentTenant {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.0.remember(&input);
+        Ok(())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            let Some(own) = self.0.principal.as_ref().and_then(Principal::tenant) else {
+                return Ok(Existence::Missing);
+            };
+            let prefix = format!("/v1/tenants/{CURRENT_TENANT}");
+            let rest = self.0.uri.path().strip_prefix(&prefix).unwrap_or("");
+            Ok(Existence::Redirect(with_query(
+                format!("/v1/tenants/{own}{rest}"),
+                &self.0.uri,
+            )))
+        })
+    }
+
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async { Err(crate::error::internal()) })
+    }
+}
+
+/// `path` with the query of `uri`, for redirects that keep the request's query.
+pub fn with_query(path: String, uri: &Uri) -> String {
+    match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
     }
 }
 

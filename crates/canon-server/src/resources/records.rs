@@ -1,19 +1,22 @@
 //! Records of a collection.
 
-use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
+use canon_http::access::{Principal, Role};
+use canon_http::flow::{BoxFuture, Existence, Found, Input, LockInfo, Representation, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::validators::Validators;
 use canon_http::{FieldError, Problem, ProblemKind};
-use canon_store::{Collection, Expect, Lookup, Record, RecordQuery, SortOrder, is_field_name};
+use canon_store::{Collection, Expect, Lease, Lookup, Record, RecordQuery, SortOrder, StoreError, is_field_name};
 use http::Method;
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::collections::load_collection;
-use super::{Cx, list_success, still_there};
+use super::{Cx, still_there};
 use crate::app::App;
 use crate::error::store_problem;
-use crate::input::{Query, invalid_query, is_client_id, json_body};
+use crate::input::{Query, decode, invalid_field, invalid_query, is_client_id, json_body};
+use crate::listing::Listed;
 use crate::{listing, render};
 
 /// Checks record data: a JSON object that satisfies the collection's schema.
@@ -108,6 +111,7 @@ pub struct Records {
     cx: Cx,
     collection: Option<Collection>,
     query: Option<(RecordQuery, String)>,
+    listed: Option<Listed>,
     data: Option<Value>,
 }
 
@@ -118,6 +122,7 @@ impl Records {
             cx,
             collection: None,
             query: None,
+            listed: None,
             data: None,
         }
     }
@@ -138,47 +143,126 @@ impl Resource for Records {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            match load_collection(&self.cx).await? {
-                Ok((_, c)) => {
-                    self.collection = Some(c);
-                    Ok(Existence::Found(Found::default()))
-                }
-                Err(e) => Ok(e),
+            let collection = match load_collection(&self.cx).await? {
+                Ok((_, c)) => c,
+                Err(e) => return Ok(e),
+            };
+            let mut found = Found::default();
+            if let Some((query, fingerprint)) = self.query.take() {
+                let page = self
+                    .cx
+                    .app
+                    .store
+                    .list_records(&collection.id, query)
+                    .await
+                    .map_err(store_problem)?;
+                let listed = Listed::new(page.items.iter().map(render::record).collect(), page.next, &fingerprint);
+                found.validators = listed.validators();
+                self.listed = Some(listed);
             }
+            self.collection = Some(collection);
+            Ok(Existence::Found(found))
         })
     }
 
     fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
             let collection = still_there(self.collection.take())?;
-            let store = &self.cx.app.store;
             if let Some(data) = self.data.take() {
                 validate(&self.cx.app, &collection, &data)?;
-                let r = store.create_record(&collection, data).await.map_err(store_problem)?;
+                let r = self
+                    .cx
+                    .app
+                    .store
+                    .create_record(&collection, data)
+                    .await
+                    .map_err(store_problem)?;
                 return Ok(Success::Created {
                     location: location(&self.cx, &r.id),
                     representation: render::record_representation(&r),
                 });
             }
-            let (query, fingerprint) = self.query.take().ok_or_else(crate::error::internal)?;
-            let page = store.list_records(&collection.id, query).await.map_err(store_problem)?;
-            list_success(
-                &self.cx,
-                page.items.iter().map(render::record).collect(),
-                page.next,
-                &fingerprint,
-                media,
-            )
+            let listed = self.listed.take().ok_or_else(crate::error::internal)?;
+            Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
         })
     }
 }
 
-/// `GET, PUT, DELETE /v1/tenants/{tenant}/collections/{collection}/records/{id}`.
+/// How a PATCH body changes a record's data.
+enum PatchDocument {
+    /// RFC 7396 (also plain `application/json`).
+    Merge(Value),
+    /// RFC 6902.
+    Operations(json_patch::Patch),
+}
+
+impl PatchDocument {
+    fn parse(body: Option<&(MediaType, bytes::Bytes)>) -> Result<PatchDocument, Problem> {
+        let media = body.map(|(m, _)| *m);
+        let value = json_body(body)?;
+        if media == Some(MediaType::JsonPatch) {
+            return decode(value).map(PatchDocument::Operations);
+        }
+        Ok(PatchDocument::Merge(value))
+    }
+
+    /// The data after the patch. A failing `test` (or an operation the
+    /// current data cannot take) is a conflict with the record's state: 409.
+    fn apply(&self, data: &Value) -> Result<Value, Problem> {
+        let mut out = data.clone();
+        match self {
+            PatchDocument::Merge(patch) => json_patch::merge(&mut out, patch),
+            PatchDocument::Operations(patch) => json_patch::patch(&mut out, patch).map_err(|e| {
+                let (kind, detail) = match e.kind {
+                    json_patch::PatchErrorKind::TestFailed => (
+                        ProblemKind::PatchTestFailed,
+                        format!(
+                            "The test at operation {} did not hold; nothing was changed.",
+                            e.operation
+                        ),
+                    ),
+                    _ => (
+                        ProblemKind::StateConflict,
+                        format!(
+                            "Operation {} cannot be applied to the current record ({}); nothing was changed.",
+                            e.operation, e.kind
+                        ),
+                    ),
+                };
+                Problem::new(kind, detail).with_errors(vec![FieldError::new(
+                    format!("/{}", e.operation),
+                    format!("{} at {}", e.kind, e.path),
+                )])
+            })?,
+        }
+        Ok(out)
+    }
+}
+
+/// How often an unconditional PATCH is re-applied when another write lands
+/// between reading the record and writing it back.
+const PATCH_ATTEMPTS: usize = 5;
+
+/// The lease on a record that blocks `cx`'s caller, if any.
+async fn blocking_lease(cx: &Cx, collection_id: &str, id: &str) -> Result<Option<LockInfo>, Problem> {
+    let lease = cx.app.store.lease(collection_id, id).await.map_err(store_problem)?;
+    Ok(lease
+        .filter(|l| Some(l.holder.as_str()) != cx.principal.as_ref().map(Principal::actor))
+        .map(|l| render::lock_info(&l)))
+}
+
+/// The caller's identity for leases (`anonymous` never writes: writes are guarded).
+fn actor(cx: &Cx) -> &str {
+    cx.principal.as_ref().map_or("anonymous", Principal::actor)
+}
+
+/// `GET, HEAD, PUT, PATCH, DELETE /v1/tenants/{tenant}/collections/{collection}/records/{id}`.
 pub struct OneRecord {
     cx: Cx,
     collection: Option<Collection>,
     record: Option<Record>,
     data: Option<Value>,
+    patch: Option<PatchDocument>,
 }
 
 impl OneRecord {
@@ -189,6 +273,7 @@ impl OneRecord {
             collection: None,
             record: None,
             data: None,
+            patch: None,
         }
     }
 
@@ -202,21 +287,77 @@ impl OneRecord {
             (None, true) => Expect::Absent,
         }
     }
+
+    /// 200 with the new representation, located at the record's URL.
+    fn updated(&self, r: &Record) -> Success {
+        let mut rep: Representation = render::record_representation(r);
+        rep.content_location = Some(location(&self.cx, &r.id));
+        Success::Ok(rep)
+    }
+
+    async fn put(&mut self, collection: &Collection) -> Result<Success, Problem> {
+        let data = self.data.take().ok_or_else(crate::error::internal)?;
+        validate(&self.cx.app, collection, &data)?;
+        let (r, created) = self
+            .cx
+            .app
+            .store
+            .put_record(collection, self.cx.param("id"), data, self.expect(), actor(&self.cx))
+            .await
+            .map_err(store_problem)?;
+        if created {
+            return Ok(Success::Created {
+                location: location(&self.cx, &r.id),
+                representation: render::record_representation(&r),
+            });
+        }
+        Ok(self.updated(&r))
+    }
+
+    /// Applies the patch to the record as read, and writes the result only
+    /// if the record is still that version. A conditional PATCH fails then
+    /// (412); an unconditional one is re-applied to the newer record.
+    async fn patch(&mut self, collection: &Collection) -> Result<Success, Problem> {
+        let doc = self.patch.take().ok_or_else(crate::error::internal)?;
+        let store = &self.cx.app.store;
+        let id = self.cx.param("id").to_owned();
+        let mut current = still_there(self.record.take())?;
+        for _ in 0..PATCH_ATTEMPTS {
+            let data = doc.apply(&current.data)?;
+            validate(&self.cx.app, collection, &data)?;
+            let expect = Expect::Etag(current.etag.clone());
+            match store.put_record(collection, &id, data, expect, actor(&self.cx)).await {
+                Ok((r, _)) => return Ok(self.updated(&r)),
+                Err(StoreError::ExpectationFailed) if !self.cx.conditional => {
+                    current = still_there(store.record(&collection.id, &id).await.map_err(store_problem)?.found())?;
+                }
+                Err(e) => return Err(store_problem(e)),
+            }
+        }
+        Err(Problem::new(
+            ProblemKind::StateConflict,
+            "The record kept changing while the patch was applied; retry, ideally with If-Match.",
+        ))
+    }
 }
 
 impl Resource for OneRecord {
     fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
         self.cx.remember(&input);
         Query::parse(&input.head.uri, &[])?;
-        if self.cx.method == Method::PUT {
-            if !is_client_id(self.cx.param("id")) {
-                return Err(Problem::new(
-                    ProblemKind::InvalidField,
-                    "A record id chosen by the client must be 1 to 128 of A-Z a-z 0-9 . _ ~ -",
-                )
-                .with_errors(vec![FieldError::new("/id", "not a valid record id")]));
+        match self.cx.method {
+            Method::PUT => {
+                if !is_client_id(self.cx.param("id")) {
+                    return Err(Problem::new(
+                        ProblemKind::InvalidField,
+                        "A record id chosen by the client must be 1 to 128 of A-Z a-z 0-9 . _ ~ -",
+                    )
+                    .with_errors(vec![FieldError::new("/id", "not a valid record id")]));
+                }
+                self.data = Some(json_body(input.body.as_ref())?);
             }
-            self.data = Some(json_body(input.body.as_ref())?);
+            Method::PATCH => self.patch = Some(PatchDocument::parse(input.body.as_ref())?),
+            _ => {}
         }
         Ok(())
     }
@@ -227,59 +368,57 @@ impl Resource for OneRecord {
                 Ok((_, c)) => c,
                 Err(e) => return Ok(e),
             };
+            let id = self.cx.param("id");
             let lookup = self
                 .cx
                 .app
                 .store
-                .record(&collection.id, self.cx.param("id"))
+                .record(&collection.id, id)
                 .await
                 .map_err(store_problem)?;
             let require_if_match = collection.require_if_match;
-            self.collection = Some(collection);
-            Ok(match lookup {
+            let writes = !matches!(self.cx.method, Method::GET | Method::HEAD);
+            let existence = match lookup {
                 Lookup::Found(r) => {
+                    let locked_by_other = if writes {
+                        blocking_lease(&self.cx, &collection.id, id).await?
+                    } else {
+                        None
+                    };
                     let validators: Validators = render::record_validators(&r);
                     self.record = Some(r);
                     Existence::Found(Found {
                         validators,
                         require_if_match,
-                        locked_by_other: None,
+                        locked_by_other,
                     })
                 }
                 Lookup::Gone => Existence::Gone,
                 Lookup::Missing => Existence::Missing,
-            })
+            };
+            self.collection = Some(collection);
+            Ok(existence)
         })
     }
 
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
             let collection = still_there(self.collection.take())?;
-            let store = &self.cx.app.store;
-            let id = self.cx.param("id").to_owned();
             match self.cx.method {
-                Method::PUT => {
-                    let data = self.data.take().ok_or_else(crate::error::internal)?;
-                    validate(&self.cx.app, &collection, &data)?;
-                    let expect = self.expect();
-                    let (r, created) = store
-                        .put_record(&collection, &id, data, expect)
-                        .await
-                        .map_err(store_problem)?;
-                    let mut rep: Representation = render::record_representation(&r);
-                    if created {
-                        return Ok(Success::Created {
-                            location: location(&self.cx, &r.id),
-                            representation: rep,
-                        });
-                    }
-                    rep.content_location = Some(location(&self.cx, &r.id));
-                    Ok(Success::Ok(rep))
-                }
+                Method::PUT => self.put(&collection).await,
+                Method::PATCH => self.patch(&collection).await,
                 Method::DELETE => {
                     let expect = self.expect();
-                    store
-                        .delete_record(&collection.id, &id, expect, self.cx.retention())
+                    self.cx
+                        .app
+                        .store
+                        .delete_record(
+                            &collection.id,
+                            self.cx.param("id"),
+                            expect,
+                            actor(&self.cx),
+                            self.cx.retention(),
+                        )
                         .await
                         .map_err(store_problem)?;
                     Ok(Success::NoContent)
@@ -287,6 +426,143 @@ impl Resource for OneRecord {
                 _ => Ok(Success::Ok(render::record_representation(&still_there(
                     self.record.take(),
                 )?))),
+            }
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockRequest {
+    ttl_seconds: u64,
+}
+
+/// Longest lease a caller may take at once (renewing extends it).
+const MAX_LEASE_SECONDS: u64 = 24 * 3600;
+
+/// `GET, PUT, DELETE …/records/{id}/lock`: a lease on one record.
+///
+/// The lock exists while a live lease does. PUT takes it (201) or renews
+/// the caller's own (200); another caller's live lease makes PUT and DELETE
+/// 423, except that a tenant admin (or the operator) may DELETE it to break it.
+pub struct RecordLock {
+    cx: Cx,
+    collection_id: Option<String>,
+    ttl: Option<std::time::Duration>,
+    lease: Option<Lease>,
+}
+
+impl RecordLock {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self {
+            cx,
+            collection_id: None,
+            ttl: None,
+            lease: None,
+        }
+    }
+
+    fn path(&self) -> String {
+        format!("{}/lock", location(&self.cx, self.cx.param("id")))
+    }
+
+    fn may_break(&self) -> bool {
+        self.cx.principal.as_ref().is_some_and(|p| p.role() >= Role::Admin)
+    }
+}
+
+impl Resource for RecordLock {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        Query::parse(&input.head.uri, &[])?;
+        if self.cx.method == Method::PUT {
+            let body: LockRequest = decode(json_body(input.body.as_ref())?)?;
+            if !(1..=MAX_LEASE_SECONDS).contains(&body.ttl_seconds) {
+                return Err(invalid_field(
+                    "/ttl_seconds",
+                    &format!("must be from 1 to {MAX_LEASE_SECONDS}"),
+                ));
+            }
+            self.ttl = Some(std::time::Duration::from_secs(body.ttl_seconds));
+        }
+        Ok(())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            let collection = match load_collection(&self.cx).await? {
+                Ok((_, c)) => c,
+                Err(e) => return Ok(e),
+            };
+            let store = &self.cx.app.store;
+            let id = self.cx.param("id");
+            match store.record(&collection.id, id).await.map_err(store_problem)? {
+                Lookup::Found(_) => {}
+                other => return Ok(super::container(other)),
+            }
+            let lease = store.lease(&collection.id, id).await.map_err(store_problem)?;
+            self.collection_id = Some(collection.id);
+            let actor = actor(&self.cx).to_owned();
+            let existence = match (&self.cx.method, lease) {
+                // Taking a lock needs only the record; someone else's live lease is 423.
+                (&Method::PUT, lease) => Existence::Found(Found {
+                    locked_by_other: lease.filter(|l| l.holder != actor).map(|l| render::lock_info(&l)),
+                    ..Found::default()
+                }),
+                (_, None) => Existence::Missing,
+                (&Method::DELETE, Some(l)) => {
+                    let blocked = l.holder != actor && !self.may_break();
+                    Existence::Found(Found {
+                        locked_by_other: blocked.then(|| render::lock_info(&l)),
+                        ..Found::default()
+                    })
+                }
+                (_, Some(l)) => {
+                    self.lease = Some(l);
+                    Existence::Found(Found::default())
+                }
+            };
+            Ok(existence)
+        })
+    }
+
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let collection_id = still_there(self.collection_id.take())?;
+            let store = &self.cx.app.store;
+            let id = self.cx.param("id");
+            match self.cx.method {
+                Method::PUT => {
+                    let ttl = self.ttl.ok_or_else(crate::error::internal)?;
+                    let (lease, new) = store
+                        .acquire_lease(&collection_id, id, actor(&self.cx), ttl)
+                        .await
+                        .map_err(store_problem)?;
+                    let rep = Representation::json(&render::lease(&lease));
+                    if new {
+                        return Ok(Success::Created {
+                            location: self.path(),
+                            representation: rep,
+                        });
+                    }
+                    Ok(Success::Ok(Representation {
+                        content_location: Some(self.path()),
+                        ..rep
+                    }))
+                }
+                Method::DELETE => {
+                    // The holder releases its own; anyone else got here only
+                    // as an admin breaking the lease.
+                    let released = store
+                        .release_lease(&collection_id, id, None)
+                        .await
+                        .map_err(store_problem)?;
+                    still_there(released.then_some(Success::NoContent))
+                }
+                _ => Ok(Success::Ok(Representation::json(&render::lease(&still_there(
+                    self.lease.take(),
+                )?)))),
             }
         })
     }

@@ -14,7 +14,7 @@ use crate::{listing, render};
 
 /// Tenant names that would shadow a path: `current` stands for the caller's
 /// own tenant.
-pub const RESERVED: &[&str] = &["current"];
+pub const RESERVED: &[&str] = &[canon_http::access::CURRENT_TENANT];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

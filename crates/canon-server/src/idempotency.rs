@@ -1,0 +1,107 @@
+//! The idempotency-key ledger behind the decision flow's `Idempotent` node
+//! (CONTRACT.md §4): how a keyed POST is scoped, fingerprinted, kept and
+//! replayed.
+//!
+//! A key belongs to one caller in one tenant, so two users may pick the
+//! same key without meeting. The fingerprint covers the method, the target
+//! and the body: the same key sent with anything else is a different request
+//! (422). Responses are kept for [`KEY_TTL`]; a claim whose request never
+//! finished (its node died) is taken over after [`IN_FLIGHT_LEASE`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use canon_http::Problem;
+use canon_http::flow::{KeyState, Keyed};
+use canon_store::{IdempotencyClaim, IdempotencyRequest, Store, StoredResponse};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+use sha2::{Digest, Sha256};
+
+use crate::error::store_problem;
+
+/// How long a key is remembered after its first use.
+pub const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a claim may stay unfinished before a retry may take it over.
+pub const IN_FLIGHT_LEASE: Duration = Duration::from_secs(60);
+
+/// The ledger row's identity and fingerprint for `request`.
+pub fn ledger_request(request: &Keyed<'_>) -> IdempotencyRequest {
+    let principal = request.principal;
+    let scope = format!("{}/{}", principal.tenant().unwrap_or("-"), principal.actor());
+    let mut h = Sha256::new();
+    h.update(request.head.method.as_str().as_bytes());
+    h.update(b"\n");
+    h.update(
+        request
+            .head
+            .uri
+            .path_and_query()
+            .map_or("", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    h.update(b"\n");
+    h.update(request.body);
+    let fingerprint = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    IdempotencyRequest {
+        scope,
+        key: request.key.to_owned(),
+        fingerprint,
+    }
+}
+
+/// Claims the key of `request`.
+pub async fn claim(store: &dyn Store, request: &Keyed<'_>) -> Result<KeyState, Problem> {
+    let claim = store
+        .claim_idempotency(&ledger_request(request), KEY_TTL, IN_FLIGHT_LEASE)
+        .await
+        .map_err(store_problem)?;
+    Ok(match claim {
+        IdempotencyClaim::Claimed => KeyState::Fresh,
+        IdempotencyClaim::InFlight => KeyState::InFlight,
+        IdempotencyClaim::Mismatch => KeyState::Mismatch,
+        IdempotencyClaim::Completed(stored) => KeyState::Completed(replay(stored)),
+    })
+}
+
+/// Keeps `response` for the key of `request`, or frees the key.
+pub async fn settle(store: &dyn Store, request: &Keyed<'_>, response: Option<&Response<Bytes>>) {
+    let row = ledger_request(request);
+    let outcome = match response {
+        Some(r) => store.complete_idempotency(&row.scope, &row.key, keep(r)).await,
+        None => store.release_idempotency(&row.scope, &row.key).await,
+    };
+    if let Err(e) = outcome {
+        // The write already happened; a retry will see the key in flight
+        // until the lease ends. Say so in the logs, not to this client.
+        tracing::warn!(error = %e, key = row.key, "could not settle an idempotency key");
+    }
+}
+
+/// Headers that belong to one exchange, not to the outcome.
+fn is_hop_header(name: &HeaderName) -> bool {
+    name == header::CONNECTION || name == header::DATE || name.as_str() == crate::app::REQUEST_ID
+}
+
+fn keep(response: &Response<Bytes>) -> StoredResponse {
+    StoredResponse {
+        status: response.status().as_u16(),
+        headers: response
+            .headers()
+            .iter()
+            .filter(|(n, _)| !is_hop_header(n))
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body: response.body().to_vec(),
+    }
+}
+
+fn replay(stored: StoredResponse) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(stored.body));
+    *response.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in stored.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            response.headers_mut().append(n, v);
+        }
+    }
+    response
+}
