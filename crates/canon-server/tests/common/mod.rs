@@ -16,6 +16,9 @@ pub const OPERATOR: &str = "operator-token-for-tests";
 pub struct Server {
     pub addr: SocketAddr,
     pub client: Client,
+    /// The server's store, for tests that must set up a state HTTP cannot
+    /// reach (a request stuck in flight).
+    pub store: Arc<dyn canon_store::Store>,
     _dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -44,11 +47,12 @@ impl Server {
     /// under the same envelope.
     pub async fn start_with(mut config: Config, extend: impl FnOnce(Router) -> Router) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path().join("canon.db")).expect("open store");
+        let store: Arc<dyn canon_store::Store> =
+            Arc::new(SqliteStore::open(dir.path().join("canon.db")).expect("open store"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         config.listen = addr;
-        let app = App::new(config, Arc::new(store)).expect("app");
+        let app = App::new(config, store.clone()).expect("app");
         app.bootstrap().await.expect("bootstrap");
         let router = canon_server::enveloped(extend(app.router()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -67,6 +71,7 @@ impl Server {
         Server {
             addr,
             client,
+            store,
             _dir: dir,
             shutdown: Some(tx),
         }
@@ -152,6 +157,28 @@ pub async fn world(s: &Server, tenant: &str) -> World {
         viewer: tokens[2].clone(),
         editor_id: ids[1].clone(),
     }
+}
+
+/// Adds a user with `role` to `tenant` and returns its id and a token.
+pub async fn add_user(s: &Server, tenant: &str, email: &str, role: &str) -> (String, String) {
+    let u = s
+        .ok_json(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/users"),
+            OPERATOR,
+            Some(json!({"email": email, "role": role})),
+        )
+        .await;
+    let id = u["id"].as_str().expect("id").to_owned();
+    let k = s
+        .ok_json(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/users/{id}/api-keys"),
+            OPERATOR,
+            Some(json!({"name": "key"})),
+        )
+        .await;
+    (id, k["token"].as_str().expect("token").to_owned())
 }
 
 pub fn header<'a>(r: &'a Response, name: &str) -> &'a str {
