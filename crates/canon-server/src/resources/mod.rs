@@ -186,23 +186,6 @@ impl Resource for Unreachable {
     }
 }
 
-/// A page of a list as the negotiated media type.
-pub fn list_success(
-    cx: &Cx,
-    items: Vec<serde_json::Value>,
-    next: Option<canon_store::Cursor>,
-    fingerprint: &str,
-    media: Option<MediaType>,
-) -> Result<Success, Problem> {
-    let next = next.map(|c| crate::listing::encode_cursor(&c, fingerprint));
-    Ok(Success::Ok(crate::listing::page(
-        items,
-        next,
-        media.unwrap_or(MediaType::Json),
-        &cx.uri,
-    )?))
-}
-
 /// 201 for a JSON body at `location`.
 pub fn created(location: String, body: &serde_json::Value) -> Success {
     Success::Created {

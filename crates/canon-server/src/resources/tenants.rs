@@ -7,10 +7,11 @@ use canon_store::{Lookup, PageRequest, Tenant};
 use http::Method;
 use serde::Deserialize;
 
-use super::{Cx, created, list_success, ok, still_there};
+use super::{Cx, created, ok, still_there};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body, slug};
-use crate::{listing, render};
+use crate::listing::{self, Listed};
+use crate::render;
 
 /// Tenant names that would shadow a path: `current` stands for the caller's
 /// own tenant.
@@ -26,6 +27,7 @@ struct NewTenant {
 pub struct Tenants {
     cx: Cx,
     page: Option<PageRequest>,
+    listed: Option<Listed>,
     new: Option<NewTenant>,
 }
 
@@ -35,6 +37,7 @@ impl Tenants {
         Self {
             cx,
             page: None,
+            listed: None,
             new: None,
         }
     }
@@ -59,22 +62,32 @@ impl Resource for Tenants {
     }
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
-        Box::pin(async { Ok(Existence::Found(Found::default())) })
+        Box::pin(async move {
+            let mut found = Found::default();
+            if let Some(page) = self.page.take() {
+                let page = self.cx.app.store.list_tenants(page).await.map_err(store_problem)?;
+                let listed = Listed::new(page.items.iter().map(render::tenant).collect(), page.next, "tenants");
+                found.validators = listed.validators();
+                self.listed = Some(listed);
+            }
+            Ok(Existence::Found(found))
+        })
     }
 
     fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
-            let store = &self.cx.app.store;
             if let Some(new) = self.new.take() {
-                let t = store.create_tenant(&new.name).await.map_err(store_problem)?;
+                let t = self
+                    .cx
+                    .app
+                    .store
+                    .create_tenant(&new.name)
+                    .await
+                    .map_err(store_problem)?;
                 return Ok(created(format!("/v1/tenants/{}", t.name), &render::tenant(&t)));
             }
-            let page = store
-                .list_tenants(self.page.take().unwrap_or(PageRequest { limit: 50, after: None }))
-                .await
-                .map_err(store_problem)?;
-            let items = page.items.iter().map(render::tenant).collect();
-            list_success(&self.cx, items, page.next, "tenants", media)
+            let listed = self.listed.take().ok_or_else(crate::error::internal)?;
+            Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
         })
     }
 }

@@ -9,15 +9,11 @@ use http::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Cx, created, list_success, ok, still_there, tenants};
+use super::{Cx, created, ok, still_there, tenants};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body};
-use crate::{listing, render, token};
-
-const FIRST_PAGE: PageRequest = PageRequest {
-    limit: listing::DEFAULT_LIMIT,
-    after: None,
-};
+use crate::listing::{self, Listed};
+use crate::{render, token};
 
 fn role(s: &str) -> Result<TenantRole, Problem> {
     TenantRole::parse(s).ok_or_else(|| invalid_field("/role", "must be one of admin, editor, viewer"))
@@ -50,6 +46,7 @@ pub struct Users {
     cx: Cx,
     tenant: Option<Tenant>,
     page: Option<PageRequest>,
+    listed: Option<Listed>,
     new: Option<(String, TenantRole)>,
 }
 
@@ -60,6 +57,7 @@ impl Users {
             cx,
             tenant: None,
             page: None,
+            listed: None,
             new: None,
         }
     }
@@ -81,13 +79,25 @@ impl Resource for Users {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            match tenants::require(&self.cx).await? {
-                Ok(t) => {
-                    self.tenant = Some(t);
-                    Ok(Existence::Found(Found::default()))
-                }
-                Err(e) => Ok(e),
+            let tenant = match tenants::require(&self.cx).await? {
+                Ok(t) => t,
+                Err(e) => return Ok(e),
+            };
+            let mut found = Found::default();
+            if let Some(page) = self.page.take() {
+                let page = self
+                    .cx
+                    .app
+                    .store
+                    .list_users(&tenant.id, page)
+                    .await
+                    .map_err(store_problem)?;
+                let listed = Listed::new(page.items.iter().map(render::user).collect(), page.next, "users");
+                found.validators = listed.validators();
+                self.listed = Some(listed);
             }
+            self.tenant = Some(tenant);
+            Ok(Existence::Found(found))
         })
     }
 
@@ -105,17 +115,8 @@ impl Resource for Users {
                     &render::user(&u),
                 ));
             }
-            let page = store
-                .list_users(&tenant.id, self.page.take().unwrap_or(FIRST_PAGE))
-                .await
-                .map_err(store_problem)?;
-            list_success(
-                &self.cx,
-                page.items.iter().map(render::user).collect(),
-                page.next,
-                "users",
-                media,
-            )
+            let listed = self.listed.take().ok_or_else(crate::error::internal)?;
+            Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
         })
     }
 }
@@ -230,6 +231,7 @@ pub struct ApiKeys {
     cx: Cx,
     found: Option<(Tenant, User)>,
     page: Option<PageRequest>,
+    listed: Option<Listed>,
     name: Option<String>,
 }
 
@@ -240,6 +242,7 @@ impl ApiKeys {
             cx,
             found: None,
             page: None,
+            listed: None,
             name: None,
         }
     }
@@ -265,13 +268,25 @@ impl Resource for ApiKeys {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            match load_user(&self.cx).await? {
-                Ok(found) => {
-                    self.found = Some(found);
-                    Ok(Existence::Found(Found::default()))
-                }
-                Err(e) => Ok(e),
+            let (tenant, user) = match load_user(&self.cx).await? {
+                Ok(found) => found,
+                Err(e) => return Ok(e),
+            };
+            let mut found = Found::default();
+            if let Some(page) = self.page.take() {
+                let page = self
+                    .cx
+                    .app
+                    .store
+                    .list_api_keys(&user.id, page)
+                    .await
+                    .map_err(store_problem)?;
+                let listed = Listed::new(page.items.iter().map(render::api_key).collect(), page.next, "api-keys");
+                found.validators = listed.validators();
+                self.listed = Some(listed);
             }
+            self.found = Some((tenant, user));
+            Ok(Existence::Found(found))
         })
     }
 
@@ -290,17 +305,8 @@ impl Resource for ApiKeys {
                 let location = format!("{}/users/{}/api-keys/{}", self.cx.tenant_path(), user.id, k.id);
                 return Ok(created(location, &body));
             }
-            let page = store
-                .list_api_keys(&user.id, self.page.take().unwrap_or(FIRST_PAGE))
-                .await
-                .map_err(store_problem)?;
-            list_success(
-                &self.cx,
-                page.items.iter().map(render::api_key).collect(),
-                page.next,
-                "api-keys",
-                media,
-            )
+            let listed = self.listed.take().ok_or_else(crate::error::internal)?;
+            Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
         })
     }
 }
