@@ -41,7 +41,7 @@ pub const STATUSES: &[StatusEntry] = &[
     StatusEntry { code: 405, reason: "Method Not Allowed", when: "The route exists but does not support this method.", headers: &["Allow"] },
     StatusEntry { code: 406, reason: "Not Acceptable", when: "None of the media types in Accept can be produced.", headers: &[] },
     StatusEntry { code: 408, reason: "Request Timeout", when: "The client stopped sending the body before it was complete.", headers: &["Connection: close"] },
-    StatusEntry { code: 409, reason: "Conflict", when: "A unique value or client-chosen id is taken, or the resource's state forbids the change.", headers: &[] },
+    StatusEntry { code: 409, reason: "Conflict", when: "A unique value or client-chosen id is taken, the resource's state forbids the change (a JSON Patch test failed, a collection still has records), or a request with the same Idempotency-Key is still running.", headers: &[] },
     StatusEntry { code: 410, reason: "Gone", when: "The resource was deleted; its tombstone is kept for the retention period.", headers: &[] },
     StatusEntry { code: 412, reason: "Precondition Failed", when: "An If-Match, If-None-Match or If-Unmodified-Since precondition failed.", headers: &["ETag"] },
     StatusEntry { code: 413, reason: "Content Too Large", when: "The request body is larger than the configured limit.", headers: &["Connection: close"] },

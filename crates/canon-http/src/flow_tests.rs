@@ -108,8 +108,11 @@ struct Stub {
     /// What the resource saw at `parse`.
     seen_body: Arc<Mutex<Option<(MediaType, Bytes)>>>,
     /// Settlements of idempotency keys: the key and the kept status.
-    settled: Arc<Mutex<Vec<(String, Option<u16>)>>>,
+    settled: Arc<Mutex<Vec<Settlement>>>,
 }
+
+/// A settled idempotency key and the status kept for it (`None`: freed).
+type Settlement = (String, Option<u16>);
 
 impl Service for Stub {
     fn routes(&self) -> &RouteTable {
@@ -169,7 +172,7 @@ impl Resource for StubResource {
 }
 
 struct Run {
-    settled: Vec<(String, Option<u16>)>,
+    settled: Vec<Settlement>,
     status: StatusCode,
     headers: http::HeaderMap,
     body: Value,
