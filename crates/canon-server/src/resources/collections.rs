@@ -8,7 +8,7 @@ use http::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Cx, still_there, tenants};
+use super::{Cx, Stop, settle, still_there, tenants};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body, slug};
 use crate::listing::{self, Listed};
@@ -155,29 +155,31 @@ impl Resource for Collections {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            let tenant = match tenants::require(&self.cx).await? {
-                Ok(t) => t,
-                Err(e) => return Ok(e),
-            };
-            let mut found = Found::default();
-            if let Some(page) = self.page.take() {
-                let page = self
-                    .cx
-                    .app
-                    .store
-                    .list_collections(&tenant.id, page)
-                    .await
-                    .map_err(store_problem)?;
-                let listed = Listed::new(
-                    page.items.iter().map(render::collection).collect(),
-                    page.next,
-                    "collections",
-                );
-                found.validators = listed.validators();
-                self.listed = Some(listed);
-            }
-            self.tenant = Some(tenant);
-            Ok(Existence::Found(found))
+            settle(
+                async {
+                    let tenant = tenants::require(&self.cx).await?;
+                    let mut found = Found::default();
+                    if let Some(page) = self.page.take() {
+                        let page = self
+                            .cx
+                            .app
+                            .store
+                            .list_collections(&tenant.id, page)
+                            .await
+                            .map_err(store_problem)?;
+                        let listed = Listed::new(
+                            page.items.iter().map(render::collection).collect(),
+                            page.next,
+                            "collections",
+                        );
+                        found.validators = listed.validators();
+                        self.listed = Some(listed);
+                    }
+                    self.tenant = Some(tenant);
+                    Ok(Existence::Found(found))
+                }
+                .await,
+            )
         })
     }
 
@@ -204,24 +206,21 @@ impl Resource for Collections {
 }
 
 /// Loads the tenant and the collection named in the path.
-pub async fn load_collection(cx: &Cx) -> Result<Result<(Tenant, Collection), Existence>, Problem> {
-    let tenant = match tenants::require(cx).await? {
-        Ok(t) => t,
-        Err(e) => return Ok(Err(e)),
-    };
+pub async fn load_collection(cx: &Cx) -> Result<(Tenant, Collection), Stop> {
+    let tenant = tenants::require(cx).await?;
     let store = &cx.app.store;
     let name = cx.param("collection");
     match store.collection(&tenant.id, name).await.map_err(store_problem)? {
-        Lookup::Found(c) => Ok(Ok((tenant, c))),
+        Lookup::Found(c) => Ok((tenant, c)),
         other => {
             // An old name of a renamed collection: the same path under the new name.
             if let Some(current) = store.collection_alias(&tenant.id, name).await.map_err(store_problem)? {
                 let old_prefix = collection_path(cx, name);
                 let rest = cx.uri.path().strip_prefix(&old_prefix).unwrap_or("");
                 let target = format!("{}{rest}", collection_path(cx, &current));
-                return Ok(Err(Existence::Moved(super::with_query(target, &cx.uri))));
+                return Err(Stop::At(Existence::Moved(super::with_query(target, &cx.uri))));
             }
-            Ok(Err(super::container(other)))
+            Err(Stop::At(super::container(other)))
         }
     }
 }
@@ -264,8 +263,9 @@ impl Resource for OneCollection {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            match load_collection(&self.cx).await? {
-                Ok(found) => {
+            settle(
+                async {
+                    let found = load_collection(&self.cx).await?;
                     let validators = render::collection_validators(&found.1);
                     self.found = Some(found);
                     Ok(Existence::Found(Found {
@@ -273,8 +273,8 @@ impl Resource for OneCollection {
                         ..Found::default()
                     }))
                 }
-                Err(e) => Ok(e),
-            }
+                .await,
+            )
         })
     }
 

@@ -76,6 +76,36 @@ fn is_conditional(h: &HeaderMap) -> bool {
         || h.contains_key(header::IF_UNMODIFIED_SINCE)
 }
 
+/// Why a load stopped before reaching the addressed resource.
+pub enum Stop {
+    /// Something on the path is missing, gone or elsewhere: that is the answer.
+    At(Existence),
+    /// Loading failed.
+    Failed(Problem),
+}
+
+impl From<Problem> for Stop {
+    fn from(p: Problem) -> Self {
+        Stop::Failed(p)
+    }
+}
+
+/// A load's outcome as the flow takes it: a stop on the path is an answer.
+pub fn settle(outcome: Result<Existence, Stop>) -> Result<Existence, Problem> {
+    match outcome {
+        Ok(e) | Err(Stop::At(e)) => Ok(e),
+        Err(Stop::Failed(p)) => Err(p),
+    }
+}
+
+/// The value a lookup found, or the stop it means.
+pub fn found<T>(lookup: Lookup<T>) -> Result<T, Stop> {
+    match lookup {
+        Lookup::Found(t) => Ok(t),
+        other => Err(Stop::At(container(other))),
+    }
+}
+
 /// The existence of a container resource (a list) given its parent's lookup.
 pub fn container<T>(parent: Lookup<T>) -> Existence {
     match parent {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::collections::load_collection;
-use super::{Cx, still_there};
+use super::{Cx, settle, still_there};
 use crate::app::App;
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, invalid_query, is_client_id, json_body};
@@ -143,25 +143,28 @@ impl Resource for Records {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            let collection = match load_collection(&self.cx).await? {
-                Ok((_, c)) => c,
-                Err(e) => return Ok(e),
-            };
-            let mut found = Found::default();
-            if let Some((query, fingerprint)) = self.query.take() {
-                let page = self
-                    .cx
-                    .app
-                    .store
-                    .list_records(&collection.id, query)
-                    .await
-                    .map_err(store_problem)?;
-                let listed = Listed::new(page.items.iter().map(render::record).collect(), page.next, &fingerprint);
-                found.validators = listed.validators();
-                self.listed = Some(listed);
-            }
-            self.collection = Some(collection);
-            Ok(Existence::Found(found))
+            settle(
+                async {
+                    let (_, collection) = load_collection(&self.cx).await?;
+                    let mut found = Found::default();
+                    if let Some((query, fingerprint)) = self.query.take() {
+                        let page = self
+                            .cx
+                            .app
+                            .store
+                            .list_records(&collection.id, query)
+                            .await
+                            .map_err(store_problem)?;
+                        let listed =
+                            Listed::new(page.items.iter().map(render::record).collect(), page.next, &fingerprint);
+                        found.validators = listed.validators();
+                        self.listed = Some(listed);
+                    }
+                    self.collection = Some(collection);
+                    Ok(Existence::Found(found))
+                }
+                .await,
+            )
         })
     }
 
@@ -364,40 +367,42 @@ impl Resource for OneRecord {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            let collection = match load_collection(&self.cx).await? {
-                Ok((_, c)) => c,
-                Err(e) => return Ok(e),
-            };
-            let id = self.cx.param("id");
-            let lookup = self
-                .cx
-                .app
-                .store
-                .record(&collection.id, id)
-                .await
-                .map_err(store_problem)?;
-            let require_if_match = collection.require_if_match;
-            let writes = !matches!(self.cx.method, Method::GET | Method::HEAD);
-            let existence = match lookup {
-                Lookup::Found(r) => {
-                    let locked_by_other = if writes {
-                        blocking_lease(&self.cx, &collection.id, id).await?
-                    } else {
-                        None
+            settle(
+                async {
+                    let (_, collection) = load_collection(&self.cx).await?;
+                    let id = self.cx.param("id");
+                    let lookup = self
+                        .cx
+                        .app
+                        .store
+                        .record(&collection.id, id)
+                        .await
+                        .map_err(store_problem)?;
+                    let require_if_match = collection.require_if_match;
+                    let writes = !matches!(self.cx.method, Method::GET | Method::HEAD);
+                    let existence = match lookup {
+                        Lookup::Found(r) => {
+                            let locked_by_other = if writes {
+                                blocking_lease(&self.cx, &collection.id, id).await?
+                            } else {
+                                None
+                            };
+                            let validators: Validators = render::record_validators(&r);
+                            self.record = Some(r);
+                            Existence::Found(Found {
+                                validators,
+                                require_if_match,
+                                locked_by_other,
+                            })
+                        }
+                        Lookup::Gone => Existence::Gone,
+                        Lookup::Missing => Existence::Missing,
                     };
-                    let validators: Validators = render::record_validators(&r);
-                    self.record = Some(r);
-                    Existence::Found(Found {
-                        validators,
-                        require_if_match,
-                        locked_by_other,
-                    })
+                    self.collection = Some(collection);
+                    Ok(existence)
                 }
-                Lookup::Gone => Existence::Gone,
-                Lookup::Missing => Existence::Missing,
-            };
-            self.collection = Some(collection);
-            Ok(existence)
+                .await,
+            )
         })
     }
 
@@ -491,39 +496,38 @@ impl Resource for RecordLock {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            let collection = match load_collection(&self.cx).await? {
-                Ok((_, c)) => c,
-                Err(e) => return Ok(e),
-            };
-            let store = &self.cx.app.store;
-            let id = self.cx.param("id");
-            match store.record(&collection.id, id).await.map_err(store_problem)? {
-                Lookup::Found(_) => {}
-                other => return Ok(super::container(other)),
-            }
-            let lease = store.lease(&collection.id, id).await.map_err(store_problem)?;
-            self.collection_id = Some(collection.id);
-            let actor = actor(&self.cx).to_owned();
-            let existence = match (&self.cx.method, lease) {
-                // Taking a lock needs only the record; someone else's live lease is 423.
-                (&Method::PUT, lease) => Existence::Found(Found {
-                    locked_by_other: lease.filter(|l| l.holder != actor).map(|l| render::lock_info(&l)),
-                    ..Found::default()
-                }),
-                (_, None) => Existence::Missing,
-                (&Method::DELETE, Some(l)) => {
-                    let blocked = l.holder != actor && !self.may_break();
-                    Existence::Found(Found {
-                        locked_by_other: blocked.then(|| render::lock_info(&l)),
-                        ..Found::default()
-                    })
+            settle(
+                async {
+                    let (_, collection) = load_collection(&self.cx).await?;
+                    let store = &self.cx.app.store;
+                    let id = self.cx.param("id");
+                    super::found(store.record(&collection.id, id).await.map_err(store_problem)?)?;
+                    let lease = store.lease(&collection.id, id).await.map_err(store_problem)?;
+                    self.collection_id = Some(collection.id);
+                    let actor = actor(&self.cx).to_owned();
+                    let existence = match (&self.cx.method, lease) {
+                        // Taking a lock needs only the record; someone else's live lease is 423.
+                        (&Method::PUT, lease) => Existence::Found(Found {
+                            locked_by_other: lease.filter(|l| l.holder != actor).map(|l| render::lock_info(&l)),
+                            ..Found::default()
+                        }),
+                        (_, None) => Existence::Missing,
+                        (&Method::DELETE, Some(l)) => {
+                            let blocked = l.holder != actor && !self.may_break();
+                            Existence::Found(Found {
+                                locked_by_other: blocked.then(|| render::lock_info(&l)),
+                                ..Found::default()
+                            })
+                        }
+                        (_, Some(l)) => {
+                            self.lease = Some(l);
+                            Existence::Found(Found::default())
+                        }
+                    };
+                    Ok(existence)
                 }
-                (_, Some(l)) => {
-                    self.lease = Some(l);
-                    Existence::Found(Found::default())
-                }
-            };
-            Ok(existence)
+                .await,
+            )
         })
     }
 

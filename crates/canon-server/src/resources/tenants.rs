@@ -3,11 +3,11 @@
 use canon_http::Problem;
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
-use canon_store::{Lookup, PageRequest, Tenant};
+use canon_store::{PageRequest, Tenant};
 use http::Method;
 use serde::Deserialize;
 
-use super::{Cx, created, ok, still_there};
+use super::{Cx, Stop, created, ok, still_there};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body, slug};
 use crate::listing::{self, Listed};
@@ -129,9 +129,6 @@ impl Resource for OneTenant {
 }
 
 /// The tenant of a tenant-scoped request, for resources below it.
-pub async fn require(cx: &Cx) -> Result<Result<Tenant, Existence>, Problem> {
-    Ok(match cx.tenant().await? {
-        Lookup::Found(t) => Ok(t),
-        other => Err(super::container(other)),
-    })
+pub async fn require(cx: &Cx) -> Result<Tenant, Stop> {
+    super::found(cx.tenant().await?)
 }

@@ -9,7 +9,7 @@ use http::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Cx, created, ok, still_there, tenants};
+use super::{Cx, Stop, created, found, ok, settle, still_there, tenants};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body};
 use crate::listing::{self, Listed};
@@ -79,25 +79,27 @@ impl Resource for Users {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            let tenant = match tenants::require(&self.cx).await? {
-                Ok(t) => t,
-                Err(e) => return Ok(e),
-            };
-            let mut found = Found::default();
-            if let Some(page) = self.page.take() {
-                let page = self
-                    .cx
-                    .app
-                    .store
-                    .list_users(&tenant.id, page)
-                    .await
-                    .map_err(store_problem)?;
-                let listed = Listed::new(page.items.iter().map(render::user).collect(), page.next, "users");
-                found.validators = listed.validators();
-                self.listed = Some(listed);
-            }
-            self.tenant = Some(tenant);
-            Ok(Existence::Found(found))
+            settle(
+                async {
+                    let tenant = tenants::require(&self.cx).await?;
+                    let mut found = Found::default();
+                    if let Some(page) = self.page.take() {
+                        let page = self
+                            .cx
+                            .app
+                            .store
+                            .list_users(&tenant.id, page)
+                            .await
+                            .map_err(store_problem)?;
+                        let listed = Listed::new(page.items.iter().map(render::user).collect(), page.next, "users");
+                        found.validators = listed.validators();
+                        self.listed = Some(listed);
+                    }
+                    self.tenant = Some(tenant);
+                    Ok(Existence::Found(found))
+                }
+                .await,
+            )
         })
     }
 
@@ -128,23 +130,16 @@ struct UserPatch {
 }
 
 /// Loads the tenant and the user named in the path.
-async fn load_user(cx: &Cx) -> Result<Result<(Tenant, User), Existence>, Problem> {
-    let tenant = match tenants::require(cx).await? {
-        Ok(t) => t,
-        Err(e) => return Ok(Err(e)),
-    };
-    Ok(
-        match cx
-            .app
+async fn load_user(cx: &Cx) -> Result<(Tenant, User), Stop> {
+    let tenant = tenants::require(cx).await?;
+    let user = found(
+        cx.app
             .store
             .user(&tenant.id, cx.param("user"))
             .await
-            .map_err(store_problem)?
-        {
-            Lookup::Found(u) => Ok((tenant, u)),
-            other => Err(super::container(other)),
-        },
-    )
+            .map_err(store_problem)?,
+    )?;
+    Ok((tenant, user))
 }
 
 /// `GET, PATCH, DELETE /v1/tenants/{tenant}/users/{user}`.
@@ -178,13 +173,13 @@ impl Resource for OneUser {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            match load_user(&self.cx).await? {
-                Ok(found) => {
-                    self.found = Some(found);
+            settle(
+                async {
+                    self.found = Some(load_user(&self.cx).await?);
                     Ok(Existence::Found(Found::default()))
                 }
-                Err(e) => Ok(e),
-            }
+                .await,
+            )
         })
     }
 
@@ -268,25 +263,28 @@ impl Resource for ApiKeys {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            let (tenant, user) = match load_user(&self.cx).await? {
-                Ok(found) => found,
-                Err(e) => return Ok(e),
-            };
-            let mut found = Found::default();
-            if let Some(page) = self.page.take() {
-                let page = self
-                    .cx
-                    .app
-                    .store
-                    .list_api_keys(&user.id, page)
-                    .await
-                    .map_err(store_problem)?;
-                let listed = Listed::new(page.items.iter().map(render::api_key).collect(), page.next, "api-keys");
-                found.validators = listed.validators();
-                self.listed = Some(listed);
-            }
-            self.found = Some((tenant, user));
-            Ok(Existence::Found(found))
+            settle(
+                async {
+                    let (tenant, user) = load_user(&self.cx).await?;
+                    let mut found = Found::default();
+                    if let Some(page) = self.page.take() {
+                        let page = self
+                            .cx
+                            .app
+                            .store
+                            .list_api_keys(&user.id, page)
+                            .await
+                            .map_err(store_problem)?;
+                        let listed =
+                            Listed::new(page.items.iter().map(render::api_key).collect(), page.next, "api-keys");
+                        found.validators = listed.validators();
+                        self.listed = Some(listed);
+                    }
+                    self.found = Some((tenant, user));
+                    Ok(Existence::Found(found))
+                }
+                .await,
+            )
         })
     }
 
@@ -332,24 +330,26 @@ impl Resource for OneApiKey {
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
-            let user = match load_user(&self.cx).await? {
-                Ok((_, u)) => u,
-                Err(e) => return Ok(e),
-            };
-            match self
-                .cx
-                .app
-                .store
-                .api_key(&user.id, self.cx.param("key"))
-                .await
-                .map_err(store_problem)?
-            {
-                Lookup::Found(k) => {
-                    self.found = Some((user, k));
-                    Ok(Existence::Found(Found::default()))
+            settle(
+                async {
+                    let (_, user) = load_user(&self.cx).await?;
+                    match self
+                        .cx
+                        .app
+                        .store
+                        .api_key(&user.id, self.cx.param("key"))
+                        .await
+                        .map_err(store_problem)?
+                    {
+                        Lookup::Found(k) => {
+                            self.found = Some((user, k));
+                            Ok(Existence::Found(Found::default()))
+                        }
+                        other => Ok(super::container(other)),
+                    }
                 }
-                other => Ok(super::container(other)),
-            }
+                .await,
+            )
         })
     }
 
