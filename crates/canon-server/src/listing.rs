@@ -4,11 +4,11 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use canon_http::flow::Representation;
+use canon_http::flow::{Found, Representation};
 use canon_http::media::MediaType;
 use canon_http::validators::{EntityTag, Validators};
 use canon_http::{Problem, ProblemKind};
-use canon_store::{Cursor, PageRequest};
+use canon_store::{Cursor, Page, PageRequest};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -116,6 +116,22 @@ impl Listed {
             items,
             next: next.map(|c| encode_cursor(&c, fingerprint)),
         }
+    }
+
+    /// A store page rendered item by item with `render`.
+    pub fn from_page<T>(page: Page<T>, render: impl Fn(&T) -> Value, fingerprint: &str) -> Listed {
+        Listed::new(page.items.iter().map(render).collect(), page.next, fingerprint)
+    }
+
+    /// Keeps the page in `slot` for `execute` and answers the existence
+    /// node with its validators.
+    pub fn keep(self, slot: &mut Option<Listed>) -> Found {
+        let found = Found {
+            validators: self.validators(),
+            ..Found::default()
+        };
+        *slot = Some(self);
+        found
     }
 
     /// A weak tag over the page's content: equal pages are semantically

@@ -167,13 +167,7 @@ impl Resource for Collections {
                             .list_collections(&tenant.id, page)
                             .await
                             .map_err(store_problem)?;
-                        let listed = Listed::new(
-                            page.items.iter().map(render::collection).collect(),
-                            page.next,
-                            "collections",
-                        );
-                        found.validators = listed.validators();
-                        self.listed = Some(listed);
+                        found = Listed::from_page(page, render::collection, "collections").keep(&mut self.listed);
                     }
                     self.tenant = Some(tenant);
                     Ok(Existence::Found(found))

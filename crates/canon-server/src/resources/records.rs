@@ -155,10 +155,7 @@ impl Resource for Records {
                             .list_records(&collection.id, query)
                             .await
                             .map_err(store_problem)?;
-                        let listed =
-                            Listed::new(page.items.iter().map(render::record).collect(), page.next, &fingerprint);
-                        found.validators = listed.validators();
-                        self.listed = Some(listed);
+                        found = Listed::from_page(page, render::record, &fingerprint).keep(&mut self.listed);
                     }
                     self.collection = Some(collection);
                     Ok(Existence::Found(found))

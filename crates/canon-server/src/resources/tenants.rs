@@ -66,9 +66,7 @@ impl Resource for Tenants {
             let mut found = Found::default();
             if let Some(page) = self.page.take() {
                 let page = self.cx.app.store.list_tenants(page).await.map_err(store_problem)?;
-                let listed = Listed::new(page.items.iter().map(render::tenant).collect(), page.next, "tenants");
-                found.validators = listed.validators();
-                self.listed = Some(listed);
+                found = Listed::from_page(page, render::tenant, "tenants").keep(&mut self.listed);
             }
             Ok(Existence::Found(found))
         })

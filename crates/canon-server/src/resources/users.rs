@@ -91,9 +91,7 @@ impl Resource for Users {
                             .list_users(&tenant.id, page)
                             .await
                             .map_err(store_problem)?;
-                        let listed = Listed::new(page.items.iter().map(render::user).collect(), page.next, "users");
-                        found.validators = listed.validators();
-                        self.listed = Some(listed);
+                        found = Listed::from_page(page, render::user, "users").keep(&mut self.listed);
                     }
                     self.tenant = Some(tenant);
                     Ok(Existence::Found(found))
@@ -275,10 +273,7 @@ impl Resource for ApiKeys {
                             .list_api_keys(&user.id, page)
                             .await
                             .map_err(store_problem)?;
-                        let listed =
-                            Listed::new(page.items.iter().map(render::api_key).collect(), page.next, "api-keys");
-                        found.validators = listed.validators();
-                        self.listed = Some(listed);
+                        found = Listed::from_page(page, render::api_key, "api-keys").keep(&mut self.listed);
                     }
                     self.found = Some((tenant, user));
                     Ok(Existence::Found(found))
