@@ -452,6 +452,8 @@ pub struct RecordLock {
     collection_id: Option<String>,
     ttl: Option<std::time::Duration>,
     lease: Option<Lease>,
+    /// DELETE by an admin of someone else's lease.
+    breaking: bool,
 }
 
 impl RecordLock {
@@ -462,6 +464,7 @@ impl RecordLock {
             collection_id: None,
             ttl: None,
             lease: None,
+            breaking: false,
         }
     }
 
@@ -510,7 +513,8 @@ impl Resource for RecordLock {
                         }),
                         (_, None) => Existence::Missing,
                         (&Method::DELETE, Some(l)) => {
-                            let blocked = l.holder != actor && !self.may_break();
+                            self.breaking = l.holder != actor;
+                            let blocked = self.breaking && !self.may_break();
                             Existence::Found(Found {
                                 locked_by_other: blocked.then(|| render::lock_info(&l)),
                                 ..Found::default()
@@ -553,10 +557,12 @@ impl Resource for RecordLock {
                     }))
                 }
                 Method::DELETE => {
-                    // The holder releases its own; anyone else got here only
-                    // as an admin breaking the lease.
+                    // The holder releases only its own lease (it may have
+                    // expired and passed to someone else meanwhile); an admin
+                    // breaking a lease releases whoever's it is.
+                    let holder = (!self.breaking).then(|| actor(&self.cx));
                     let released = store
-                        .release_lease(&collection_id, id, None)
+                        .release_lease(&collection_id, id, holder)
                         .await
                         .map_err(store_problem)?;
                     still_there(released.then_some(Success::NoContent))
