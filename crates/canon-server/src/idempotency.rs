@@ -26,8 +26,6 @@ pub const IN_FLIGHT_LEASE: Duration = Duration::from_secs(60);
 
 /// The ledger row's identity and fingerprint for `request`.
 pub fn ledger_request(request: &Keyed<'_>) -> IdempotencyRequest {
-    let principal = request.principal;
-    let scope = format!("{}/{}", principal.tenant().unwrap_or("-"), principal.actor());
     let mut h = Sha256::new();
     h.update(request.head.method.as_str().as_bytes());
     h.update(b"\n");
@@ -43,10 +41,16 @@ pub fn ledger_request(request: &Keyed<'_>) -> IdempotencyRequest {
     h.update(request.body);
     let fingerprint = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     IdempotencyRequest {
-        scope,
+        scope: scope(request),
         key: request.key.to_owned(),
         fingerprint,
     }
+}
+
+/// Whose key it is: the caller, within its tenant.
+fn scope(request: &Keyed<'_>) -> String {
+    let principal = request.principal;
+    format!("{}/{}", principal.tenant().unwrap_or("-"), principal.actor())
 }
 
 /// Claims the key of `request`.
@@ -65,15 +69,16 @@ pub async fn claim(store: &dyn Store, request: &Keyed<'_>) -> Result<KeyState, P
 
 /// Keeps `response` for the key of `request`, or frees the key.
 pub async fn settle(store: &dyn Store, request: &Keyed<'_>, response: Option<&Response<Bytes>>) {
-    let row = ledger_request(request);
+    // Settling needs only the row's identity: the fingerprint was checked at the claim.
+    let scope = scope(request);
     let outcome = match response {
-        Some(r) => store.complete_idempotency(&row.scope, &row.key, keep(r)).await,
-        None => store.release_idempotency(&row.scope, &row.key).await,
+        Some(r) => store.complete_idempotency(&scope, request.key, keep(r)).await,
+        None => store.release_idempotency(&scope, request.key).await,
     };
     if let Err(e) = outcome {
         // The write already happened; a retry will see the key in flight
         // until the lease ends. Say so in the logs, not to this client.
-        tracing::warn!(error = %e, key = row.key, "could not settle an idempotency key");
+        tracing::warn!(error = %e, key = request.key, "could not settle an idempotency key");
     }
 }
 

@@ -106,15 +106,19 @@ pub fn page(
 pub struct Listed {
     items: Vec<Value>,
     next: Option<String>,
+    validators: Validators,
 }
 
 impl Listed {
     /// A page of `items`; `next` is the store's cursor for the rest, bound
     /// to the list's `fingerprint`.
     pub fn new(items: Vec<Value>, next: Option<Cursor>, fingerprint: &str) -> Listed {
+        let next = next.map(|c| encode_cursor(&c, fingerprint));
+        let validators = page_validators(&items, next.as_deref());
         Listed {
             items,
-            next: next.map(|c| encode_cursor(&c, fingerprint)),
+            next,
+            validators,
         }
     }
 
@@ -127,32 +131,31 @@ impl Listed {
     /// node with its validators.
     pub fn keep(self, slot: &mut Option<Listed>) -> Found {
         let found = Found {
-            validators: self.validators(),
+            validators: self.validators.clone(),
             ..Found::default()
         };
         *slot = Some(self);
         found
     }
 
-    /// A weak tag over the page's content: equal pages are semantically
-    /// equal whatever media type renders them, not byte-for-byte equal.
-    pub fn validators(&self) -> Validators {
-        let mut h = Sha256::new();
-        h.update(serde_json::to_vec(&self.items).unwrap_or_default());
-        h.update(self.next.as_deref().unwrap_or("").as_bytes());
-        let tag: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
-        Validators {
-            etag: Some(EntityTag::weak(tag)),
-            last_modified: None,
-        }
-    }
-
     /// The page as `media`, carrying its validators.
     pub fn render(self, media: Option<MediaType>, uri: &http::Uri) -> Result<Representation, Problem> {
-        let validators = self.validators();
         let mut rep = page(self.items, self.next, media.unwrap_or(MediaType::Json), uri)?;
-        rep.validators = validators;
+        rep.validators = self.validators;
         Ok(rep)
+    }
+}
+
+/// A weak tag over a page's content: equal pages are semantically equal
+/// whatever media type renders them, not byte-for-byte equal.
+fn page_validators(items: &[Value], next: Option<&str>) -> Validators {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(items).unwrap_or_default());
+    h.update(next.unwrap_or("").as_bytes());
+    let tag: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    Validators {
+        etag: Some(EntityTag::weak(tag)),
+        last_modified: None,
     }
 }
 

@@ -63,11 +63,6 @@ fn unique_fields(mut unique: Vec<String>, pointer: &str) -> Result<Vec<String>, 
     Ok(unique)
 }
 
-/// A collection name: a slug that does not shadow a route segment.
-fn collection_name(name: &str) -> Result<(), Problem> {
-    slug(name, "/name")
-}
-
 /// The body of PATCH on a collection: a merge patch of its settings.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +81,7 @@ impl CollectionPatch {
         }
         let patch: CollectionPatch = decode(body)?;
         if let Some(name) = &patch.name {
-            collection_name(name)?;
+            slug(name, "/name")?;
         }
         if let Some(schema) = &patch.schema {
             check_schema(schema)?;
@@ -138,7 +133,7 @@ impl Resource for Collections {
         if self.cx.method == Method::POST {
             Query::parse(&input.head.uri, &[])?;
             let body: NewCollectionBody = decode(json_body(input.body.as_ref())?)?;
-            collection_name(&body.name)?;
+            slug(&body.name, "/name")?;
             check_schema(&body.schema)?;
             self.new = Some(NewCollection {
                 name: body.name,

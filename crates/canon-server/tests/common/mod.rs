@@ -120,24 +120,8 @@ pub async fn world(s: &Server, tenant: &str) -> World {
     let mut tokens = Vec::new();
     let mut ids = Vec::new();
     for role in ["admin", "editor", "viewer"] {
-        let u = s
-            .ok_json(
-                Method::POST,
-                &format!("/v1/tenants/{tenant}/users"),
-                OPERATOR,
-                Some(json!({"email": format!("{role}@{tenant}.example"), "role": role})),
-            )
-            .await;
-        let id = u["id"].as_str().expect("id").to_owned();
-        let k = s
-            .ok_json(
-                Method::POST,
-                &format!("/v1/tenants/{tenant}/users/{id}/api-keys"),
-                OPERATOR,
-                Some(json!({"name": role})),
-            )
-            .await;
-        tokens.push(k["token"].as_str().expect("token").to_owned());
+        let (id, token) = add_user(s, tenant, &format!("{role}@{tenant}.example"), role).await;
+        tokens.push(token);
         ids.push(id);
     }
     s.ok_json(
@@ -175,7 +159,7 @@ pub async fn add_user(s: &Server, tenant: &str, email: &str, role: &str) -> (Str
             Method::POST,
             &format!("/v1/tenants/{tenant}/users/{id}/api-keys"),
             OPERATOR,
-            Some(json!({"name": "key"})),
+            Some(json!({"name": role})),
         )
         .await;
     (id, k["token"].as_str().expect("token").to_owned())
