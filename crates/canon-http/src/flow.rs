@@ -23,10 +23,11 @@ use serde_json::Value;
 
 use crate::access::{Access, Principal, authorize};
 use crate::catalogue::ProblemKind;
+use crate::coding::{self, DecodeError, RequestCoding};
 use crate::media::{self, ContentTypeError, MediaType};
 use crate::problem::Problem;
 use crate::route::{Guard, MethodSpec, Params, RouteSpec, RouteTable};
-use crate::validators::{self, Conditions, PreconditionOutcome, Validators};
+use crate::validators::{self, Conditions, EntityTag, PreconditionOutcome, Validators};
 
 /// A boxed, sendable future, as returned by the fact-supplying traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -42,6 +43,10 @@ pub enum Node {
     UriLength,
     /// 431: header section larger than the limit.
     HeaderSize,
+    /// 400: the request target and `Host` are well-formed (RFC 9112 §3.2,
+    /// §3.2.4): one valid `Host` on HTTP/1.1, `*` only with OPTIONS, no dot
+    /// segments (which every URL resolver would rewrite away).
+    Target,
     /// 401: credentials, for `/v1` paths.
     Authenticated,
     /// 429: rate limits and quotas.
@@ -52,16 +57,18 @@ pub enum Node {
     Options,
     /// 405 (or 501 for a planned method): the route does not support the method.
     MethodAllowed,
-    /// 415: the body's media type.
+    /// 403 (or 404 for another tenant): the caller's role allows the action.
+    /// Decided from the route, the method and the caller alone, before any
+    /// body is read: a caller who may not write never holds a slot for one.
+    Authorized,
+    /// 415: the body's media type and content coding.
     ContentType,
-    /// 413 and 408: the body's size and arrival.
+    /// 413 and 408: the body's size (after decoding) and arrival.
     Body,
     /// 406: something in `Accept` can be produced.
     Acceptable,
     /// 400: headers, query and body are well-formed.
     WellFormed,
-    /// 403 (or 404 for another tenant): the caller's role allows the action.
-    Authorized,
     /// 409, 422 or a replay: a POST's `Idempotency-Key` was seen before.
     Idempotent,
     /// 404, 410, 301, 307, 308: the resource's existence.
@@ -152,6 +159,11 @@ pub trait Service: Send + Sync {
     /// The principal holding `token`; `Ok(None)` when the token is unknown,
     /// revoked or expired.
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>>;
+    /// The current time, for judging dates the client sent (a future
+    /// `If-Modified-Since` is ignored).
+    fn now(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now()
+    }
     /// The handler for one request to `route`.
     fn resource(&self, route: &'static RouteSpec, params: Params, principal: Option<Principal>) -> Box<dyn Resource>;
     /// Claims a POST's idempotency key, or says what became of the request
@@ -433,6 +445,9 @@ struct Walk<'r> {
     head: &'r Parts,
     request_id: &'r str,
     trace: Vec<Node>,
+    /// The route and method produce a body, so the response depends on
+    /// `Accept` and `Accept-Encoding` (set once the flow negotiates).
+    negotiated: bool,
 }
 
 impl Walk<'_> {
@@ -449,8 +464,12 @@ pub async fn run(service: &dyn Service, head: &Parts, body: Box<dyn BodySource>,
         head,
         request_id,
         trace: Vec::with_capacity(20),
+        negotiated: false,
     };
-    let response = respond(head, request_id, decide(service, &mut walk, body).await);
+    let mut response = respond(head, request_id, decide(service, &mut walk, body).await);
+    if walk.negotiated {
+        negotiated(head, &mut response);
+    }
     Decision {
         response,
         trace: walk.trace,
@@ -514,7 +533,16 @@ async fn decide(
         .into());
     }
 
+    walk.visit(Node::Target);
+    check_target(head)?;
+
     let path = head.uri.path();
+    if path == "*" {
+        // `OPTIONS *` asks about the server itself (RFC 9110 §9.3.7).
+        walk.visit(Node::Options);
+        let methods: Vec<&str> = KNOWN_METHODS.iter().map(Method::as_str).collect();
+        return Ok(empty(StatusCode::NO_CONTENT, &[(header::ALLOW, methods.join(", "))]));
+    }
     let matched = service.routes().lookup(path);
     let principal = if requires_credentials(path) {
         walk.visit(Node::Authenticated);
@@ -532,12 +560,17 @@ async fn decide(
 
     if head.method == Method::OPTIONS {
         walk.visit(Node::Options);
-        return Ok(empty(StatusCode::NO_CONTENT, &[(header::ALLOW, route.allow())]));
+        return Ok(options(route));
     }
 
     walk.visit(Node::MethodAllowed);
     let Some(spec) = route.method(&head.method) else {
-        if route.planned.contains(&head.method) {
+        let wanted = if head.method == Method::HEAD {
+            &Method::GET
+        } else {
+            &head.method
+        };
+        if route.planned.contains(wanted) {
             return Err(Problem::new(
                 ProblemKind::NotImplemented,
                 format!(
@@ -554,60 +587,33 @@ async fn decide(
         .with(header::ALLOW, route.allow()));
     };
 
+    walk.visit(Node::Authorized);
+    authorized(head, spec, principal.as_ref(), params.get("tenant"))?;
+
     walk.visit(Node::ContentType);
     let body_media = content_type(head, spec)?;
 
     walk.visit(Node::Body);
     let body = match body_media {
-        Some(media) => Some((media, read_body(head, body, limits.max_body_bytes).await?)),
+        Some((media, coding)) => Some((media, read_body(head, body, coding, limits.max_body_bytes).await?)),
         None => None,
     };
 
     walk.visit(Node::Acceptable);
+    walk.negotiated = !spec.produces.is_empty();
     let produce = acceptable(head, spec)?;
 
     walk.visit(Node::WellFormed);
-    let conditions =
-        Conditions::from_headers(&head.headers).map_err(|e| Problem::new(ProblemKind::InvalidHeader, e.to_string()))?;
+    let conditions = Conditions::from_headers(&head.headers, service.now())
+        .map_err(|e| Problem::new(ProblemKind::InvalidHeader, e.to_string()))?;
     let key = if head.method == Method::POST {
         idempotency_key(&head.headers).map_err(|e| Problem::new(ProblemKind::InvalidHeader, e))?
     } else {
         None
     };
     let body_bytes = body.as_ref().map(|(_, b)| b.clone()).unwrap_or_default();
-    let tenant = params.get("tenant").map(str::to_owned);
     let mut resource = service.resource(route, params, principal.clone());
     resource.parse(Input { head, body })?;
-
-    walk.visit(Node::Authorized);
-    if let Guard::Role(required) = spec.guard {
-        // A guarded route outside /v1 would reach here unauthenticated: a
-        // table error, refused rather than served.
-        let Some(principal) = &principal else {
-            return Err(Halt::from(Problem::new(
-                ProblemKind::CredentialsRequired,
-                "This resource needs credentials.",
-            ))
-            .with(header::WWW_AUTHENTICATE, REALM));
-        };
-        match authorize(principal, tenant.as_deref(), required) {
-            Access::Granted => {}
-            Access::Invisible => return Err(not_found(path).into()),
-            Access::Forbidden { required } => {
-                return Err(Problem::new(
-                    ProblemKind::Forbidden,
-                    format!(
-                        "{} {} needs the {required} role; you are {}.",
-                        head.method,
-                        path,
-                        principal.role()
-                    ),
-                )
-                .with("required_role", required.as_str())
-                .into());
-            }
-        }
-    }
 
     let (Some(key), Some(principal)) = (key, principal.as_ref()) else {
         return act(walk, resource, spec, &conditions, produce).await;
@@ -702,10 +708,11 @@ async fn act(
 
     if let Some(found) = found.as_ref().filter(|_| spec.writes) {
         walk.visit(Node::PreconditionRequired);
-        if found.require_if_match && conditions.if_match.is_none() {
+        // `If-Match: *` holds for any state, so it does not satisfy the demand.
+        if found.require_if_match && !conditions.if_match_names_a_tag() {
             return Err(Problem::new(
                 ProblemKind::PreconditionRequired,
-                "This collection requires conditional writes: GET the record and resend with If-Match set to its ETag.",
+                "This collection requires conditional writes: GET the record and resend with If-Match set to its ETag (`*` does not count).",
             )
             .into());
         }
@@ -721,6 +728,183 @@ async fn act(
     Ok(success_response(success, minimal))
 }
 
+/// The request target and `Host` (the [`Node::Target`] node).
+fn check_target(head: &Parts) -> Result<(), Halt> {
+    let bad = |detail: &str| Err(Problem::new(ProblemKind::InvalidHeader, detail.to_owned()).into());
+    let hosts: Vec<&HeaderValue> = head.headers.get_all(header::HOST).iter().collect();
+    match hosts.as_slice() {
+        // HTTP/1.0 predates Host; every later version must send it.
+        [] if head.version == http::Version::HTTP_10 => {}
+        [] => return bad("The request has no Host header; HTTP/1.1 requires exactly one."),
+        [one] if !is_valid_host(one) => {
+            return bad("The Host header is not a valid host[:port].");
+        }
+        [_] => {}
+        _ => return bad("The request has more than one Host header."),
+    }
+    let path = head.uri.path();
+    if path == "*" && head.method != Method::OPTIONS {
+        return bad("The request target `*` is only meaningful with OPTIONS.");
+    }
+    if has_dot_segment(path) {
+        return bad(
+            "The path has a `.` or `..` segment (or an encoded one); URL resolvers rewrite those, so Canon never \
+             serves or creates anything at such a path.",
+        );
+    }
+    Ok(())
+}
+
+/// Whether `value` is `uri-host [ ":" port ]` (RFC 9110 §7.2): an IP
+/// literal in brackets or a reg-name, and a numeric port.
+fn is_valid_host(value: &HeaderValue) -> bool {
+    let Ok(s) = value.to_str() else {
+        return false;
+    };
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let literal_ok = !literal.is_empty() && literal.bytes().all(|b| b.is_ascii_hexdigit() || b":.".contains(&b));
+        if !literal_ok {
+            return false;
+        }
+        (
+            "x",
+            after
+                .strip_prefix(':')
+                .map(Some)
+                .unwrap_or((!after.is_empty()).then_some("x")),
+        )
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    !host.is_empty() && host.bytes().all(reg_name) && port_ok
+}
+
+/// Whether a segment of `path` is `.` or `..`, literally or percent-encoded.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// The 204 to `OPTIONS` on a route: `Allow`, and which bodies POST and
+/// PATCH take (`Accept-Post`, RFC 9110 §B; `Accept-Patch`, RFC 5789 §3.1).
+fn options(route: &RouteSpec) -> Response<Bytes> {
+    let mut headers = vec![(header::ALLOW, route.allow())];
+    for (method, name) in [(Method::POST, "accept-post"), (Method::PATCH, "accept-patch")] {
+        if let Some(spec) = route.method(&method).filter(|s| !s.accepts.is_empty()) {
+            let types: Vec<&str> = spec.accepts.iter().map(|m| m.essence()).collect();
+            headers.push((HeaderName::from_static(name), types.join(", ")));
+        }
+    }
+    empty(StatusCode::NO_CONTENT, &headers)
+}
+
+/// The [`Node::Authorized`] node: 403 when the caller's role is too low, 404
+/// when the resource belongs to another tenant (existence is not revealed).
+fn authorized(
+    head: &Parts,
+    spec: &MethodSpec,
+    principal: Option<&Principal>,
+    tenant: Option<&str>,
+) -> Result<(), Halt> {
+    let Guard::Role(required) = spec.guard else {
+        return Ok(());
+    };
+    // A guarded route outside /v1 would reach here unauthenticated: a
+    // table error, refused rather than served.
+    let Some(principal) = principal else {
+        return Err(Halt::from(Problem::new(
+            ProblemKind::CredentialsRequired,
+            "This resource needs credentials.",
+        ))
+        .with(header::WWW_AUTHENTICATE, REALM));
+    };
+    match authorize(principal, tenant, required) {
+        Access::Granted => Ok(()),
+        Access::Invisible => Err(not_found(head.uri.path()).into()),
+        Access::Forbidden { required } => Err(Problem::new(
+            ProblemKind::Forbidden,
+            format!(
+                "{} {} needs the {required} role; you are {}.",
+                head.method,
+                head.uri.path(),
+                principal.role()
+            ),
+        )
+        .with("required_role", required.as_str())
+        .into()),
+    }
+}
+
+/// What a negotiated response (its route and method produce a body) adds:
+/// `Vary: Accept` on 2xx, 304 and 406, and for 2xx and 304 the content
+/// coding: gzip when the client accepts it, with the coded bytes' own
+/// strong tag (RFC 9110 §8.8.3) and `Vary: Accept-Encoding`.
+fn negotiated(head: &Parts, response: &mut Response<Bytes>) {
+    let status = response.status();
+    if status == StatusCode::NOT_ACCEPTABLE {
+        add_vary(response, "Accept");
+    }
+    // Redirects and other errors read the same whatever the client accepts.
+    if !(status.is_success() || status == StatusCode::NOT_MODIFIED) {
+        return;
+    }
+    add_vary(response, "Accept");
+    add_vary(response, "Accept-Encoding");
+    let codable = status == StatusCode::NOT_MODIFIED || !response.body().is_empty();
+    if !codable || !coding::accepts_gzip(&head.headers) {
+        return;
+    }
+    if !response.body().is_empty() {
+        let coded = coding::gzip(response.body());
+        *response.body_mut() = coded;
+        set(response, header::CONTENT_ENCODING, "gzip");
+    }
+    let tag = response
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let weak = v.starts_with("W/");
+            let opaque = v.trim_start_matches("W/").strip_prefix('"')?.strip_suffix('"')?;
+            Some(if weak {
+                EntityTag::weak(opaque)
+            } else {
+                EntityTag::strong(opaque)
+            })
+        });
+    if let Some(tag) = tag {
+        set(response, header::ETAG, &tag.gzip().to_string());
+    }
+}
+
+/// Adds `token` to `Vary` unless it is there already, keeping one line.
+fn add_vary(response: &mut Response<Bytes>, token: &str) {
+    let mut tokens: Vec<String> = response
+        .headers()
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tokens.iter().any(|t| t.eq_ignore_ascii_case(token)) {
+        return;
+    }
+    tokens.push(token.to_owned());
+    set(response, header::VARY, &tokens.join(", "));
+}
+
 /// `/v1` is the authenticated API; everything else (health, docs) is public.
 /// Unknown paths under `/v1` demand credentials too, so anonymous callers
 /// cannot map the API's routes.
@@ -730,39 +914,44 @@ fn requires_credentials(path: &str) -> bool {
 
 async fn authenticate(service: &dyn Service, head: &Parts) -> Result<Principal, Halt> {
     let values: Vec<&HeaderValue> = head.headers.get_all(header::AUTHORIZATION).iter().collect();
-    let challenge_invalid = format!("{REALM}, error=\"invalid_token\"");
-    let token = match values.as_slice() {
-        [] => {
-            return Err(Halt::from(Problem::new(
-                ProblemKind::CredentialsRequired,
-                "Send an API key as `Authorization: Bearer <token>`.",
-            ))
-            .with(header::WWW_AUTHENTICATE, REALM));
-        }
+    // RFC 6750 §3.1: a request without a usable bearer token gets the bare
+    // challenge (no error code); a malformed bearer request gets
+    // `invalid_request`; a well-formed but unknown token `invalid_token`.
+    let no_bearer = |detail: &str| {
+        Halt::from(Problem::new(ProblemKind::CredentialsRequired, detail.to_owned()))
+            .with(header::WWW_AUTHENTICATE, REALM)
+    };
+    let malformed = |detail: &str| {
+        Halt::from(Problem::new(ProblemKind::CredentialsRequired, detail.to_owned()))
+            .with(header::WWW_AUTHENTICATE, format!("{REALM}, error=\"invalid_request\""))
+    };
+    let value = match values.as_slice() {
+        [] => return Err(no_bearer("Send an API key as `Authorization: Bearer <token>`.")),
         [one] => one
             .to_str()
-            .ok()
-            .and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .filter(|t| !t.is_empty()),
-        _ => None,
+            .map_err(|_| malformed("The Authorization header is not visible ASCII."))?,
+        _ => return Err(malformed("Send exactly one Authorization header.")),
     };
-    let Some(token) = token else {
-        return Err(Halt::from(Problem::new(
-            ProblemKind::InvalidToken,
-            "The Authorization header must be exactly one `Bearer <token>`.",
-        ))
-        .with(header::WWW_AUTHENTICATE, challenge_invalid));
-    };
+    let value = value.trim();
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(no_bearer(
+            "Canon accepts only bearer tokens: send `Authorization: Bearer <token>`.",
+        ));
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(' ') {
+        return Err(malformed(
+            "The Bearer credentials are empty or malformed: send `Authorization: Bearer <token>`.",
+        ));
+    }
     match service.authenticate(token).await? {
         Some(principal) => Ok(principal),
         None => Err(Halt::from(Problem::new(
             ProblemKind::InvalidToken,
             "The token is unknown, revoked or expired.",
         ))
-        .with(header::WWW_AUTHENTICATE, challenge_invalid)),
+        .with(header::WWW_AUTHENTICATE, format!("{REALM}, error=\"invalid_token\""))),
     }
 }
 
@@ -779,10 +968,17 @@ fn has_body(head: &Parts) -> bool {
     }
 }
 
-fn content_type(head: &Parts, spec: &MethodSpec) -> Result<Option<MediaType>, Halt> {
+fn content_type(head: &Parts, spec: &MethodSpec) -> Result<Option<(MediaType, RequestCoding)>, Halt> {
     if spec.accepts.is_empty() || !has_body(head) {
         return Ok(None);
     }
+    let coding = coding::request_coding(&head.headers).map_err(|e| {
+        Halt::from(
+            Problem::new(ProblemKind::UnsupportedMediaType, format!("The body's {e}."))
+                .with("accepted_encodings", coding::ACCEPTED_CODINGS),
+        )
+        .with(header::ACCEPT_ENCODING, coding::ACCEPTED_CODINGS)
+    })?;
     let accepted: Vec<&str> = spec.accepts.iter().map(|m| m.essence()).collect();
     let unsupported = |detail: String| {
         let mut halt =
@@ -810,7 +1006,7 @@ fn content_type(head: &Parts, spec: &MethodSpec) -> Result<Option<MediaType>, Ha
         .map_err(|_| ContentTypeError::Malformed)
         .and_then(media::parse_content_type);
     match parsed {
-        Ok(m) if spec.accepts.contains(&m) => Ok(Some(m)),
+        Ok(m) if spec.accepts.contains(&m) => Ok(Some((m, coding))),
         Ok(m) => Err(unsupported(format!(
             "{m} is not accepted here; send one of: {}.",
             accepted.join(", ")
@@ -819,7 +1015,12 @@ fn content_type(head: &Parts, spec: &MethodSpec) -> Result<Option<MediaType>, Ha
     }
 }
 
-async fn read_body(head: &Parts, body: Box<dyn BodySource>, limit: usize) -> Result<Bytes, Halt> {
+async fn read_body(
+    head: &Parts,
+    body: Box<dyn BodySource>,
+    coding: RequestCoding,
+    limit: usize,
+) -> Result<Bytes, Halt> {
     let too_large = || {
         Halt::from(
             Problem::new(
@@ -839,7 +1040,15 @@ async fn read_body(head: &Parts, body: Box<dyn BodySource>, limit: usize) -> Res
         return Err(too_large());
     }
     match body.read(limit).await {
-        Ok(bytes) => Ok(bytes),
+        Ok(bytes) => match coding::decode(coding, bytes, limit) {
+            Ok(decoded) => Ok(decoded),
+            Err(DecodeError::TooLarge) => Err(too_large()),
+            Err(DecodeError::Corrupt) => Err(Problem::new(
+                ProblemKind::MalformedBody,
+                "The body is not valid for its Content-Encoding (gzip).",
+            )
+            .into()),
+        },
         Err(BodyError::TooLarge) => Err(too_large()),
         Err(BodyError::TimedOut) => Err(Halt::from(Problem::new(
             ProblemKind::RequestTimeout,

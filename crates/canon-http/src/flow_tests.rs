@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http::header::HeaderName;
 use http::{Method, Request, StatusCode, header};
 use serde_json::Value;
 
@@ -192,7 +193,16 @@ impl Run {
     }
 }
 
-async fn run_with(facts: Facts, req: Request<Bytes>) -> Run {
+/// Runs `req` (given a `Host` when it has none, as every client sends one).
+async fn run_with(facts: Facts, mut req: Request<Bytes>) -> Run {
+    if !req.headers().contains_key(header::HOST) {
+        req.headers_mut().insert(header::HOST, "canon.test".parse().unwrap());
+    }
+    run_raw(facts, req).await
+}
+
+/// Runs `req` exactly as given.
+async fn run_raw(facts: Facts, req: Request<Bytes>) -> Run {
     let seen = Arc::new(Mutex::new(None));
     let settled = Arc::new(Mutex::new(Vec::new()));
     let stub = Stub {
@@ -225,6 +235,7 @@ fn req(method: Method, uri: &str) -> http::request::Builder {
     Request::builder()
         .method(method)
         .uri(uri)
+        .header("host", "canon.test")
         .header("authorization", "Bearer good")
 }
 
@@ -260,14 +271,15 @@ async fn happy_path_visits_every_node_in_order() {
             Node::KnownMethod,
             Node::UriLength,
             Node::HeaderSize,
+            Node::Target,
             Node::Authenticated,
             Node::RouteExists,
             Node::MethodAllowed,
+            Node::Authorized,
             Node::ContentType,
             Node::Body,
             Node::Acceptable,
             Node::WellFormed,
-            Node::Authorized,
             Node::Exists,
             Node::Preconditions,
             Node::Execute,
@@ -338,8 +350,19 @@ async fn n05_missing_credentials_are_401_with_challenge() {
 }
 
 #[tokio::test]
-async fn n05_bad_credentials_are_401_invalid_token() {
-    for auth in ["Bearer nope", "Basic Zm9vOmJhcg==", "Bearer", "Bearer  "] {
+async fn n05_bad_credentials_are_401_with_the_rfc_6750_error_code() {
+    let cases = [
+        // An unknown token: invalid_token.
+        ("Bearer nope", "invalid-token", ", error=\"invalid_token\""),
+        // Another scheme is no bearer credential at all: the bare challenge.
+        ("Basic Zm9vOmJhcg==", "credentials-required", ""),
+        ("Digest x", "credentials-required", ""),
+        // A bearer request without a usable token is malformed: invalid_request.
+        ("Bearer", "credentials-required", ", error=\"invalid_request\""),
+        ("Bearer  ", "credentials-required", ", error=\"invalid_request\""),
+        ("Bearer a b", "credentials-required", ", error=\"invalid_request\""),
+    ];
+    for (auth, slug, error) in cases {
         let r = run_with(
             Facts::default(),
             Request::get(ITEM)
@@ -348,12 +371,26 @@ async fn n05_bad_credentials_are_401_invalid_token() {
                 .unwrap(),
         )
         .await;
-        assert_problem(&r, 401, "invalid-token");
+        assert_problem(&r, 401, slug);
         assert_eq!(
             r.header(header::WWW_AUTHENTICATE),
-            "Bearer realm=\"canon\", error=\"invalid_token\""
+            format!("Bearer realm=\"canon\"{error}"),
+            "{auth}"
         );
     }
+    let r = run_with(
+        Facts::default(),
+        Request::get(ITEM)
+            .header("authorization", "Bearer good")
+            .header("authorization", "Bearer good")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        r.header(header::WWW_AUTHENTICATE),
+        "Bearer realm=\"canon\", error=\"invalid_request\""
+    );
 }
 
 #[tokio::test]
@@ -852,7 +889,7 @@ async fn n14_not_modified_list_carries_vary_accept() {
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
-    assert_eq!(r.header(header::VARY), "Accept");
+    assert_eq!(r.header(header::VARY), "Accept, Accept-Encoding");
 }
 
 #[tokio::test]
@@ -986,4 +1023,334 @@ async fn prefer_return_minimal_drops_the_body_keeps_the_validators() {
     assert_eq!(r.header(header::LOCATION), ITEM);
     assert_eq!(r.header(header::ETAG), "\"e1\"");
     assert_eq!(r.body, Value::Null);
+}
+
+/// A body that must never be read: reading it fails the test.
+struct Untouchable;
+
+impl BodySource for Untouchable {
+    fn read(self: Box<Self>, _: usize) -> BoxFuture<'static, Result<Bytes, BodyError>> {
+        panic!("the flow read a body it should have refused first");
+    }
+}
+
+#[tokio::test]
+async fn n08_authorization_is_decided_before_the_body_is_read() {
+    // A viewer's write and another tenant's write are refused from the route,
+    // the method and the caller alone: the stalled body is never awaited.
+    let cases = [
+        (member(TenantRole::Viewer), ITEM, 403),
+        (member(TenantRole::Editor), "/v1/tenants/other/items/1", 404),
+    ];
+    for (principal, uri, status) in cases {
+        let stub = Stub {
+            facts: Facts {
+                principal: Some(principal),
+                ..Facts::default()
+            },
+            table: RouteTable::new(ROUTES).unwrap(),
+            seen_body: Default::default(),
+            settled: Default::default(),
+        };
+        let (head, _) = put_json(uri, "{}").body(()).unwrap().into_parts();
+        let decision = run(&stub, &head, Box::new(Untouchable), "rid").await;
+        assert_eq!(decision.response.status().as_u16(), status, "{uri}");
+        assert_eq!(decision.trace.last(), Some(&Node::Authorized));
+        assert!(!decision.trace.contains(&Node::Body));
+    }
+}
+
+#[tokio::test]
+async fn n03b_host_must_be_sent_once_and_valid_on_http_1_1() {
+    let no_host = Request::get(ITEM)
+        .header("authorization", "Bearer good")
+        .body(Bytes::new())
+        .unwrap();
+    let r = run_raw(Facts::default(), no_host).await;
+    assert_problem(&r, 400, "invalid-header");
+    assert_eq!(r.last(), Node::Target);
+
+    let two = req(Method::GET, ITEM)
+        .header("host", "b.test")
+        .body(Bytes::new())
+        .unwrap();
+    assert_problem(&run_raw(Facts::default(), two).await, 400, "invalid-header");
+
+    for bad in ["", "a b", "user@host", "host:port", "[::1"] {
+        let r = run_raw(
+            Facts::default(),
+            Request::get(ITEM)
+                .header("host", bad)
+                .header("authorization", "Bearer good")
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await;
+        assert_problem(&r, 400, "invalid-header");
+    }
+    for good in ["canon.test", "127.0.0.1:8080", "[::1]:80", "localhost"] {
+        let r = run_raw(
+            Facts::default(),
+            Request::get(ITEM)
+                .header("host", good)
+                .header("authorization", "Bearer good")
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{good}");
+    }
+    // HTTP/1.0 has no Host requirement.
+    let old = Request::get(ITEM)
+        .version(http::Version::HTTP_10)
+        .header("authorization", "Bearer good")
+        .body(Bytes::new())
+        .unwrap();
+    assert_eq!(run_raw(Facts::default(), old).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn n03b_dot_segments_are_400_in_every_path_position() {
+    for path in [
+        "/v1/tenants/acme/items/..",
+        "/v1/tenants/acme/items/.",
+        "/v1/tenants/acme/items/%2e%2E",
+        "/v1/tenants/acme/items/%2E",
+        "/v1/tenants/../items/1",
+        "/v1/tenants/%2e/items",
+    ] {
+        let r = run_with(Facts::default(), put_json(path, "{}").body(Bytes::from("{}")).unwrap()).await;
+        assert_problem(&r, 400, "invalid-header");
+        assert_eq!(r.last(), Node::Target, "{path}");
+    }
+    // A dot inside a segment is an ordinary character.
+    let r = run_with(Facts::default(), get("/v1/tenants/acme/items/a..b")).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn options_asterisk_describes_the_server() {
+    let r = run_with(Facts::default(), Request::options("*").body(Bytes::new()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.header(header::ALLOW), "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+    let r = run_with(Facts::default(), Request::get("*").body(Bytes::new()).unwrap()).await;
+    assert_problem(&r, 400, "invalid-header");
+}
+
+#[tokio::test]
+async fn options_names_the_bodies_post_and_patch_take() {
+    let r = run_with(
+        Facts::default(),
+        req(Method::OPTIONS, "/v1/tenants/acme/items")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.header(HeaderName::from_static("accept-post")), "application/json");
+    assert!(r.headers.get("accept-patch").is_none());
+}
+
+#[tokio::test]
+async fn n07_head_on_a_planned_get_is_501_like_get() {
+    static PLANNED: &[RouteSpec] = &[RouteSpec {
+        name: "later",
+        pattern: "/v1/later",
+        methods: &[],
+        planned: &[Method::GET],
+        summary: "later",
+    }];
+    for method in [Method::GET, Method::HEAD] {
+        let stub = Stub {
+            facts: Facts::default(),
+            table: RouteTable::new(PLANNED).unwrap(),
+            seen_body: Default::default(),
+            settled: Default::default(),
+        };
+        let (head, body) = req(method.clone(), "/v1/later")
+            .body(Bytes::new())
+            .unwrap()
+            .into_parts();
+        let d = run(&stub, &head, Box::new(body), "rid").await;
+        assert_eq!(d.response.status(), StatusCode::NOT_IMPLEMENTED, "{method}");
+    }
+}
+
+#[tokio::test]
+async fn n15_if_match_star_does_not_satisfy_require_if_match() {
+    let facts = Facts {
+        existence: Existence::Found(Found {
+            require_if_match: true,
+            validators: Validators::new(EntityTag::strong("v1"), UNIX_EPOCH),
+            ..Found::default()
+        }),
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts.clone(),
+        put_json(ITEM, "{}")
+            .header("if-match", "*")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 428, "precondition-required");
+    let r = run_with(
+        facts,
+        put_json(ITEM, "{}")
+            .header("if-match", "\"v1\"")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn responses_that_depend_on_accept_say_so() {
+    let r = run_with(Facts::default(), get(ITEM)).await;
+    assert_eq!(r.header(header::VARY), "Accept, Accept-Encoding");
+    let r = run_with(
+        Facts::default(),
+        req(Method::GET, ITEM)
+            .header("accept", "text/csv")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 406, "not-acceptable");
+    assert_eq!(r.header(header::VARY), "Accept");
+    // A 403 is decided before negotiation: it does not vary.
+    let facts = Facts {
+        principal: Some(member(TenantRole::Viewer)),
+        ..Facts::default()
+    };
+    let r = run_with(facts, req(Method::DELETE, ITEM).body(Bytes::new()).unwrap()).await;
+    assert!(r.headers.get(header::VARY).is_none());
+}
+
+/// Runs `req` and returns the raw response, for coded bodies.
+async fn run_bytes(facts: Facts, req: Request<Bytes>) -> http::Response<Bytes> {
+    let stub = Stub {
+        facts,
+        table: RouteTable::new(ROUTES).unwrap(),
+        seen_body: Default::default(),
+        settled: Default::default(),
+    };
+    let (head, body) = req.into_parts();
+    run(&stub, &head, Box::new(body), "rid").await.response
+}
+
+#[tokio::test]
+async fn gzip_responses_carry_their_own_strong_tag_and_validate_either_way() {
+    let validators = Validators::new(EntityTag::strong("v1"), UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let facts = Facts {
+        execute: Ok(Success::Ok(
+            Representation::json(&serde_json::json!({"ok": true})).with_validators(validators),
+        )),
+        ..Facts::default()
+    };
+    let r = run_bytes(
+        facts,
+        req(Method::GET, ITEM)
+            .header("accept-encoding", "gzip, br")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(r.headers()[header::ETAG], "\"v1-gzip\"");
+    let plain = crate::coding::decode(crate::coding::RequestCoding::Gzip, r.body().clone(), 1 << 20).unwrap();
+    assert_eq!(&plain[..], br#"{"ok":true}"#);
+
+    // Revalidating with the coded tag: 304 carrying the coded tag.
+    let r = run_bytes(
+        Facts::default(),
+        req(Method::GET, ITEM)
+            .header("accept-encoding", "gzip")
+            .header("if-none-match", "\"v1-gzip\"")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers()[header::ETAG], "\"v1-gzip\"");
+    // Without gzip the same tag still validates, answered with the plain tag.
+    let r = run_bytes(
+        Facts::default(),
+        req(Method::GET, ITEM)
+            .header("if-none-match", "\"v1-gzip\"")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers()[header::ETAG], "\"v1\"");
+    // A write guarded by the coded tag succeeds.
+    let r = run_bytes(
+        Facts::default(),
+        put_json(ITEM, "{}")
+            .header("if-match", "\"v1-gzip\"")
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn n08_request_codings_gzip_is_decoded_others_are_415() {
+    let body = crate::coding::gzip(b"{\"a\":1}");
+    let r = run_with(
+        Facts::default(),
+        req(Method::POST, "/v1/tenants/acme/items")
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .header("content-length", body.len())
+            .body(body)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.seen_body.unwrap().1, Bytes::from_static(b"{\"a\":1}"));
+
+    let r = run_with(
+        Facts::default(),
+        req(Method::POST, "/v1/tenants/acme/items")
+            .header("content-type", "application/json")
+            .header("content-encoding", "br")
+            .header("content-length", 2)
+            .body(Bytes::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 415, "unsupported-media-type");
+    assert_eq!(r.header(header::ACCEPT_ENCODING), "gzip, identity");
+
+    // The limit applies to the decoded body: a small bomb is 413.
+    let bomb = crate::coding::gzip(&vec![b' '; 2 * 1024 * 1024]);
+    assert!(bomb.len() < 10 * 1024);
+    let r = run_with(
+        Facts::default(),
+        req(Method::POST, "/v1/tenants/acme/items")
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .header("content-length", bomb.len())
+            .body(bomb)
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 413, "content-too-large");
+
+    let r = run_with(
+        Facts::default(),
+        req(Method::POST, "/v1/tenants/acme/items")
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .header("content-length", 8)
+            .body(Bytes::from("not gzip"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 400, "malformed-body");
 }

@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod catalogue;
+pub mod coding;
 pub mod flow;
 pub mod media;
 pub mod problem;

@@ -55,6 +55,28 @@ fn sanitize(s: String) -> String {
 }
 
 /// `etagc = %x21 / %x23-7E / obs-text` (obs-text not produced by Canon).
+/// Appended to an entity tag's opaque part for a representation sent with a
+/// content coding: a strong tag names one sequence of bytes (RFC 9110
+/// §8.8.3), so the gzip-coded bytes need a tag of their own.
+pub const GZIP_TAG_SUFFIX: &str = "-gzip";
+
+/// The tag of the unencoded representation: tags the client received with a
+/// coded representation compare as the representation they were coded from,
+/// so `If-Match` and `If-None-Match` work whichever coding the client read.
+fn strip_coding(opaque: &str) -> &str {
+    opaque.strip_suffix(GZIP_TAG_SUFFIX).unwrap_or(opaque)
+}
+
+impl EntityTag {
+    /// The tag of this representation's gzip-coded form.
+    pub fn gzip(&self) -> EntityTag {
+        EntityTag {
+            weak: self.weak,
+            opaque: format!("{}{GZIP_TAG_SUFFIX}", self.opaque),
+        }
+    }
+}
+
 fn is_etagc(b: u8) -> bool {
     b == 0x21 || (0x23..=0x7e).contains(&b)
 }
@@ -90,8 +112,13 @@ impl TagCondition {
         let mut any = false;
         let mut present = false;
         for value in headers.get_all(name) {
-            present = true;
             let s = value.to_str().map_err(|_| BadTagList(name.as_str()))?;
+            // A line holding only empty list elements (`,`, ` , `) counts as
+            // absent: RFC 9110 §5.6.1 has recipients ignore empty elements.
+            if s.split(',').all(|e| e.trim().is_empty()) {
+                continue;
+            }
+            present = true;
             if s.trim() == "*" {
                 any = true;
                 continue;
@@ -120,7 +147,15 @@ impl TagCondition {
 
 fn parse_tag_list(s: &str, out: &mut Vec<EntityTag>) -> Option<()> {
     let mut rest = s.trim();
-    while !rest.is_empty() {
+    loop {
+        // Empty list elements (`"a",,"b"`, a leading or trailing comma) are
+        // skipped, as RFC 9110 §5.6.1 requires of recipients.
+        while let Some(r) = rest.strip_prefix(',') {
+            rest = r.trim_start();
+        }
+        if rest.is_empty() {
+            break;
+        }
         let weak = rest.starts_with("W/");
         if weak {
             rest = &rest[2..];
@@ -133,7 +168,7 @@ fn parse_tag_list(s: &str, out: &mut Vec<EntityTag>) -> Option<()> {
         }
         out.push(EntityTag {
             weak,
-            opaque: opaque.to_owned(),
+            opaque: strip_coding(opaque).to_owned(),
         });
         rest = rest[end + 1..].trim_start();
         if let Some(r) = rest.strip_prefix(',') {
@@ -190,8 +225,11 @@ pub struct Conditions {
 
 impl Conditions {
     /// Reads the four conditional headers. Malformed tag lists are an error;
-    /// malformed dates are ignored, as RFC 9110 requires.
-    pub fn from_headers(headers: &HeaderMap) -> Result<Self, BadTagList> {
+    /// malformed dates are ignored, as RFC 9110 requires, and so is an
+    /// `If-Modified-Since` later than `now` (RFC 9110 §13.1.3: such a date
+    /// says nothing about the client's copy, and honouring it would answer
+    /// 304 for every change made before that future moment).
+    pub fn from_headers(headers: &HeaderMap, now: SystemTime) -> Result<Self, BadTagList> {
         let date = |name: header::HeaderName| {
             headers
                 .get(name)
@@ -201,9 +239,16 @@ impl Conditions {
         Ok(Self {
             if_match: TagCondition::from_headers(headers, &header::IF_MATCH)?,
             if_none_match: TagCondition::from_headers(headers, &header::IF_NONE_MATCH)?,
-            if_modified_since: date(header::IF_MODIFIED_SINCE),
+            if_modified_since: date(header::IF_MODIFIED_SINCE).filter(|t| *t <= now),
             if_unmodified_since: date(header::IF_UNMODIFIED_SINCE),
         })
+    }
+
+    /// Whether `If-Match` names at least one entity tag. `If-Match: *` does
+    /// not count: it holds for any current state, so it cannot stand in for
+    /// a collection's demand that writers prove which version they read.
+    pub fn if_match_names_a_tag(&self) -> bool {
+        matches!(self.if_match, Some(TagCondition::Tags(_)))
     }
 
     /// Whether the request carries any precondition.
@@ -277,7 +322,7 @@ mod tests {
     }
 
     fn cond(pairs: &[(&'static str, &str)]) -> Conditions {
-        Conditions::from_headers(&headers(pairs)).unwrap()
+        Conditions::from_headers(&headers(pairs), SystemTime::now()).unwrap()
     }
 
     fn current() -> Validators {
@@ -302,12 +347,43 @@ mod tests {
 
     #[test]
     fn malformed_tag_lists_are_errors() {
-        for bad in ["abc", "\"abc", "\"a\" \"b\"", "*, \"a\"", "W/abc", ""] {
+        for bad in ["abc", "\"abc", "\"a\" \"b\"", "*, \"a\"", "W/abc"] {
             assert!(
-                Conditions::from_headers(&headers(&[("if-match", bad)])).is_err(),
+                Conditions::from_headers(&headers(&[("if-match", bad)]), SystemTime::now()).is_err(),
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn empty_list_elements_are_ignored() {
+        let c = cond(&[("if-match", ",\"a\",, ,W/\"b\",")]);
+        assert_eq!(
+            c.if_match,
+            Some(TagCondition::Tags(vec![EntityTag::strong("a"), EntityTag::weak("b")]))
+        );
+        // A field of empty elements only is no condition at all.
+        assert_eq!(cond(&[("if-none-match", " , ")]).if_none_match, None);
+        assert_eq!(cond(&[("if-none-match", "")]).if_none_match, None);
+    }
+
+    #[test]
+    fn a_future_if_modified_since_is_ignored() {
+        let now = UNIX_EPOCH + Duration::from_secs(2_000_000);
+        let h = headers(&[("if-modified-since", &http_date(now + Duration::from_secs(3600)))]);
+        assert_eq!(Conditions::from_headers(&h, now).unwrap().if_modified_since, None);
+        let h = headers(&[("if-modified-since", &http_date(now - Duration::from_secs(3600)))]);
+        assert!(Conditions::from_headers(&h, now).unwrap().if_modified_since.is_some());
+    }
+
+    #[test]
+    fn coded_tags_compare_as_the_tag_they_were_coded_from() {
+        let tag = EntityTag::strong("v1").gzip();
+        assert_eq!(tag.to_string(), "\"v1-gzip\"");
+        let c = cond(&[("if-match", &tag.to_string())]);
+        assert_eq!(c.if_match, Some(TagCondition::Tags(vec![EntityTag::strong("v1")])));
+        assert!(c.if_match_names_a_tag());
+        assert!(!cond(&[("if-match", "*")]).if_match_names_a_tag());
     }
 
     #[test]
