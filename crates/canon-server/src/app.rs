@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use canon_http::Problem;
@@ -20,6 +20,7 @@ use futures_util::FutureExt;
 use http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt as _;
 
 use crate::body::IncomingBody;
 use crate::config::Config;
@@ -213,12 +214,15 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    // Answer 503 at once instead of queueing when the in-flight limit is reached.
+    // Answer 503 at once instead of queueing when the in-flight limit is
+    // reached. Probes are never shed: an orchestrator must be able to tell
+    // "busy" from "dead" exactly when the server is busiest.
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
     let permit = app.in_flight.clone().try_acquire_owned().ok();
     let (head, body) = req.into_parts();
     let exchange = Exchange {
         app: &app,
-        overloaded: permit.is_none(),
+        overloaded: permit.is_none() && !probe,
     };
     let body = Box::new(IncomingBody {
         body,
@@ -234,6 +238,15 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         "decided"
     );
     let (parts, bytes) = decision.response.into_parts();
+    if parts.status == http::StatusCode::NOT_MODIFIED {
+        // A body of unknown length, so hyper does not invent
+        // `Content-Length: 0` for a 304 to HEAD: that header must equal the
+        // 200's or be absent (RFC 9110 §15.4.5).
+        return Response::from_parts(
+            parts,
+            Body::from_stream(futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>()),
+        );
+    }
     Response::from_parts(parts, Body::from(bytes))
 }
 
@@ -245,14 +258,70 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let purge = tokio::spawn(purge_expired(app.clone()));
-    let result = axum::serve(
-        listener,
-        enveloped(app.router()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    serve_router(listener, enveloped(app.router()), shutdown).await;
     purge.abort();
-    result
+    Ok(())
+}
+
+/// How long a client may take to send a request's header section. hyper
+/// closes the connection after it (it has no response to send yet).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many header fields hyper parses before answering 431 itself. Above
+/// hyper's default of 100, so the flow's own limit (on bytes, with a problem
+/// body) decides for any ordinary request; see `docs/decisions.md`.
+const MAX_HEADER_FIELDS: usize = 512;
+
+/// How long shutdown waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `router` on every connection `listener` accepts, until `shutdown`
+/// resolves; then stops accepting and waits (up to a bound) for the
+/// connections in flight to finish.
+///
+/// An accept loop of our own rather than `axum::serve`, which sets no hyper
+/// timer: without one hyper's header-read timeout is silently off, and a
+/// client sending its headers a byte at a time could hold a connection
+/// forever. Each request carries the peer address as `ConnectInfo`.
+pub async fn serve_router(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(MAX_HEADER_FIELDS);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off rather
+                    // than spin, and keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(req.map(Body::new))
+        });
+        let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the drain timeout; closing them");
+    }
 }
 
 /// Deletes expired tombstones, leases and idempotency keys every ten

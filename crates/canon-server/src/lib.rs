@@ -14,5 +14,5 @@ pub mod resources;
 pub mod routes;
 pub mod token;
 
-pub use app::{App, enveloped, serve};
+pub use app::{App, enveloped, serve, serve_router};
 pub use config::Config;

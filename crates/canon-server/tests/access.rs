@@ -396,7 +396,7 @@ async fn lists_page_filter_sort_and_negotiate() {
         .await
         .unwrap();
     assert_eq!(header(&r, "content-type"), "application/x-ndjson");
-    assert_eq!(header(&r, "vary"), "Accept");
+    assert_eq!(header(&r, "vary"), "Accept, Accept-Encoding");
     let text = r.text().await.unwrap();
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 4);

@@ -430,9 +430,18 @@ async fn status_503_when_in_flight_limit_is_reached() {
     let w = world(&s, "acme").await;
     let _held = stalled_upload(&s, &w.editor).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = s.req(Method::GET, "/healthz", None).send().await.unwrap();
+    let r = s
+        .req(Method::GET, "/v1/tenants/acme", Some(&w.viewer))
+        .send()
+        .await
+        .unwrap();
     assert!(header(&r, "retry-after").parse::<u64>().is_ok());
     assert_problem(r, 503, "service-unavailable").await;
+    // Probes are never shed: busy is not dead.
+    for probe in ["/healthz", "/readyz"] {
+        let r = s.req(Method::GET, probe, None).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{probe}");
+    }
 }
 
 #[tokio::test]

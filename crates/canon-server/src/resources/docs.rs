@@ -32,11 +32,18 @@ fn page(title: &str, body: &str) -> String {
     )
 }
 
+/// How long caches may keep a documentation page. The pages are generated
+/// from the catalogue compiled into this binary, so they change only when
+/// Canon is upgraded; an hour bounds how stale a page can be after that.
+const DOCS_CACHE_CONTROL: &str = "public, max-age=3600";
+
 fn representation(media: Option<MediaType>, json: Value, html: String) -> Representation {
-    match media {
+    let mut rep = match media {
         Some(MediaType::Html) => Representation::new(MediaType::Html, Bytes::from(html)),
         _ => Representation::json(&json),
-    }
+    };
+    rep.cache_control = Some(DOCS_CACHE_CONTROL);
+    rep
 }
 
 /// `GET /docs/status-codes`.

@@ -56,14 +56,9 @@ impl Server {
         app.bootstrap().await.expect("bootstrap");
         let router = canon_server::enveloped(extend(app.router()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("serve");
-        });
+        tokio::spawn(canon_server::serve_router(listener, router, async move {
+            let _ = rx.await;
+        }));
         let client = Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
