@@ -873,15 +873,7 @@ fn negotiated(head: &Parts, response: &mut Response<Bytes>) {
         .headers()
         .get(header::ETAG)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let weak = v.starts_with("W/");
-            let opaque = v.trim_start_matches("W/").strip_prefix('"')?.strip_suffix('"')?;
-            Some(if weak {
-                EntityTag::weak(opaque)
-            } else {
-                EntityTag::strong(opaque)
-            })
-        });
+        .and_then(EntityTag::parse);
     if let Some(tag) = tag {
         set(response, header::ETAG, &tag.gzip().to_string());
     }

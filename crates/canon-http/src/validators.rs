@@ -68,6 +68,16 @@ fn strip_coding(opaque: &str) -> &str {
 }
 
 impl EntityTag {
+    /// Parses one entity tag as written in an `ETag` field.
+    pub fn parse(s: &str) -> Option<EntityTag> {
+        let mut tags = Vec::with_capacity(1);
+        parse_tag_list(s, &mut tags)?;
+        match <[EntityTag; 1]>::try_from(tags) {
+            Ok([tag]) => Some(tag),
+            Err(_) => None,
+        }
+    }
+
     /// The tag of this representation's gzip-coded form.
     pub fn gzip(&self) -> EntityTag {
         EntityTag {
