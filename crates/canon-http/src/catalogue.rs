@@ -24,7 +24,7 @@ pub struct StatusEntry {
 /// Every status in the contract, in numeric order.
 #[rustfmt::skip]
 pub const STATUSES: &[StatusEntry] = &[
-    StatusEntry { code: 200, reason: "OK", when: "A read succeeded, or a replace or patch succeeded and the body is the new representation.", headers: &["ETag (records)", "Last-Modified (records)", "Content-Location (PUT/PATCH)"] },
+    StatusEntry { code: 200, reason: "OK", when: "A read succeeded, or a replace or patch succeeded and the body is the new representation.", headers: &["ETag", "Last-Modified", "Content-Location (PUT/PATCH)"] },
     StatusEntry { code: 201, reason: "Created", when: "A resource was created; it is stored durably before the answer is sent.", headers: &["Location", "ETag", "Last-Modified"] },
     StatusEntry { code: 202, reason: "Accepted", when: "Long work was queued as a job; poll the job to follow it.", headers: &["Location", "Retry-After"] },
     StatusEntry { code: 204, reason: "No Content", when: "A delete, a lock release or an OPTIONS request succeeded; there is no body.", headers: &["Allow (OPTIONS)"] },
@@ -41,7 +41,7 @@ pub const STATUSES: &[StatusEntry] = &[
     StatusEntry { code: 405, reason: "Method Not Allowed", when: "The route exists but does not support this method.", headers: &["Allow"] },
     StatusEntry { code: 406, reason: "Not Acceptable", when: "None of the media types in Accept can be produced.", headers: &[] },
     StatusEntry { code: 408, reason: "Request Timeout", when: "The client stopped sending the body before it was complete.", headers: &["Connection: close"] },
-    StatusEntry { code: 409, reason: "Conflict", when: "A unique value or client-chosen id is taken, the resource's state forbids the change (a JSON Patch test failed, a collection still has records), or a request with the same Idempotency-Key is still running.", headers: &[] },
+    StatusEntry { code: 409, reason: "Conflict", when: "A unique value or client-chosen id is taken, the resource's state forbids the change (a JSON Patch test failed, a collection still has records, the tenant would lose its last admin), or a request with the same Idempotency-Key is still running.", headers: &[] },
     StatusEntry { code: 410, reason: "Gone", when: "The resource was deleted; its tombstone is kept for the retention period.", headers: &[] },
     StatusEntry { code: 412, reason: "Precondition Failed", when: "An If-Match, If-None-Match or If-Unmodified-Since precondition failed.", headers: &["ETag"] },
     StatusEntry { code: 413, reason: "Content Too Large", when: "The request body is larger than the configured limit.", headers: &["Connection: close"] },
@@ -125,6 +125,9 @@ problem_kinds! {
     /// A JSON Patch `test` operation failed.
     PatchTestFailed => ("patch-test-failed", 409, "Patch test failed",
         "A `test` operation of the JSON Patch did not hold against the current record, so no operation was applied. `errors` points at the failing operation."),
+    /// The change would leave a tenant without an admin.
+    LastAdmin => ("last-admin", 409, "A tenant keeps at least one admin",
+        "The change would leave the tenant without an admin: it demotes or deletes the tenant's last admin (yourself included). Make another user admin first, then retry. Checked inside the write, so two admins demoting each other at once cannot both succeed."),
     /// The resource was deleted.
     Gone => ("gone", 410, "Gone",
         "The resource existed and was deleted. Its tombstone is kept for the retention period (30 days by default); after that the URL answers 404."),

@@ -2,7 +2,7 @@
 //! internal failures to the catalogue.
 
 use canon_http::{FieldError, Problem, ProblemKind};
-use canon_store::StoreError;
+use canon_store::{RejectedWrite, StoreError};
 
 /// Maps a store failure to the problem answered for it. Internal details
 /// are logged, never sent.
@@ -21,6 +21,15 @@ pub fn store_problem(e: StoreError) -> Problem {
             ProblemKind::PreconditionFailed,
             "The resource changed while this request was being handled; fetch it again.",
         ),
+        StoreError::Gone => Problem::new(
+            ProblemKind::Gone,
+            "The resource was deleted while this request was handled.",
+        ),
+        StoreError::LastAdmin => Problem::new(
+            ProblemKind::LastAdmin,
+            "This change would leave the tenant without an admin. Make another user admin first.",
+        ),
+        StoreError::Rejected(rejected) => rejected_problem(rejected),
         StoreError::Locked(lease) => crate::render::lock_info(&lease).problem(),
         StoreError::Vanished => Problem::new(
             ProblemKind::NotFound,
@@ -36,6 +45,34 @@ pub fn store_problem(e: StoreError) -> Problem {
         }
         StoreError::Internal(msg) => {
             tracing::error!(error = %msg, "storage failure");
+            internal()
+        }
+    }
+}
+
+/// The problem for data a write's computation refused: a failed patch
+/// `test` (409), an operation the current data cannot take (409), a result
+/// that breaks the collection's schema (400).
+pub fn rejected_problem(rejected: RejectedWrite) -> Problem {
+    match rejected {
+        RejectedWrite::TestFailed { operation, detail } => Problem::new(
+            ProblemKind::PatchTestFailed,
+            format!("The test at operation {operation} did not hold; nothing was changed."),
+        )
+        .with_errors(vec![FieldError::new(format!("/{operation}"), detail)]),
+        RejectedWrite::Inapplicable { operation, detail } => Problem::new(
+            ProblemKind::StateConflict,
+            format!("Operation {operation} cannot be applied to the current record ({detail}); nothing was changed."),
+        )
+        .with_errors(vec![FieldError::new(format!("/{operation}"), detail)]),
+        RejectedWrite::Invalid { detail, errors } => Problem::new(ProblemKind::SchemaViolation, detail).with_errors(
+            errors
+                .into_iter()
+                .map(|(pointer, detail)| FieldError::new(pointer, detail))
+                .collect(),
+        ),
+        RejectedWrite::Internal(msg) => {
+            tracing::error!(error = %msg, "a write's computation failed");
             internal()
         }
     }

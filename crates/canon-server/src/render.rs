@@ -7,6 +7,7 @@ use canon_http::flow::Representation;
 use canon_http::validators::{EntityTag, Validators};
 use canon_store::{ApiKey, Collection, Lease, Millis, Record, Tenant, User};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 /// Formats milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
 pub fn timestamp(ms: Millis) -> String {
@@ -83,12 +84,55 @@ pub fn lease(lease: &Lease) -> Value {
     })
 }
 
-/// A collection's validators: a weak tag (the representation is rebuilt
-/// from stored settings, so only semantic equality is promised) from its id
-/// and version, and its modification time.
+/// A strong entity tag for the entity of `kind` with `id` at `version`.
+///
+/// Every write of a tenant, user, key or collection bumps its version, and
+/// its representation is rendered deterministically from the stored row, so
+/// one tag names one sequence of bytes: the tag may be strong. It is a digest
+/// so it never reveals internal ids, and it differs between an entity and a
+/// re-created one of the same name.
+fn version_tag(kind: &str, id: &str, version: i64) -> EntityTag {
+    let digest = Sha256::digest(format!("{kind}\n{id}\n{version}").as_bytes());
+    EntityTag::strong(digest.iter().take(10).map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// A tenant's validators: a strong tag from its version, and its modification time.
+pub fn tenant_validators(t: &Tenant) -> Validators {
+    Validators::new(version_tag("tenant", &t.id, t.version), system_time(t.updated_at))
+}
+
+/// A tenant as a JSON representation with its validators.
+pub fn tenant_representation(t: &Tenant) -> Representation {
+    Representation::json(&tenant(t)).with_validators(tenant_validators(t))
+}
+
+/// A user's validators: a strong tag from its version, and its modification time.
+pub fn user_validators(u: &User) -> Validators {
+    Validators::new(version_tag("user", &u.id, u.version), system_time(u.updated_at))
+}
+
+/// A user as a JSON representation with its validators.
+pub fn user_representation(u: &User) -> Representation {
+    Representation::json(&user(u)).with_validators(user_validators(u))
+}
+
+/// An API key's validators: a strong tag from its version, and its modification time.
+pub fn api_key_validators(k: &ApiKey) -> Validators {
+    Validators::new(version_tag("api_key", &k.id, k.version), system_time(k.updated_at))
+}
+
+/// An API key (never its token) as a JSON representation with its validators.
+pub fn api_key_representation(k: &ApiKey) -> Representation {
+    Representation::json(&api_key(k)).with_validators(api_key_validators(k))
+}
+
+/// A collection's validators: a strong tag from its version (every change
+/// of its settings bumps it), and its modification time.
 pub fn collection_validators(c: &Collection) -> Validators {
-    Validators::new(
-        EntityTag::weak(format!("{}.{}", c.id, c.version)),
-        system_time(c.updated_at),
-    )
+    Validators::new(version_tag("collection", &c.id, c.version), system_time(c.updated_at))
+}
+
+/// A collection as a JSON representation with its validators.
+pub fn collection_representation(c: &Collection) -> Representation {
+    Representation::json(&collection(c)).with_validators(collection_validators(c))
 }

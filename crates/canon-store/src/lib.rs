@@ -37,9 +37,21 @@ pub enum StoreError {
     /// Another caller holds a live lease on the record.
     #[error("the record is locked by {}", .0.holder)]
     Locked(Lease),
-    /// The addressed parent disappeared while the write was queued.
+    /// The addressed resource (or its parent) does not exist: it never did,
+    /// or it disappeared while the write was queued and left no tombstone.
     #[error("the target no longer exists")]
     Vanished,
+    /// The addressed resource was deleted (its tombstone was found inside
+    /// the write's transaction): of concurrent deletes, all but one see this.
+    #[error("the target was deleted")]
+    Gone,
+    /// The change would leave the tenant without an admin.
+    #[error("the tenant would be left without an admin")]
+    LastAdmin,
+    /// The caller's computation refused the current data (a failed patch
+    /// `test`, a schema violation of the result); nothing was written.
+    #[error("the write was rejected: {0}")]
+    Rejected(RejectedWrite),
     /// The database cannot be reached or is failing.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -47,6 +59,10 @@ pub enum StoreError {
     #[error("storage error: {0}")]
     Internal(String),
 }
+
+/// Computes a record's new data from its current data inside the write's
+/// transaction (see [`Store::patch_record`]).
+pub type ApplyPatch = Box<dyn FnOnce(&Value) -> Result<Value, RejectedWrite> + Send>;
 
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -80,11 +96,16 @@ pub trait Store: Send + Sync + 'static {
     async fn user(&self, tenant_id: &str, id: &str) -> StoreResult<Lookup<User>>;
     /// Users by id.
     async fn list_users(&self, tenant_id: &str, page: PageRequest) -> StoreResult<Page<User>>;
-    /// Changes a user's role; `None` when the user does not exist.
-    async fn set_user_role(&self, tenant_id: &str, id: &str, role: TenantRole) -> StoreResult<Option<User>>;
+    /// Changes a user's role (a new version, even when the role is the same).
+    /// Inside the write's transaction: [`StoreError::Gone`] (tombstone) or
+    /// [`StoreError::Vanished`] when the user is not there,
+    /// [`StoreError::ExpectationFailed`] when `expect` does not hold,
+    /// [`StoreError::LastAdmin`] when it would demote the tenant's last admin.
+    async fn set_user_role(&self, tenant_id: &str, id: &str, role: TenantRole, expect: Expect) -> StoreResult<User>;
     /// Deletes a user and its keys, leaving a tombstone for `retention`.
-    /// Returns whether it existed.
-    async fn delete_user(&self, tenant_id: &str, id: &str, retention: Duration) -> StoreResult<bool>;
+    /// Fails like [`Store::set_user_role`] (deleting the last admin is
+    /// [`StoreError::LastAdmin`]).
+    async fn delete_user(&self, tenant_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()>;
 
     /// Creates an API key for a user.
     async fn create_api_key(&self, tenant_id: &str, user_id: &str, name: &str, token_hash: &str)
@@ -93,8 +114,11 @@ pub trait Store: Send + Sync + 'static {
     async fn api_key(&self, user_id: &str, id: &str) -> StoreResult<Lookup<ApiKey>>;
     /// A user's keys by id.
     async fn list_api_keys(&self, user_id: &str, page: PageRequest) -> StoreResult<Page<ApiKey>>;
-    /// Revokes (deletes) a key, leaving a tombstone. Returns whether it existed.
-    async fn revoke_api_key(&self, user_id: &str, id: &str, retention: Duration) -> StoreResult<bool>;
+    /// Revokes (deletes) a key, leaving a tombstone. [`StoreError::Gone`]
+    /// (tombstone) or [`StoreError::Vanished`] when the key is not there,
+    /// [`StoreError::ExpectationFailed`] when `expect` does not hold, both
+    /// checked inside the write's transaction.
+    async fn revoke_api_key(&self, user_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()>;
 
     /// Creates a collection.
     async fn create_collection(&self, tenant_id: &str, new: NewCollection) -> StoreResult<Collection>;
@@ -103,18 +127,29 @@ pub trait Store: Send + Sync + 'static {
     /// Collections by id.
     async fn list_collections(&self, tenant_id: &str, page: PageRequest) -> StoreResult<Page<Collection>>;
     /// Deletes an empty collection ([`StoreError::NotEmpty`] otherwise),
-    /// leaving a tombstone and ending its redirects. Returns whether it existed.
-    async fn delete_collection(&self, tenant_id: &str, name: &str, retention: Duration) -> StoreResult<bool>;
-    /// Changes a collection. A rename keeps the old name as a redirect to the
-    /// collection; a changed `unique` list re-indexes every record
-    /// ([`StoreError::Conflict`] when existing records already collide).
-    /// `None` when no collection has that name.
+    /// leaving a tombstone and ending its redirects. [`StoreError::Gone`]
+    /// (tombstone) or [`StoreError::Vanished`] when no collection has that
+    /// name, [`StoreError::ExpectationFailed`] when `expect` does not hold,
+    /// all checked inside the write's transaction.
+    async fn delete_collection(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        expect: Expect,
+        retention: Duration,
+    ) -> StoreResult<()>;
+    /// Changes a collection (a new version). A rename keeps the old name as
+    /// a redirect to the collection; a changed `unique` list re-indexes every
+    /// record ([`StoreError::Conflict`] when existing records already collide).
+    /// Fails like [`Store::delete_collection`] when the collection is not
+    /// there or `expect` does not hold.
     async fn update_collection(
         &self,
         tenant_id: &str,
         name: &str,
         changes: CollectionChanges,
-    ) -> StoreResult<Option<Collection>>;
+        expect: Expect,
+    ) -> StoreResult<Collection>;
     /// The current name of the collection that was once called `name`, when
     /// `name` is an old name of a renamed collection.
     async fn collection_alias(&self, tenant_id: &str, name: &str) -> StoreResult<Option<String>>;
@@ -138,8 +173,25 @@ pub trait Store: Send + Sync + 'static {
         expect: Expect,
         actor: &str,
     ) -> StoreResult<(Record, bool)>;
+    /// Reads a record's current data, computes its new data with `apply` and
+    /// writes it, all inside one write transaction, so no other write can
+    /// land in between: an unconditional patch never fails for contention.
+    /// [`StoreError::Gone`] (tombstone) or [`StoreError::Vanished`] when the
+    /// record is not there; `expect` and leases are checked like
+    /// [`Store::put_record`]; `apply` refusing the data is
+    /// [`StoreError::Rejected`], and nothing is written.
+    async fn patch_record(
+        &self,
+        collection: &Collection,
+        id: &str,
+        apply: ApplyPatch,
+        expect: Expect,
+        actor: &str,
+    ) -> StoreResult<Record>;
     /// Deletes a record as `actor`, leaving a tombstone and dropping its lease.
-    /// Checks `expect` and leases like [`Store::put_record`]. Returns whether it existed.
+    /// [`StoreError::Gone`] (tombstone: someone else deleted it first) or
+    /// [`StoreError::Vanished`] when it is not there; checks `expect` and
+    /// leases like [`Store::put_record`], all inside the write's transaction.
     async fn delete_record(
         &self,
         collection_id: &str,
@@ -147,7 +199,7 @@ pub trait Store: Send + Sync + 'static {
         expect: Expect,
         actor: &str,
         retention: Duration,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<()>;
 
     /// The live lease on a record, if any.
     async fn lease(&self, collection_id: &str, record_id: &str) -> StoreResult<Option<Lease>>;

@@ -31,6 +31,8 @@ pub struct Tenant {
     pub id: String,
     /// The unique slug it is addressed by.
     pub name: String,
+    /// 1 at creation, +1 on every change.
+    pub version: i64,
     /// Creation time.
     pub created_at: Millis,
     /// Last change.
@@ -48,6 +50,8 @@ pub struct User {
     pub email: String,
     /// Role.
     pub role: TenantRole,
+    /// 1 at creation, +1 on every change.
+    pub version: i64,
     /// Creation time.
     pub created_at: Millis,
     /// Last change.
@@ -63,8 +67,12 @@ pub struct ApiKey {
     pub user_id: Option<String>,
     /// A label chosen by its creator.
     pub name: String,
+    /// 1 at creation, +1 on every change.
+    pub version: i64,
     /// Creation time.
     pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
 }
 
 /// Who holds an API key, as found by its token hash.
@@ -240,6 +248,9 @@ pub enum Expect {
     Anything,
     /// The record exists with this entity tag.
     Etag(String),
+    /// The entity exists at this version (tenants, users, keys and
+    /// collections, whose tags derive from their version).
+    Version(i64),
     /// The record does not exist.
     Absent,
 }
@@ -266,6 +277,41 @@ pub struct CollectionChanges {
     pub unique: Option<Vec<String>>,
     /// Whether writes must carry `If-Match`.
     pub require_if_match: Option<bool>,
+}
+
+/// Why the computation of a write refused the current data
+/// ([`crate::StoreError::Rejected`]). The server turns each into the problem
+/// it answered before the computation moved into the write's transaction.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RejectedWrite {
+    /// A JSON Patch `test` operation did not hold.
+    #[error("the test at operation {operation} did not hold")]
+    TestFailed {
+        /// Index of the failing operation.
+        operation: usize,
+        /// What failed, and where.
+        detail: String,
+    },
+    /// A patch operation cannot be applied to the current data.
+    #[error("operation {operation} cannot be applied: {detail}")]
+    Inapplicable {
+        /// Index of the failing operation.
+        operation: usize,
+        /// What failed, and where.
+        detail: String,
+    },
+    /// The resulting data breaks the collection's schema.
+    #[error("{detail}")]
+    Invalid {
+        /// A summary.
+        detail: String,
+        /// Each failing location: a JSON pointer into the record envelope and what is wrong.
+        errors: Vec<(String, String)>,
+    },
+    /// The computation itself failed (a schema that does not compile); the
+    /// message is for logs only.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// A response kept for an idempotency key, replayed to retries.

@@ -36,3 +36,34 @@ async fn pragmas_are_durable() {
     let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
 }
+
+#[tokio::test]
+async fn schema_v3_upgrades_a_v2_database_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../src/sqlite/schema.sql")).unwrap();
+        conn.execute_batch(include_str!("../src/sqlite/schema_v2.sql")).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tenants (id, name, created_at, updated_at) VALUES ('t1', 'acme', 5, 6);
+             INSERT INTO users (id, tenant_id, email, role, created_at, updated_at)
+               VALUES ('u1', 't1', 'a@example.com', 'admin', 5, 7);
+             INSERT INTO api_keys (id, tenant_id, user_id, name, token_hash, created_at)
+               VALUES ('k1', 't1', 'u1', 'ci', 'h', 8);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let t = store.tenant("acme").await.unwrap().found().unwrap();
+    assert_eq!((t.version, t.updated_at), (1, 6));
+    let u = store.user("t1", "u1").await.unwrap().found().unwrap();
+    assert_eq!((u.version, u.updated_at), (1, 7));
+    let k = store.api_key("u1", "k1").await.unwrap().found().unwrap();
+    assert_eq!((k.version, k.created_at, k.updated_at), (1, 8, 8));
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 3);
+}

@@ -1,6 +1,6 @@
 //! `/v1/tenants/{tenant}/collections` and one collection.
 
-use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::{FieldError, Problem, ProblemKind};
 use canon_store::{Collection, CollectionChanges, Lookup, NewCollection, PageRequest, Tenant, is_field_name};
@@ -8,7 +8,7 @@ use http::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Cx, Stop, settle, still_there, tenants};
+use super::{Cx, Stop, found_with, settle, still_there, tenants};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body, slug};
 use crate::listing::{self, Listed};
@@ -122,11 +122,6 @@ fn collection_path(cx: &Cx, name: &str) -> String {
     format!("{}/collections/{name}", cx.tenant_path())
 }
 
-/// A collection with its (weak) validators.
-fn collection_representation(c: &Collection) -> Representation {
-    Representation::json(&render::collection(c)).with_validators(render::collection_validators(c))
-}
-
 impl Resource for Collections {
     fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
         self.cx.remember(&input);
@@ -185,7 +180,7 @@ impl Resource for Collections {
                     .map_err(store_problem)?;
                 return Ok(Success::Created {
                     location: collection_path(&self.cx, &c.name),
-                    representation: collection_representation(&c),
+                    representation: render::collection_representation(&c),
                 });
             }
             let listed = self.listed.take().ok_or_else(crate::error::internal)?;
@@ -255,12 +250,9 @@ impl Resource for OneCollection {
             settle(
                 async {
                     let found = load_collection(&self.cx).await?;
-                    let validators = render::collection_validators(&found.1);
+                    let existence = found_with(render::collection_validators(&found.1));
                     self.found = Some(found);
-                    Ok(Existence::Found(Found {
-                        validators,
-                        ..Found::default()
-                    }))
+                    Ok(existence)
                 }
                 .await,
             )
@@ -271,19 +263,22 @@ impl Resource for OneCollection {
         Box::pin(async move {
             let (tenant, c) = still_there(self.found.take())?;
             let store = &self.cx.app.store;
+            let expect = self.cx.expect_version(c.version);
             match self.cx.method {
                 Method::PATCH => {
                     let changes = self.changes.take().unwrap_or_default();
                     let updated = store
-                        .update_collection(&tenant.id, &c.name, changes)
+                        .update_collection(&tenant.id, &c.name, changes, expect)
                         .await
                         .map_err(store_problem)?;
-                    let updated = still_there(updated)?;
-                    let mut rep = collection_representation(&updated);
+                    let mut rep = render::collection_representation(&updated);
                     rep.content_location = Some(collection_path(&self.cx, &updated.name));
                     Ok(Success::Ok(rep))
                 }
-                Method::DELETE => match store.delete_collection(&tenant.id, &c.name, self.cx.retention()).await {
+                Method::DELETE => match store
+                    .delete_collection(&tenant.id, &c.name, expect, self.cx.retention())
+                    .await
+                {
                     Ok(_) => Ok(Success::NoContent),
                     // Deleting the records of a non-empty collection is long work:
                     // it becomes a job (202) with the jobs feature.
@@ -293,7 +288,7 @@ impl Resource for OneCollection {
                     )),
                     Err(e) => Err(store_problem(e)),
                 },
-                _ => Ok(Success::Ok(collection_representation(&c))),
+                _ => Ok(Success::Ok(render::collection_representation(&c))),
             }
         })
     }

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canon_http::access::{CURRENT_TENANT, Principal};
-use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::route::{Params, RouteSpec};
+use canon_http::validators::Validators;
 use canon_http::{Problem, ProblemKind};
-use canon_store::{Lookup, Tenant};
+use canon_store::{Expect, Lookup, Tenant};
 use http::{HeaderMap, Method, Uri, header};
 
 use crate::app::App;
@@ -62,6 +63,17 @@ impl Cx {
     /// How long tombstones are kept.
     pub fn retention(&self) -> Duration {
         self.app.config.tombstone_retention
+    }
+
+    /// What a write of an entity loaded at `version` expects inside its
+    /// transaction: when the client sent a precondition, exactly the state
+    /// the flow evaluated it against; otherwise anything.
+    pub fn expect_version(&self, version: i64) -> Expect {
+        if self.conditional {
+            Expect::Version(version)
+        } else {
+            Expect::Anything
+        }
     }
 
     /// The path of the tenant's resources.
@@ -216,17 +228,20 @@ impl Resource for Unreachable {
     }
 }
 
-/// 201 for a JSON body at `location`.
-pub fn created(location: String, body: &serde_json::Value) -> Success {
+/// 201 for `representation` at `location`.
+pub fn created(location: String, representation: Representation) -> Success {
     Success::Created {
         location,
-        representation: canon_http::flow::Representation::json(body),
+        representation,
     }
 }
 
-/// 200 with a JSON body.
-pub fn ok(body: &serde_json::Value) -> Success {
-    Success::Ok(canon_http::flow::Representation::json(body))
+/// The existence of a resource found with `validators`.
+pub fn found_with(validators: Validators) -> Existence {
+    Existence::Found(Found {
+        validators,
+        ..Found::default()
+    })
 }
 
 /// Unwraps a lookup that `load` already found, or reports the race.

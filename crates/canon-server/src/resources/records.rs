@@ -5,7 +5,9 @@ use canon_http::flow::{BoxFuture, Existence, Found, Input, LockInfo, Representat
 use canon_http::media::MediaType;
 use canon_http::validators::Validators;
 use canon_http::{FieldError, Problem, ProblemKind};
-use canon_store::{Collection, Expect, Lease, Lookup, Record, RecordQuery, SortOrder, StoreError, is_field_name};
+use canon_store::{
+    ApplyPatch, Collection, Expect, Lease, Lookup, Record, RecordQuery, RejectedWrite, SortOrder, is_field_name,
+};
 use http::Method;
 use serde::Deserialize;
 use serde_json::Value;
@@ -14,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::collections::load_collection;
 use super::{Cx, settle, still_there};
 use crate::app::App;
-use crate::error::store_problem;
+use crate::error::{rejected_problem, store_problem};
 use crate::input::{Query, decode, invalid_field, invalid_query, is_client_id, json_body};
 use crate::listing::Listed;
 use crate::{listing, render};
@@ -22,29 +24,33 @@ use crate::{listing, render};
 /// Checks record data: a JSON object that satisfies the collection's schema.
 /// Every failure is listed, each with a pointer into the record envelope.
 fn validate(app: &App, collection: &Collection, data: &Value) -> Result<(), Problem> {
-    if !data.is_object() {
-        return Err(
-            Problem::new(ProblemKind::SchemaViolation, "A record's data must be a JSON object.")
-                .with_errors(vec![FieldError::new("/data", "must be an object")]),
-        );
-    }
     let validator = app.validator(collection)?;
-    let errors: Vec<FieldError> = validator
+    check_data(&validator, &collection.name, data).map_err(rejected_problem)
+}
+
+/// [`validate`] with a compiled `validator`, as a write's computation
+/// reports it (so it can run inside the store's write transaction).
+fn check_data(validator: &jsonschema::Validator, collection: &str, data: &Value) -> Result<(), RejectedWrite> {
+    if !data.is_object() {
+        return Err(RejectedWrite::Invalid {
+            detail: "A record's data must be a JSON object.".into(),
+            errors: vec![("/data".into(), "must be an object".into())],
+        });
+    }
+    let errors: Vec<(String, String)> = validator
         .iter_errors(data)
-        .map(|e| FieldError::new(format!("/data{}", e.instance_path().as_str()), e.to_string()))
+        .map(|e| (format!("/data{}", e.instance_path().as_str()), e.to_string()))
         .collect();
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(Problem::new(
-            ProblemKind::SchemaViolation,
-            format!(
-                "The record fails the schema of collection {} in {} place(s).",
-                collection.name,
+        Err(RejectedWrite::Invalid {
+            detail: format!(
+                "The record fails the schema of collection {collection} in {} place(s).",
                 errors.len()
             ),
-        )
-        .with_errors(errors))
+            errors,
+        })
     }
 }
 
@@ -208,40 +214,22 @@ impl PatchDocument {
 
     /// The data after the patch. A failing `test` (or an operation the
     /// current data cannot take) is a conflict with the record's state: 409.
-    fn apply(&self, data: &Value) -> Result<Value, Problem> {
+    fn apply(&self, data: &Value) -> Result<Value, RejectedWrite> {
         let mut out = data.clone();
         match self {
             PatchDocument::Merge(patch) => json_patch::merge(&mut out, patch),
             PatchDocument::Operations(patch) => json_patch::patch(&mut out, patch).map_err(|e| {
-                let (kind, detail) = match e.kind {
-                    json_patch::PatchErrorKind::TestFailed => (
-                        ProblemKind::PatchTestFailed,
-                        format!(
-                            "The test at operation {} did not hold; nothing was changed.",
-                            e.operation
-                        ),
-                    ),
-                    _ => (
-                        ProblemKind::StateConflict,
-                        format!(
-                            "Operation {} cannot be applied to the current record ({}); nothing was changed.",
-                            e.operation, e.kind
-                        ),
-                    ),
-                };
-                Problem::new(kind, detail).with_errors(vec![FieldError::new(
-                    format!("/{}", e.operation),
-                    format!("{} at {}", e.kind, e.path),
-                )])
+                let operation = e.operation;
+                let detail = format!("{} at {}", e.kind, e.path);
+                match e.kind {
+                    json_patch::PatchErrorKind::TestFailed => RejectedWrite::TestFailed { operation, detail },
+                    _ => RejectedWrite::Inapplicable { operation, detail },
+                }
             })?,
         }
         Ok(out)
     }
 }
-
-/// How often an unconditional PATCH is re-applied when another write lands
-/// between reading the record and writing it back.
-const PATCH_ATTEMPTS: usize = 5;
 
 /// The lease on a record that blocks `cx`'s caller, if any.
 async fn blocking_lease(cx: &Cx, collection_id: &str, id: &str) -> Result<Option<LockInfo>, Problem> {
@@ -314,30 +302,28 @@ impl OneRecord {
         Ok(self.updated(&r))
     }
 
-    /// Applies the patch to the record as read, and writes the result only
-    /// if the record is still that version. A conditional PATCH fails then
-    /// (412); an unconditional one is re-applied to the newer record.
+    /// Applies the patch (then the schema) to the record's current data
+    /// inside the store's write transaction, so no other write lands between
+    /// reading and writing: an unconditional PATCH never fails for
+    /// contention, and a conditional one still has exactly one winner (412
+    /// for the others, checked in the same transaction).
     async fn patch(&mut self, collection: &Collection) -> Result<Success, Problem> {
         let doc = self.patch.take().ok_or_else(crate::error::internal)?;
-        let store = &self.cx.app.store;
-        let id = self.cx.param("id").to_owned();
-        let mut current = still_there(self.record.take())?;
-        for _ in 0..PATCH_ATTEMPTS {
-            let data = doc.apply(&current.data)?;
-            validate(&self.cx.app, collection, &data)?;
-            let expect = Expect::Etag(current.etag.clone());
-            match store.put_record(collection, &id, data, expect, actor(&self.cx)).await {
-                Ok((r, _)) => return Ok(self.updated(&r)),
-                Err(StoreError::ExpectationFailed) if !self.cx.conditional => {
-                    current = still_there(store.record(&collection.id, &id).await.map_err(store_problem)?.found())?;
-                }
-                Err(e) => return Err(store_problem(e)),
-            }
-        }
-        Err(Problem::new(
-            ProblemKind::StateConflict,
-            "The record kept changing while the patch was applied; retry, ideally with If-Match.",
-        ))
+        let validator = self.cx.app.validator(collection)?;
+        let name = collection.name.clone();
+        let apply: ApplyPatch = Box::new(move |current| {
+            let data = doc.apply(current)?;
+            check_data(&validator, &name, &data)?;
+            Ok(data)
+        });
+        let r = self
+            .cx
+            .app
+            .store
+            .patch_record(collection, self.cx.param("id"), apply, self.expect(), actor(&self.cx))
+            .await
+            .map_err(store_problem)?;
+        Ok(self.updated(&r))
     }
 }
 

@@ -7,7 +7,7 @@ use canon_store::{PageRequest, Tenant};
 use http::Method;
 use serde::Deserialize;
 
-use super::{Cx, Stop, created, ok, still_there};
+use super::{Cx, Stop, created, found_with, still_there};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body, slug};
 use crate::listing::{self, Listed};
@@ -82,7 +82,10 @@ impl Resource for Tenants {
                     .create_tenant(&new.name)
                     .await
                     .map_err(store_problem)?;
-                return Ok(created(format!("/v1/tenants/{}", t.name), &render::tenant(&t)));
+                return Ok(created(
+                    format!("/v1/tenants/{}", t.name),
+                    render::tenant_representation(&t),
+                ));
             }
             let listed = self.listed.take().ok_or_else(crate::error::internal)?;
             Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
@@ -112,7 +115,10 @@ impl Resource for OneTenant {
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
             let lookup = self.cx.tenant().await?;
-            let existence = super::container(lookup.clone());
+            let existence = match &lookup {
+                canon_store::Lookup::Found(t) => found_with(render::tenant_validators(t)),
+                other => super::container(other.clone()),
+            };
             self.tenant = lookup.found();
             Ok(existence)
         })
@@ -121,7 +127,7 @@ impl Resource for OneTenant {
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
             let t = still_there(self.tenant.take())?;
-            Ok(ok(&render::tenant(&t)))
+            Ok(Success::Ok(render::tenant_representation(&t)))
         })
     }
 }

@@ -2,14 +2,14 @@
 
 use canon_http::Problem;
 use canon_http::access::TenantRole;
-use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
 use canon_store::{ApiKey, Lookup, PageRequest, Tenant, User};
 use http::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Cx, Stop, created, found, ok, settle, still_there, tenants};
+use super::{Cx, Stop, created, found, found_with, settle, still_there, tenants};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body};
 use crate::listing::{self, Listed};
@@ -112,7 +112,7 @@ impl Resource for Users {
                     .map_err(store_problem)?;
                 return Ok(created(
                     format!("{}/users/{}", self.cx.tenant_path(), u.id),
-                    &render::user(&u),
+                    render::user_representation(&u),
                 ));
             }
             let listed = self.listed.take().ok_or_else(crate::error::internal)?;
@@ -173,8 +173,10 @@ impl Resource for OneUser {
         Box::pin(async move {
             settle(
                 async {
-                    self.found = Some(load_user(&self.cx).await?);
-                    Ok(Existence::Found(Found::default()))
+                    let found = load_user(&self.cx).await?;
+                    let existence = found_with(render::user_validators(&found.1));
+                    self.found = Some(found);
+                    Ok(existence)
                 }
                 .await,
             )
@@ -185,29 +187,28 @@ impl Resource for OneUser {
         Box::pin(async move {
             let (tenant, user) = still_there(self.found.take())?;
             let store = &self.cx.app.store;
+            let expect = self.cx.expect_version(user.version);
             match self.cx.method {
                 Method::DELETE => {
                     store
-                        .delete_user(&tenant.id, &user.id, self.cx.retention())
+                        .delete_user(&tenant.id, &user.id, expect, self.cx.retention())
                         .await
                         .map_err(store_problem)?;
                     Ok(Success::NoContent)
                 }
                 Method::PATCH => {
                     let user = match self.role {
-                        Some(role) => still_there(
-                            store
-                                .set_user_role(&tenant.id, &user.id, role)
-                                .await
-                                .map_err(store_problem)?,
-                        )?,
+                        Some(role) => store
+                            .set_user_role(&tenant.id, &user.id, role, expect)
+                            .await
+                            .map_err(store_problem)?,
                         None => user,
                     };
-                    let mut rep = canon_http::flow::Representation::json(&render::user(&user));
+                    let mut rep = render::user_representation(&user);
                     rep.content_location = Some(self.cx.uri.path().to_owned());
                     Ok(Success::Ok(rep))
                 }
-                _ => Ok(ok(&render::user(&user))),
+                _ => Ok(Success::Ok(render::user_representation(&user))),
             }
         })
     }
@@ -295,8 +296,11 @@ impl Resource for ApiKeys {
                     .map_err(store_problem)?;
                 let mut body = render::api_key(&k);
                 body["token"] = Value::String(secret);
+                // The only response that ever shows the token: no cache may keep it.
+                let mut rep = Representation::json(&body).with_validators(render::api_key_validators(&k));
+                rep.cache_control = Some("no-store");
                 let location = format!("{}/users/{}/api-keys/{}", self.cx.tenant_path(), user.id, k.id);
-                return Ok(created(location, &body));
+                return Ok(created(location, rep));
             }
             let listed = self.listed.take().ok_or_else(crate::error::internal)?;
             Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
@@ -337,8 +341,9 @@ impl Resource for OneApiKey {
                         .map_err(store_problem)?
                     {
                         Lookup::Found(k) => {
+                            let existence = found_with(render::api_key_validators(&k));
                             self.found = Some((user, k));
-                            Ok(Existence::Found(Found::default()))
+                            Ok(existence)
                         }
                         other => Ok(super::container(other)),
                     }
@@ -352,15 +357,16 @@ impl Resource for OneApiKey {
         Box::pin(async move {
             let (user, key) = still_there(self.found.take())?;
             if self.cx.method == Method::DELETE {
+                let expect = self.cx.expect_version(key.version);
                 self.cx
                     .app
                     .store
-                    .revoke_api_key(&user.id, &key.id, self.cx.retention())
+                    .revoke_api_key(&user.id, &key.id, expect, self.cx.retention())
                     .await
                     .map_err(store_problem)?;
                 return Ok(Success::NoContent);
             }
-            Ok(ok(&render::api_key(&key)))
+            Ok(Success::Ok(render::api_key_representation(&key)))
         })
     }
 }

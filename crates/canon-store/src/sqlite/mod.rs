@@ -15,13 +15,17 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 use serde_json::Value;
 
 use crate::model::*;
-use crate::{Store, StoreError, StoreResult};
+use crate::{ApplyPatch, Store, StoreError, StoreResult};
 use engine::Engine;
 pub use engine::MAX_BATCH;
 use engine::internal;
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -127,6 +131,33 @@ fn absent<T>(conn: &Connection, kind: &str, scope: &str, key: &str) -> StoreResu
     Ok(if live.is_some() { Lookup::Gone } else { Lookup::Missing })
 }
 
+/// The error for a write whose target is not there: [`StoreError::Gone`]
+/// when its tombstone is live (someone deleted it first), else
+/// [`StoreError::Vanished`].
+fn not_there(conn: &Connection, kind: &str, scope: &str, key: &str) -> StoreError {
+    match absent::<()>(conn, kind, scope, key) {
+        Ok(Lookup::Gone) => StoreError::Gone,
+        Ok(_) => StoreError::Vanished,
+        Err(e) => e,
+    }
+}
+
+/// Checks `expect` against an existing entity at `version` (with `etag`,
+/// for records).
+fn check_existing(expect: &Expect, version: i64, etag: Option<&str>) -> StoreResult<()> {
+    let holds = match expect {
+        Expect::Anything => true,
+        Expect::Etag(tag) => etag == Some(tag.as_str()),
+        Expect::Version(v) => *v == version,
+        Expect::Absent => false,
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(StoreError::ExpectationFailed)
+    }
+}
+
 fn found_or_tombstone<T>(
     conn: &Connection,
     row: Option<T>,
@@ -175,10 +206,12 @@ fn tenant_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
     Ok(Tenant {
         id: r.get(0)?,
         name: r.get(1)?,
-        created_at: r.get(2)?,
-        updated_at: r.get(3)?,
+        version: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
     })
 }
+const TENANT_COLS: &str = "id, name, version, created_at, updated_at";
 
 fn role_from_sql(s: String) -> rusqlite::Result<TenantRole> {
     TenantRole::parse(&s).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, s, rusqlite::types::Type::Text))
@@ -190,20 +223,61 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
         tenant_id: r.get(1)?,
         email: r.get(2)?,
         role: role_from_sql(r.get(3)?)?,
-        created_at: r.get(4)?,
-        updated_at: r.get(5)?,
+        version: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
     })
 }
-const USER_COLS: &str = "id, tenant_id, email, role, created_at, updated_at";
+const USER_COLS: &str = "id, tenant_id, email, role, version, created_at, updated_at";
+
+fn load_user(conn: &Connection, tenant_id: &str, id: &str) -> StoreResult<Option<User>> {
+    conn.prepare_cached(&format!(
+        "SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 AND id = ?2"
+    ))
+    .and_then(|mut s| s.query_row([tenant_id, id], user_row).optional())
+    .map_err(db_error)
+}
+
+/// Loads the user a change addresses and checks `expect` against it; a
+/// change that takes the admin role from the tenant's last admin (`stays_admin`
+/// false) is [`StoreError::LastAdmin`].
+fn user_to_change(
+    conn: &Connection,
+    tenant_id: &str,
+    id: &str,
+    expect: &Expect,
+    stays_admin: bool,
+) -> StoreResult<User> {
+    let Some(user) = load_user(conn, tenant_id, id)? else {
+        return Err(not_there(conn, kind::USER, tenant_id, id));
+    };
+    check_existing(expect, user.version, None)?;
+    if user.role == TenantRole::Admin && !stays_admin {
+        let others: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM users WHERE tenant_id = ?1 AND role = 'admin' AND id <> ?2",
+                [tenant_id, id],
+                |r| r.get(0),
+            )
+            .map_err(db_error)?;
+        if others == 0 {
+            return Err(StoreError::LastAdmin);
+        }
+    }
+    Ok(user)
+}
 
 fn key_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
     Ok(ApiKey {
         id: r.get(0)?,
         user_id: r.get(1)?,
         name: r.get(2)?,
-        created_at: r.get(3)?,
+        version: r.get(3)?,
+        created_at: r.get(4)?,
+        updated_at: r.get(5)?,
     })
 }
+const KEY_COLS: &str = "id, user_id, name, version, created_at, updated_at";
 
 fn json_column(r: &Row<'_>, i: usize) -> rusqlite::Result<Value> {
     let s: String = r.get(i)?;
@@ -307,16 +381,10 @@ fn check_lease(conn: &Connection, collection_id: &str, record_id: &str, actor: &
 }
 
 fn check_expectation(current: Option<&Record>, expect: &Expect) -> StoreResult<()> {
-    let holds = match (expect, current) {
-        (Expect::Anything, _) => true,
-        (Expect::Etag(tag), Some(r)) => &r.etag == tag,
-        (Expect::Etag(_), None) => false,
-        (Expect::Absent, current) => current.is_none(),
-    };
-    if holds {
-        Ok(())
-    } else {
-        Err(StoreError::ExpectationFailed)
+    match current {
+        Some(r) => check_existing(expect, r.version, Some(&r.etag)),
+        None if matches!(expect, Expect::Anything | Expect::Absent) => Ok(()),
+        None => Err(StoreError::ExpectationFailed),
     }
 }
 
@@ -367,10 +435,12 @@ fn update_collection(
     tenant_id: &str,
     name: &str,
     changes: CollectionChanges,
-) -> StoreResult<Option<Collection>> {
+    expect: &Expect,
+) -> StoreResult<Collection> {
     let Some(current) = load_collection(conn, tenant_id, name)? else {
-        return Ok(None);
+        return Err(not_there(conn, kind::COLLECTION, tenant_id, name));
     };
+    check_existing(expect, current.version, None)?;
     let mut next = current.clone();
     if let Some(new_name) = changes.name.filter(|n| *n != current.name) {
         if load_collection(conn, tenant_id, &new_name)?.is_some() {
@@ -426,7 +496,7 @@ fn update_collection(
             index_unique(conn, &next, &r.id, &r.data)?;
         }
     }
-    Ok(Some(next))
+    Ok(next)
 }
 
 fn collection_exists(conn: &Connection, collection_id: &str) -> StoreResult<()> {
@@ -630,12 +700,13 @@ impl Store for SqliteStore {
                 let t = Tenant {
                     id: new_id(),
                     name,
+                    version: 1,
                     created_at: now,
                     updated_at: now,
                 };
                 c.execute(
-                    "INSERT INTO tenants (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![t.id, t.name, t.created_at, t.updated_at],
+                    &format!("INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                    params![t.id, t.name, t.version, t.created_at, t.updated_at],
                 )
                 .map_err(|e| conflict_or_internal(e, "/name"))?;
                 Ok(t)
@@ -648,7 +719,7 @@ impl Store for SqliteStore {
         self.engine
             .read(move |c| {
                 let t = c
-                    .prepare_cached("SELECT id, name, created_at, updated_at FROM tenants WHERE name = ?1")
+                    .prepare_cached(&format!("SELECT {TENANT_COLS} FROM tenants WHERE name = ?1"))
                     .and_then(|mut s| s.query_row([&name], tenant_row).optional())
                     .map_err(db_error)?;
                 Ok(t.map_or(Lookup::Missing, Lookup::Found))
@@ -661,7 +732,7 @@ impl Store for SqliteStore {
             .read(move |c| {
                 page(
                     c,
-                    "SELECT id, name, created_at, updated_at FROM tenants WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    &format!("SELECT {TENANT_COLS} FROM tenants WHERE id > ?1 ORDER BY id LIMIT ?2"),
                     None,
                     &p,
                     tenant_row,
@@ -681,12 +752,21 @@ impl Store for SqliteStore {
                     tenant_id,
                     email,
                     role,
+                    version: 1,
                     created_at: now,
                     updated_at: now,
                 };
                 c.execute(
-                    &format!("INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-                    params![u.id, u.tenant_id, u.email, u.role.as_str(), u.created_at, u.updated_at],
+                    &format!("INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                    params![
+                        u.id,
+                        u.tenant_id,
+                        u.email,
+                        u.role.as_str(),
+                        u.version,
+                        u.created_at,
+                        u.updated_at
+                    ],
                 )
                 .map_err(|e| conflict_or_internal(e, "/email"))?;
                 Ok(u)
@@ -698,12 +778,7 @@ impl Store for SqliteStore {
         let (tenant_id, id) = (tenant_id.to_owned(), id.to_owned());
         self.engine
             .read(move |c| {
-                let u = c
-                    .prepare_cached(&format!(
-                        "SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 AND id = ?2"
-                    ))
-                    .and_then(|mut s| s.query_row([&tenant_id, &id], user_row).optional())
-                    .map_err(db_error)?;
+                let u = load_user(c, &tenant_id, &id)?;
                 found_or_tombstone(c, u, kind::USER, &tenant_id, &id)
             })
             .await
@@ -725,39 +800,38 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn set_user_role(&self, tenant_id: &str, id: &str, role: TenantRole) -> StoreResult<Option<User>> {
+    async fn set_user_role(&self, tenant_id: &str, id: &str, role: TenantRole, expect: Expect) -> StoreResult<User> {
         let (tenant_id, id) = (tenant_id.to_owned(), id.to_owned());
         self.engine
             .write(move |c| {
+                let current = user_to_change(c, &tenant_id, &id, &expect, role == TenantRole::Admin)?;
+                let u = User {
+                    role,
+                    version: current.version + 1,
+                    updated_at: now_millis(),
+                    ..current
+                };
                 c.execute(
-                    "UPDATE users SET role = ?1, updated_at = ?2 WHERE tenant_id = ?3 AND id = ?4",
-                    params![role.as_str(), now_millis(), tenant_id, id],
+                    "UPDATE users SET role = ?1, version = ?2, updated_at = ?3 WHERE tenant_id = ?4 AND id = ?5",
+                    params![u.role.as_str(), u.version, u.updated_at, tenant_id, id],
                 )
                 .map_err(db_error)?;
-                c.query_row(
-                    &format!("SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 AND id = ?2"),
-                    [&tenant_id, &id],
-                    user_row,
-                )
-                .optional()
-                .map_err(db_error)
+                Ok(u)
             })
             .await
     }
 
-    async fn delete_user(&self, tenant_id: &str, id: &str, retention: Duration) -> StoreResult<bool> {
+    async fn delete_user(&self, tenant_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()> {
         let (tenant_id, id) = (tenant_id.to_owned(), id.to_owned());
         self.engine
             .write(move |c| {
+                user_to_change(c, &tenant_id, &id, &expect, false)?;
                 c.execute("DELETE FROM api_keys WHERE user_id = ?1", [&id])
                     .map_err(db_error)?;
-                let n = c
-                    .execute("DELETE FROM users WHERE tenant_id = ?1 AND id = ?2", [&tenant_id, &id])
+                c.execute("DELETE FROM users WHERE tenant_id = ?1 AND id = ?2", [&tenant_id, &id])
                     .map_err(db_error)?;
-                if n > 0 {
-                    put_tombstone(c, kind::USER, &tenant_id, &id, retention).map_err(db_error)?;
-                }
-                Ok(n > 0)
+                put_tombstone(c, kind::USER, &tenant_id, &id, retention).map_err(db_error)?;
+                Ok(())
             })
             .await
     }
@@ -778,16 +852,38 @@ impl Store for SqliteStore {
         self.engine
             .write(move |c| {
                 let exists: Option<i64> = c
-                    .query_row("SELECT 1 FROM users WHERE tenant_id = ?1 AND id = ?2", [&tenant_id, &user_id], |r| r.get(0))
+                    .query_row(
+                        "SELECT 1 FROM users WHERE tenant_id = ?1 AND id = ?2",
+                        [&tenant_id, &user_id],
+                        |r| r.get(0),
+                    )
                     .optional()
                     .map_err(db_error)?;
                 if exists.is_none() {
                     return Err(StoreError::Vanished);
                 }
-                let k = ApiKey { id: new_id(), user_id: Some(user_id), name, created_at: now_millis() };
+                let now = now_millis();
+                let k = ApiKey {
+                    id: new_id(),
+                    user_id: Some(user_id),
+                    name,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                };
                 c.execute(
-                    "INSERT INTO api_keys (id, tenant_id, user_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![k.id, tenant_id, k.user_id, k.name, hash, k.created_at],
+                    "INSERT INTO api_keys (id, tenant_id, user_id, name, token_hash, version, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        k.id,
+                        tenant_id,
+                        k.user_id,
+                        k.name,
+                        hash,
+                        k.version,
+                        k.created_at,
+                        k.updated_at
+                    ],
                 )
                 .map_err(db_error)?;
                 Ok(k)
@@ -800,7 +896,9 @@ impl Store for SqliteStore {
         self.engine
             .read(move |c| {
                 let k = c
-                    .prepare_cached("SELECT id, user_id, name, created_at FROM api_keys WHERE user_id = ?1 AND id = ?2")
+                    .prepare_cached(&format!(
+                        "SELECT {KEY_COLS} FROM api_keys WHERE user_id = ?1 AND id = ?2"
+                    ))
                     .and_then(|mut s| s.query_row([&user_id, &id], key_row).optional())
                     .map_err(db_error)?;
                 found_or_tombstone(c, k, kind::API_KEY, &user_id, &id)
@@ -814,7 +912,7 @@ impl Store for SqliteStore {
             .read(move |c| {
                 page(
                     c,
-                    "SELECT id, user_id, name, created_at FROM api_keys WHERE user_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                    &format!("SELECT {KEY_COLS} FROM api_keys WHERE user_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"),
                     Some(&user_id),
                     &p,
                     key_row,
@@ -824,17 +922,26 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn revoke_api_key(&self, user_id: &str, id: &str, retention: Duration) -> StoreResult<bool> {
+    async fn revoke_api_key(&self, user_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()> {
         let (user_id, id) = (user_id.to_owned(), id.to_owned());
         self.engine
             .write(move |c| {
-                let n = c
-                    .execute("DELETE FROM api_keys WHERE user_id = ?1 AND id = ?2", [&user_id, &id])
+                let version: Option<i64> = c
+                    .query_row(
+                        "SELECT version FROM api_keys WHERE user_id = ?1 AND id = ?2",
+                        [&user_id, &id],
+                        |r| r.get(0),
+                    )
+                    .optional()
                     .map_err(db_error)?;
-                if n > 0 {
-                    put_tombstone(c, kind::API_KEY, &user_id, &id, retention).map_err(db_error)?;
-                }
-                Ok(n > 0)
+                let Some(version) = version else {
+                    return Err(not_there(c, kind::API_KEY, &user_id, &id));
+                };
+                check_existing(&expect, version, None)?;
+                c.execute("DELETE FROM api_keys WHERE user_id = ?1 AND id = ?2", [&user_id, &id])
+                    .map_err(db_error)?;
+                put_tombstone(c, kind::API_KEY, &user_id, &id, retention).map_err(db_error)?;
+                Ok(())
             })
             .await
     }
@@ -906,19 +1013,21 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn delete_collection(&self, tenant_id: &str, name: &str, retention: Duration) -> StoreResult<bool> {
+    async fn delete_collection(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        expect: Expect,
+        retention: Duration,
+    ) -> StoreResult<()> {
         let (tenant_id, name) = (tenant_id.to_owned(), name.to_owned());
         self.engine
             .write(move |c| {
-                let id: Option<String> = c
-                    .query_row(
-                        "SELECT id FROM collections WHERE tenant_id = ?1 AND name = ?2",
-                        [&tenant_id, &name],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(db_error)?;
-                let Some(id) = id else { return Ok(false) };
+                let Some(current) = load_collection(c, &tenant_id, &name)? else {
+                    return Err(not_there(c, kind::COLLECTION, &tenant_id, &name));
+                };
+                check_existing(&expect, current.version, None)?;
+                let id = current.id;
                 let has_records: Option<i64> = c
                     .query_row("SELECT 1 FROM records WHERE collection_id = ?1 LIMIT 1", [&id], |r| {
                         r.get(0)
@@ -940,7 +1049,7 @@ impl Store for SqliteStore {
                 c.execute("DELETE FROM collections WHERE id = ?1", [&id])
                     .map_err(db_error)?;
                 put_tombstone(c, kind::COLLECTION, &tenant_id, &name, retention).map_err(db_error)?;
-                Ok(true)
+                Ok(())
             })
             .await
     }
@@ -950,10 +1059,11 @@ impl Store for SqliteStore {
         tenant_id: &str,
         name: &str,
         changes: CollectionChanges,
-    ) -> StoreResult<Option<Collection>> {
+        expect: Expect,
+    ) -> StoreResult<Collection> {
         let (tenant_id, name) = (tenant_id.to_owned(), name.to_owned());
         self.engine
-            .write(move |c| update_collection(c, &tenant_id, &name, changes))
+            .write(move |c| update_collection(c, &tenant_id, &name, changes, &expect))
             .await
     }
 
@@ -1055,6 +1165,42 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn patch_record(
+        &self,
+        collection: &Collection,
+        id: &str,
+        apply: ApplyPatch,
+        expect: Expect,
+        actor: &str,
+    ) -> StoreResult<Record> {
+        let (collection, id, actor) = (collection.clone(), id.to_owned(), actor.to_owned());
+        self.engine
+            .write(move |c| {
+                collection_exists(c, &collection.id)?;
+                let Some(current) = load_record(c, &collection.id, &id)? else {
+                    return Err(not_there(c, kind::RECORD, &collection.id, &id));
+                };
+                check_expectation(Some(&current), &expect)?;
+                check_lease(c, &collection.id, &id, &actor)?;
+                let data = apply(&current.data).map_err(StoreError::Rejected)?;
+                let r = Record {
+                    data,
+                    version: current.version + 1,
+                    etag: new_etag(),
+                    updated_at: now_millis(),
+                    ..current
+                };
+                c.execute(
+                    "UPDATE records SET data = ?1, version = ?2, etag = ?3, updated_at = ?4 WHERE collection_id = ?5 AND id = ?6",
+                    params![r.data.to_string(), r.version, r.etag, r.updated_at, r.collection_id, r.id],
+                )
+                .map_err(db_error)?;
+                index_unique(c, &collection, &r.id, &r.data)?;
+                Ok(r)
+            })
+            .await
+    }
+
     async fn delete_record(
         &self,
         collection_id: &str,
@@ -1062,15 +1208,14 @@ impl Store for SqliteStore {
         expect: Expect,
         actor: &str,
         retention: Duration,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<()> {
         let (collection_id, id, actor) = (collection_id.to_owned(), id.to_owned(), actor.to_owned());
         self.engine
             .write(move |c| {
-                let current = load_record(c, &collection_id, &id)?;
-                check_expectation(current.as_ref(), &expect)?;
-                if current.is_none() {
-                    return Ok(false);
-                }
+                let Some(current) = load_record(c, &collection_id, &id)? else {
+                    return Err(not_there(c, kind::RECORD, &collection_id, &id));
+                };
+                check_expectation(Some(&current), &expect)?;
                 check_lease(c, &collection_id, &id, &actor)?;
                 c.execute(
                     "DELETE FROM locks WHERE collection_id = ?1 AND record_id = ?2",
@@ -1088,7 +1233,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(db_error)?;
                 put_tombstone(c, kind::RECORD, &collection_id, &id, retention).map_err(db_error)?;
-                Ok(true)
+                Ok(())
             })
             .await
     }

@@ -116,12 +116,14 @@ pub async fn users_keys_and_authentication(store: Arc<dyn Store>) {
     );
 
     let role = store
-        .set_user_role(&t.id, &u.id, TenantRole::Admin)
+        .set_user_role(&t.id, &u.id, TenantRole::Admin, Expect::Anything)
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(role.role, TenantRole::Admin);
-    assert!(store.revoke_api_key(&u.id, &k.id, KEEP).await.unwrap());
+    assert_eq!((role.role, role.version), (TenantRole::Admin, 2));
+    store
+        .revoke_api_key(&u.id, &k.id, Expect::Anything, KEEP)
+        .await
+        .unwrap();
     assert_eq!(
         store.key_owner("khash").await.unwrap(),
         None,
@@ -130,7 +132,16 @@ pub async fn users_keys_and_authentication(store: Arc<dyn Store>) {
     assert_eq!(store.api_key(&u.id, &k.id).await.unwrap(), Lookup::Gone);
 
     let k2 = store.create_api_key(&t.id, &u.id, "ci2", "khash2").await.unwrap();
-    assert!(store.delete_user(&t.id, &u.id, KEEP).await.unwrap());
+    // The tenant's last admin stays; with another admin it may go.
+    assert!(matches!(
+        store.delete_user(&t.id, &u.id, Expect::Anything, KEEP).await,
+        Err(StoreError::LastAdmin)
+    ));
+    store
+        .create_user(&t.id, "b@example.com", TenantRole::Admin)
+        .await
+        .unwrap();
+    store.delete_user(&t.id, &u.id, Expect::Anything, KEEP).await.unwrap();
     assert_eq!(store.user(&t.id, &u.id).await.unwrap(), Lookup::Gone);
     assert_eq!(
         store.key_owner("khash2").await.unwrap(),
@@ -179,27 +190,27 @@ pub async fn records_crud_versions_and_tombstones(store: Arc<dyn Store>) {
     assert!(created);
     assert_eq!(made.id, "client-id");
 
-    assert!(
-        store
-            .delete_record(&c.id, &r.id, Expect::Etag(r2.etag.clone()), ACTOR, KEEP)
-            .await
-            .unwrap()
-    );
+    store
+        .delete_record(&c.id, &r.id, Expect::Etag(r2.etag.clone()), ACTOR, KEEP)
+        .await
+        .unwrap();
     assert_eq!(store.record(&c.id, &r.id).await.unwrap(), Lookup::Gone);
-    assert!(
-        !store
-            .delete_record(&c.id, &r.id, Expect::Anything, ACTOR, KEEP)
-            .await
-            .unwrap()
-    );
+    assert!(matches!(
+        store.delete_record(&c.id, &r.id, Expect::Anything, ACTOR, KEEP).await,
+        Err(StoreError::Gone)
+    ));
 
     // A zero retention leaves an already-expired tombstone: 404, and purged.
-    assert!(
+    store
+        .delete_record(&c.id, "client-id", Expect::Anything, ACTOR, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(matches!(
         store
-            .delete_record(&c.id, "client-id", Expect::Anything, ACTOR, Duration::ZERO)
-            .await
-            .unwrap()
-    );
+            .delete_record(&c.id, "client-id", Expect::Anything, ACTOR, KEEP)
+            .await,
+        Err(StoreError::Vanished)
+    ));
     assert_eq!(store.record(&c.id, "client-id").await.unwrap(), Lookup::Missing);
     assert!(store.purge_expired().await.unwrap() >= 1);
 
@@ -238,12 +249,10 @@ pub async fn unique_fields_conflict_by_pointer(store: Arc<dyn Store>) {
         .create_record(&c, json!({"serial": "S1", "mac": "m1"}))
         .await
         .expect("S1 and m1 freed");
-    assert!(
-        store
-            .delete_record(&c.id, &a.id, Expect::Anything, ACTOR, KEEP)
-            .await
-            .unwrap()
-    );
+    store
+        .delete_record(&c.id, &a.id, Expect::Anything, ACTOR, KEEP)
+        .await
+        .unwrap();
     store
         .create_record(&c, json!({"serial": "S9"}))
         .await
@@ -262,14 +271,17 @@ pub async fn collections_delete_only_when_empty(store: Arc<dyn Store>) {
     ));
     let r = store.create_record(&c, json!({})).await.unwrap();
     assert!(matches!(
-        store.delete_collection(&t.id, "devices", KEEP).await,
+        store.delete_collection(&t.id, "devices", Expect::Anything, KEEP).await,
         Err(StoreError::NotEmpty)
     ));
     store
         .delete_record(&c.id, &r.id, Expect::Anything, ACTOR, KEEP)
         .await
         .unwrap();
-    assert!(store.delete_collection(&t.id, "devices", KEEP).await.unwrap());
+    store
+        .delete_collection(&t.id, "devices", Expect::Anything, KEEP)
+        .await
+        .unwrap();
     assert_eq!(store.collection(&t.id, "devices").await.unwrap(), Lookup::Gone);
     assert!(matches!(
         store.create_record(&c, json!({})).await,
@@ -488,12 +500,10 @@ pub async fn leases_block_other_writers_until_released_or_expired(store: Arc<dyn
     assert_eq!(taken.holder, "bob");
 
     // Deleting the record (by the holder) drops its lease; no lease on a missing record.
-    assert!(
-        store
-            .delete_record(&c.id, &r.id, Expect::Anything, "bob", KEEP)
-            .await
-            .unwrap()
-    );
+    store
+        .delete_record(&c.id, &r.id, Expect::Anything, "bob", KEEP)
+        .await
+        .unwrap();
     assert_eq!(store.lease(&c.id, &r.id).await.unwrap(), None);
     assert!(matches!(
         store.acquire_lease(&c.id, &r.id, "bob", KEEP).await,
@@ -508,23 +518,40 @@ pub async fn renamed_collections_leave_redirects(store: Arc<dyn Store>) {
         name: Some(name.into()),
         ..CollectionChanges::default()
     };
-    let b = store.update_collection(&t.id, "a", rename("b")).await.unwrap().unwrap();
+    let b = store
+        .update_collection(&t.id, "a", rename("b"), Expect::Version(1))
+        .await
+        .unwrap();
     assert_eq!((b.id.as_str(), b.name.as_str(), b.version), (a.id.as_str(), "b", 2));
     assert_eq!(store.collection(&t.id, "a").await.unwrap(), Lookup::Missing);
     assert_eq!(store.collection_alias(&t.id, "a").await.unwrap().as_deref(), Some("b"));
 
     // Two renames: both old names lead to the current one.
-    store.update_collection(&t.id, "b", rename("c")).await.unwrap().unwrap();
+    store
+        .update_collection(&t.id, "b", rename("c"), Expect::Anything)
+        .await
+        .unwrap();
     assert_eq!(store.collection_alias(&t.id, "a").await.unwrap().as_deref(), Some("c"));
     assert_eq!(store.collection_alias(&t.id, "b").await.unwrap().as_deref(), Some("c"));
 
     // A taken name conflicts; a missing collection is None.
     collection(&*store, &t, "other", &[]).await;
     assert!(matches!(
-        store.update_collection(&t.id, "c", rename("other")).await,
+        store.update_collection(&t.id, "c", rename("other"), Expect::Anything).await,
         Err(StoreError::Conflict { pointer }) if pointer == "/name"
     ));
-    assert_eq!(store.update_collection(&t.id, "zzz", rename("y")).await.unwrap(), None);
+    assert!(matches!(
+        store
+            .update_collection(&t.id, "zzz", rename("y"), Expect::Anything)
+            .await,
+        Err(StoreError::Vanished)
+    ));
+    assert!(matches!(
+        store
+            .update_collection(&t.id, "c", rename("y"), Expect::Version(1))
+            .await,
+        Err(StoreError::ExpectationFailed)
+    ));
 
     // A new collection under an old name ends that redirect.
     collection(&*store, &t, "a", &[]).await;
@@ -541,7 +568,7 @@ pub async fn renamed_collections_leave_redirects(store: Arc<dyn Store>) {
         ..CollectionChanges::default()
     };
     assert!(matches!(
-        store.update_collection(&t.id, "c", unique.clone()).await,
+        store.update_collection(&t.id, "c", unique.clone(), Expect::Anything).await,
         Err(StoreError::Conflict { pointer }) if pointer == "/data/serial"
     ));
     let unchanged = store.collection(&t.id, "c").await.unwrap().found().unwrap();
@@ -549,8 +576,14 @@ pub async fn renamed_collections_leave_redirects(store: Arc<dyn Store>) {
 
     // Deleting the collection ends its redirects.
     let empty = collection(&*store, &t, "d", &[]).await;
-    store.update_collection(&t.id, "d", rename("e")).await.unwrap();
-    assert!(store.delete_collection(&t.id, "e", KEEP).await.unwrap());
+    store
+        .update_collection(&t.id, "d", rename("e"), Expect::Anything)
+        .await
+        .unwrap();
+    store
+        .delete_collection(&t.id, "e", Expect::Anything, KEEP)
+        .await
+        .unwrap();
     assert_eq!(store.collection_alias(&t.id, "d").await.unwrap(), None);
     assert_eq!(store.collection(&t.id, &empty.name).await.unwrap(), Lookup::Missing);
 }
@@ -647,6 +680,272 @@ pub async fn idempotency_keys_claim_replay_and_expire(store: Arc<dyn Store>) {
     );
 }
 
+/// Sets field `f{i}` of a record to `i`, as a merge patch inside the write.
+fn set_field(i: usize) -> ApplyPatch {
+    Box::new(move |current| {
+        let mut data = current.clone();
+        data[format!("f{i}")] = json!(i);
+        Ok(data)
+    })
+}
+
+pub async fn patches_apply_inside_the_write(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = Arc::new(collection(&*store, &t, "devices", &["serial"]).await);
+    let r = store.create_record(&c, json!({})).await.unwrap();
+
+    // Unconditional patches never fail for contention: each sees the last.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (store, c, id) = (store.clone(), c.clone(), r.id.clone());
+        tasks.push(tokio::spawn(async move {
+            store.patch_record(&c, &id, set_field(i), Expect::Anything, ACTOR).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("an unconditional patch commits");
+    }
+    let after = store.record(&c.id, &r.id).await.unwrap().found().unwrap();
+    assert_eq!(after.version, 21);
+    for i in 0..20 {
+        assert_eq!(after.data[format!("f{i}")], json!(i), "{}", after.data);
+    }
+
+    // Conditional patches with one tag: exactly one winner.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let (store, c, id, etag) = (store.clone(), c.clone(), r.id.clone(), after.etag.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .patch_record(&c, &id, set_field(i), Expect::Etag(etag), ACTOR)
+                .await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(StoreError::ExpectationFailed) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(winners, 1);
+
+    // A rejected computation writes nothing and says why.
+    let before = store.record(&c.id, &r.id).await.unwrap().found().unwrap();
+    let refuse: ApplyPatch = Box::new(|_| {
+        Err(RejectedWrite::TestFailed {
+            operation: 0,
+            detail: "no".into(),
+        })
+    });
+    assert!(matches!(
+        store.patch_record(&c, &r.id, refuse, Expect::Anything, ACTOR).await,
+        Err(StoreError::Rejected(RejectedWrite::TestFailed { operation: 0, .. }))
+    ));
+    assert_eq!(store.record(&c.id, &r.id).await.unwrap(), Lookup::Found(before));
+
+    // The patched data is indexed: a taken unique value conflicts.
+    store.create_record(&c, json!({"serial": "S1"})).await.unwrap();
+    let take: ApplyPatch = Box::new(|_| Ok(json!({"serial": "S1"})));
+    assert!(matches!(
+        store.patch_record(&c, &r.id, take, Expect::Anything, ACTOR).await,
+        Err(StoreError::Conflict { pointer }) if pointer == "/data/serial"
+    ));
+
+    // A deleted record is gone; one that never existed has vanished.
+    store
+        .delete_record(&c.id, &r.id, Expect::Anything, ACTOR, KEEP)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .patch_record(&c, &r.id, set_field(0), Expect::Anything, ACTOR)
+            .await,
+        Err(StoreError::Gone)
+    ));
+    assert!(matches!(
+        store
+            .patch_record(&c, "nope", set_field(0), Expect::Anything, ACTOR)
+            .await,
+        Err(StoreError::Vanished)
+    ));
+}
+
+/// Runs `n` copies of `delete` at once; asserts exactly one succeeds and
+/// every other sees the tombstone.
+async fn one_delete_wins<F, Fut>(what: &str, n: usize, delete: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<()>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(delete())).collect();
+    let (mut ok, mut gone) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::Gone) => gone += 1,
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    assert_eq!((ok, gone), (1, n - 1), "{what}");
+}
+
+pub async fn concurrent_deletes_have_one_winner(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = collection(&*store, &t, "devices", &[]).await;
+    let r = store.create_record(&c, json!({})).await.unwrap();
+    let (cid, rid) = (c.id.clone(), r.id.clone());
+    let s = store.clone();
+    one_delete_wins("record", 10, move || {
+        let (s, cid, rid) = (s.clone(), cid.clone(), rid.clone());
+        async move { s.delete_record(&cid, &rid, Expect::Anything, ACTOR, KEEP).await }
+    })
+    .await;
+
+    store
+        .create_user(&t.id, "admin@example.com", TenantRole::Admin)
+        .await
+        .unwrap();
+    let u = store
+        .create_user(&t.id, "a@example.com", TenantRole::Editor)
+        .await
+        .unwrap();
+    let k = store.create_api_key(&t.id, &u.id, "ci", "khash").await.unwrap();
+    let (uid, kid) = (u.id.clone(), k.id.clone());
+    let s = store.clone();
+    one_delete_wins("api key", 10, move || {
+        let (s, uid, kid) = (s.clone(), uid.clone(), kid.clone());
+        async move { s.revoke_api_key(&uid, &kid, Expect::Anything, KEEP).await }
+    })
+    .await;
+
+    let (tid, uid) = (t.id.clone(), u.id.clone());
+    let s = store.clone();
+    one_delete_wins("user", 10, move || {
+        let (s, tid, uid) = (s.clone(), tid.clone(), uid.clone());
+        async move { s.delete_user(&tid, &uid, Expect::Anything, KEEP).await }
+    })
+    .await;
+
+    let tid = t.id.clone();
+    let s = store.clone();
+    one_delete_wins("collection", 10, move || {
+        let (s, tid) = (s.clone(), tid.clone());
+        async move { s.delete_collection(&tid, "devices", Expect::Anything, KEEP).await }
+    })
+    .await;
+}
+
+pub async fn versions_guard_every_entity(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    assert_eq!(t.version, 1);
+    let admin = store
+        .create_user(&t.id, "admin@example.com", TenantRole::Admin)
+        .await
+        .unwrap();
+    let u = store
+        .create_user(&t.id, "a@example.com", TenantRole::Viewer)
+        .await
+        .unwrap();
+    assert_eq!(u.version, 1);
+    let u2 = store
+        .set_user_role(&t.id, &u.id, TenantRole::Editor, Expect::Version(1))
+        .await
+        .unwrap();
+    assert_eq!(u2.version, 2);
+    assert!(u2.updated_at >= u.updated_at);
+    assert!(matches!(
+        store
+            .set_user_role(&t.id, &u.id, TenantRole::Viewer, Expect::Version(1))
+            .await,
+        Err(StoreError::ExpectationFailed)
+    ));
+    assert!(matches!(
+        store.delete_user(&t.id, &u.id, Expect::Version(1), KEEP).await,
+        Err(StoreError::ExpectationFailed)
+    ));
+
+    let k = store.create_api_key(&t.id, &u.id, "ci", "khash").await.unwrap();
+    assert_eq!((k.version, k.updated_at), (1, k.created_at));
+    assert_eq!(store.api_key(&u.id, &k.id).await.unwrap(), Lookup::Found(k.clone()));
+    assert!(matches!(
+        store.revoke_api_key(&u.id, &k.id, Expect::Version(2), KEEP).await,
+        Err(StoreError::ExpectationFailed)
+    ));
+    store
+        .revoke_api_key(&u.id, &k.id, Expect::Version(1), KEEP)
+        .await
+        .unwrap();
+
+    let c = collection(&*store, &t, "devices", &[]).await;
+    assert!(matches!(
+        store
+            .delete_collection(&t.id, "devices", Expect::Version(c.version + 1), KEEP)
+            .await,
+        Err(StoreError::ExpectationFailed)
+    ));
+    store
+        .delete_collection(&t.id, "devices", Expect::Version(c.version), KEEP)
+        .await
+        .unwrap();
+    store.delete_user(&t.id, &u.id, Expect::Version(2), KEEP).await.unwrap();
+    let _ = admin;
+}
+
+pub async fn tenants_keep_their_last_admin(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let a = store
+        .create_user(&t.id, "a@example.com", TenantRole::Admin)
+        .await
+        .unwrap();
+    for role in [TenantRole::Editor, TenantRole::Viewer] {
+        assert!(matches!(
+            store.set_user_role(&t.id, &a.id, role, Expect::Anything).await,
+            Err(StoreError::LastAdmin)
+        ));
+    }
+    assert!(matches!(
+        store.delete_user(&t.id, &a.id, Expect::Anything, KEEP).await,
+        Err(StoreError::LastAdmin)
+    ));
+    // Re-asserting the role is fine; other tenants' admins do not count.
+    store
+        .set_user_role(&t.id, &a.id, TenantRole::Admin, Expect::Anything)
+        .await
+        .unwrap();
+    let other = tenant(&*store, "other").await;
+    store
+        .create_user(&other.id, "x@example.com", TenantRole::Admin)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.delete_user(&t.id, &a.id, Expect::Anything, KEEP).await,
+        Err(StoreError::LastAdmin)
+    ));
+
+    // Two admins demoting each other at once: exactly one succeeds.
+    let b = store
+        .create_user(&t.id, "b@example.com", TenantRole::Admin)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for id in [a.id.clone(), b.id.clone()] {
+        let (store, tid) = (store.clone(), t.id.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .set_user_role(&tid, &id, TenantRole::Viewer, Expect::Anything)
+                .await
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
+    assert!(outcomes.iter().any(|o| matches!(o, Err(StoreError::LastAdmin))));
+}
+
 /// Runs every conformance test, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -664,6 +963,10 @@ macro_rules! conformance_tests {
             leases_block_other_writers_until_released_or_expired,
             renamed_collections_leave_redirects,
             idempotency_keys_claim_replay_and_expire,
+            patches_apply_inside_the_write,
+            concurrent_deletes_have_one_winner,
+            versions_guard_every_entity,
+            tenants_keep_their_last_admin,
         );
     };
     (@each $make:expr; $($name:ident,)+) => {
