@@ -71,10 +71,6 @@ pub fn rejected_problem(rejected: RejectedWrite) -> Problem {
                 .map(|(pointer, detail)| FieldError::new(pointer, detail))
                 .collect(),
         ),
-        RejectedWrite::Internal(msg) => {
-            tracing::error!(error = %msg, "a write's computation failed");
-            internal()
-        }
     }
 }
 

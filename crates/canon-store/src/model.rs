@@ -308,10 +308,6 @@ pub enum RejectedWrite {
         /// Each failing location: a JSON pointer into the record envelope and what is wrong.
         errors: Vec<(String, String)>,
     },
-    /// The computation itself failed (a schema that does not compile); the
-    /// message is for logs only.
-    #[error("{0}")]
-    Internal(String),
 }
 
 /// A response kept for an idempotency key, replayed to retries.
