@@ -377,7 +377,24 @@ impl Representation {
         self.cache_control = Some("private, no-cache");
         self
     }
+
+    /// Marks the body as a secret shown once (a new API key's token): no
+    /// cache may keep it (`Cache-Control: no-store`, which the idempotency
+    /// ledger honours too), and `Prefer: return=minimal` is not applied,
+    /// because this body is the only copy of the secret there will ever be.
+    pub fn shown_once(mut self) -> Self {
+        self.cache_control = Some(NO_STORE);
+        self
+    }
+
+    /// Whether this is a secret shown once (see [`Representation::shown_once`]).
+    pub fn is_shown_once(&self) -> bool {
+        self.cache_control == Some(NO_STORE)
+    }
 }
+
+/// `Cache-Control` of a representation no cache may keep.
+pub const NO_STORE: &str = "no-store";
 
 /// How an action succeeded. The variant fixes the 2xx status.
 #[derive(Debug, Clone)]
@@ -1151,6 +1168,13 @@ fn representation_response(status: StatusCode, rep: Representation) -> Response<
 /// on a write) the body is left out: 200 becomes 204, 201 stays 201; the
 /// validators and locations stay.
 fn success_response(success: Success, minimal: bool) -> Response<Bytes> {
+    // A secret shown once keeps its body whatever the client prefers.
+    let minimal = minimal
+        && match &success {
+            Success::Ok(rep) => !rep.is_shown_once(),
+            Success::Created { representation, .. } => !representation.is_shown_once(),
+            Success::NoContent => false,
+        };
     let mut response = match success {
         Success::Ok(rep) if minimal => {
             let mut response = representation_response(StatusCode::NO_CONTENT, rep);

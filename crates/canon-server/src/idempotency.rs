@@ -87,16 +87,31 @@ fn is_hop_header(name: &HeaderName) -> bool {
     name == header::CONNECTION || name == header::DATE || name.as_str() == crate::app::REQUEST_ID
 }
 
+/// What the ledger keeps of a response. A `Cache-Control: no-store` response
+/// (a new API key's token) is kept without its body and the headers that
+/// describe the body: the ledger stores no secret, so a replay confirms what
+/// was created (status, `Location`) but cannot show the secret again.
 fn keep(response: &Response<Bytes>) -> StoredResponse {
+    let no_store = response
+        .headers()
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("no-store"));
+    let describes_body = |n: &HeaderName| {
+        n == header::CONTENT_TYPE || n == header::CONTENT_LENGTH || n == header::ETAG || n == header::LAST_MODIFIED
+    };
     StoredResponse {
         status: response.status().as_u16(),
         headers: response
             .headers()
             .iter()
             .filter(|(n, _)| !is_hop_header(n))
+            .filter(|(n, _)| !(no_store && describes_body(n)))
             .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect(),
-        body: response.body().to_vec(),
+        body: if no_store { Vec::new() } else { response.body().to_vec() },
     }
 }
 

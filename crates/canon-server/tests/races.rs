@@ -231,3 +231,35 @@ async fn a_new_keys_token_is_never_stored_by_caches() {
     let body: Value = r.json().await.unwrap();
     assert!(body.get("token").is_none(), "{body}");
 }
+
+#[tokio::test]
+async fn a_new_keys_token_is_shown_once_whatever_the_client_prefers_and_never_replayed() {
+    let s = Server::start().await;
+    let w = world(&s, "acme").await;
+    let (uid, _) = add_user(&s, "acme", "k@acme.example", "editor").await;
+    let path = format!("{TENANT}/users/{uid}/api-keys");
+    let keyed = || {
+        s.req(Method::POST, &path, Some(&w.admin))
+            .header("idempotency-key", "key-once-1")
+            .header("prefer", "return=minimal")
+            .json(&json!({"name": "ci"}))
+    };
+    // return=minimal is not applied: this body is the token's only copy.
+    let r = keyed().send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(r.headers().get("preference-applied").is_none());
+    let location = header(&r, "location").to_owned();
+    let body: Value = r.json().await.unwrap();
+    let token = body["token"].as_str().unwrap_or_default().to_owned();
+    assert!(!token.is_empty(), "{body}");
+
+    // The replay confirms the creation but the ledger kept no secret.
+    let r = keyed().send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(header(&r, "location"), location);
+    assert_eq!(header(&r, "cache-control"), "no-store");
+    assert!(r.headers().get("content-type").is_none());
+    let replayed = r.bytes().await.unwrap();
+    assert!(replayed.is_empty(), "{replayed:?}");
+    assert!(!String::from_utf8_lossy(&replayed).contains(&token));
+}

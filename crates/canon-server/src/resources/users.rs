@@ -297,8 +297,9 @@ impl Resource for ApiKeys {
                 let mut body = render::api_key(&k);
                 body["token"] = Value::String(secret);
                 // The only response that ever shows the token: no cache may keep it.
-                let mut rep = Representation::json(&body).with_validators(render::api_key_validators(&k));
-                rep.cache_control = Some("no-store");
+                let rep = Representation::json(&body)
+                    .with_validators(render::api_key_validators(&k))
+                    .shown_once();
                 let location = format!("{}/users/{}/api-keys/{}", self.cx.tenant_path(), user.id, k.id);
                 return Ok(created(location, rep));
             }
