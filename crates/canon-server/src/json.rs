@@ -30,7 +30,9 @@ pub enum NumberError {
     /// Infinite as an `f64` (`1e400`), or a non-zero value that would
     /// become zero (`1e-400`).
     OutOfRange,
-    /// An integer beyond 64 bits, or a decimal that no `f64` denotes exactly.
+    /// An integer (no fraction, no exponent) beyond 64 bits.
+    InexactInteger,
+    /// A decimal that no `f64` denotes exactly.
     Inexact,
 }
 
@@ -41,8 +43,11 @@ impl NumberError {
             NumberError::OutOfRange => {
                 "number out of range: Canon stores finite double-precision numbers (magnitude up to about 1.8e308)"
             }
+            NumberError::InexactInteger => {
+                "number cannot be stored exactly: an integer must lie between -9223372036854775808 and 18446744073709551615 (send larger values as strings)"
+            }
             NumberError::Inexact => {
-                "number cannot be stored exactly: integers must lie between -9223372036854775808 and 18446744073709551615, and other numbers must be written as a double-precision value prints (at most 17 significant digits, e.g. 0.1)"
+                "number cannot be stored exactly: no double-precision number has this decimal value; write it as a double prints (at most 17 significant digits, e.g. 0.1), or send it as a string"
             }
         }
     }
@@ -443,7 +448,7 @@ pub fn number(text: &str) -> Result<Number, NumberError> {
         if let Ok(u) = text.parse::<u64>() {
             return Ok(Number::from(u));
         }
-        return Err(NumberError::Inexact);
+        return Err(NumberError::InexactInteger);
     }
     let f: f64 = text.parse().map_err(|_| NumberError::Inexact)?;
     if !f.is_finite() {
@@ -582,9 +587,9 @@ mod tests {
         assert_eq!(ok("0.30000000000000004"), json!(0.30000000000000004));
         assert_eq!(ok("120.50"), json!(120.5));
         for (bad, e) in [
-            ("12345678901234567890123", NumberError::Inexact),
-            ("18446744073709551616", NumberError::Inexact),
-            ("-9223372036854775809", NumberError::Inexact),
+            ("12345678901234567890123", NumberError::InexactInteger),
+            ("18446744073709551616", NumberError::InexactInteger),
+            ("-9223372036854775809", NumberError::InexactInteger),
             ("0.1000000000000000000001", NumberError::Inexact),
             ("9007199254740993.0", NumberError::Inexact),
             ("1e400", NumberError::OutOfRange),
