@@ -17,7 +17,7 @@ impl Query {
     pub fn parse(uri: &http::Uri, allowed: &[&str]) -> Result<Query, Problem> {
         let raw = uri.query().unwrap_or("");
         let mut out = Vec::new();
-        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        for (k, v) in decode_query(raw)? {
             let known = allowed.iter().any(|a| match a.strip_suffix('[') {
                 Some(prefix) => k.starts_with(prefix) && k[prefix.len()..].starts_with('[') && k.ends_with(']'),
                 None => *a == k,
@@ -25,7 +25,7 @@ impl Query {
             if !known {
                 return Err(invalid_query(&k, "is not a parameter of this endpoint"));
             }
-            out.push((k.into_owned(), v.into_owned()));
+            out.push((k, v));
         }
         Ok(Query(out))
     }
@@ -48,6 +48,52 @@ impl Query {
             Some(_) => Err(invalid_query(name, "must be true or false")),
         }
     }
+}
+
+/// Splits and decodes an `application/x-www-form-urlencoded` query. Unlike
+/// a lossy decoder, a name or value whose percent-encoded bytes are not
+/// UTF-8 is a 400: a filter must never silently compare against U+FFFD.
+fn decode_query(raw: &str) -> Result<Vec<(String, String)>, Problem> {
+    let mut out = Vec::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(k).ok_or_else(|| {
+            Problem::new(
+                ProblemKind::InvalidQuery,
+                "A query parameter name is not valid UTF-8 once percent-decoded.",
+            )
+        })?;
+        let value = percent_decode(v).ok_or_else(|| invalid_query(&name, "is not valid UTF-8 once percent-decoded"))?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// Decodes `+` and `%XX`; `None` when the bytes are not UTF-8. A `%` not
+/// followed by two hex digits stays as it is (as browsers and
+/// `form_urlencoded` do).
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A 400 naming a query parameter.
@@ -73,16 +119,38 @@ pub fn json_body(body: Option<&(MediaType, Bytes)>) -> Result<Value, Problem> {
             "This request needs a JSON body.",
         ));
     };
-    serde_json::from_slice(bytes).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Eof => "the body ends before the JSON value does".to_owned(),
-            _ => format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
-        };
-        Problem::new(
+    crate::json::parse(bytes).map_err(|e| json_problem(&e))
+}
+
+/// The 400 for a body [`crate::json::parse`] refused, naming the offending
+/// value by JSON pointer into the body as sent.
+pub fn json_problem(e: &crate::json::JsonError) -> Problem {
+    use crate::json::JsonError;
+    let what = e.describe();
+    match e {
+        JsonError::Syntax { .. } => Problem::new(
             ProblemKind::MalformedBody,
             format!("The body is not well-formed JSON: {what}."),
+        ),
+        JsonError::Number { pointer, .. } => Problem::new(
+            ProblemKind::InvalidField,
+            format!("The body has a number Canon cannot keep at {}: {what}.", shown(pointer)),
         )
-    })
+        .with_errors(vec![FieldError::new(pointer.clone(), what)]),
+        JsonError::TooDeep { pointer } | JsonError::Duplicate { pointer } => Problem::new(
+            ProblemKind::MalformedBody,
+            format!("The body is refused at {}: {what}.", shown(pointer)),
+        )
+        .with_errors(vec![FieldError::new(pointer.clone(), what)]),
+    }
+}
+
+fn shown(pointer: &str) -> String {
+    if pointer.is_empty() {
+        "the top level".to_owned()
+    } else {
+        format!("`{pointer}`")
+    }
 }
 
 /// Decodes `value` into `T` (typically with `deny_unknown_fields`), naming
@@ -135,9 +203,39 @@ pub fn slug(name: &str, pointer: &str) -> Result<(), Problem> {
     }
 }
 
-/// Whether `s` may be a client-chosen id: 1 to 128 of `A-Z a-z 0-9 . _ ~ -`.
+/// Record ids that would collide with a sub-route of `…/records`
+/// (`…/records/batch` is the batch endpoint).
+pub const RESERVED_RECORD_IDS: &[&str] = &["batch"];
+
+/// Whether `s` may be a client-chosen id: 1 to 128 of `A-Z a-z 0-9 . _ ~ -`,
+/// and a single addressable path segment (not `.` or `..`).
 pub fn is_client_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+    !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+}
+
+/// Checks a client-chosen record id given at `pointer` (a body field, or
+/// `/id` for the id in the request path): a valid single path segment that
+/// no sub-route claims.
+pub fn record_id(id: &str, pointer: &str) -> Result<(), Problem> {
+    if RESERVED_RECORD_IDS.contains(&id) {
+        return Err(Problem::new(
+            ProblemKind::InvalidField,
+            format!("{id} is reserved: …/records/{id} is another endpoint, so no record may have this id."),
+        )
+        .with_errors(vec![FieldError::new(pointer, format!("{id} is reserved"))]));
+    }
+    if !is_client_id(id) {
+        return Err(Problem::new(
+            ProblemKind::InvalidField,
+            "A record id chosen by the client must be 1 to 128 of A-Z a-z 0-9 . _ ~ - and not `.` or `..`.",
+        )
+        .with_errors(vec![FieldError::new(pointer, "not a valid record id")]));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -151,6 +249,37 @@ mod tests {
         }
         for bad in ["", "A", "1a", "-a", "a_b", "a b", "é", &"a".repeat(64)] {
             assert!(!is_slug(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_are_single_addressable_segments() {
+        for ok in ["a", "a.b", "..a", "a..", "x~_-9", &"z".repeat(128)] {
+            assert!(record_id(ok, "/id").is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "batch", "a/b", "a b", "é", "%2E", &"z".repeat(129)] {
+            let p = record_id(bad, "/id").unwrap_err();
+            assert_eq!(p.extension("errors").unwrap()[0]["pointer"], "/id", "{bad}");
+        }
+        assert!(
+            record_id("batch", "/id")
+                .unwrap_err()
+                .detail()
+                .contains("batch is reserved")
+        );
+    }
+
+    #[test]
+    fn query_decoding_refuses_invalid_utf8() {
+        let uri: http::Uri = "/x?filter%5Bn%5D=a+b%2Bc%C3%A9&limit=%".parse().unwrap();
+        let q = Query::parse(&uri, &["limit", "filter["]).unwrap();
+        assert_eq!(
+            q.0,
+            vec![("filter[n]".into(), "a b+cé".into()), ("limit".into(), "%".into())]
+        );
+        for bad in ["/x?limit=%FF", "/x?%FF=1", "/x?limit=%C3"] {
+            let uri: http::Uri = bad.parse().unwrap();
+            assert!(Query::parse(&uri, &["limit"]).is_err(), "{bad}");
         }
     }
 

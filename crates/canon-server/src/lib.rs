@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod input;
+pub mod json;
 pub mod listing;
 pub mod render;
 pub mod resources;

@@ -57,6 +57,7 @@ pub mod name {
     pub const RECORDS: &str = "records";
     pub const RECORD: &str = "record";
     pub const LOCK: &str = "lock";
+    pub const BATCH: &str = "batch";
     pub const PLANNED: &str = "planned";
 }
 
@@ -173,12 +174,15 @@ pub static ROUTES: &[RouteSpec] = &[
         summary: "A record's lock: a lease that keeps other callers from writing it.",
     },
     // Named by the contract, built by later work: they answer 501.
+    // `batch` is a reserved word, never a record id: PUT (the only method
+    // that names a new record by its path) answers 400 saying so, rather
+    // than a 405 that would suggest records cannot be put at all.
     RouteSpec {
-        name: name::PLANNED,
+        name: name::BATCH,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records/batch",
-        methods: &[],
+        methods: &[put(role(Editor))],
         planned: &[Method::POST],
-        summary: "Batch writes (planned).",
+        summary: "Batch writes (planned). PUT answers 400: `batch` is reserved, not a record id.",
     },
     RouteSpec {
         name: name::PLANNED,
@@ -241,7 +245,7 @@ mod tests {
         let t = RouteTable::new(ROUTES).unwrap();
         assert_eq!(
             t.lookup("/v1/tenants/a/collections/c/records/batch").unwrap().0.summary,
-            "Batch writes (planned)."
+            "Batch writes (planned). PUT answers 400: `batch` is reserved, not a record id."
         );
         assert_eq!(
             t.lookup("/v1/tenants/a/collections/c/records/x").unwrap().0.name,

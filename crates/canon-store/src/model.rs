@@ -225,6 +225,8 @@ pub struct RecordQuery {
     /// Paging.
     pub page: PageRequest,
     /// Equality filters on top-level data fields; values are JSON scalars.
+    /// Numbers are canonical (see canon-server's `json.rs`) and a backend
+    /// compares them exactly, by their JSON text, never through a double.
     pub filters: Vec<(String, Value)>,
     /// Order.
     pub sort: SortOrder,

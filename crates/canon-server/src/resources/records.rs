@@ -1,10 +1,10 @@
 //! Records of a collection.
 
+use canon_http::Problem;
 use canon_http::access::{Principal, Role};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, LockInfo, Representation, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::validators::Validators;
-use canon_http::{FieldError, Problem, ProblemKind};
 use canon_store::{
     ApplyPatch, Collection, Expect, Lease, Lookup, Record, RecordQuery, RejectedWrite, SortOrder, is_field_name,
 };
@@ -17,7 +17,7 @@ use super::collections::load_collection;
 use super::{Cx, settle, still_there};
 use crate::app::App;
 use crate::error::{rejected_problem, store_problem};
-use crate::input::{Query, decode, invalid_field, invalid_query, is_client_id, json_body};
+use crate::input::{Query, decode, invalid_field, invalid_query, json_body, record_id};
 use crate::listing::Listed;
 use crate::{listing, render};
 
@@ -54,12 +54,30 @@ fn check_data(validator: &jsonschema::Validator, collection: &str, data: &Value)
     }
 }
 
-/// The JSON scalar a filter value stands for: a number, `true`, `false` or
-/// `null` when it parses as one, else the string itself.
-fn filter_value(raw: &str) -> Value {
-    match serde_json::from_str::<Value>(raw) {
-        Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => v,
-        _ => Value::String(raw.to_owned()),
+/// The JSON scalar a filter value stands for. A value in double quotes is a
+/// JSON string literal and always means that string (`"true"`, `"1"`,
+/// `"null"`). Otherwise a number, `true`, `false` or `null`, written exactly
+/// as JSON writes it, means that scalar (numbers compare by value: `1.0`
+/// finds `1`), and anything else is the string itself. A number Canon could
+/// not store exactly is refused, since nothing stored could equal it.
+fn filter_value(name: &str, raw: &str) -> Result<Value, Problem> {
+    let parsed = crate::json::parse(raw.as_bytes());
+    if raw.starts_with('"') {
+        return match parsed {
+            Ok(v @ Value::String(_)) => Ok(v),
+            _ => Err(invalid_query(
+                name,
+                "starts with a double quote but is not a JSON string: write \"…\" with JSON escapes",
+            )),
+        };
+    }
+    if raw.trim_matches([' ', '\t', '\n', '\r']) != raw {
+        return Ok(Value::String(raw.to_owned()));
+    }
+    match parsed {
+        Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => Ok(v),
+        Err(crate::json::JsonError::Number { error, .. }) => Err(invalid_query(name, error.describe())),
+        _ => Ok(Value::String(raw.to_owned())),
     }
 }
 
@@ -70,7 +88,13 @@ fn record_query(q: &Query) -> Result<(RecordQuery, String), Problem> {
             if !is_field_name(field) {
                 return Err(invalid_query(k, "must name a top-level field ([A-Za-z_][A-Za-z0-9_]*)"));
             }
-            filters.push((field.to_owned(), filter_value(v)));
+            if filters.iter().any(|(f, _)| f == field) {
+                return Err(invalid_query(
+                    k,
+                    "is given more than once (a field equals one value; filters on different fields are combined with AND)",
+                ));
+            }
+            filters.push((field.to_owned(), filter_value(k, v)?));
         }
     }
     filters.sort_by(|a, b| a.0.cmp(&b.0));
@@ -214,8 +238,14 @@ impl PatchDocument {
 
     /// The data after the patch. A failing `test` (or an operation the
     /// current data cannot take) is a conflict with the record's state: 409.
+    ///
+    /// The stored data is canonicalized first (records written before
+    /// numbers were canonical may hold `1.0`), and the patch document came
+    /// through the strict parser, so a `test` compares numbers by value
+    /// (RFC 6902 §4.6) under the same rule as filters and unique fields.
     fn apply(&self, data: &Value) -> Result<Value, RejectedWrite> {
         let mut out = data.clone();
+        crate::json::canonicalize(&mut out);
         match self {
             PatchDocument::Merge(patch) => json_patch::merge(&mut out, patch),
             PatchDocument::Operations(patch) => json_patch::patch(&mut out, patch).map_err(|e| {
@@ -333,13 +363,7 @@ impl Resource for OneRecord {
         Query::parse(&input.head.uri, &[])?;
         match self.cx.method {
             Method::PUT => {
-                if !is_client_id(self.cx.param("id")) {
-                    return Err(Problem::new(
-                        ProblemKind::InvalidField,
-                        "A record id chosen by the client must be 1 to 128 of A-Z a-z 0-9 . _ ~ -",
-                    )
-                    .with_errors(vec![FieldError::new("/id", "not a valid record id")]));
-                }
+                record_id(self.cx.param("id"), "/id")?;
                 self.data = Some(json_body(input.body.as_ref())?);
             }
             Method::PATCH => self.patch = Some(PatchDocument::parse(input.body.as_ref())?),
@@ -558,5 +582,33 @@ impl Resource for RecordLock {
                 )?)))),
             }
         })
+    }
+}
+
+/// `PUT …/records/batch`: `batch` names the batch endpoint, so it can never
+/// be a record id. Answers 400 saying so, rather than a puzzling 405.
+pub struct ReservedRecordId {
+    cx: Cx,
+}
+
+impl ReservedRecordId {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self { cx }
+    }
+}
+
+impl Resource for ReservedRecordId {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        record_id("batch", "/id")
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async { Ok(Existence::Missing) })
+    }
+
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async { record_id("batch", "/id").map(|()| Success::NoContent) })
     }
 }

@@ -565,6 +565,16 @@ fn list_records(conn: &Connection, collection_id: &str, q: &RecordQuery) -> Stor
             .join(", ");
         if value.is_null() {
             sql.push_str(&format!(" AND json_type(data, ?{p}) = 'null'"));
+        } else if value.is_number() {
+            // Numbers compare by their JSON text, which is exact for every
+            // i64, u64 and f64 (json_extract would turn large integers into
+            // REALs). Canon stores numbers canonically (1.0 as 1, -0 as 0)
+            // and passes canonical filter values, so equal text is equal value.
+            args.push(SqlValue::Text(value.to_string()));
+            sql.push_str(&format!(
+                " AND json_type(data, ?{p}) IN ({types}) AND (data -> ?{p}) = ?{}",
+                p + 1
+            ));
         } else {
             args.push(sql_scalar(value));
             sql.push_str(&format!(
