@@ -35,6 +35,7 @@ static ROUTES: &[RouteSpec] = &[
         ],
         planned: &[Method::PATCH],
         summary: "an item",
+        states: crate::route::States::FIXED,
     },
     RouteSpec {
         name: "items",
@@ -54,6 +55,7 @@ static ROUTES: &[RouteSpec] = &[
         ],
         planned: &[],
         summary: "items",
+        states: crate::route::States::FIXED,
     },
     RouteSpec {
         name: "health",
@@ -61,6 +63,7 @@ static ROUTES: &[RouteSpec] = &[
         methods: &[MethodSpec::read(Method::GET, Guard::Public, &[MediaType::Json])],
         planned: &[],
         summary: "health",
+        states: crate::route::States::FIXED,
     },
 ];
 
@@ -1158,6 +1161,7 @@ async fn n07_head_on_a_planned_get_is_501_like_get() {
         methods: &[],
         planned: &[Method::GET],
         summary: "later",
+        states: crate::route::States::FIXED,
     }];
     for method in [Method::GET, Method::HEAD] {
         let stub = Stub {

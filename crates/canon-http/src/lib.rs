@@ -15,6 +15,7 @@ pub mod catalogue;
 pub mod coding;
 pub mod flow;
 pub mod media;
+pub mod operation;
 pub mod problem;
 pub mod route;
 pub mod validators;

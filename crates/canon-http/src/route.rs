@@ -7,6 +7,7 @@
 use http::Method;
 
 use crate::access::Role;
+use crate::catalogue::ProblemKind;
 use crate::media::MediaType;
 
 /// Who may call a method.
@@ -34,6 +35,95 @@ pub struct MethodSpec {
     pub creates: bool,
     /// Whether the method changes state (so locks and `require_if_match` apply).
     pub writes: bool,
+    /// The 2xx outcomes the action can have.
+    pub outcomes: &'static [Outcome],
+    /// The problems the action itself can raise once every node before
+    /// `Execute` passed (a taken unique value, a schema violation, …).
+    pub raises: &'static [ProblemKind],
+}
+
+/// A 2xx outcome of an action (the `Success` variants of the flow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 200 with a representation.
+    Ok,
+    /// 201 with `Location` and a representation.
+    Created,
+    /// 204 without a body.
+    NoContent,
+}
+
+impl Outcome {
+    /// The status this outcome is sent with.
+    pub const fn status(self) -> u16 {
+        match self {
+            Outcome::Ok => 200,
+            Outcome::Created => 201,
+            Outcome::NoContent => 204,
+        }
+    }
+}
+
+/// What the resources behind a route can be found in: the facts the flow's
+/// `Exists`, `PreconditionRequired` and `Unlocked` nodes read. Documentation
+/// derives each operation's statuses from them (`operation::statuses`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct States {
+    /// Something the path names may not exist (404).
+    pub missing: bool,
+    /// Something the path names may have been deleted, its tombstone kept (410).
+    pub gone: bool,
+    /// The path may name a renamed collection by its old name (301/308).
+    pub moved: bool,
+    /// The path may go through `/v1/tenants/current` (307).
+    pub current: bool,
+    /// Writes may be required to carry `If-Match` (428).
+    pub require_if_match: bool,
+    /// Writes may meet another caller's lock (423).
+    pub lockable: bool,
+}
+
+impl States {
+    /// A resource that always exists (health, documentation, top-level lists).
+    pub const FIXED: States = States {
+        missing: false,
+        gone: false,
+        moved: false,
+        current: false,
+        require_if_match: false,
+        lockable: false,
+    };
+
+    /// With `missing` set.
+    pub const fn missing(mut self) -> Self {
+        self.missing = true;
+        self
+    }
+    /// With `gone` set.
+    pub const fn gone(mut self) -> Self {
+        self.gone = true;
+        self
+    }
+    /// With `moved` set.
+    pub const fn moved(mut self) -> Self {
+        self.moved = true;
+        self
+    }
+    /// With `current` set.
+    pub const fn current(mut self) -> Self {
+        self.current = true;
+        self
+    }
+    /// With `require_if_match` set.
+    pub const fn require_if_match(mut self) -> Self {
+        self.require_if_match = true;
+        self
+    }
+    /// With `lockable` set.
+    pub const fn lockable(mut self) -> Self {
+        self.lockable = true;
+        self
+    }
 }
 
 impl MethodSpec {
@@ -46,6 +136,8 @@ impl MethodSpec {
             produces,
             creates: false,
             writes: false,
+            outcomes: &[Outcome::Ok],
+            raises: &[],
         }
     }
 
@@ -63,12 +155,26 @@ impl MethodSpec {
             produces,
             creates: false,
             writes: true,
+            outcomes: &[Outcome::Ok],
+            raises: &[],
         }
     }
 
     /// This spec, marked as able to create a missing resource.
     pub const fn creating(mut self) -> Self {
         self.creates = true;
+        self
+    }
+
+    /// This spec, with the 2xx outcomes its action can have.
+    pub const fn answering(mut self, outcomes: &'static [Outcome]) -> Self {
+        self.outcomes = outcomes;
+        self
+    }
+
+    /// This spec, with the problems its action can raise.
+    pub const fn raising(mut self, raises: &'static [ProblemKind]) -> Self {
+        self.raises = raises;
         self
     }
 }
@@ -87,6 +193,8 @@ pub struct RouteSpec {
     pub planned: &'static [Method],
     /// One line on what the route is.
     pub summary: &'static str,
+    /// What the resources behind it can be found in.
+    pub states: States,
 }
 
 impl RouteSpec {
@@ -229,6 +337,7 @@ mod tests {
             ],
             planned: &[Method::PATCH],
             summary: "a thing",
+            states: States::FIXED.missing(),
         },
         RouteSpec {
             name: "health",
@@ -236,6 +345,7 @@ mod tests {
             methods: &[],
             planned: &[],
             summary: "",
+            states: States::FIXED,
         },
     ];
 

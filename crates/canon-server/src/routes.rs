@@ -2,9 +2,12 @@
 //! each demands, and the media types each reads and writes. The decision flow
 //! reads it for 404/405/415/406/403 and `Allow`; `/docs` and tests read it too.
 
+use canon_http::ProblemKind::{
+    InvalidField, LastAdmin, NotFound, NotImplemented, PatchTestFailed, SchemaViolation, StateConflict, UniqueConflict,
+};
 use canon_http::access::Role;
 use canon_http::media::MediaType::{self, Html, Json, JsonPatch, MergePatch};
-use canon_http::route::{Guard, MethodSpec, RouteSpec};
+use canon_http::route::{Guard, MethodSpec, Outcome, RouteSpec, States};
 use http::Method;
 
 use crate::listing::LIST_TYPES;
@@ -22,7 +25,7 @@ const fn get(g: Guard, produces: &'static [MediaType]) -> MethodSpec {
     MethodSpec::read(Method::GET, g, produces)
 }
 const fn post(g: Guard) -> MethodSpec {
-    MethodSpec::write(Method::POST, g, JSON, JSON)
+    MethodSpec::write(Method::POST, g, JSON, JSON).answering(&[Outcome::Created])
 }
 const fn put(g: Guard) -> MethodSpec {
     MethodSpec::write(Method::PUT, g, JSON, JSON)
@@ -34,8 +37,16 @@ const fn patch_record(g: Guard) -> MethodSpec {
     MethodSpec::write(Method::PATCH, g, RECORD_PATCH, JSON)
 }
 const fn delete(g: Guard) -> MethodSpec {
-    MethodSpec::write(Method::DELETE, g, NONE, NONE)
+    MethodSpec::write(Method::DELETE, g, NONE, NONE).answering(&[Outcome::NoContent])
 }
+
+/// What a path under a tenant can meet: a missing tenant (or parent), and
+/// `/v1/tenants/current` redirecting to the caller's own.
+const IN_TENANT: States = States::FIXED.missing().current();
+/// Below a deletable parent (a user, a collection): tombstones too.
+const BELOW_DELETABLE: States = IN_TENANT.gone();
+/// Below a collection: tombstones and old names.
+const IN_COLLECTION: States = BELOW_DELETABLE.moved();
 
 use Role::{Admin, Editor, Operator, Viewer};
 
@@ -69,6 +80,7 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[get(Guard::Public, JSON)],
         planned: &[],
         summary: "The process is alive.",
+        states: States::FIXED,
     },
     RouteSpec {
         name: name::READY,
@@ -76,6 +88,7 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[get(Guard::Public, JSON)],
         planned: &[],
         summary: "The database answers.",
+        states: States::FIXED,
     },
     RouteSpec {
         name: name::STATUS_CODES,
@@ -83,6 +96,7 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[get(Guard::Public, PAGE)],
         planned: &[],
         summary: "Every status and problem type Canon answers.",
+        states: States::FIXED,
     },
     RouteSpec {
         name: name::PROBLEM,
@@ -90,13 +104,18 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[get(Guard::Public, PAGE)],
         planned: &[],
         summary: "One problem type.",
+        states: States::FIXED.missing(),
     },
     RouteSpec {
         name: name::TENANTS,
         pattern: "/v1/tenants",
-        methods: &[get(role(Operator), LIST_TYPES), post(role(Operator))],
+        methods: &[
+            get(role(Operator), LIST_TYPES),
+            post(role(Operator)).raising(&[UniqueConflict, InvalidField]),
+        ],
         planned: &[],
         summary: "Tenants.",
+        states: States::FIXED,
     },
     RouteSpec {
         name: name::TENANT,
@@ -104,27 +123,38 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[get(role(Viewer), JSON)],
         planned: &[Method::PATCH, Method::DELETE],
         summary: "One tenant.",
+        states: IN_TENANT,
     },
     RouteSpec {
         name: name::USERS,
         pattern: "/v1/tenants/{tenant}/users",
-        methods: &[get(role(Admin), LIST_TYPES), post(role(Admin))],
+        methods: &[
+            get(role(Admin), LIST_TYPES),
+            post(role(Admin)).raising(&[UniqueConflict, InvalidField]),
+        ],
         planned: &[],
         summary: "A tenant's users.",
+        states: IN_TENANT,
     },
     RouteSpec {
         name: name::USER,
         pattern: "/v1/tenants/{tenant}/users/{user}",
-        methods: &[get(role(Admin), JSON), patch(role(Admin)), delete(role(Admin))],
+        methods: &[
+            get(role(Admin), JSON),
+            patch(role(Admin)).raising(&[LastAdmin, InvalidField]),
+            delete(role(Admin)).raising(&[LastAdmin]),
+        ],
         planned: &[],
         summary: "One user.",
+        states: BELOW_DELETABLE,
     },
     RouteSpec {
         name: name::API_KEYS,
         pattern: "/v1/tenants/{tenant}/users/{user}/api-keys",
-        methods: &[get(role(Admin), LIST_TYPES), post(role(Admin))],
+        methods: &[get(role(Admin), LIST_TYPES), post(role(Admin)).raising(&[InvalidField])],
         planned: &[],
         summary: "A user's API keys.",
+        states: BELOW_DELETABLE,
     },
     RouteSpec {
         name: name::API_KEY,
@@ -132,46 +162,70 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[get(role(Admin), JSON), delete(role(Admin))],
         planned: &[],
         summary: "One API key.",
+        states: BELOW_DELETABLE,
     },
     RouteSpec {
         name: name::COLLECTIONS,
         pattern: "/v1/tenants/{tenant}/collections",
-        methods: &[get(role(Viewer), LIST_TYPES), post(role(Admin))],
+        methods: &[
+            get(role(Viewer), LIST_TYPES),
+            post(role(Admin)).raising(&[UniqueConflict, InvalidField]),
+        ],
         planned: &[],
         summary: "A tenant's collections.",
+        states: IN_TENANT,
     },
     RouteSpec {
         name: name::COLLECTION,
         pattern: "/v1/tenants/{tenant}/collections/{collection}",
-        methods: &[get(role(Viewer), JSON), patch(role(Admin)), delete(role(Admin))],
+        methods: &[
+            get(role(Viewer), JSON),
+            patch(role(Admin)).raising(&[UniqueConflict, InvalidField]),
+            // `?force=true` needs jobs: 501 until they exist.
+            delete(role(Admin)).raising(&[StateConflict, NotImplemented]),
+        ],
         planned: &[],
         summary: "One collection.",
+        states: IN_COLLECTION,
     },
     RouteSpec {
         name: name::RECORDS,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records",
-        methods: &[get(role(Viewer), LIST_TYPES), post(role(Editor))],
+        methods: &[
+            get(role(Viewer), LIST_TYPES),
+            post(role(Editor)).raising(&[SchemaViolation, UniqueConflict, InvalidField]),
+        ],
         planned: &[],
         summary: "A collection's records.",
+        states: IN_COLLECTION,
     },
     RouteSpec {
         name: name::RECORD,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records/{id}",
         methods: &[
             get(role(Viewer), JSON),
-            put(role(Editor)).creating(),
-            patch_record(role(Editor)),
+            put(role(Editor))
+                .creating()
+                .answering(&[Outcome::Ok, Outcome::Created])
+                .raising(&[SchemaViolation, UniqueConflict, NotFound]),
+            patch_record(role(Editor)).raising(&[PatchTestFailed, StateConflict, SchemaViolation, UniqueConflict]),
             delete(role(Editor)),
         ],
         planned: &[],
         summary: "One record.",
+        states: IN_COLLECTION.require_if_match().lockable(),
     },
     RouteSpec {
         name: name::LOCK,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records/{id}/lock",
-        methods: &[get(role(Editor), JSON), put(role(Editor)), delete(role(Editor))],
+        methods: &[
+            get(role(Editor), JSON),
+            put(role(Editor)).answering(&[Outcome::Created, Outcome::Ok]),
+            delete(role(Editor)),
+        ],
         planned: &[],
         summary: "A record's lock: a lease that keeps other callers from writing it.",
+        states: IN_COLLECTION.lockable(),
     },
     // Named by the contract, built by later work: they answer 501.
     // `batch` is a reserved word, never a record id: PUT (the only method
@@ -180,9 +234,10 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::BATCH,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records/batch",
-        methods: &[put(role(Editor))],
+        methods: &[put(role(Editor)).answering(&[]).raising(&[InvalidField])],
         planned: &[Method::POST],
         summary: "Batch writes (planned). PUT answers 400: `batch` is reserved, not a record id.",
+        states: IN_COLLECTION,
     },
     RouteSpec {
         name: name::PLANNED,
@@ -190,6 +245,7 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[],
         planned: &[Method::POST],
         summary: "Imports (planned).",
+        states: IN_TENANT,
     },
     RouteSpec {
         name: name::PLANNED,
@@ -197,6 +253,7 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[],
         planned: &[Method::POST],
         summary: "Exports (planned).",
+        states: IN_TENANT,
     },
     RouteSpec {
         name: name::PLANNED,
@@ -204,6 +261,7 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[],
         planned: &[Method::GET, Method::DELETE],
         summary: "A job (planned).",
+        states: IN_TENANT,
     },
     RouteSpec {
         name: name::PLANNED,
@@ -211,6 +269,7 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[],
         planned: &[Method::GET],
         summary: "A job's result (planned).",
+        states: IN_TENANT,
     },
     RouteSpec {
         name: name::PLANNED,
@@ -218,6 +277,7 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[],
         planned: &[Method::GET, Method::POST],
         summary: "Devices (planned).",
+        states: IN_TENANT,
     },
     RouteSpec {
         name: name::PLANNED,
@@ -225,6 +285,7 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[],
         planned: &[Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
         summary: "Device gateway (planned).",
+        states: IN_TENANT,
     },
     RouteSpec {
         name: name::PLANNED,
@@ -232,6 +293,7 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[],
         planned: &[Method::GET, Method::PUT],
         summary: "Maintenance mode (planned).",
+        states: States::FIXED,
     },
 ];
 
