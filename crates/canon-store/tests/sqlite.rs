@@ -36,3 +36,15 @@ async fn pragmas_are_durable() {
     let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
 }
+
+#[tokio::test]
+async fn secrets_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.secret("cursor", "first").await.unwrap(), "first");
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.secret("cursor", "second").await.unwrap(), "first");
+}
