@@ -57,7 +57,16 @@ fn filter_value(raw: &str) -> Value {
     }
 }
 
-fn record_query(q: &Query) -> Result<(RecordQuery, String), Problem> {
+/// A parsed list query: filters, sort, paging, and the fingerprint of the
+/// filters and sort its cursors are bound to.
+struct ListQuery {
+    filters: Vec<(String, Value)>,
+    sort: SortOrder,
+    paging: listing::Paging,
+    fingerprint: String,
+}
+
+fn record_query(q: &Query) -> Result<ListQuery, Problem> {
     let mut filters = Vec::new();
     for (k, v) in &q.0 {
         if let Some(field) = k.strip_prefix("filter[").and_then(|r| r.strip_suffix(']')) {
@@ -93,8 +102,13 @@ fn record_query(q: &Query) -> Result<(RecordQuery, String), Problem> {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     };
-    let page = listing::page_request(q, &fingerprint)?;
-    Ok((RecordQuery { page, filters, sort }, fingerprint))
+    let paging = listing::page_request(q)?;
+    Ok(ListQuery {
+        filters,
+        sort,
+        paging,
+        fingerprint,
+    })
 }
 
 fn location(cx: &Cx, id: &str) -> String {
@@ -110,7 +124,7 @@ fn location(cx: &Cx, id: &str) -> String {
 pub struct Records {
     cx: Cx,
     collection: Option<Collection>,
-    query: Option<(RecordQuery, String)>,
+    query: Option<ListQuery>,
     listed: Option<Listed>,
     data: Option<Value>,
 }
@@ -145,9 +159,16 @@ impl Resource for Records {
         Box::pin(async move {
             settle(
                 async {
-                    let (_, collection) = load_collection(&self.cx).await?;
+                    let (tenant, collection) = load_collection(&self.cx).await?;
                     let mut found = Found::default();
-                    if let Some((query, fingerprint)) = self.query.take() {
+                    if let Some(q) = self.query.take() {
+                        let scope = ["records", &tenant.id, &collection.id, &q.fingerprint];
+                        let (page, cursors) = q.paging.open(&self.cx.app, &scope).await?;
+                        let query = RecordQuery {
+                            page,
+                            filters: q.filters,
+                            sort: q.sort,
+                        };
                         let page = self
                             .cx
                             .app
@@ -155,7 +176,7 @@ impl Resource for Records {
                             .list_records(&collection.id, query)
                             .await
                             .map_err(store_problem)?;
-                        found = Listed::from_page(page, render::record, &fingerprint).keep(&mut self.listed);
+                        found = Listed::from_page(page, render::record, &cursors).keep(&mut self.listed);
                     }
                     self.collection = Some(collection);
                     Ok(Existence::Found(found))
