@@ -31,7 +31,7 @@ fn validate(app: &App, collection: &Collection, data: &Value) -> Result<(), Prob
     let validator = app.validator(collection)?;
     let errors: Vec<FieldError> = validator
         .iter_errors(data)
-        .map(|e| FieldError::new(format!("/data{}", e.instance_path().as_str()), e.to_string()))
+        .map(|e| FieldError::describe(format!("/data{}", e.instance_path().as_str()), &e))
         .collect();
     if errors.is_empty() {
         Ok(())
