@@ -2,12 +2,12 @@
 //! CSV or NDJSON with a `Link: rel="next"` header.
 
 use bytes::Bytes;
+use canon_http::Problem;
 use canon_http::flow::{Found, Representation};
 use canon_http::media::MediaType;
 use canon_http::validators::{EntityTag, Validators};
-use canon_http::{Problem, ProblemKind};
 use canon_store::{Cursor, Page, PageRequest};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::app::App;
@@ -76,7 +76,7 @@ pub fn page(
 ) -> Result<Representation, Problem> {
     let link = next.as_ref().map(|c| format!("<{}>; rel=\"next\"", next_url(uri, c)));
     let body = match media {
-        MediaType::Csv => Bytes::from(csv(&items)?),
+        MediaType::Csv => Bytes::from(crate::csv_export::write(&items)),
         MediaType::Ndjson => {
             let mut out = Vec::new();
             for item in &items {
@@ -164,59 +164,9 @@ fn next_url(uri: &http::Uri, cursor: &str) -> String {
     format!("{}?{}", uri.path(), ser.finish())
 }
 
-/// Flattens items to CSV: top-level members as columns, the members of a
-/// `data` object as `data.<field>` columns (sorted); nested values as JSON.
-fn csv(items: &[Value]) -> Result<Vec<u8>, Problem> {
-    let mut columns: Vec<String> = Vec::new();
-    let mut data_columns: std::collections::BTreeSet<String> = Default::default();
-    for item in items {
-        for (k, v) in item.as_object().into_iter().flatten() {
-            if k == "data" && v.is_object() {
-                data_columns.extend(v.as_object().into_iter().flatten().map(|(f, _)| format!("data.{f}")));
-            } else if !columns.contains(k) {
-                columns.push(k.clone());
-            }
-        }
-    }
-    columns.extend(data_columns);
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let fail = |_| Problem::new(ProblemKind::Internal, "The list could not be written as CSV.");
-    w.write_record(&columns).map_err(fail)?;
-    let empty = Map::new();
-    for item in items {
-        let obj = item.as_object().unwrap_or(&empty);
-        let row = columns.iter().map(|c| {
-            let v = match c.strip_prefix("data.") {
-                Some(f) if !obj.contains_key(c) => obj.get("data").and_then(|d| d.get(f)),
-                _ => obj.get(c),
-            };
-            match v {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-            }
-        });
-        w.write_record(row).map_err(fail)?;
-    }
-    w.into_inner().map_err(|_| crate::error::internal())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_flattens_data() {
-        let items = vec![
-            json!({"id": "1", "data": {"b": 1, "a": "x,y"}, "version": 1}),
-            json!({"id": "2", "data": {"c": {"n": true}}, "version": 2}),
-        ];
-        let out = String::from_utf8(csv(&items).unwrap()).unwrap();
-        assert_eq!(
-            out,
-            "id,version,data.a,data.b,data.c\n1,1,\"x,y\",1,\n2,2,,,\"{\"\"n\"\":true}\"\n"
-        );
-    }
 
     #[test]
     fn next_link_keeps_other_parameters() {
