@@ -57,6 +57,10 @@ fn bounded(text: impl std::fmt::Display, max: usize) -> String {
 /// Phrases libraries use that name Canon's internals, and what they mean
 /// to a client. Checked in order, before the word rules of [`public_text`].
 const PHRASES: &[(&str, &str)] = &[
+    (
+        "is not present in a registry and retrieving it failed:",
+        "cannot be resolved",
+    ),
     ("$serde_json::private::Number", "number"),
     ("$serde_json::private::RawValue", "raw JSON value"),
     (
@@ -358,6 +362,12 @@ mod tests {
             ("failed in canon_server::input::decode", "failed in decode"),
             ("at src/input.rs:12 here", "at here"),
             ("a \"u64\" string", "a \"u64\" string"),
+            (
+                "Resource 'https://x.example/s.json' is not present in a registry and retrieving it failed: \
+                 `resolve-http` feature or a custom resolver is required to resolve external schemas via HTTP",
+                "Resource 'https://x.example/s.json' cannot be resolved \
+                 (external schemas cannot be fetched: use only references within the schema)",
+            ),
             (
                 "`resolve-http` feature or a custom resolver is required to resolve external schemas via HTTP",
                 "(external schemas cannot be fetched: use only references within the schema)",

@@ -157,6 +157,7 @@ async fn library_messages_name_no_internals() {
             "arbitrary_precision",
             "feature",
             "resolver",
+            "registry",
             "NewTenant",
             "NewUser",
         ] {
