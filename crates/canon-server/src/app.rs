@@ -44,6 +44,7 @@ pub struct App {
     routes: RouteTable,
     schemas: SchemaCache,
     in_flight: Arc<Semaphore>,
+    cursor_key: tokio::sync::OnceCell<crate::cursor::CursorKey>,
 }
 
 impl App {
@@ -54,6 +55,7 @@ impl App {
             routes: RouteTable::new(ROUTES)?,
             schemas: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            cursor_key: tokio::sync::OnceCell::new(),
             config,
         }))
     }
@@ -67,6 +69,22 @@ impl App {
         };
         let created = self.store.bootstrap_operator(&token::digest(&token)).await?;
         Ok((created && generated).then_some(token))
+    }
+
+    /// The key list cursors are signed with: the store's shared secret,
+    /// created by the first node that needs it.
+    pub async fn cursor_key(&self) -> Result<&crate::cursor::CursorKey, Problem> {
+        use crate::cursor::{CursorKey, SECRET_NAME};
+        self.cursor_key
+            .get_or_try_init(|| async {
+                let secret = self
+                    .store
+                    .secret(SECRET_NAME, &CursorKey::generate_secret())
+                    .await
+                    .map_err(store_problem)?;
+                CursorKey::from_secret(&secret).ok_or_else(internal)
+            })
+            .await
     }
 
     /// The compiled validator for `collection`'s schema.

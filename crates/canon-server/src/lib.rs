@@ -5,6 +5,8 @@
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod csv_export;
+pub mod cursor;
 pub mod error;
 pub mod idempotency;
 pub mod input;

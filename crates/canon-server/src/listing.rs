@@ -1,17 +1,17 @@
 //! Lists: paging parameters, opaque cursors, and rendering a page as JSON,
 //! CSV or NDJSON with a `Link: rel="next"` header.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use canon_http::Problem;
 use canon_http::flow::{Found, Representation};
 use canon_http::media::MediaType;
 use canon_http::validators::{EntityTag, Validators};
-use canon_http::{Problem, ProblemKind};
 use canon_store::{Cursor, Page, PageRequest};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::app::App;
+use crate::cursor::Binding;
 use crate::input::{Query, invalid_query};
 
 /// Default and largest page sizes.
@@ -22,10 +22,16 @@ pub const MAX_LIMIT: usize = 1000;
 /// The media types every list can be served as.
 pub const LIST_TYPES: &[MediaType] = &[MediaType::Json, MediaType::Csv, MediaType::Ndjson];
 
-/// Reads `limit` and `cursor`. `fingerprint` identifies the list's filters
-/// and order: a cursor made for another query is rejected rather than
-/// silently giving wrong pages.
-pub fn page_request(q: &Query, fingerprint: &str) -> Result<PageRequest, Problem> {
+/// A list request's paging parameters, read before the list is known: the
+/// cursor is checked once the list's identity is (see [`Paging::open`]).
+#[derive(Debug, Clone)]
+pub struct Paging {
+    limit: usize,
+    cursor: Option<String>,
+}
+
+/// Reads `limit` and `cursor`.
+pub fn page_request(q: &Query) -> Result<Paging, Problem> {
     let limit = match q.one("limit")? {
         None => DEFAULT_LIMIT,
         Some(s) => match s.parse::<usize>() {
@@ -38,38 +44,26 @@ pub fn page_request(q: &Query, fingerprint: &str) -> Result<PageRequest, Problem
             }
         },
     };
-    let after = q.one("cursor")?.map(|c| decode_cursor(c, fingerprint)).transpose()?;
-    Ok(PageRequest { limit, after })
+    let cursor = q.one("cursor")?.map(str::to_owned);
+    Ok(Paging { limit, cursor })
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CursorToken {
-    #[serde(rename = "c")]
-    cursor: Cursor,
-    #[serde(rename = "q")]
-    fingerprint: String,
-}
-
-/// Encodes a cursor for the client.
-pub fn encode_cursor(cursor: &Cursor, fingerprint: &str) -> String {
-    let token = CursorToken {
-        cursor: cursor.clone(),
-        fingerprint: fingerprint.to_owned(),
-    };
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
-}
-
-fn decode_cursor(s: &str, fingerprint: &str) -> Result<Cursor, Problem> {
-    let bad = || invalid_query("cursor", "is not a cursor this list gave out");
-    let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
-    let token: CursorToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if token.fingerprint != fingerprint {
-        return Err(invalid_query(
-            "cursor",
-            "belongs to a list with other filters or another sort",
-        ));
+impl Paging {
+    /// The store's page request for the list identified by `scope` (what
+    /// the list's cursors are bound to: its kind, tenant, collection,
+    /// filters and sort), and the binding that seals the next cursor. A
+    /// cursor not issued for this list is a 400.
+    pub async fn open(self, app: &App, scope: &[&str]) -> Result<(PageRequest, Binding), Problem> {
+        let binding = app.cursor_key().await?.bind(scope);
+        let after = self.cursor.as_deref().map(|c| binding.open(c)).transpose()?;
+        Ok((
+            PageRequest {
+                limit: self.limit,
+                after,
+            },
+            binding,
+        ))
     }
-    Ok(token.cursor)
 }
 
 /// Renders a page of `items` as `media`, with `next_cursor` and the `Link`
@@ -82,7 +76,7 @@ pub fn page(
 ) -> Result<Representation, Problem> {
     let link = next.as_ref().map(|c| format!("<{}>; rel=\"next\"", next_url(uri, c)));
     let body = match media {
-        MediaType::Csv => Bytes::from(csv(&items)?),
+        MediaType::Csv => Bytes::from(crate::csv_export::write(&items)),
         MediaType::Ndjson => {
             let mut out = Vec::new();
             for item in &items {
@@ -110,10 +104,10 @@ pub struct Listed {
 }
 
 impl Listed {
-    /// A page of `items`; `next` is the store's cursor for the rest, bound
-    /// to the list's `fingerprint`.
-    pub fn new(items: Vec<Value>, next: Option<Cursor>, fingerprint: &str) -> Listed {
-        let next = next.map(|c| encode_cursor(&c, fingerprint));
+    /// A page of `items`; `next` is the store's cursor for the rest, sealed
+    /// by the list's `binding`.
+    pub fn new(items: Vec<Value>, next: Option<Cursor>, binding: &Binding) -> Listed {
+        let next = next.map(|c| binding.seal(&c));
         let validators = page_validators(&items, next.as_deref());
         Listed {
             items,
@@ -123,8 +117,8 @@ impl Listed {
     }
 
     /// A store page rendered item by item with `render`.
-    pub fn from_page<T>(page: Page<T>, render: impl Fn(&T) -> Value, fingerprint: &str) -> Listed {
-        Listed::new(page.items.iter().map(render).collect(), page.next, fingerprint)
+    pub fn from_page<T>(page: Page<T>, render: impl Fn(&T) -> Value, binding: &Binding) -> Listed {
+        Listed::new(page.items.iter().map(render).collect(), page.next, binding)
     }
 
     /// Keeps the page in `slot` for `execute` and answers the existence
@@ -170,71 +164,9 @@ fn next_url(uri: &http::Uri, cursor: &str) -> String {
     format!("{}?{}", uri.path(), ser.finish())
 }
 
-/// Flattens items to CSV: top-level members as columns, the members of a
-/// `data` object as `data.<field>` columns (sorted); nested values as JSON.
-fn csv(items: &[Value]) -> Result<Vec<u8>, Problem> {
-    let mut columns: Vec<String> = Vec::new();
-    let mut data_columns: std::collections::BTreeSet<String> = Default::default();
-    for item in items {
-        for (k, v) in item.as_object().into_iter().flatten() {
-            if k == "data" && v.is_object() {
-                data_columns.extend(v.as_object().into_iter().flatten().map(|(f, _)| format!("data.{f}")));
-            } else if !columns.contains(k) {
-                columns.push(k.clone());
-            }
-        }
-    }
-    columns.extend(data_columns);
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let fail = |_| Problem::new(ProblemKind::Internal, "The list could not be written as CSV.");
-    w.write_record(&columns).map_err(fail)?;
-    let empty = Map::new();
-    for item in items {
-        let obj = item.as_object().unwrap_or(&empty);
-        let row = columns.iter().map(|c| {
-            let v = match c.strip_prefix("data.") {
-                Some(f) if !obj.contains_key(c) => obj.get("data").and_then(|d| d.get(f)),
-                _ => obj.get(c),
-            };
-            match v {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-            }
-        });
-        w.write_record(row).map_err(fail)?;
-    }
-    w.into_inner().map_err(|_| crate::error::internal())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_flattens_data() {
-        let items = vec![
-            json!({"id": "1", "data": {"b": 1, "a": "x,y"}, "version": 1}),
-            json!({"id": "2", "data": {"c": {"n": true}}, "version": 2}),
-        ];
-        let out = String::from_utf8(csv(&items).unwrap()).unwrap();
-        assert_eq!(
-            out,
-            "id,version,data.a,data.b,data.c\n1,1,\"x,y\",1,\n2,2,,,\"{\"\"n\"\":true}\"\n"
-        );
-    }
-
-    #[test]
-    fn cursors_round_trip_and_are_bound_to_their_query() {
-        let c = Cursor {
-            id: "abc".into(),
-            sort_value: Some(json!(3)),
-        };
-        let s = encode_cursor(&c, "q1");
-        assert_eq!(decode_cursor(&s, "q1").unwrap(), c);
-        assert!(decode_cursor(&s, "q2").is_err());
-        assert!(decode_cursor("!!!", "q1").is_err());
-    }
 
     #[test]
     fn next_link_keeps_other_parameters() {

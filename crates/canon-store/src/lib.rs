@@ -235,6 +235,12 @@ pub trait Store: Send + Sync + 'static {
     /// in a way a retry may fix).
     async fn release_idempotency(&self, scope: &str, key: &str) -> StoreResult<()>;
 
+    /// The server secret called `name`: stores `candidate` when there is none
+    /// yet, and returns the stored value either way. Every node on one
+    /// database, and every restart, gets the same secret (the first writer
+    /// wins).
+    async fn secret(&self, name: &str, candidate: &str) -> StoreResult<String>;
+
     /// Deletes what expired: tombstones, leases, idempotency keys. Returns how
     /// many rows went.
     async fn purge_expired(&self) -> StoreResult<u64>;

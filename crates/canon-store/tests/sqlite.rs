@@ -65,5 +65,17 @@ async fn schema_v3_upgrades_a_v2_database_in_place() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4, "every later migration ran too");
+}
+
+#[tokio::test]
+async fn secrets_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.secret("cursor", "first").await.unwrap(), "first");
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.secret("cursor", "second").await.unwrap(), "first");
 }

@@ -3,7 +3,7 @@
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::{FieldError, Problem, ProblemKind};
-use canon_store::{Collection, CollectionChanges, Lookup, NewCollection, PageRequest, Tenant, is_field_name};
+use canon_store::{Collection, CollectionChanges, Lookup, NewCollection, Tenant, is_field_name};
 use http::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -99,7 +99,7 @@ impl CollectionPatch {
 pub struct Collections {
     cx: Cx,
     tenant: Option<Tenant>,
-    page: Option<PageRequest>,
+    page: Option<listing::Paging>,
     listed: Option<Listed>,
     new: Option<NewCollection>,
 }
@@ -138,7 +138,7 @@ impl Resource for Collections {
             });
         } else {
             let q = Query::parse(&input.head.uri, &["limit", "cursor"])?;
-            self.page = Some(listing::page_request(&q, "collections")?);
+            self.page = Some(listing::page_request(&q)?);
         }
         Ok(())
     }
@@ -149,7 +149,8 @@ impl Resource for Collections {
                 async {
                     let tenant = tenants::require(&self.cx).await?;
                     let mut found = Found::default();
-                    if let Some(page) = self.page.take() {
+                    if let Some(paging) = self.page.take() {
+                        let (page, cursors) = paging.open(&self.cx.app, &["collections", &tenant.id]).await?;
                         let page = self
                             .cx
                             .app
@@ -157,7 +158,7 @@ impl Resource for Collections {
                             .list_collections(&tenant.id, page)
                             .await
                             .map_err(store_problem)?;
-                        found = Listed::from_page(page, render::collection, "collections").keep(&mut self.listed);
+                        found = Listed::from_page(page, render::collection, &cursors).keep(&mut self.listed);
                     }
                     self.tenant = Some(tenant);
                     Ok(Existence::Found(found))

@@ -39,7 +39,11 @@ fn check_data(validator: &jsonschema::Validator, collection: &str, data: &Value)
     }
     let errors: Vec<(String, String)> = validator
         .iter_errors(data)
-        .map(|e| (format!("/data{}", e.instance_path().as_str()), e.to_string()))
+        .map(|e| {
+            // Bounded as it is formatted: a huge value is never copied whole.
+            let error = canon_http::FieldError::describe(format!("/data{}", e.instance_path().as_str()), &e);
+            (error.pointer, error.detail)
+        })
         .collect();
     if errors.is_empty() {
         Ok(())
@@ -81,7 +85,16 @@ fn filter_value(name: &str, raw: &str) -> Result<Value, Problem> {
     }
 }
 
-fn record_query(q: &Query) -> Result<(RecordQuery, String), Problem> {
+/// A parsed list query: filters, sort, paging, and the fingerprint of the
+/// filters and sort its cursors are bound to.
+struct ListQuery {
+    filters: Vec<(String, Value)>,
+    sort: SortOrder,
+    paging: listing::Paging,
+    fingerprint: String,
+}
+
+fn record_query(q: &Query) -> Result<ListQuery, Problem> {
     let mut filters = Vec::new();
     for (k, v) in &q.0 {
         if let Some(field) = k.strip_prefix("filter[").and_then(|r| r.strip_suffix(']')) {
@@ -123,8 +136,13 @@ fn record_query(q: &Query) -> Result<(RecordQuery, String), Problem> {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     };
-    let page = listing::page_request(q, &fingerprint)?;
-    Ok((RecordQuery { page, filters, sort }, fingerprint))
+    let paging = listing::page_request(q)?;
+    Ok(ListQuery {
+        filters,
+        sort,
+        paging,
+        fingerprint,
+    })
 }
 
 fn location(cx: &Cx, id: &str) -> String {
@@ -140,7 +158,7 @@ fn location(cx: &Cx, id: &str) -> String {
 pub struct Records {
     cx: Cx,
     collection: Option<Collection>,
-    query: Option<(RecordQuery, String)>,
+    query: Option<ListQuery>,
     listed: Option<Listed>,
     data: Option<Value>,
 }
@@ -175,9 +193,16 @@ impl Resource for Records {
         Box::pin(async move {
             settle(
                 async {
-                    let (_, collection) = load_collection(&self.cx).await?;
+                    let (tenant, collection) = load_collection(&self.cx).await?;
                     let mut found = Found::default();
-                    if let Some((query, fingerprint)) = self.query.take() {
+                    if let Some(q) = self.query.take() {
+                        let scope = ["records", &tenant.id, &collection.id, &q.fingerprint];
+                        let (page, cursors) = q.paging.open(&self.cx.app, &scope).await?;
+                        let query = RecordQuery {
+                            page,
+                            filters: q.filters,
+                            sort: q.sort,
+                        };
                         let page = self
                             .cx
                             .app
@@ -185,7 +210,7 @@ impl Resource for Records {
                             .list_records(&collection.id, query)
                             .await
                             .map_err(store_problem)?;
-                        found = Listed::from_page(page, render::record, &fingerprint).keep(&mut self.listed);
+                        found = Listed::from_page(page, render::record, &cursors).keep(&mut self.listed);
                     }
                     self.collection = Some(collection);
                     Ok(Existence::Found(found))

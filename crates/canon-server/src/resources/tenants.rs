@@ -3,7 +3,7 @@
 use canon_http::Problem;
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
-use canon_store::{PageRequest, Tenant};
+use canon_store::Tenant;
 use http::Method;
 use serde::Deserialize;
 
@@ -26,7 +26,7 @@ struct NewTenant {
 /// `GET, POST /v1/tenants`.
 pub struct Tenants {
     cx: Cx,
-    page: Option<PageRequest>,
+    page: Option<listing::Paging>,
     listed: Option<Listed>,
     new: Option<NewTenant>,
 }
@@ -56,7 +56,7 @@ impl Resource for Tenants {
             self.new = Some(new);
         } else {
             let q = Query::parse(&input.head.uri, &["limit", "cursor"])?;
-            self.page = Some(listing::page_request(&q, "tenants")?);
+            self.page = Some(listing::page_request(&q)?);
         }
         Ok(())
     }
@@ -64,9 +64,10 @@ impl Resource for Tenants {
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
         Box::pin(async move {
             let mut found = Found::default();
-            if let Some(page) = self.page.take() {
+            if let Some(paging) = self.page.take() {
+                let (page, cursors) = paging.open(&self.cx.app, &["tenants"]).await?;
                 let page = self.cx.app.store.list_tenants(page).await.map_err(store_problem)?;
-                found = Listed::from_page(page, render::tenant, "tenants").keep(&mut self.listed);
+                found = Listed::from_page(page, render::tenant, &cursors).keep(&mut self.listed);
             }
             Ok(Existence::Found(found))
         })

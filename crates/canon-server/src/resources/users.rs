@@ -4,7 +4,7 @@ use canon_http::Problem;
 use canon_http::access::TenantRole;
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
-use canon_store::{ApiKey, Lookup, PageRequest, Tenant, User};
+use canon_store::{ApiKey, Lookup, Tenant, User};
 use http::Method;
 use serde::Deserialize;
 use serde_json::Value;
@@ -45,7 +45,7 @@ struct NewUser {
 pub struct Users {
     cx: Cx,
     tenant: Option<Tenant>,
-    page: Option<PageRequest>,
+    page: Option<listing::Paging>,
     listed: Option<Listed>,
     new: Option<(String, TenantRole)>,
 }
@@ -72,7 +72,7 @@ impl Resource for Users {
             self.new = Some((email(&new.email)?, role(&new.role)?));
         } else {
             let q = Query::parse(&input.head.uri, &["limit", "cursor"])?;
-            self.page = Some(listing::page_request(&q, "users")?);
+            self.page = Some(listing::page_request(&q)?);
         }
         Ok(())
     }
@@ -83,7 +83,8 @@ impl Resource for Users {
                 async {
                     let tenant = tenants::require(&self.cx).await?;
                     let mut found = Found::default();
-                    if let Some(page) = self.page.take() {
+                    if let Some(paging) = self.page.take() {
+                        let (page, cursors) = paging.open(&self.cx.app, &["users", &tenant.id]).await?;
                         let page = self
                             .cx
                             .app
@@ -91,7 +92,7 @@ impl Resource for Users {
                             .list_users(&tenant.id, page)
                             .await
                             .map_err(store_problem)?;
-                        found = Listed::from_page(page, render::user, "users").keep(&mut self.listed);
+                        found = Listed::from_page(page, render::user, &cursors).keep(&mut self.listed);
                     }
                     self.tenant = Some(tenant);
                     Ok(Existence::Found(found))
@@ -224,7 +225,7 @@ struct NewKey {
 pub struct ApiKeys {
     cx: Cx,
     found: Option<(Tenant, User)>,
-    page: Option<PageRequest>,
+    page: Option<listing::Paging>,
     listed: Option<Listed>,
     name: Option<String>,
 }
@@ -255,7 +256,7 @@ impl Resource for ApiKeys {
             self.name = Some(name.to_owned());
         } else {
             let q = Query::parse(&input.head.uri, &["limit", "cursor"])?;
-            self.page = Some(listing::page_request(&q, "api-keys")?);
+            self.page = Some(listing::page_request(&q)?);
         }
         Ok(())
     }
@@ -266,7 +267,8 @@ impl Resource for ApiKeys {
                 async {
                     let (tenant, user) = load_user(&self.cx).await?;
                     let mut found = Found::default();
-                    if let Some(page) = self.page.take() {
+                    if let Some(paging) = self.page.take() {
+                        let (page, cursors) = paging.open(&self.cx.app, &["api-keys", &tenant.id, &user.id]).await?;
                         let page = self
                             .cx
                             .app
@@ -274,7 +276,7 @@ impl Resource for ApiKeys {
                             .list_api_keys(&user.id, page)
                             .await
                             .map_err(store_problem)?;
-                        found = Listed::from_page(page, render::api_key, "api-keys").keep(&mut self.listed);
+                        found = Listed::from_page(page, render::api_key, &cursors).keep(&mut self.listed);
                     }
                     self.found = Some((tenant, user));
                     Ok(Existence::Found(found))

@@ -19,7 +19,7 @@ pub struct Server {
     /// The server's store, for tests that must set up a state HTTP cannot
     /// reach (a request stuck in flight).
     pub store: Arc<dyn canon_store::Store>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -45,10 +45,26 @@ impl Server {
 
     /// Starts a server with `config`; `extend` may add test-only routes
     /// under the same envelope.
-    pub async fn start_with(mut config: Config, extend: impl FnOnce(Router) -> Router) -> Server {
+    pub async fn start_with(config: Config, extend: impl FnOnce(Router) -> Router) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn canon_store::Store> =
-            Arc::new(SqliteStore::open(dir.path().join("canon.db")).expect("open store"));
+        let path = dir.path().join("canon.db");
+        Self::launch(config, &path, Some(dir), extend).await
+    }
+
+    /// Starts a server on the database file at `path`, which the caller
+    /// keeps: two servers on one path are two nodes; dropping one and
+    /// starting another is a restart.
+    pub async fn start_on(path: &std::path::Path) -> Server {
+        Self::launch(config(), path, None, |r| r).await
+    }
+
+    async fn launch(
+        mut config: Config,
+        path: &std::path::Path,
+        dir: Option<tempfile::TempDir>,
+        extend: impl FnOnce(Router) -> Router,
+    ) -> Server {
+        let store: Arc<dyn canon_store::Store> = Arc::new(SqliteStore::open(path).expect("open store"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         config.listen = addr;

@@ -48,6 +48,7 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
         conn.pragma_update(None, "synchronous", "FULL")?;
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    super::register_functions(&conn)?;
     Ok(conn)
 }
 

@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
+    include_str!("schema_v4.sql"),
 ];
 
 /// The SQLite store.
@@ -543,6 +544,43 @@ fn json_types(v: &Value) -> &'static [&'static str] {
     }
 }
 
+/// Text sort values longer than this many characters are compared by
+/// [`sort_key`]: their prefix, then a digest of the whole value.
+pub const SORT_PREFIX_CHARS: usize = 256;
+
+/// The key a record list sorts by: the value itself, except that text longer
+/// than [`SORT_PREFIX_CHARS`] characters becomes its first
+/// [`SORT_PREFIX_CHARS`] characters, a `#` and a SHA-256 digest (hex) of the
+/// whole text. Truncation by characters keeps the order of keys the order of
+/// the values (SQLite compares text by UTF-8 bytes, i.e. code points), except
+/// among long values that share their prefix: those are ordered by digest, so
+/// equal values stay together. The key is what cursors carry, so a cursor
+/// stays small however long the sorted field is, and still names an exact
+/// position.
+fn sort_key(v: SqlValue) -> SqlValue {
+    use sha2::Digest as _;
+    match v {
+        SqlValue::Text(s) if s.chars().nth(SORT_PREFIX_CHARS).is_some() => {
+            let prefix: String = s.chars().take(SORT_PREFIX_CHARS).collect();
+            let digest = sha2::Sha256::digest(s.as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            SqlValue::Text(format!("{prefix}#{hex}"))
+        }
+        other => other,
+    }
+}
+
+/// Registers Canon's SQL functions (`canon_sort_key`) on a connection.
+pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "canon_sort_key",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| Ok(sort_key(ctx.get::<SqlValue>(0)?)),
+    )
+}
+
 fn list_records(conn: &Connection, collection_id: &str, q: &RecordQuery) -> StoreResult<Page<Record>> {
     let mut sql = format!("SELECT {RECORD_COLS}");
     let mut args: Vec<SqlValue> = vec![SqlValue::Text(collection_id.to_owned())];
@@ -552,7 +590,7 @@ fn list_records(conn: &Connection, collection_id: &str, q: &RecordQuery) -> Stor
     };
     if let Some((path, _)) = &sort {
         args.push(SqlValue::Text(path.clone()));
-        sql.push_str(", json_extract(data, ?2) AS sort_value");
+        sql.push_str(", canon_sort_key(json_extract(data, ?2)) AS sort_value");
     }
     sql.push_str(" FROM records WHERE collection_id = ?1");
     for (field, value) in &q.filters {
@@ -1416,6 +1454,21 @@ impl Store for SqliteStore {
                 )
                 .map_err(db_error)?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn secret(&self, name: &str, candidate: &str) -> StoreResult<String> {
+        let (name, candidate) = (name.to_owned(), candidate.to_owned());
+        self.engine
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO secrets (name, value, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+                    params![name, candidate, now_millis()],
+                )
+                .map_err(db_error)?;
+                c.query_row("SELECT value FROM secrets WHERE name = ?1", [&name], |r| r.get(0))
+                    .map_err(db_error)
             })
             .await
     }

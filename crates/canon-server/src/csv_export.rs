@@ -1,0 +1,150 @@
+//! Lists as CSV (RFC 4180), safe to open in a spreadsheet.
+//!
+//! - Records end with CRLF, the first record is the header.
+//! - A field is quoted when it holds `,`, `"`, CR or LF (quotes doubled), and
+//!   when a string would otherwise read as something else (see below).
+//! - Absent and `null` differ: a member the item does not have is an empty
+//!   field; JSON `null` is the bare word `null`. A string is written as
+//!   itself, but quoted when it is empty or would read as `null`, `true`,
+//!   `false` or a number (`""`, `"null"`, `"80"`), so the three cases stay
+//!   apart for a reader that keeps quotes.
+//! - Formula injection (OWASP "CSV Injection"): a string that starts with
+//!   `=`, `+`, `-`, `@`, a tab or a CR is prefixed with `'`, so a spreadsheet
+//!   shows it as text instead of running it. Numbers are written as numbers
+//!   (`-5` is not a formula). Nested objects and arrays are compact JSON.
+
+use serde_json::{Map, Value};
+
+/// Characters that make a spreadsheet treat a cell as a formula.
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// Flattens `items` to CSV: top-level members as columns (in order of first
+/// appearance), then the members of a `data` object as `data.<field>`
+/// columns (sorted). An empty list is an empty body.
+pub fn write(items: &[Value]) -> Vec<u8> {
+    let mut columns: Vec<String> = Vec::new();
+    let mut data_columns: std::collections::BTreeSet<String> = Default::default();
+    for item in items {
+        for (k, v) in item.as_object().into_iter().flatten() {
+            if k == "data" && v.is_object() {
+                data_columns.extend(v.as_object().into_iter().flatten().map(|(f, _)| format!("data.{f}")));
+            } else if !columns.contains(k) {
+                columns.push(k.clone());
+            }
+        }
+    }
+    columns.extend(data_columns);
+    let mut out = String::new();
+    if columns.is_empty() {
+        return Vec::new();
+    }
+    let header: Vec<String> = columns.iter().map(|c| text_cell(c)).collect();
+    line(&mut out, &header);
+    let empty = Map::new();
+    for item in items {
+        let obj = item.as_object().unwrap_or(&empty);
+        let row: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let v = match c.strip_prefix("data.") {
+                    Some(f) if !obj.contains_key(c) => obj.get("data").and_then(|d| d.get(f)),
+                    _ => obj.get(c),
+                };
+                cell(v)
+            })
+            .collect();
+        line(&mut out, &row);
+    }
+    out.into_bytes()
+}
+
+fn line(out: &mut String, cells: &[String]) {
+    out.push_str(&cells.join(","));
+    out.push_str("\r\n");
+}
+
+/// One field for `value`: absent → empty, `null` → `null`, strings as text,
+/// numbers and booleans as JSON, objects and arrays as compact JSON text.
+fn cell(value: Option<&Value>) -> String {
+    match value {
+        None => String::new(),
+        Some(Value::Null) => "null".to_owned(),
+        Some(Value::String(s)) => text_cell(s),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+        Some(other) => text_cell(&other.to_string()),
+    }
+}
+
+/// A string field: neutralised against formulas, quoted when needed.
+fn text_cell(s: &str) -> String {
+    let neutral = if s.starts_with(FORMULA_STARTS) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    let ambiguous = neutral.is_empty()
+        || matches!(neutral.as_str(), "null" | "true" | "false")
+        || serde_json::from_str::<serde_json::Number>(&neutral).is_ok();
+    if ambiguous || neutral.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", neutral.replace('"', "\"\""))
+    } else {
+        neutral
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn csv(items: &[Value]) -> String {
+        String::from_utf8(write(items)).unwrap()
+    }
+
+    #[test]
+    fn flattens_data_with_crlf_and_quoting() {
+        let items = vec![
+            json!({"id": "r1", "data": {"b": 1, "a": "x,y"}, "version": 1}),
+            json!({"id": "r2", "data": {"c": {"n": true}, "a": "say \"hi\"\r\nbye"}, "version": 2}),
+        ];
+        assert_eq!(
+            csv(&items),
+            "id,version,data.a,data.b,data.c\r\n\
+             r1,1,\"x,y\",1,\r\n\
+             r2,2,\"say \"\"hi\"\"\r\nbye\",,\"{\"\"n\"\":true}\"\r\n"
+        );
+    }
+
+    #[test]
+    fn formulas_are_neutralised_and_numbers_kept() {
+        let items = vec![json!({"data": {
+            "a": "=1+1", "b": "+1", "c": "-2", "d": "@SUM(A1)", "e": "\tx", "f": "\rx",
+            "g": -5, "h": "ok", "i": "=HYPERLINK(\"x\")"
+        }})];
+        let out = csv(&items);
+        let row = out.split("\r\n").nth(1).unwrap();
+        assert_eq!(
+            row,
+            "'=1+1,'+1,'-2,'@SUM(A1),'\tx,\"'\rx\",-5,ok,\"'=HYPERLINK(\"\"x\"\")\""
+        );
+    }
+
+    #[test]
+    fn null_absent_and_look_alike_strings_differ() {
+        let items = vec![
+            json!({"data": {"v": null}}),
+            json!({"data": {}}),
+            json!({"data": {"v": "null"}}),
+            json!({"data": {"v": ""}}),
+            json!({"data": {"v": "80"}}),
+            json!({"data": {"v": 80}}),
+            json!({"data": {"v": true}}),
+            json!({"data": {"v": "true"}}),
+        ];
+        assert_eq!(
+            csv(&items),
+            "data.v\r\nnull\r\n\r\n\"null\"\r\n\"\"\r\n\"80\"\r\n80\r\ntrue\r\n\"true\"\r\n"
+        );
+        assert_eq!(csv(&[]), "");
+    }
+}
