@@ -82,6 +82,7 @@ pub fn decode(coding: RequestCoding, body: Bytes, limit: usize) -> Result<Bytes,
 /// with a non-zero weight, and gzip not refused by name.
 pub fn accepts_gzip(headers: &HeaderMap) -> bool {
     let mut gzip = None;
+    let mut identity = None;
     let mut any = None;
     for value in headers.get_all(ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()) {
         for item in value.split(',') {
@@ -93,13 +94,18 @@ pub fn accepts_gzip(headers: &HeaderMap) -> bool {
                 .and_then(|(_, v)| v.trim().parse::<f32>().ok())
                 .unwrap_or(1.0);
             match name.as_str() {
-                "gzip" | "x-gzip" => gzip = Some(q > 0.0),
-                "*" => any = Some(q > 0.0),
+                "gzip" | "x-gzip" => gzip = Some(q),
+                "identity" => identity = Some(q),
+                "*" => any = Some(q),
                 _ => {}
             }
         }
     }
-    gzip.or(any).unwrap_or(false)
+    let gzip_q = gzip.or(any).unwrap_or(0.0);
+    // Identity is always acceptable (RFC 9110 §12.5.3); gzip is chosen when
+    // the client accepts it and does not value identity more.
+    let identity_q = identity.or(any).unwrap_or(0.0);
+    gzip_q > 0.0 && gzip_q >= identity_q
 }
 
 /// gzip-codes `body`.
@@ -164,5 +170,7 @@ mod tests {
         assert!(!accepts_gzip(&headers(ACCEPT_ENCODING, &["gzip;q=0, *"])));
         assert!(!accepts_gzip(&headers(ACCEPT_ENCODING, &["identity"])));
         assert!(!accepts_gzip(&headers(ACCEPT_ENCODING, &["*;q=0"])));
+        assert!(!accepts_gzip(&headers(ACCEPT_ENCODING, &["gzip;q=0.5, identity;q=1"])));
+        assert!(accepts_gzip(&headers(ACCEPT_ENCODING, &["gzip;q=1, identity;q=0.5"])));
     }
 }

@@ -590,10 +590,7 @@ async fn decide(
         if route.planned.contains(wanted) {
             return Err(Problem::new(
                 ProblemKind::NotImplemented,
-                format!(
-                    "{} on this resource is part of the contract but not implemented yet.",
-                    head.method
-                ),
+                format!("{wanted} on this resource is part of the contract but not implemented yet."),
             )
             .into());
         }

@@ -40,6 +40,10 @@ pub struct MethodSpec {
     /// The problems the action itself can raise once every node before
     /// `Execute` passed (a taken unique value, a schema violation, …).
     pub raises: &'static [ProblemKind],
+    /// The name of the request body's schema (for the API description).
+    pub request: Option<&'static str>,
+    /// The name of the JSON success body's schema (for the API description).
+    pub response: Option<&'static str>,
 }
 
 /// A 2xx outcome of an action (the `Success` variants of the flow).
@@ -138,6 +142,8 @@ impl MethodSpec {
             writes: false,
             outcomes: &[Outcome::Ok],
             raises: &[],
+            request: None,
+            response: None,
         }
     }
 
@@ -157,6 +163,8 @@ impl MethodSpec {
             writes: true,
             outcomes: &[Outcome::Ok],
             raises: &[],
+            request: None,
+            response: None,
         }
     }
 
@@ -175,6 +183,13 @@ impl MethodSpec {
     /// This spec, with the problems its action can raise.
     pub const fn raising(mut self, raises: &'static [ProblemKind]) -> Self {
         self.raises = raises;
+        self
+    }
+
+    /// This spec, with the names of its request and success body schemas.
+    pub const fn bodies(mut self, request: Option<&'static str>, response: Option<&'static str>) -> Self {
+        self.request = request;
+        self.response = response;
         self
     }
 }

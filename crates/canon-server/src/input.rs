@@ -51,28 +51,45 @@ impl Query {
 }
 
 /// Splits and decodes an `application/x-www-form-urlencoded` query. Unlike
-/// a lossy decoder, a name or value whose percent-encoded bytes are not
-/// UTF-8 is a 400: a filter must never silently compare against U+FFFD.
+/// a lossy decoder, a name or value whose percent-encoding is broken (`%`
+/// without two hex digits) or whose bytes are not UTF-8 is a 400: a filter
+/// must never silently compare against U+FFFD or a guessed `%`.
 fn decode_query(raw: &str) -> Result<Vec<(String, String)>, Problem> {
     let mut out = Vec::new();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(k).ok_or_else(|| {
+        let name = percent_decode(k).map_err(|e| {
             Problem::new(
                 ProblemKind::InvalidQuery,
-                "A query parameter name is not valid UTF-8 once percent-decoded.",
+                format!("A query parameter name {}.", e.what()),
             )
         })?;
-        let value = percent_decode(v).ok_or_else(|| invalid_query(&name, "is not valid UTF-8 once percent-decoded"))?;
+        let value = percent_decode(v).map_err(|e| invalid_query(&name, e.what()))?;
         out.push((name, value));
     }
     Ok(out)
 }
 
-/// Decodes `+` and `%XX`; `None` when the bytes are not UTF-8. A `%` not
-/// followed by two hex digits stays as it is (as browsers and
-/// `form_urlencoded` do).
-fn percent_decode(s: &str) -> Option<String> {
+/// Why a query component could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PercentError {
+    /// A `%` not followed by two hex digits.
+    BrokenEscape,
+    /// The decoded bytes are not UTF-8.
+    NotUtf8,
+}
+
+impl PercentError {
+    fn what(self) -> &'static str {
+        match self {
+            PercentError::BrokenEscape => "has a `%` not followed by two hex digits (write `%25` for a literal `%`)",
+            PercentError::NotUtf8 => "is not valid UTF-8 once percent-decoded",
+        }
+    }
+}
+
+/// Decodes `+` and `%XX`.
+fn percent_decode(s: &str) -> Result<String, PercentError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -80,20 +97,20 @@ fn percent_decode(s: &str) -> Option<String> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(PercentError::BrokenEscape)?;
+                out.push(hex);
+                i += 2;
             }
             c => out.push(c),
         }
         i += 1;
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).map_err(|_| PercentError::NotUtf8)
 }
 
 /// A 400 naming a query parameter.
@@ -270,14 +287,22 @@ mod tests {
     }
 
     #[test]
-    fn query_decoding_refuses_invalid_utf8() {
-        let uri: http::Uri = "/x?filter%5Bn%5D=a+b%2Bc%C3%A9&limit=%".parse().unwrap();
+    fn query_decoding_refuses_invalid_utf8_and_broken_escapes() {
+        let uri: http::Uri = "/x?filter%5Bn%5D=a+b%2Bc%C3%A9&limit=%25".parse().unwrap();
         let q = Query::parse(&uri, &["limit", "filter["]).unwrap();
         assert_eq!(
             q.0,
             vec![("filter[n]".into(), "a b+cé".into()), ("limit".into(), "%".into())]
         );
-        for bad in ["/x?limit=%FF", "/x?%FF=1", "/x?limit=%C3"] {
+        for bad in [
+            "/x?limit=%FF",
+            "/x?%FF=1",
+            "/x?limit=%C3",
+            "/x?limit=%",
+            "/x?limit=%G1",
+            "/x?limit=%+1",
+            "/x?%=1",
+        ] {
             let uri: http::Uri = bad.parse().unwrap();
             assert!(Query::parse(&uri, &["limit"]).is_err(), "{bad}");
         }

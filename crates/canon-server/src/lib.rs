@@ -12,10 +12,12 @@ pub mod idempotency;
 pub mod input;
 pub mod json;
 pub mod listing;
+pub mod openapi;
 pub mod render;
 pub mod resources;
 pub mod routes;
 pub mod token;
+pub mod wire;
 
 pub use app::{App, enveloped, serve, serve_router};
 pub use config::Config;

@@ -34,8 +34,9 @@ pub struct Paging {
 pub fn page_request(q: &Query) -> Result<Paging, Problem> {
     let limit = match q.one("limit")? {
         None => DEFAULT_LIMIT,
+        // Digits only: `+5` or ` 5` is not what a client meant to send.
         Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Ok(n) if s.bytes().all(|b| b.is_ascii_digit()) && (1..=MAX_LIMIT).contains(&n) => n,
             _ => {
                 return Err(invalid_query(
                     "limit",

@@ -6,8 +6,10 @@ use canon_http::flow::LockInfo;
 use canon_http::flow::Representation;
 use canon_http::validators::{EntityTag, Validators};
 use canon_store::{ApiKey, Collection, Lease, Millis, Record, Tenant, User};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::wire;
 
 /// Formats milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
 pub fn timestamp(ms: Millis) -> String {
@@ -25,36 +27,72 @@ pub fn system_time(ms: Millis) -> SystemTime {
 
 /// A tenant.
 pub fn tenant(t: &Tenant) -> Value {
-    json!({"name": t.name, "created_at": timestamp(t.created_at), "updated_at": timestamp(t.updated_at)})
+    value(&wire::Tenant {
+        name: t.name.clone(),
+        created_at: timestamp(t.created_at),
+        updated_at: timestamp(t.updated_at),
+    })
 }
 
 /// A user.
 pub fn user(u: &User) -> Value {
-    json!({
-        "id": u.id, "email": u.email, "role": u.role.as_str(),
-        "created_at": timestamp(u.created_at), "updated_at": timestamp(u.updated_at),
+    value(&wire::User {
+        id: u.id.clone(),
+        email: u.email.clone(),
+        role: u.role.as_str().to_owned(),
+        created_at: timestamp(u.created_at),
+        updated_at: timestamp(u.updated_at),
     })
 }
 
 /// An API key (never its token).
 pub fn api_key(k: &ApiKey) -> Value {
-    json!({"id": k.id, "name": k.name, "created_at": timestamp(k.created_at)})
+    value(&api_key_wire(k))
+}
+
+fn api_key_wire(k: &ApiKey) -> wire::ApiKey {
+    wire::ApiKey {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        created_at: timestamp(k.created_at),
+    }
+}
+
+/// A new API key with its token, shown this once.
+pub fn new_api_key(k: &ApiKey, token: String) -> Value {
+    value(&wire::NewApiKeyCreated {
+        key: api_key_wire(k),
+        token,
+    })
 }
 
 /// A collection.
 pub fn collection(c: &Collection) -> Value {
-    json!({
-        "name": c.name, "schema": c.schema, "unique": c.unique, "require_if_match": c.require_if_match,
-        "created_at": timestamp(c.created_at), "updated_at": timestamp(c.updated_at),
+    value(&wire::Collection {
+        name: c.name.clone(),
+        schema: c.schema.clone(),
+        unique: c.unique.clone(),
+        require_if_match: c.require_if_match,
+        created_at: timestamp(c.created_at),
+        updated_at: timestamp(c.updated_at),
     })
 }
 
 /// A record's envelope.
 pub fn record(r: &Record) -> Value {
-    json!({
-        "id": r.id, "data": r.data, "version": r.version,
-        "created_at": timestamp(r.created_at), "updated_at": timestamp(r.updated_at),
+    value(&wire::Record {
+        id: r.id.clone(),
+        data: r.data.clone(),
+        version: r.version,
+        created_at: timestamp(r.created_at),
+        updated_at: timestamp(r.updated_at),
     })
+}
+
+/// `body` as JSON. The wire types serialize infallibly (string keys, no
+/// non-finite floats), so the fallback is never taken.
+fn value<T: serde::Serialize>(body: &T) -> Value {
+    serde_json::to_value(body).unwrap_or(Value::Null)
 }
 
 /// A record's validators: its strong tag and modification time.
@@ -77,10 +115,10 @@ pub fn lock_info(lease: &Lease) -> LockInfo {
 
 /// A lease's representation: `{"holder","acquired_at","expires_at"}`.
 pub fn lease(lease: &Lease) -> Value {
-    json!({
-        "holder": lease.holder,
-        "acquired_at": timestamp(lease.acquired_at),
-        "expires_at": timestamp(lease.expires_at),
+    value(&wire::Lease {
+        holder: lease.holder.clone(),
+        acquired_at: timestamp(lease.acquired_at),
+        expires_at: timestamp(lease.expires_at),
     })
 }
 

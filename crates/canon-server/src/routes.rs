@@ -57,6 +57,7 @@ pub mod name {
     pub const READY: &str = "ready";
     pub const STATUS_CODES: &str = "status-codes";
     pub const PROBLEM: &str = "problem";
+    pub const OPENAPI: &str = "openapi";
     pub const TENANTS: &str = "tenants";
     pub const TENANT: &str = "tenant";
     pub const USERS: &str = "users";
@@ -77,7 +78,7 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::HEALTH,
         pattern: "/healthz",
-        methods: &[get(Guard::Public, JSON)],
+        methods: &[get(Guard::Public, JSON).bodies(None, Some("Health"))],
         planned: &[],
         summary: "The process is alive.",
         states: States::FIXED,
@@ -85,7 +86,7 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::READY,
         pattern: "/readyz",
-        methods: &[get(Guard::Public, JSON)],
+        methods: &[get(Guard::Public, JSON).bodies(None, Some("Health"))],
         planned: &[],
         summary: "The database answers.",
         states: States::FIXED,
@@ -107,11 +108,21 @@ pub static ROUTES: &[RouteSpec] = &[
         states: States::FIXED.missing(),
     },
     RouteSpec {
+        name: name::OPENAPI,
+        pattern: "/openapi.json",
+        methods: &[get(Guard::Public, JSON)],
+        planned: &[],
+        summary: "This API's description (OpenAPI 3.1), generated from the route table and the catalogue.",
+        states: States::FIXED,
+    },
+    RouteSpec {
         name: name::TENANTS,
         pattern: "/v1/tenants",
         methods: &[
-            get(role(Operator), LIST_TYPES),
-            post(role(Operator)).raising(&[UniqueConflict, InvalidField]),
+            get(role(Operator), LIST_TYPES).bodies(None, Some("TenantPage")),
+            post(role(Operator))
+                .bodies(Some("NewTenant"), Some("Tenant"))
+                .raising(&[UniqueConflict, InvalidField]),
         ],
         planned: &[],
         summary: "Tenants.",
@@ -120,7 +131,7 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::TENANT,
         pattern: "/v1/tenants/{tenant}",
-        methods: &[get(role(Viewer), JSON)],
+        methods: &[get(role(Viewer), JSON).bodies(None, Some("Tenant"))],
         planned: &[Method::PATCH, Method::DELETE],
         summary: "One tenant.",
         states: IN_TENANT,
@@ -129,8 +140,10 @@ pub static ROUTES: &[RouteSpec] = &[
         name: name::USERS,
         pattern: "/v1/tenants/{tenant}/users",
         methods: &[
-            get(role(Admin), LIST_TYPES),
-            post(role(Admin)).raising(&[UniqueConflict, InvalidField]),
+            get(role(Admin), LIST_TYPES).bodies(None, Some("UserPage")),
+            post(role(Admin))
+                .bodies(Some("NewUser"), Some("User"))
+                .raising(&[UniqueConflict, InvalidField]),
         ],
         planned: &[],
         summary: "A tenant's users.",
@@ -140,8 +153,10 @@ pub static ROUTES: &[RouteSpec] = &[
         name: name::USER,
         pattern: "/v1/tenants/{tenant}/users/{user}",
         methods: &[
-            get(role(Admin), JSON),
-            patch(role(Admin)).raising(&[LastAdmin, InvalidField]),
+            get(role(Admin), JSON).bodies(None, Some("User")),
+            patch(role(Admin))
+                .bodies(Some("UserPatch"), Some("User"))
+                .raising(&[LastAdmin, InvalidField]),
             delete(role(Admin)).raising(&[LastAdmin]),
         ],
         planned: &[],
@@ -151,7 +166,12 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::API_KEYS,
         pattern: "/v1/tenants/{tenant}/users/{user}/api-keys",
-        methods: &[get(role(Admin), LIST_TYPES), post(role(Admin)).raising(&[InvalidField])],
+        methods: &[
+            get(role(Admin), LIST_TYPES).bodies(None, Some("ApiKeyPage")),
+            post(role(Admin))
+                .bodies(Some("NewApiKey"), Some("NewApiKeyCreated"))
+                .raising(&[InvalidField]),
+        ],
         planned: &[],
         summary: "A user's API keys.",
         states: BELOW_DELETABLE,
@@ -159,7 +179,7 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::API_KEY,
         pattern: "/v1/tenants/{tenant}/users/{user}/api-keys/{key}",
-        methods: &[get(role(Admin), JSON), delete(role(Admin))],
+        methods: &[get(role(Admin), JSON).bodies(None, Some("ApiKey")), delete(role(Admin))],
         planned: &[],
         summary: "One API key.",
         states: BELOW_DELETABLE,
@@ -168,8 +188,10 @@ pub static ROUTES: &[RouteSpec] = &[
         name: name::COLLECTIONS,
         pattern: "/v1/tenants/{tenant}/collections",
         methods: &[
-            get(role(Viewer), LIST_TYPES),
-            post(role(Admin)).raising(&[UniqueConflict, InvalidField]),
+            get(role(Viewer), LIST_TYPES).bodies(None, Some("CollectionPage")),
+            post(role(Admin))
+                .bodies(Some("NewCollection"), Some("Collection"))
+                .raising(&[UniqueConflict, InvalidField]),
         ],
         planned: &[],
         summary: "A tenant's collections.",
@@ -179,8 +201,10 @@ pub static ROUTES: &[RouteSpec] = &[
         name: name::COLLECTION,
         pattern: "/v1/tenants/{tenant}/collections/{collection}",
         methods: &[
-            get(role(Viewer), JSON),
-            patch(role(Admin)).raising(&[UniqueConflict, InvalidField]),
+            get(role(Viewer), JSON).bodies(None, Some("Collection")),
+            patch(role(Admin))
+                .bodies(Some("CollectionPatch"), Some("Collection"))
+                .raising(&[UniqueConflict, InvalidField]),
             // `?force=true` needs jobs: 501 until they exist.
             delete(role(Admin)).raising(&[StateConflict, NotImplemented]),
         ],
@@ -192,8 +216,12 @@ pub static ROUTES: &[RouteSpec] = &[
         name: name::RECORDS,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records",
         methods: &[
-            get(role(Viewer), LIST_TYPES),
-            post(role(Editor)).raising(&[SchemaViolation, UniqueConflict, InvalidField]),
+            get(role(Viewer), LIST_TYPES).bodies(None, Some("RecordPage")),
+            post(role(Editor)).bodies(Some("RecordData"), Some("Record")).raising(&[
+                SchemaViolation,
+                UniqueConflict,
+                InvalidField,
+            ]),
         ],
         planned: &[],
         summary: "A collection's records.",
@@ -203,12 +231,15 @@ pub static ROUTES: &[RouteSpec] = &[
         name: name::RECORD,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records/{id}",
         methods: &[
-            get(role(Viewer), JSON),
+            get(role(Viewer), JSON).bodies(None, Some("Record")),
             put(role(Editor))
+                .bodies(Some("RecordData"), Some("Record"))
                 .creating()
                 .answering(&[Outcome::Ok, Outcome::Created])
                 .raising(&[SchemaViolation, UniqueConflict, NotFound]),
-            patch_record(role(Editor)).raising(&[PatchTestFailed, StateConflict, SchemaViolation, UniqueConflict]),
+            patch_record(role(Editor))
+                .bodies(Some("RecordData"), Some("Record"))
+                .raising(&[PatchTestFailed, StateConflict, SchemaViolation, UniqueConflict]),
             delete(role(Editor)),
         ],
         planned: &[],
@@ -219,8 +250,10 @@ pub static ROUTES: &[RouteSpec] = &[
         name: name::LOCK,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records/{id}/lock",
         methods: &[
-            get(role(Editor), JSON),
-            put(role(Editor)).answering(&[Outcome::Created, Outcome::Ok]),
+            get(role(Editor), JSON).bodies(None, Some("Lease")),
+            put(role(Editor))
+                .bodies(Some("LockRequest"), Some("Lease"))
+                .answering(&[Outcome::Created, Outcome::Ok]),
             delete(role(Editor)),
         ],
         planned: &[],
@@ -234,7 +267,10 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::BATCH,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records/batch",
-        methods: &[put(role(Editor)).answering(&[]).raising(&[InvalidField])],
+        methods: &[put(role(Editor))
+            .bodies(Some("RecordData"), None)
+            .answering(&[])
+            .raising(&[InvalidField])],
         planned: &[Method::POST],
         summary: "Batch writes (planned). PUT answers 400: `batch` is reserved, not a record id.",
         states: IN_COLLECTION,

@@ -144,3 +144,27 @@ async fn query_percent_encoded_invalid_utf8_is_400() {
     .await;
     assert_eq!(ids(&s, &w, "filter%5Bx%5D=%C3%A9").await, ["accent"]);
 }
+
+#[tokio::test]
+async fn query_broken_percent_escapes_and_signed_limits_are_400() {
+    let (s, w) = setup().await;
+    for q in [
+        "filter%5Bx%5D=%",
+        "filter%5Bx%5D=%G1",
+        "limit=%2B5",
+        "limit=+5",
+        "limit=05x",
+    ] {
+        let r = s.call(Method::GET, &format!("{RECORDS}?{q}"), &w.viewer, None).await;
+        assert_problem(r, 400, "invalid-query").await;
+    }
+    // A literal `%` is written %25.
+    s.ok_json(
+        Method::PUT,
+        &format!("{RECORDS}/percent"),
+        &w.editor,
+        Some(json!({"x": "100%"})),
+    )
+    .await;
+    assert_eq!(ids(&s, &w, "filter%5Bx%5D=100%25").await, ["percent"]);
+}

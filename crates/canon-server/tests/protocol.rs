@@ -215,7 +215,9 @@ async fn head_answers_like_get_including_304_and_routes_not_built_yet() {
     assert_eq!(head304.header("transfer-encoding"), None);
     assert_eq!(head304.header("etag"), Some(etag));
 
-    // A route the contract names but Canon does not serve yet: HEAD is 501 like GET.
+    // A route the contract names but Canon does not serve yet: HEAD is 501
+    // like GET, with the same headers (the same Content-Length too).
+    let mut lengths = Vec::new();
     for method in [Method::GET, Method::HEAD] {
         let r = s
             .req(method.clone(), "/v1/tenants/acme/jobs/j1", Some(&w.viewer))
@@ -223,7 +225,10 @@ async fn head_answers_like_get_including_304_and_routes_not_built_yet() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_IMPLEMENTED, "{method}");
+        lengths.push(r.headers().get("content-length").cloned());
     }
+    assert!(lengths[0].is_some());
+    assert_eq!(lengths[0], lengths[1]);
 }
 
 #[tokio::test]

@@ -30,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Print the OpenAPI 3.1 description (what `/openapi.json` serves).
+    Openapi,
 }
 
 #[derive(Args, Default)]
@@ -169,6 +171,19 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        let doc = canon_server::openapi::document();
+        return match serde_json::to_string_pretty(&doc) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("canon: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -179,6 +194,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Openapi => Ok(()),
         }
     });
     match result {

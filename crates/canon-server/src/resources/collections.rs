@@ -1,34 +1,18 @@
 //! `/v1/tenants/{tenant}/collections` and one collection.
 
+use crate::wire::{CollectionPatch, NewCollection as NewCollectionBody};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::{FieldError, Problem, ProblemKind};
 use canon_store::{Collection, CollectionChanges, Lookup, NewCollection, Tenant, is_field_name};
 use http::Method;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Cx, Stop, found_with, settle, still_there, tenants};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body, slug};
 use crate::listing::{self, Listed};
 use crate::render;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewCollectionBody {
-    name: String,
-    #[serde(default = "default_schema")]
-    schema: Value,
-    #[serde(default)]
-    unique: Vec<String>,
-    #[serde(default)]
-    require_if_match: bool,
-}
-
-fn default_schema() -> Value {
-    json!({"type": "object"})
-}
 
 /// Checks `schema` is a valid draft 2020-12 JSON Schema that compiles
 /// without fetching anything (remote `$ref`s are refused).
@@ -61,16 +45,6 @@ fn unique_fields(mut unique: Vec<String>, pointer: &str) -> Result<Vec<String>, 
     unique.sort();
     unique.dedup();
     Ok(unique)
-}
-
-/// The body of PATCH on a collection: a merge patch of its settings.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CollectionPatch {
-    name: Option<String>,
-    schema: Option<Value>,
-    unique: Option<Vec<String>>,
-    require_if_match: Option<bool>,
 }
 
 impl CollectionPatch {

@@ -154,3 +154,46 @@ impl Resource for ProblemPage {
         })
     }
 }
+
+/// The generated API description and its strong tag, built once: it
+/// depends only on this binary.
+static OPENAPI: std::sync::LazyLock<(Bytes, String)> = std::sync::LazyLock::new(|| {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec_pretty(&crate::openapi::document()).unwrap_or_default();
+    let digest = sha2::Sha256::digest(&bytes);
+    let tag: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    (Bytes::from(bytes), tag)
+});
+
+/// `GET /openapi.json`: the OpenAPI 3.1 description (see `openapi.rs`).
+pub struct OpenApi;
+
+impl OpenApi {
+    fn validators() -> canon_http::validators::Validators {
+        canon_http::validators::Validators {
+            etag: Some(canon_http::validators::EntityTag::strong(OPENAPI.1.clone())),
+            last_modified: None,
+        }
+    }
+}
+
+impl Resource for OpenApi {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async {
+            Ok(Existence::Found(Found {
+                validators: Self::validators(),
+                ..Found::default()
+            }))
+        })
+    }
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async {
+            let mut rep = Representation::new(MediaType::Json, OPENAPI.0.clone()).with_validators(Self::validators());
+            rep.cache_control = Some(DOCS_CACHE_CONTROL);
+            Ok(Success::Ok(rep))
+        })
+    }
+}

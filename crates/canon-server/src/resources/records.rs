@@ -1,5 +1,6 @@
 //! Records of a collection.
 
+use crate::wire::LockRequest;
 use canon_http::Problem;
 use canon_http::access::{Principal, Role};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, LockInfo, Representation, Resource, Success};
@@ -9,7 +10,6 @@ use canon_store::{
     ApplyPatch, Collection, Expect, Lease, Lookup, Record, RecordQuery, RejectedWrite, SortOrder, is_field_name,
 };
 use http::Method;
-use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -466,12 +466,6 @@ impl Resource for OneRecord {
             }
         })
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LockRequest {
-    ttl_seconds: u64,
 }
 
 /// Longest lease a caller may take at once (renewing extends it).

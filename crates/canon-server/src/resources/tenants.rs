@@ -1,11 +1,11 @@
 //! `/v1/tenants` and `/v1/tenants/{tenant}`.
 
+use crate::wire::NewTenant;
 use canon_http::Problem;
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
 use canon_store::Tenant;
 use http::Method;
-use serde::Deserialize;
 
 use super::{Cx, Stop, created, found_with, still_there};
 use crate::error::store_problem;
@@ -16,12 +16,6 @@ use crate::render;
 /// Tenant names that would shadow a path: `current` stands for the caller's
 /// own tenant.
 pub const RESERVED: &[&str] = &[canon_http::access::CURRENT_TENANT];
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewTenant {
-    name: String,
-}
 
 /// `GET, POST /v1/tenants`.
 pub struct Tenants {

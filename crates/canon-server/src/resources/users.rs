@@ -1,13 +1,12 @@
 //! Users of a tenant and their API keys.
 
+use crate::wire::{NewApiKey as NewKey, NewUser, UserPatch};
 use canon_http::Problem;
 use canon_http::access::TenantRole;
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
 use canon_store::{ApiKey, Lookup, Tenant, User};
 use http::Method;
-use serde::Deserialize;
-use serde_json::Value;
 
 use super::{Cx, Stop, created, found, found_with, settle, still_there, tenants};
 use crate::error::store_problem;
@@ -32,13 +31,6 @@ fn email(s: &str) -> Result<String, Problem> {
     } else {
         Err(invalid_field("/email", "must be an email address"))
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewUser {
-    email: String,
-    role: String,
 }
 
 /// `GET, POST /v1/tenants/{tenant}/users`.
@@ -120,12 +112,6 @@ impl Resource for Users {
             Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
         })
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserPatch {
-    role: Option<String>,
 }
 
 /// Loads the tenant and the user named in the path.
@@ -215,12 +201,6 @@ impl Resource for OneUser {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewKey {
-    name: String,
-}
-
 /// `GET, POST /v1/tenants/{tenant}/users/{user}/api-keys`.
 pub struct ApiKeys {
     cx: Cx,
@@ -296,8 +276,7 @@ impl Resource for ApiKeys {
                     .create_api_key(&tenant.id, &user.id, &name, &token::digest(&secret))
                     .await
                     .map_err(store_problem)?;
-                let mut body = render::api_key(&k);
-                body["token"] = Value::String(secret);
+                let body = render::new_api_key(&k, secret);
                 // The only response that ever shows the token: no cache may keep it.
                 let rep = Representation::json(&body)
                     .with_validators(render::api_key_validators(&k))

@@ -1,0 +1,296 @@
+//! The bodies Canon reads and writes, as types.
+//!
+//! Every request body is decoded into one of these types and every response
+//! body is serialized from one, so the JSON Schemas the API description
+//! publishes (`openapi.rs`, derived with schemars) are the shapes on the
+//! wire: they cannot drift apart. [`schemas`] names them for the route
+//! table's `request`/`response` references.
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An RFC 3339 timestamp in UTC with milliseconds.
+pub type Timestamp = String;
+
+/// A tenant.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Tenant {
+    /// Its name (a slug), which is also its path segment.
+    pub name: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// The body of `POST /v1/tenants`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// A slug: lowercase letters, digits and `-`.
+    pub name: String,
+}
+
+/// A user of a tenant.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct User {
+    /// Its id.
+    pub id: String,
+    /// Its email address, unique in the tenant.
+    pub email: String,
+    /// `viewer`, `editor` or `admin`.
+    #[schemars(extend("enum" = ["viewer", "editor", "admin"]))]
+    pub role: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// The body of `POST …/users`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// An email address, unique in the tenant.
+    pub email: String,
+    /// `viewer`, `editor` or `admin`.
+    #[schemars(extend("enum" = ["viewer", "editor", "admin"]))]
+    pub role: String,
+}
+
+/// The body of `PATCH …/users/{user}`: a merge patch of the user.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    /// The new role.
+    #[schemars(extend("enum" = ["viewer", "editor", "admin"]))]
+    pub role: Option<String>,
+}
+
+/// An API key (never its token, except once: [`NewApiKeyCreated`]).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApiKey {
+    /// Its id.
+    pub id: String,
+    /// A name for people.
+    pub name: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// The body of `POST …/api-keys`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    /// A name for people.
+    pub name: String,
+}
+
+/// The answer to `POST …/api-keys`: the key and, this once, its token.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct NewApiKeyCreated {
+    /// The key.
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The bearer token. It is shown in this response only.
+    pub token: String,
+}
+
+/// A collection: a name, a JSON Schema for its records and its rules.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Collection {
+    /// Its name (a slug).
+    pub name: String,
+    /// The JSON Schema (draft 2020-12) every record's data satisfies.
+    pub schema: Value,
+    /// Top-level fields whose values are unique among its records.
+    pub unique: Vec<String>,
+    /// Whether record writes must carry `If-Match`.
+    pub require_if_match: bool,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+fn object_schema() -> Value {
+    serde_json::json!({"type": "object"})
+}
+
+/// The body of `POST …/collections`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCollection {
+    /// A slug; not `batch`, `.` or `..`.
+    pub name: String,
+    /// A JSON Schema (draft 2020-12) for the records' data; no remote `$ref`.
+    #[serde(default = "object_schema")]
+    pub schema: Value,
+    /// Top-level fields whose values must be unique among the records.
+    #[serde(default)]
+    pub unique: Vec<String>,
+    /// Whether record writes must carry `If-Match`.
+    #[serde(default)]
+    pub require_if_match: bool,
+}
+
+/// The body of `PATCH …/collections/{collection}`: a merge patch of its settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionPatch {
+    /// A new name; the old one keeps redirecting here.
+    pub name: Option<String>,
+    /// A new schema.
+    pub schema: Option<Value>,
+    /// A new list of unique fields.
+    pub unique: Option<Vec<String>>,
+    /// Whether record writes must carry `If-Match`.
+    pub require_if_match: Option<bool>,
+}
+
+/// A record: its data and the envelope Canon keeps around it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Record {
+    /// Its id.
+    pub id: String,
+    /// The data, as the collection's schema describes it.
+    pub data: Value,
+    /// Bumped by every write.
+    pub version: i64,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// A record's lock: a lease held by one caller.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Lease {
+    /// Who holds it.
+    pub holder: String,
+    /// When it was taken.
+    pub acquired_at: Timestamp,
+    /// When it ends unless renewed.
+    pub expires_at: Timestamp,
+}
+
+/// The body of `PUT …/lock`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockRequest {
+    /// How long the lease lasts, in seconds (at most a day).
+    #[schemars(range(min = 1, max = 86400))]
+    pub ttl_seconds: u64,
+}
+
+/// `/healthz` and `/readyz`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Health {
+    /// `ok` (alive) or `ready` (the database answers).
+    pub status: String,
+}
+
+/// A page of a list (JSON). CSV and NDJSON carry the same items.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "{T}Page")]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// The cursor for the next page (also in `Link: rel="next"`), or null at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// An RFC 9457 problem: the body of every 4xx and 5xx.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProblemBody {
+    /// A URL (served by Canon) naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The problem type's fixed summary.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong in this occurrence.
+    pub detail: String,
+    /// The request path.
+    pub instance: String,
+    /// The request id (also in `X-Request-Id`).
+    pub request_id: String,
+    /// Field errors (at most 50), each naming a JSON pointer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldErrorBody>>,
+    /// How many field errors were left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors_omitted: Option<u64>,
+}
+
+/// One field error in a problem.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FieldErrorBody {
+    /// A JSON pointer (RFC 6901) into the request.
+    pub pointer: String,
+    /// What is wrong there.
+    pub detail: String,
+}
+
+/// Record data: any JSON object (each collection's schema narrows it).
+#[derive(Debug, JsonSchema)]
+#[schemars(extend("type" = "object"))]
+pub struct RecordData(#[allow(dead_code)] serde_json::Map<String, Value>);
+
+/// A JSON Patch (RFC 6902) document.
+#[derive(Debug, JsonSchema)]
+pub struct JsonPatch(#[allow(dead_code)] Vec<JsonPatchOperation>);
+
+/// One JSON Patch operation.
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)]
+pub struct JsonPatchOperation {
+    /// `add`, `remove`, `replace`, `move`, `copy` or `test`.
+    #[schemars(extend("enum" = ["add", "remove", "replace", "move", "copy", "test"]))]
+    op: String,
+    /// A JSON pointer into the record's data.
+    path: String,
+    /// The value (`add`, `replace`, `test`).
+    value: Option<Value>,
+    /// The source pointer (`move`, `copy`).
+    from: Option<String>,
+}
+
+/// The schema of each body the route table names (`MethodSpec::request`
+/// and `MethodSpec::response`), as generated by `generator`: usually a
+/// `$ref` into the generator's definitions, which become
+/// `components.schemas`.
+pub fn schemas(generator: &mut SchemaGenerator) -> Vec<(&'static str, Schema)> {
+    macro_rules! named {
+        ($($name:literal => $ty:ty),+ $(,)?) => {
+            vec![$(($name, generator.subschema_for::<$ty>())),+]
+        };
+    }
+    named! {
+        "Tenant" => Tenant,
+        "NewTenant" => NewTenant,
+        "TenantPage" => Page<Tenant>,
+        "User" => User,
+        "NewUser" => NewUser,
+        "UserPatch" => UserPatch,
+        "UserPage" => Page<User>,
+        "ApiKey" => ApiKey,
+        "NewApiKey" => NewApiKey,
+        "NewApiKeyCreated" => NewApiKeyCreated,
+        "ApiKeyPage" => Page<ApiKey>,
+        "Collection" => Collection,
+        "NewCollection" => NewCollection,
+        "CollectionPatch" => CollectionPatch,
+        "CollectionPage" => Page<Collection>,
+        "Record" => Record,
+        "RecordData" => RecordData,
+        "RecordPage" => Page<Record>,
+        "JsonPatch" => JsonPatch,
+        "Lease" => Lease,
+        "LockRequest" => LockRequest,
+        "Health" => Health,
+        "Problem" => ProblemBody,
+    }
+}
