@@ -58,6 +58,7 @@ pub mod name {
     pub const STATUS_CODES: &str = "status-codes";
     pub const PROBLEM: &str = "problem";
     pub const OPENAPI: &str = "openapi";
+    pub const INDEX: &str = "index";
     pub const TENANTS: &str = "tenants";
     pub const TENANT: &str = "tenant";
     pub const USERS: &str = "users";
@@ -75,6 +76,14 @@ pub mod name {
 
 /// Every route Canon serves.
 pub static ROUTES: &[RouteSpec] = &[
+    RouteSpec {
+        name: name::INDEX,
+        pattern: "/",
+        methods: &[get(Guard::Public, PAGE).bodies(None, Some("Index"))],
+        planned: &[],
+        summary: "Where to start: the API description, the status codes, the probes, the version.",
+        states: States::FIXED,
+    },
     RouteSpec {
         name: name::HEALTH,
         pattern: "/healthz",

@@ -191,6 +191,17 @@ pub struct Health {
     pub status: String,
 }
 
+/// `GET /`: where to start.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Index {
+    /// The server's name.
+    pub name: String,
+    /// Canon's version.
+    pub version: String,
+    /// Links by relation: `openapi`, `status-codes`, `health`, `ready`.
+    pub links: std::collections::BTreeMap<String, String>,
+}
+
 /// A page of a list (JSON). CSV and NDJSON carry the same items.
 #[derive(Debug, Serialize, JsonSchema)]
 #[schemars(rename = "{T}Page")]
@@ -291,6 +302,7 @@ pub fn schemas(generator: &mut SchemaGenerator) -> Vec<(&'static str, Schema)> {
         "Lease" => Lease,
         "LockRequest" => LockRequest,
         "Health" => Health,
+        "Index" => Index,
         "Problem" => ProblemBody,
     }
 }

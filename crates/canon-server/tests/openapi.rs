@@ -161,3 +161,35 @@ async fn openapi_is_served_public_cached_and_conditional() {
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(header(&r, "allow"), "GET, HEAD, OPTIONS");
 }
+
+#[tokio::test]
+async fn index_links_the_reference_status_codes_probes_and_version() {
+    let s = Server::start().await;
+    let r = s
+        .req(Method::GET, "/", None)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "cache-control"), "public, max-age=3600");
+    assert!(header(&r, "vary").contains("Accept"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["links"]["openapi"], "/openapi.json");
+    assert_eq!(body["links"]["status-codes"], "/docs/status-codes");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    // Every link works without credentials.
+    for (_, href) in body["links"].as_object().unwrap() {
+        let r = s.req(Method::GET, href.as_str().unwrap(), None).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{href}");
+    }
+    let r = s
+        .req(Method::GET, "/", None)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(header(&r, "content-type").starts_with("text/html"));
+    assert!(r.text().await.unwrap().contains("href=\"/openapi.json\""));
+}

@@ -197,3 +197,41 @@ impl Resource for OpenApi {
         })
     }
 }
+
+/// `GET /`: links to the API description, the status codes, the probes and
+/// the version, as HTML or JSON by `Accept`.
+pub struct Index;
+
+impl Resource for Index {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async { Ok(Existence::Found(Found::default())) })
+    }
+    fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let links: [(&str, &str, &str); 4] = [
+                ("openapi", "/openapi.json", "The API description (OpenAPI 3.1)"),
+                ("status-codes", "/docs/status-codes", "Every status and problem type"),
+                ("health", "/healthz", "Liveness"),
+                ("ready", "/readyz", "Readiness (the database answers)"),
+            ];
+            let body = crate::wire::Index {
+                name: "Canon".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                links: links
+                    .iter()
+                    .map(|(rel, href, _)| ((*rel).into(), (*href).into()))
+                    .collect(),
+            };
+            let mut html = format!("<p>Version {}.</p>\n<ul>\n", env!("CARGO_PKG_VERSION"));
+            for (_, href, what) in links {
+                html.push_str(&format!("<li><a href=\"{href}\">{}</a></li>\n", escape(what)));
+            }
+            html.push_str("</ul>\n");
+            let json = serde_json::to_value(&body).unwrap_or(Value::Null);
+            Ok(Success::Ok(representation(media, json, page("Canon", &html))))
+        })
+    }
+}

@@ -150,6 +150,7 @@ pub fn for_route(
         name::READY => Box::new(health::Ready(cx)),
         name::STATUS_CODES => Box::new(docs::StatusCodes),
         name::OPENAPI => Box::new(docs::OpenApi),
+        name::INDEX => Box::new(docs::Index),
         name::PROBLEM => Box::new(docs::ProblemPage::new(cx)),
         name::TENANTS => Box::new(tenants::Tenants::new(cx)),
         name::TENANT => Box::new(tenants::OneTenant::new(cx)),
