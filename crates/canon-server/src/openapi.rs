@@ -278,7 +278,18 @@ fn operation_parameters(spec: &MethodSpec) -> Vec<Value> {
 }
 
 fn header_parameter(name: &str, description: &str) -> Value {
-    json!({"name": name, "in": "header", "required": false, "schema": {"type": "string"}, "description": description})
+    // The syntax each header must have (a malformed one is a 400).
+    let schema = match name {
+        "If-Match" | "If-None-Match" => {
+            json!({"type": "string", "pattern": r#"^(\*|(W/)?"[\x21\x23-\x7e]*"(\s*,\s*(W/)?"[\x21\x23-\x7e]*")*)$"#})
+        }
+        "Idempotency-Key" => json!({"type": "string", "pattern": r"^[\x21\x23-\x5b\x5d-\x7e]{1,255}$"}),
+        "If-Modified-Since" | "If-Unmodified-Since" => {
+            json!({"type": "string", "description": "An HTTP-date, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`."})
+        }
+        _ => json!({"type": "string"}),
+    };
+    json!({"name": name, "in": "header", "required": false, "schema": schema, "description": description})
 }
 
 fn describe(status: u16) -> String {

@@ -28,7 +28,9 @@ pub struct Tenant {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
-    /// A slug: lowercase letters, digits and `-`.
+    /// A slug: a lower-case letter, then up to 62 lower-case letters, digits
+    /// or `-`; not `current`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
 }
 
@@ -52,7 +54,8 @@ pub struct User {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
-    /// An email address, unique in the tenant.
+    /// An email address, unique in the tenant (compared in lower case).
+    #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"), length(max = 254))]
     pub email: String,
     /// `viewer`, `editor` or `admin`.
     #[schemars(extend("enum" = ["viewer", "editor", "admin"]))]
@@ -83,7 +86,8 @@ pub struct ApiKey {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
-    /// A name for people.
+    /// A name for people: 1 to 100 printable characters.
+    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[^\x00-\x1f\x7f]+$"))]
     pub name: String,
 }
 
@@ -122,13 +126,15 @@ fn object_schema() -> Value {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCollection {
-    /// A slug; not `batch`, `.` or `..`.
+    /// A slug: a lower-case letter, then up to 62 lower-case letters, digits or `-`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     /// A JSON Schema (draft 2020-12) for the records' data; no remote `$ref`.
     #[serde(default = "object_schema")]
     pub schema: Value,
     /// Top-level fields whose values must be unique among the records.
     #[serde(default)]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")))]
     pub unique: Vec<String>,
     /// Whether record writes must carry `If-Match`.
     #[serde(default)]
@@ -139,7 +145,8 @@ pub struct NewCollection {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionPatch {
-    /// A new name; the old one keeps redirecting here.
+    /// A new name (a slug); the old one keeps redirecting here.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub name: Option<String>,
     /// A new schema.
     pub schema: Option<Value>,
