@@ -20,24 +20,6 @@ async fn create(s: &Server, token: &str, data: Value) -> (String, String) {
     (header(&r, "location").to_owned(), header(&r, "etag").to_owned())
 }
 
-async fn send(
-    s: &Server,
-    method: Method,
-    path: &str,
-    token: &str,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> Response {
-    let mut b = s.req(method, path, Some(token));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    if let Some(body) = body {
-        b = b.json(&body);
-    }
-    b.send().await.expect("send")
-}
-
 async fn patch(s: &Server, path: &str, token: &str, media: &str, body: &str, headers: &[(&str, &str)]) -> Response {
     let mut b = s
         .req(Method::PATCH, path, Some(token))
@@ -72,7 +54,9 @@ async fn status_304_on_reads_with_the_headers_a_200_would_have() {
     let listed = format!("\"other\", {etag}");
     for tag in [etag.as_str(), weak.as_str(), listed.as_str(), "*"] {
         for method in [Method::GET, Method::HEAD] {
-            let r = send(&s, method.clone(), &url, &w.viewer, &[("if-none-match", tag)], None).await;
+            let r = s
+                .send(method.clone(), &url, &w.viewer, &[("if-none-match", tag)], None)
+                .await;
             assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{method} If-None-Match: {tag}");
             assert_eq!(header(&r, "etag"), etag);
             assert_eq!(header(&r, "last-modified"), last_modified);
@@ -80,41 +64,37 @@ async fn status_304_on_reads_with_the_headers_a_200_would_have() {
             assert!(r.bytes().await.unwrap().is_empty());
         }
     }
-    let r = send(
-        &s,
-        Method::GET,
-        &url,
-        &w.viewer,
-        &[("if-none-match", "\"other\"")],
-        None,
-    )
-    .await;
+    let r = s
+        .send(Method::GET, &url, &w.viewer, &[("if-none-match", "\"other\"")], None)
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // If-Modified-Since holds at the last modification, not before it...
-    let r = send(
-        &s,
-        Method::GET,
-        &url,
-        &w.viewer,
-        &[("if-modified-since", &last_modified)],
-        None,
-    )
-    .await;
+    let r = s
+        .send(
+            Method::GET,
+            &url,
+            &w.viewer,
+            &[("if-modified-since", &last_modified)],
+            None,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     let epoch = "Thu, 01 Jan 1970 00:00:00 GMT";
-    let r = send(&s, Method::GET, &url, &w.viewer, &[("if-modified-since", epoch)], None).await;
+    let r = s
+        .send(Method::GET, &url, &w.viewer, &[("if-modified-since", epoch)], None)
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     // ...and is ignored when If-None-Match is present.
-    let r = send(
-        &s,
-        Method::GET,
-        &url,
-        &w.viewer,
-        &[("if-none-match", "\"other\""), ("if-modified-since", &last_modified)],
-        None,
-    )
-    .await;
+    let r = s
+        .send(
+            Method::GET,
+            &url,
+            &w.viewer,
+            &[("if-none-match", "\"other\""), ("if-modified-since", &last_modified)],
+            None,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // Lists carry weak tags; a 304 keeps Vary: Accept.
@@ -122,28 +102,16 @@ async fn status_304_on_reads_with_the_headers_a_200_would_have() {
     let list_tag = header(&r, "etag").to_owned();
     assert!(list_tag.starts_with("W/\""), "{list_tag}");
     assert_eq!(header(&r, "vary"), "Accept, Accept-Encoding");
-    let r = send(
-        &s,
-        Method::GET,
-        RECORDS,
-        &w.viewer,
-        &[("if-none-match", &list_tag)],
-        None,
-    )
-    .await;
+    let r = s
+        .send(Method::GET, RECORDS, &w.viewer, &[("if-none-match", &list_tag)], None)
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(header(&r, "etag"), list_tag);
     assert_eq!(header(&r, "vary"), "Accept, Accept-Encoding");
     create(&s, &w.editor, json!({"port": 2})).await;
-    let r = send(
-        &s,
-        Method::GET,
-        RECORDS,
-        &w.viewer,
-        &[("if-none-match", &list_tag)],
-        None,
-    )
-    .await;
+    let r = s
+        .send(Method::GET, RECORDS, &w.viewer, &[("if-none-match", &list_tag)], None)
+        .await;
     assert_eq!(r.status(), StatusCode::OK, "a write changes the list's tag");
     assert_ne!(header(&r, "etag"), list_tag);
 
@@ -153,15 +121,15 @@ async fn status_304_on_reads_with_the_headers_a_200_would_have() {
         is_strong_tag(&collection_tag),
         "collections carry strong tags: {collection_tag}"
     );
-    let r = send(
-        &s,
-        Method::GET,
-        DEVICES,
-        &w.viewer,
-        &[("if-none-match", &collection_tag)],
-        None,
-    )
-    .await;
+    let r = s
+        .send(
+            Method::GET,
+            DEVICES,
+            &w.viewer,
+            &[("if-none-match", &collection_tag)],
+            None,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
 }
 
@@ -174,94 +142,104 @@ async fn status_412_when_a_precondition_fails_and_404_beats_it() {
     // If-Match compares strongly: the weak form of the current tag fails.
     let weak = format!("W/{etag}");
     for tag in [weak.as_str(), "\"stale\""] {
-        let r = send(
-            &s,
-            Method::PUT,
-            &url,
-            &w.editor,
-            &[("if-match", tag)],
-            Some(json!({"port": 2})),
-        )
-        .await;
+        let r = s
+            .send(
+                Method::PUT,
+                &url,
+                &w.editor,
+                &[("if-match", tag)],
+                Some(json!({"port": 2})),
+            )
+            .await;
         assert_eq!(header(&r, "etag"), etag, "412 names the current tag");
         assert_problem(r, 412, "precondition-failed").await;
     }
     // The same on reads and deletes; nothing changed.
-    let r = send(&s, Method::GET, &url, &w.viewer, &[("if-match", "\"stale\"")], None).await;
+    let r = s
+        .send(Method::GET, &url, &w.viewer, &[("if-match", "\"stale\"")], None)
+        .await;
     assert_problem(r, 412, "precondition-failed").await;
-    let r = send(&s, Method::DELETE, &url, &w.editor, &[("if-match", "\"stale\"")], None).await;
+    let r = s
+        .send(Method::DELETE, &url, &w.editor, &[("if-match", "\"stale\"")], None)
+        .await;
     assert_problem(r, 412, "precondition-failed").await;
     let body = s.ok_json(Method::GET, &url, &w.viewer, None).await;
     assert_eq!(body["data"]["port"], 1);
 
     // If-Match: * means "exists".
-    let r = send(
-        &s,
-        Method::PUT,
-        &url,
-        &w.editor,
-        &[("if-match", "*")],
-        Some(json!({"port": 3})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::PUT,
+            &url,
+            &w.editor,
+            &[("if-match", "*")],
+            Some(json!({"port": 3})),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let fresh = format!("{RECORDS}/fresh-id");
-    let r = send(
-        &s,
-        Method::PUT,
-        &fresh,
-        &w.editor,
-        &[("if-match", "*")],
-        Some(json!({"port": 3})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::PUT,
+            &fresh,
+            &w.editor,
+            &[("if-match", "*")],
+            Some(json!({"port": 3})),
+        )
+        .await;
     assert_problem(r, 412, "precondition-failed").await;
 
     // If-None-Match: * makes PUT create-only.
-    let r = send(
-        &s,
-        Method::PUT,
-        &fresh,
-        &w.editor,
-        &[("if-none-match", "*")],
-        Some(json!({"port": 4})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::PUT,
+            &fresh,
+            &w.editor,
+            &[("if-none-match", "*")],
+            Some(json!({"port": 4})),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(header(&r, "location"), fresh);
-    let r = send(
-        &s,
-        Method::PUT,
-        &fresh,
-        &w.editor,
-        &[("if-none-match", "*")],
-        Some(json!({"port": 5})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::PUT,
+            &fresh,
+            &w.editor,
+            &[("if-none-match", "*")],
+            Some(json!({"port": 5})),
+        )
+        .await;
     assert_problem(r, 412, "precondition-failed").await;
 
     // If-Unmodified-Since before the last change fails a write.
     let epoch = "Thu, 01 Jan 1970 00:00:00 GMT";
-    let r = send(
-        &s,
-        Method::DELETE,
-        &fresh,
-        &w.editor,
-        &[("if-unmodified-since", epoch)],
-        None,
-    )
-    .await;
+    let r = s
+        .send(
+            Method::DELETE,
+            &fresh,
+            &w.editor,
+            &[("if-unmodified-since", epoch)],
+            None,
+        )
+        .await;
     assert_problem(r, 412, "precondition-failed").await;
 
     // Preconditions are not evaluated when the answer is an error anyway.
     let missing = format!("{RECORDS}/never-existed");
-    let r = send(&s, Method::DELETE, &missing, &w.editor, &[("if-match", "\"x\"")], None).await;
+    let r = s
+        .send(Method::DELETE, &missing, &w.editor, &[("if-match", "\"x\"")], None)
+        .await;
     assert_problem(r, 404, "not-found").await;
-    let r = send(&s, Method::GET, &missing, &w.viewer, &[("if-none-match", "*")], None).await;
+    let r = s
+        .send(Method::GET, &missing, &w.viewer, &[("if-none-match", "*")], None)
+        .await;
     assert_problem(r, 404, "not-found").await;
     let r = s.call(Method::DELETE, &fresh, &w.editor, None).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = send(&s, Method::DELETE, &fresh, &w.editor, &[("if-match", "\"x\"")], None).await;
+    let r = s
+        .send(Method::DELETE, &fresh, &w.editor, &[("if-match", "\"x\"")], None)
+        .await;
     assert_problem(r, 410, "gone").await;
 }
 
@@ -272,15 +250,15 @@ async fn status_200_put_and_patch_answer_the_new_representation() {
     let (url, etag) = create(&s, &w.editor, json!({"port": 1, "serial": "S1"})).await;
     create(&s, &w.editor, json!({"port": 9, "serial": "S9"})).await;
 
-    let r = send(
-        &s,
-        Method::PUT,
-        &url,
-        &w.editor,
-        &[("if-match", &etag)],
-        Some(json!({"port": 2})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::PUT,
+            &url,
+            &w.editor,
+            &[("if-match", &etag)],
+            Some(json!({"port": 2})),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "content-location"), url);
     let put_tag = header(&r, "etag").to_owned();
@@ -413,15 +391,15 @@ async fn status_200_put_and_patch_answer_the_new_representation() {
 async fn prefer_return_minimal_answers_without_a_body() {
     let s = Server::start().await;
     let w = world(&s, "acme").await;
-    let r = send(
-        &s,
-        Method::POST,
-        RECORDS,
-        &w.editor,
-        &[("prefer", "return=minimal")],
-        Some(json!({"port": 1})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::POST,
+            RECORDS,
+            &w.editor,
+            &[("prefer", "return=minimal")],
+            Some(json!({"port": 1})),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let url = header(&r, "location").to_owned();
     assert!(url.starts_with(RECORDS));
@@ -430,22 +408,24 @@ async fn prefer_return_minimal_answers_without_a_body() {
     assert_eq!(header(&r, "preference-applied"), "return=minimal");
     assert!(r.bytes().await.unwrap().is_empty());
 
-    let r = send(
-        &s,
-        Method::PUT,
-        &url,
-        &w.editor,
-        &[("prefer", "return=minimal")],
-        Some(json!({"port": 2})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::PUT,
+            &url,
+            &w.editor,
+            &[("prefer", "return=minimal")],
+            Some(json!({"port": 2})),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(header(&r, "content-location"), url);
     let new_tag = header(&r, "etag").to_owned();
     assert!(is_strong_tag(&new_tag) && new_tag != etag);
     assert!(r.bytes().await.unwrap().is_empty());
     // The tag it gave is the record's tag.
-    let r = send(&s, Method::GET, &url, &w.viewer, &[("if-none-match", &new_tag)], None).await;
+    let r = s
+        .send(Method::GET, &url, &w.viewer, &[("if-none-match", &new_tag)], None)
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
 }
 
@@ -486,15 +466,15 @@ async fn status_428_when_the_collection_requires_if_match() {
     // Resubmitting with If-Match works; creating needs no If-Match; reads are unaffected.
     let r = s.call(Method::GET, &url, &w.viewer, None).await;
     let etag = header(&r, "etag").to_owned();
-    let r = send(
-        &s,
-        Method::PUT,
-        &url,
-        &w.editor,
-        &[("if-match", &etag)],
-        Some(json!({"port": 2})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::PUT,
+            &url,
+            &w.editor,
+            &[("if-match", &etag)],
+            Some(json!({"port": 2})),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = s
         .call(

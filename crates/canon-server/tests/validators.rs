@@ -12,25 +12,6 @@ use serde_json::{Value, json};
 const TENANT: &str = "/v1/tenants/acme";
 const DEVICES: &str = "/v1/tenants/acme/collections/devices";
 
-/// Sends `method` to `path` with extra `headers` and an optional JSON body.
-async fn send(
-    s: &Server,
-    method: Method,
-    path: &str,
-    token: &str,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> Response {
-    let mut b = s.req(method, path, Some(token));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    if let Some(body) = body {
-        b = b.json(&body);
-    }
-    b.send().await.expect("send")
-}
-
 fn is_strong_tag(t: &str) -> bool {
     t.len() > 2 && t.starts_with('"') && t.ends_with('"')
 }
@@ -52,13 +33,17 @@ fn validators_of(r: &Response, what: &str) -> String {
 /// GET `path` answers 200 with strong validators, and 304 with the same tag
 /// to `If-None-Match` carrying it. Returns the tag.
 async fn get_and_revalidate(s: &Server, path: &str, token: &str) -> String {
-    let r = send(s, Method::GET, path, token, &[], None).await;
+    let r = s.send(Method::GET, path, token, &[], None).await;
     assert_eq!(r.status(), StatusCode::OK, "GET {path}");
     let etag = validators_of(&r, path);
-    let r = send(s, Method::GET, path, token, &[("if-none-match", &etag)], None).await;
+    let r = s
+        .send(Method::GET, path, token, &[("if-none-match", &etag)], None)
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "If-None-Match on {path}");
     assert_eq!(header(&r, "etag"), etag);
-    let r = send(s, Method::HEAD, path, token, &[("if-none-match", &etag)], None).await;
+    let r = s
+        .send(Method::HEAD, path, token, &[("if-none-match", &etag)], None)
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "If-None-Match on HEAD {path}");
     etag
 }
@@ -114,31 +99,25 @@ async fn users_have_strong_validators_and_guarded_writes() {
         ("if-none-match", etag.as_str()),
         ("if-unmodified-since", before),
     ] {
-        let r = send(
-            &s,
-            Method::PATCH,
-            &path,
-            &w.admin,
-            &[h],
-            Some(json!({"role": "editor"})),
-        )
-        .await;
+        let r = s
+            .send(Method::PATCH, &path, &w.admin, &[h], Some(json!({"role": "editor"})))
+            .await;
         assert_problem(r, 412, "precondition-failed").await;
-        let r = send(&s, Method::DELETE, &path, &w.admin, &[h], None).await;
+        let r = s.send(Method::DELETE, &path, &w.admin, &[h], None).await;
         assert_problem(r, 412, "precondition-failed").await;
     }
     assert_eq!(get_and_revalidate(&s, &path, &w.admin).await, etag);
 
     // The current tag passes; the write answers the new validators.
-    let r = send(
-        &s,
-        Method::PATCH,
-        &path,
-        &w.admin,
-        &[("if-match", &etag)],
-        Some(json!({"role": "editor"})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::PATCH,
+            &path,
+            &w.admin,
+            &[("if-match", &etag)],
+            Some(json!({"role": "editor"})),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let patched = validators_of(&r, "PATCH user");
     assert_ne!(patched, etag, "a write changes the tag");
@@ -147,9 +126,13 @@ async fn users_have_strong_validators_and_guarded_writes() {
     assert_eq!(get_and_revalidate(&s, &path, &w.admin).await, patched);
 
     // The old tag no longer deletes; the new one does.
-    let r = send(&s, Method::DELETE, &path, &w.admin, &[("if-match", &etag)], None).await;
+    let r = s
+        .send(Method::DELETE, &path, &w.admin, &[("if-match", &etag)], None)
+        .await;
     assert_problem(r, 412, "precondition-failed").await;
-    let r = send(&s, Method::DELETE, &path, &w.admin, &[("if-match", &patched)], None).await;
+    let r = s
+        .send(Method::DELETE, &path, &w.admin, &[("if-match", &patched)], None)
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
 
@@ -171,10 +154,12 @@ async fn api_keys_have_strong_validators_and_guarded_deletes() {
         ("if-none-match", "*"),
         ("if-unmodified-since", "Mon, 01 Jan 2001 00:00:00 GMT"),
     ] {
-        let r = send(&s, Method::DELETE, &path, &w.admin, &[h], None).await;
+        let r = s.send(Method::DELETE, &path, &w.admin, &[h], None).await;
         assert_problem(r, 412, "precondition-failed").await;
     }
-    let r = send(&s, Method::DELETE, &path, &w.admin, &[("if-match", &etag)], None).await;
+    let r = s
+        .send(Method::DELETE, &path, &w.admin, &[("if-match", &etag)], None)
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = s.call(Method::GET, &path, &w.admin, None).await;
     assert_problem(r, 410, "gone").await;
@@ -187,25 +172,25 @@ async fn collections_have_strong_validators_and_guarded_writes() {
     let etag = get_and_revalidate(&s, DEVICES, &w.viewer).await;
 
     // If-Match with the collection's tag can match now (it was weak before).
-    let r = send(
-        &s,
-        Method::PATCH,
-        DEVICES,
-        &w.admin,
-        &[("if-match", "\"stale\"")],
-        Some(json!({"require_if_match": true})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::PATCH,
+            DEVICES,
+            &w.admin,
+            &[("if-match", "\"stale\"")],
+            Some(json!({"require_if_match": true})),
+        )
+        .await;
     assert_problem(r, 412, "precondition-failed").await;
-    let r = send(
-        &s,
-        Method::PATCH,
-        DEVICES,
-        &w.admin,
-        &[("if-match", &etag)],
-        Some(json!({"require_if_match": true})),
-    )
-    .await;
+    let r = s
+        .send(
+            Method::PATCH,
+            DEVICES,
+            &w.admin,
+            &[("if-match", &etag)],
+            Some(json!({"require_if_match": true})),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let patched = validators_of(&r, "PATCH collection");
     assert_ne!(patched, etag);
@@ -224,9 +209,13 @@ async fn collections_have_strong_validators_and_guarded_writes() {
     let spare_tag = validators_of(&r, "201 collection");
     let spare = format!("{TENANT}/collections/spare");
     assert_eq!(get_and_revalidate(&s, &spare, &w.viewer).await, spare_tag);
-    let r = send(&s, Method::DELETE, &spare, &w.admin, &[("if-match", &etag)], None).await;
+    let r = s
+        .send(Method::DELETE, &spare, &w.admin, &[("if-match", &etag)], None)
+        .await;
     assert_problem(r, 412, "precondition-failed").await;
-    let r = send(&s, Method::DELETE, &spare, &w.admin, &[("if-match", &spare_tag)], None).await;
+    let r = s
+        .send(Method::DELETE, &spare, &w.admin, &[("if-match", &spare_tag)], None)
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
 
@@ -246,8 +235,12 @@ async fn records_keep_their_strong_validators() {
     let created = validators_of(&r, "201 record");
     let path = header(&r, "location").to_owned();
     assert_eq!(get_and_revalidate(&s, &path, &w.viewer).await, created);
-    let r = send(&s, Method::DELETE, &path, &w.editor, &[("if-match", "\"stale\"")], None).await;
+    let r = s
+        .send(Method::DELETE, &path, &w.editor, &[("if-match", "\"stale\"")], None)
+        .await;
     assert_problem(r, 412, "precondition-failed").await;
-    let r = send(&s, Method::DELETE, &path, &w.editor, &[("if-match", &created)], None).await;
+    let r = s
+        .send(Method::DELETE, &path, &w.editor, &[("if-match", &created)], None)
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }

@@ -39,6 +39,26 @@ pub fn config() -> Config {
 }
 
 impl Server {
+    /// Sends `method` to `path` as `token`, with extra `headers` and an
+    /// optional JSON body.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Response {
+        let mut b = self.req(method, path, Some(token));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        if let Some(body) = body {
+            b = b.json(&body);
+        }
+        b.send().await.expect("send")
+    }
+
     pub async fn start() -> Server {
         Self::start_with(config(), |r| r).await
     }
