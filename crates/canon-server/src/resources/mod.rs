@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canon_http::access::{CURRENT_TENANT, Principal};
-use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::route::{Params, RouteSpec};
 use canon_http::validators::Validators;
@@ -228,14 +228,6 @@ impl Resource for Unreachable {
                 "This operation is not implemented yet.",
             ))
         })
-    }
-}
-
-/// 201 for `representation` at `location`.
-pub fn created(location: String, representation: Representation) -> Success {
-    Success::Created {
-        location,
-        representation,
     }
 }
 

@@ -7,7 +7,7 @@ use canon_http::media::MediaType;
 use canon_store::Tenant;
 use http::Method;
 
-use super::{Cx, Stop, created, found_with, still_there};
+use super::{Cx, Stop, found_with, still_there};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body, slug};
 use crate::listing::{self, Listed};
@@ -77,10 +77,10 @@ impl Resource for Tenants {
                     .create_tenant(&new.name)
                     .await
                     .map_err(store_problem)?;
-                return Ok(created(
-                    format!("/v1/tenants/{}", t.name),
-                    render::tenant_representation(&t),
-                ));
+                return Ok(Success::Created {
+                    location: format!("/v1/tenants/{}", t.name),
+                    representation: render::tenant_representation(&t),
+                });
             }
             let listed = self.listed.take().ok_or_else(crate::error::internal)?;
             Ok(Success::Ok(listed.render(media, &self.cx.uri)?))

@@ -8,7 +8,7 @@ use canon_http::media::MediaType;
 use canon_store::{ApiKey, Lookup, Tenant, User};
 use http::Method;
 
-use super::{Cx, Stop, created, found, found_with, settle, still_there, tenants};
+use super::{Cx, Stop, found, found_with, settle, still_there, tenants};
 use crate::error::store_problem;
 use crate::input::{Query, decode, invalid_field, json_body};
 use crate::listing::{self, Listed};
@@ -103,10 +103,10 @@ impl Resource for Users {
                     .create_user(&tenant.id, &email, role)
                     .await
                     .map_err(store_problem)?;
-                return Ok(created(
-                    format!("{}/users/{}", self.cx.tenant_path(), u.id),
-                    render::user_representation(&u),
-                ));
+                return Ok(Success::Created {
+                    location: format!("{}/users/{}", self.cx.tenant_path(), u.id),
+                    representation: render::user_representation(&u),
+                });
             }
             let listed = self.listed.take().ok_or_else(crate::error::internal)?;
             Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
@@ -282,7 +282,10 @@ impl Resource for ApiKeys {
                     .with_validators(render::api_key_validators(&k))
                     .shown_once();
                 let location = format!("{}/users/{}/api-keys/{}", self.cx.tenant_path(), user.id, k.id);
-                return Ok(created(location, rep));
+                return Ok(Success::Created {
+                    location,
+                    representation: rep,
+                });
             }
             let listed = self.listed.take().ok_or_else(crate::error::internal)?;
             Ok(Success::Ok(listed.render(media, &self.cx.uri)?))

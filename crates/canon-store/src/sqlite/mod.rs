@@ -143,6 +143,31 @@ fn not_there(conn: &Connection, kind: &str, scope: &str, key: &str) -> StoreErro
     }
 }
 
+/// Replaces `current`'s data: the next version, a new tag, now as its
+/// modification time. The caller re-indexes its unique values.
+fn replace_record(conn: &Connection, current: Record, data: Value) -> StoreResult<Record> {
+    let r = Record {
+        data,
+        version: current.version + 1,
+        etag: new_etag(),
+        updated_at: now_millis(),
+        ..current
+    };
+    conn.execute(
+        "UPDATE records SET data = ?1, version = ?2, etag = ?3, updated_at = ?4 WHERE collection_id = ?5 AND id = ?6",
+        params![
+            r.data.to_string(),
+            r.version,
+            r.etag,
+            r.updated_at,
+            r.collection_id,
+            r.id
+        ],
+    )
+    .map_err(db_error)?;
+    Ok(r)
+}
+
 /// Checks `expect` against an existing entity at `version` (with `etag`,
 /// for records).
 fn check_existing(expect: &Expect, version: i64, etag: Option<&str>) -> StoreResult<()> {
@@ -1183,15 +1208,7 @@ impl Store for SqliteStore {
                 check_lease(c, &collection.id, &id, &actor)?;
                 let now = now_millis();
                 let (record, created) = match current {
-                    Some(cur) => {
-                        let r = Record { data, version: cur.version + 1, etag: new_etag(), updated_at: now, ..cur };
-                        c.execute(
-                            "UPDATE records SET data = ?1, version = ?2, etag = ?3, updated_at = ?4 WHERE collection_id = ?5 AND id = ?6",
-                            params![r.data.to_string(), r.version, r.etag, r.updated_at, r.collection_id, r.id],
-                        )
-                        .map_err(db_error)?;
-                        (r, false)
-                    }
+                    Some(cur) => (replace_record(c, cur, data)?, false),
                     None => {
                         let r = Record {
                             id,
@@ -1231,18 +1248,7 @@ impl Store for SqliteStore {
                 check_expectation(Some(&current), &expect)?;
                 check_lease(c, &collection.id, &id, &actor)?;
                 let data = apply(&current.data).map_err(StoreError::Rejected)?;
-                let r = Record {
-                    data,
-                    version: current.version + 1,
-                    etag: new_etag(),
-                    updated_at: now_millis(),
-                    ..current
-                };
-                c.execute(
-                    "UPDATE records SET data = ?1, version = ?2, etag = ?3, updated_at = ?4 WHERE collection_id = ?5 AND id = ?6",
-                    params![r.data.to_string(), r.version, r.etag, r.updated_at, r.collection_id, r.id],
-                )
-                .map_err(db_error)?;
+                let r = replace_record(c, current, data)?;
                 index_unique(c, &collection, &r.id, &r.data)?;
                 Ok(r)
             })
