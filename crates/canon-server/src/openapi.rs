@@ -7,6 +7,12 @@
 //! from the wire types ([`crate::wire`]) with schemars. `canon openapi`
 //! prints it, `/openapi.json` serves it and `docs/openapi.json` keeps it in
 //! review (a test fails when it differs from what the code generates).
+//!
+//! One generator writes two documents: the global one ([`document`]) and a
+//! tenant's ([`tenant_document`], `/v1/tenants/{tenant}/openapi.json`), which
+//! is the same document with the tenant's name in its paths and, for each of
+//! its collections, the record paths again under the collection's name with
+//! the collection's JSON Schema as the records' `data`.
 
 use std::collections::BTreeSet;
 
@@ -23,55 +29,171 @@ use crate::wire;
 
 /// The OpenAPI document for [`ROUTES`].
 pub fn document() -> Value {
+    generate(&Scope {
+        tenant: None,
+        collections: &[],
+    })
+}
+
+/// A collection whose records a tenant's document describes with its schema.
+#[derive(Debug, Clone, Copy)]
+pub struct TypedCollection<'a> {
+    /// Its name (a slug).
+    pub name: &'a str,
+    /// The JSON Schema (draft 2020-12) of its records' data.
+    pub schema: &'a Value,
+}
+
+/// The OpenAPI document as the tenant `tenant` sees it: every path under
+/// `/v1/tenants/{tenant}` names the tenant, and each of `collections` has its
+/// own record paths (`…/collections/{name}/records` and `…/records/{id}`)
+/// whose bodies carry its schema (`RecordData_{name}`, `Record_{name}`,
+/// `RecordPage_{name}` in `components.schemas`). The generic record paths
+/// stay, for collections created after the document was read.
+pub fn tenant_document(tenant: &str, collections: &[TypedCollection<'_>]) -> Value {
+    generate(&Scope {
+        tenant: Some(tenant),
+        collections,
+    })
+}
+
+/// What a document describes: the whole API, or one tenant's view of it.
+struct Scope<'a> {
+    /// The tenant named in the paths instead of `{tenant}`.
+    tenant: Option<&'a str>,
+    /// The collections whose record paths are typed.
+    collections: &'a [TypedCollection<'a>],
+}
+
+impl Scope<'_> {
+    /// Where `route` is described: generically, or for `collection`.
+    fn site(&self, route: &'static RouteSpec, collection: Option<&str>) -> Site {
+        let mut path = openapi_path(route.pattern);
+        if let Some(tenant) = self.tenant {
+            path = path.replace("{tenant}", tenant);
+        }
+        if let Some(c) = collection {
+            path = path.replace("{collection}", c);
+        }
+        Site {
+            route,
+            path,
+            collection: collection.map(str::to_owned),
+        }
+    }
+}
+
+/// The routes whose bodies are records, described again for each collection
+/// of a tenant's document.
+fn typed(route: &RouteSpec) -> bool {
+    route.name == name::RECORDS || route.name == name::RECORD
+}
+
+/// One route under one path: generic, or one collection's typed copy.
+struct Site {
+    route: &'static RouteSpec,
+    /// The OpenAPI path (templated where the document is generic).
+    path: String,
+    /// The collection whose schema types the bodies.
+    collection: Option<String>,
+}
+
+/// The body schemas the route table names, and a collection's in its place
+/// where a site is typed.
+struct Bodies {
+    named: Vec<(&'static str, Value)>,
+}
+
+impl Bodies {
+    /// The schema of the body called `name` for `method` at `site`. A typed
+    /// site's records carry the collection's schema; a PATCH body is a patch
+    /// of the data, not data, so it stays generic.
+    fn get(&self, name: &str, site: &Site, method: &Method) -> Value {
+        if let Some(c) = &site.collection {
+            let typed = matches!(name, "Record" | "RecordPage") || (name == "RecordData" && *method != Method::PATCH);
+            if typed {
+                return schema_ref(&typed_name(name, c));
+            }
+        }
+        self.named
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| json!({"description": format!("unknown schema {name}")}))
+    }
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// The component name of `base` typed for `collection`, limited to the
+/// characters OpenAPI allows in component names (`^[a-zA-Z0-9._-]+$`).
+pub fn typed_name(base: &str, collection: &str) -> String {
+    let clean: String = collection
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{base}_{clean}")
+}
+
+fn generate(scope: &Scope<'_>) -> Value {
     let mut generator = SchemaSettings::draft2020_12()
         .with(|s| {
             s.definitions_path = "/components/schemas".into();
             s.meta_schema = None;
         })
         .into_generator();
-    let named: Vec<(&str, Value)> = wire::schemas(&mut generator)
-        .into_iter()
-        .map(|(n, s)| (n, s.to_value()))
-        .collect();
-    let schema = |name: &str| -> Value {
-        named
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| s.clone())
-            .unwrap_or_else(|| json!({"description": format!("unknown schema {name}")}))
+    let bodies = Bodies {
+        named: wire::schemas(&mut generator)
+            .into_iter()
+            .map(|(n, s)| (n, s.to_value()))
+            .collect(),
     };
 
     let mut paths = Map::new();
     for route in ROUTES {
-        let mut item = Map::new();
-        let params = path_parameters(route.pattern);
-        if !params.is_empty() {
-            item.insert("parameters".into(), Value::Array(params));
+        let site = scope.site(route, None);
+        paths.insert(site.path.clone(), path_item(&site, scope, &bodies));
+        if typed(route) {
+            for c in scope.collections {
+                let site = scope.site(route, Some(c.name));
+                paths.insert(site.path.clone(), path_item(&site, scope, &bodies));
+            }
         }
-        for spec in route.methods {
-            item.insert(
-                spec.method.as_str().to_ascii_lowercase(),
-                operation_object(route, spec, &schema),
-            );
-        }
-        for method in route.planned {
-            item.insert(method.as_str().to_ascii_lowercase(), planned_operation(route, method));
-        }
-        paths.insert(openapi_path(route.pattern), Value::Object(item));
     }
 
     let mut schemas: Map<String, Value> = generator
         .take_definitions(true)
         .into_iter()
         .collect::<serde_json::Map<_, _>>();
+    for c in scope.collections {
+        typed_schemas(c, &mut schemas);
+    }
     schemas.sort_keys();
+    let (title, description) = match scope.tenant {
+        None => ("Canon".to_owned(), DESCRIPTION.to_owned()),
+        Some(t) => (
+            format!("Canon: tenant {t}"),
+            format!(
+                "The API as the tenant `{t}` sees it: its paths name the tenant, and each of its collections has \
+                 its own record paths whose bodies carry the collection's schema. {DESCRIPTION}"
+            ),
+        ),
+    };
     json!({
         "openapi": "3.1.0",
         "info": {
-            "title": "Canon",
+            "title": title,
             "version": env!("CARGO_PKG_VERSION"),
             "summary": "A multi-tenant REST resource server whose every status means what it says.",
-            "description": DESCRIPTION,
+            "description": description,
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "servers": [{"url": "/"}],
@@ -88,6 +210,200 @@ pub fn document() -> Value {
     })
 }
 
+/// The path item of `site`: its parameters and one operation per method.
+fn path_item(site: &Site, scope: &Scope<'_>, bodies: &Bodies) -> Value {
+    let route = site.route;
+    let mut item = Map::new();
+    let params = path_parameters(&site.path);
+    if !params.is_empty() {
+        item.insert("parameters".into(), Value::Array(params));
+    }
+    for spec in route.methods {
+        let schema = |name: &str| bodies.get(name, site, &spec.method);
+        item.insert(
+            spec.method.as_str().to_ascii_lowercase(),
+            operation_object(site, scope, spec, &schema),
+        );
+    }
+    for method in route.planned {
+        item.insert(method.as_str().to_ascii_lowercase(), planned_operation(site, method));
+    }
+    Value::Object(item)
+}
+
+/// Adds `RecordData_{c}` (the collection's schema, embedded so that its
+/// references resolve in the document), `Record_{c}` and `RecordPage_{c}`
+/// (the generic envelope and page around it) to `schemas`.
+fn typed_schemas(c: &TypedCollection<'_>, schemas: &mut Map<String, Value>) {
+    let data = typed_name("RecordData", c.name);
+    let record = typed_name("Record", c.name);
+    let page = typed_name("RecordPage", c.name);
+    let mut envelope = schemas
+        .get("Record")
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object"}));
+    envelope["properties"]["data"] = json!({
+        "$ref": format!("#/components/schemas/{data}"),
+        "description": format!("The data, as the schema of the collection `{}` describes it.", c.name),
+    });
+    envelope["description"] = format!("A record of the collection `{}`.", c.name).into();
+    let mut list = schemas
+        .get("RecordPage")
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object"}));
+    list["properties"]["items"]["items"] = schema_ref(&record);
+    list["description"] = format!("A page of the collection `{}` (JSON).", c.name).into();
+    schemas.insert(data.clone(), embed_schema(c.schema, &data));
+    schemas.insert(record, envelope);
+    schemas.insert(page, list);
+}
+
+/// A collection's schema as `components.schemas.{name}`.
+///
+/// Canon compiles every collection schema as draft 2020-12, the dialect of
+/// OpenAPI 3.1, so `$schema` goes. `$id` goes too, at the root and in
+/// embedded resources (two collections may share one, one document cannot
+/// hold two resources of the same URI, and OpenAPI tools resolve references
+/// by JSON pointer in the document), so every reference is rewritten to a
+/// pointer into the schema's new place: `#` and `#/$defs/x` (also spelled
+/// with the resource's `$id`) become `#/components/schemas/{name}/$defs/x`,
+/// a reference to an embedded resource's `$id` the pointer of that
+/// subschema, and `#anchor` the pointer of the subschema declaring that
+/// `$anchor`. Values (`const`, `enum`, `default`, `examples`) are data, not
+/// schemas, and are left as they are; so are references that name nothing
+/// in the schema.
+pub fn embed_schema(schema: &Value, name: &str) -> Value {
+    let mut out = schema.clone();
+    let Value::Object(root) = &mut out else {
+        return out;
+    };
+    // Pass 1: the schema resources (root and embedded, by pointer and
+    // absolute id) and their anchors.
+    let mut resources: Vec<(String, String)> = Vec::new();
+    let mut anchors: Vec<(String, String)> = Vec::new();
+    each_schema(root, "", &mut |schema, pointer| {
+        let id = schema.get("$id").and_then(Value::as_str);
+        if pointer.is_empty() || id.is_some() {
+            let parent = owner(&resources, pointer).map(|(_, abs)| abs.as_str());
+            let abs = id.map_or_else(String::new, |id| join(parent, id.split('#').next().unwrap_or_default()));
+            resources.push((pointer.to_owned(), abs));
+        }
+        if let Some(anchor) = schema.get("$anchor").and_then(Value::as_str) {
+            anchors.push((pointer.to_owned(), anchor.to_owned()));
+        }
+    });
+    // Pass 2: references become pointers; `$schema` and `$id` go.
+    let to = format!("#/components/schemas/{name}");
+    each_schema(root, "", &mut |schema, pointer| {
+        if pointer.is_empty() || schema.get("$id").is_some_and(Value::is_string) {
+            schema.remove("$schema");
+            schema.remove("$id");
+        }
+        let Some(Value::String(r)) = schema.get_mut("$ref") else {
+            return;
+        };
+        let Some((_, here)) = owner(&resources, pointer) else {
+            return;
+        };
+        let (uri, fragment) = r.split_once('#').unwrap_or((r.as_str(), ""));
+        let target = if uri.is_empty() {
+            here.clone()
+        } else {
+            join(Some(here), uri)
+        };
+        let Some((at, _)) = resources.iter().find(|(_, abs)| *abs == target) else {
+            return;
+        };
+        let pointer = if fragment.is_empty() || fragment.starts_with('/') {
+            Some(format!("{at}{fragment}"))
+        } else {
+            anchors
+                .iter()
+                .find(|(p, a)| a == fragment && owner(&resources, p).is_some_and(|(o, _)| o == at))
+                .map(|(p, _)| p.clone())
+        };
+        if let Some(pointer) = pointer {
+            *r = format!("{to}{pointer}");
+        }
+    });
+    out
+}
+
+/// The resource (pointer, absolute id) a schema at `pointer` belongs to:
+/// the innermost one enclosing it.
+fn owner<'r>(resources: &'r [(String, String)], pointer: &str) -> Option<&'r (String, String)> {
+    resources
+        .iter()
+        .filter(|(p, _)| pointer == p || pointer.starts_with(&format!("{p}/")))
+        .max_by_key(|(p, _)| p.len())
+}
+
+/// `reference` resolved against `base` (RFC 3986 §5.2, without dot
+/// segments: schema ids are names, not paths to walk).
+fn join(base: Option<&str>, reference: &str) -> String {
+    let absolute = reference
+        .split_once(':')
+        .is_some_and(|(scheme, _)| !scheme.contains('/'));
+    match base.filter(|b| !b.is_empty()) {
+        Some(_) if absolute => reference.to_owned(),
+        Some(b) if reference.is_empty() => b.to_owned(),
+        Some(b) => match b.rfind('/') {
+            Some(i) => format!("{}{reference}", &b[..=i]),
+            None => reference.to_owned(),
+        },
+        None => reference.to_owned(),
+    }
+}
+
+/// Calls `f` on every schema object in `schema` (itself included) with its
+/// JSON pointer (as a URI fragment), not entering values (`const`, `enum`,
+/// `default`, `examples`).
+fn each_schema(schema: &mut Map<String, Value>, pointer: &str, f: &mut dyn FnMut(&mut Map<String, Value>, &str)) {
+    f(schema, pointer);
+    for (key, value) in schema.iter_mut() {
+        let here = format!("{pointer}/{}", pointer_segment(key));
+        match (key.as_str(), value) {
+            ("const" | "enum" | "default" | "examples", _) => {}
+            (
+                "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas",
+                Value::Object(named),
+            ) => {
+                for (name, v) in named.iter_mut() {
+                    each_in(v, &format!("{here}/{}", pointer_segment(name)), f);
+                }
+            }
+            (_, value) => each_in(value, &here, f),
+        }
+    }
+}
+
+fn each_in(value: &mut Value, pointer: &str, f: &mut dyn FnMut(&mut Map<String, Value>, &str)) {
+    match value {
+        Value::Object(map) => each_schema(map, pointer, f),
+        Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                each_in(v, &format!("{pointer}/{i}"), f);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A JSON pointer segment (RFC 6901) written in a URI fragment (RFC 3986):
+/// `~` and `/` escaped, then what a fragment cannot hold percent-encoded.
+fn pointer_segment(name: &str) -> String {
+    let escaped = name.replace('~', "~0").replace('/', "~1");
+    let mut out = String::with_capacity(escaped.len());
+    for b in escaped.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 const DESCRIPTION: &str = "Every response is decided by one ordered decision flow; each operation lists \
 exactly the statuses its nodes can produce. Errors are RFC 9457 problems (`application/problem+json`) whose \
 `type` is a page at `/problems/{slug}`; `/docs/status-codes` lists every status. Two answers belong to no \
@@ -101,10 +417,9 @@ pub fn openapi_path(pattern: &str) -> String {
     pattern.replace("{*", "{")
 }
 
-/// The `{name}` parameters of a path pattern.
-fn path_parameters(pattern: &str) -> Vec<Value> {
-    pattern
-        .split('/')
+/// The `{name}` parameters of an OpenAPI path.
+fn path_parameters(path: &str) -> Vec<Value> {
+    path.split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| {
             let name = name.trim_start_matches('*');
@@ -133,8 +448,9 @@ fn parameter_description(name: &str) -> &'static str {
 }
 
 /// A stable `operationId`: method and route name (planned routes use their
-/// last literal segments).
-fn operation_id(route: &RouteSpec, method: &Method) -> String {
+/// last literal segments), then the collection's name at a typed site.
+fn operation_id(site: &Site, method: &Method) -> String {
+    let route = site.route;
     let base = if route.name == name::PLANNED {
         route
             .pattern
@@ -145,7 +461,11 @@ fn operation_id(route: &RouteSpec, method: &Method) -> String {
     } else {
         route.name.to_owned()
     };
-    format!("{}-{base}", method.as_str().to_ascii_lowercase())
+    let method = method.as_str().to_ascii_lowercase();
+    match &site.collection {
+        Some(c) => format!("{method}-{base}-{c}"),
+        None => format!("{method}-{base}"),
+    }
 }
 
 fn tag(route: &RouteSpec) -> &'static str {
@@ -168,10 +488,15 @@ fn security(route: &RouteSpec) -> Value {
     }
 }
 
-fn operation_object(route: &RouteSpec, spec: &MethodSpec, schema: &dyn Fn(&str) -> Value) -> Value {
+fn operation_object(site: &Site, scope: &Scope<'_>, spec: &MethodSpec, schema: &dyn Fn(&str) -> Value) -> Value {
+    let route = site.route;
     let mut op = Map::new();
-    op.insert("operationId".into(), operation_id(route, &spec.method).into());
-    op.insert("summary".into(), route.summary.into());
+    op.insert("operationId".into(), operation_id(site, &spec.method).into());
+    let summary = match &site.collection {
+        Some(c) => format!("{} Collection `{c}`.", route.summary),
+        None => route.summary.to_owned(),
+    };
+    op.insert("summary".into(), summary.into());
     op.insert("tags".into(), json!([tag(route)]));
     let who = match spec.guard {
         Guard::Public => "Anyone, without credentials.".to_owned(),
@@ -201,7 +526,7 @@ fn operation_object(route: &RouteSpec, spec: &MethodSpec, schema: &dyn Fn(&str) 
     }
     op.insert("responses".into(), Value::Object(responses));
     if let (Some(links), Some(Value::Object(created))) = (
-        creation_links(route, spec),
+        creation_links(site, scope, spec),
         op.get_mut("responses").and_then(|r| r.get_mut("201")),
     ) {
         created.insert("links".into(), links);
@@ -209,7 +534,8 @@ fn operation_object(route: &RouteSpec, spec: &MethodSpec, schema: &dyn Fn(&str) 
     Value::Object(op)
 }
 
-fn planned_operation(route: &RouteSpec, method: &Method) -> Value {
+fn planned_operation(site: &Site, method: &Method) -> Value {
+    let route = site.route;
     let mut responses = Map::new();
     for status in operation::planned_statuses(route) {
         responses.insert(
@@ -218,7 +544,7 @@ fn planned_operation(route: &RouteSpec, method: &Method) -> Value {
         );
     }
     json!({
-        "operationId": operation_id(route, method),
+        "operationId": operation_id(site, method),
         "summary": route.summary,
         "description": "Part of the contract but not implemented yet: answers 501.",
         "tags": ["planned"],
@@ -415,7 +741,8 @@ fn error_response(status: u16) -> Value {
 
 /// Links from a create (POST answering 201) to the operations on what it
 /// created, so stateful testers and client generators can chain calls.
-fn creation_links(route: &RouteSpec, spec: &MethodSpec) -> Option<Value> {
+fn creation_links(site: &Site, scope: &Scope<'_>, spec: &MethodSpec) -> Option<Value> {
+    let route = site.route;
     if spec.method != Method::POST || !spec.outcomes.contains(&Outcome::Created) {
         return None;
     }
@@ -425,14 +752,25 @@ fn creation_links(route: &RouteSpec, spec: &MethodSpec) -> Option<Value> {
             .and_then(|rest| rest.strip_prefix("/{"))
             .is_some_and(|rest| rest.ends_with('}') && !rest.contains('/'))
     })?;
-    let created_param = item.pattern.rsplit('/').next()?.trim_matches(|c| c == '{' || c == '}');
+    let item = scope.site(item, site.collection.as_deref());
+    let created_param = item
+        .route
+        .pattern
+        .rsplit('/')
+        .next()?
+        .trim_matches(|c| c == '{' || c == '}');
+    // A tenant's document names its tenant: what `POST /v1/tenants` creates
+    // is no path of it.
+    if !item.path.contains(&format!("{{{created_param}}}")) {
+        return None;
+    }
     let from_body = if matches!(created_param, "tenant" | "collection") {
         "$response.body#/name"
     } else {
         "$response.body#/id"
     };
     let mut parameters = Map::new();
-    for p in path_parameters(item.pattern) {
+    for p in path_parameters(&item.path) {
         let n = p["name"].as_str().unwrap_or_default().to_owned();
         let value = if n == created_param {
             from_body.to_owned()
@@ -442,8 +780,8 @@ fn creation_links(route: &RouteSpec, spec: &MethodSpec) -> Option<Value> {
         parameters.insert(n, value.into());
     }
     let mut links = Map::new();
-    for m in item.methods {
-        let id = operation_id(item, &m.method);
+    for m in item.route.methods {
+        let id = operation_id(&item, &m.method);
         links.insert(id.clone(), json!({"operationId": id, "parameters": parameters}));
     }
     Some(Value::Object(links))

@@ -61,6 +61,7 @@ pub mod name {
     pub const INDEX: &str = "index";
     pub const TENANTS: &str = "tenants";
     pub const TENANT: &str = "tenant";
+    pub const TENANT_OPENAPI: &str = "tenant-openapi";
     pub const USERS: &str = "users";
     pub const USER: &str = "user";
     pub const API_KEYS: &str = "api-keys";
@@ -143,6 +144,14 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[get(role(Viewer), JSON).bodies(None, Some("Tenant"))],
         planned: &[Method::PATCH, Method::DELETE],
         summary: "One tenant.",
+        states: IN_TENANT,
+    },
+    RouteSpec {
+        name: name::TENANT_OPENAPI,
+        pattern: "/v1/tenants/{tenant}/openapi.json",
+        methods: &[get(role(Viewer), JSON)],
+        planned: &[],
+        summary: "This API's description as the tenant sees it: its collections' record paths typed with their schemas.",
         states: IN_TENANT,
     },
     RouteSpec {

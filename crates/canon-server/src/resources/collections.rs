@@ -4,7 +4,7 @@ use crate::wire::{CollectionPatch, NewCollection as NewCollectionBody};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::{FieldError, Problem, ProblemKind};
-use canon_store::{Collection, CollectionChanges, Lookup, NewCollection, Tenant, is_field_name};
+use canon_store::{Collection, CollectionChanges, Lookup, NewCollection, PageRequest, Tenant, is_field_name};
 use http::Method;
 use serde_json::Value;
 
@@ -161,6 +161,31 @@ impl Resource for Collections {
             let listed = self.listed.take().ok_or_else(crate::error::internal)?;
             Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
         })
+    }
+}
+
+/// Every live collection of `tenant`, in the store's order (by id).
+pub async fn all(cx: &Cx, tenant: &Tenant) -> Result<Vec<Collection>, Problem> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = cx
+            .app
+            .store
+            .list_collections(
+                &tenant.id,
+                PageRequest {
+                    limit: listing::MAX_LIMIT,
+                    after,
+                },
+            )
+            .await
+            .map_err(store_problem)?;
+        out.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
     }
 }
 

@@ -6,10 +6,12 @@ use canon_http::Problem;
 use canon_http::catalogue::{PROBLEMS, ProblemKind, ProblemType, STATUSES};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
+use canon_http::validators::{EntityTag, Validators};
 use serde_json::{Value, json};
 
-use super::Cx;
+use super::{Cx, collections, found_with, settle, still_there, tenants};
 use crate::input::Query;
+use crate::openapi::TypedCollection;
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -155,45 +157,116 @@ impl Resource for ProblemPage {
     }
 }
 
-/// The generated API description and its strong tag, built once: it
-/// depends only on this binary.
-static OPENAPI: std::sync::LazyLock<(Bytes, String)> = std::sync::LazyLock::new(|| {
-    use sha2::Digest;
-    let bytes = serde_json::to_vec_pretty(&crate::openapi::document()).unwrap_or_default();
-    let digest = sha2::Sha256::digest(&bytes);
-    let tag: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-    (Bytes::from(bytes), tag)
-});
+/// A generated API description as served: its bytes and their strong tag
+/// (a digest of the bytes, so equal tags mean equal bytes).
+#[derive(Clone)]
+struct Described {
+    bytes: Bytes,
+    validators: Validators,
+}
+
+impl Described {
+    fn new(doc: &Value) -> Self {
+        use sha2::Digest;
+        let bytes = serde_json::to_vec_pretty(doc).unwrap_or_default();
+        let digest = sha2::Sha256::digest(&bytes);
+        let tag: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+        Self {
+            bytes: Bytes::from(bytes),
+            validators: Validators {
+                etag: Some(EntityTag::strong(tag)),
+                last_modified: None,
+            },
+        }
+    }
+
+    fn found(&self) -> Existence {
+        found_with(self.validators.clone())
+    }
+
+    /// The representation, `private, no-cache` as every representation with
+    /// validators (the global document, public, overrides it).
+    fn representation(&self) -> Representation {
+        Representation::new(MediaType::Json, self.bytes.clone()).with_validators(self.validators.clone())
+    }
+}
+
+/// The global API description, built once: it depends only on this binary.
+static OPENAPI: std::sync::LazyLock<Described> =
+    std::sync::LazyLock::new(|| Described::new(&crate::openapi::document()));
 
 /// `GET /openapi.json`: the OpenAPI 3.1 description (see `openapi.rs`).
 pub struct OpenApi;
-
-impl OpenApi {
-    fn validators() -> canon_http::validators::Validators {
-        canon_http::validators::Validators {
-            etag: Some(canon_http::validators::EntityTag::strong(OPENAPI.1.clone())),
-            last_modified: None,
-        }
-    }
-}
 
 impl Resource for OpenApi {
     fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
         Query::parse(&input.head.uri, &[]).map(|_| ())
     }
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
-        Box::pin(async {
-            Ok(Existence::Found(Found {
-                validators: Self::validators(),
-                ..Found::default()
-            }))
-        })
+        Box::pin(async { Ok(OPENAPI.found()) })
     }
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async {
-            let mut rep = Representation::new(MediaType::Json, OPENAPI.0.clone()).with_validators(Self::validators());
+            let mut rep = OPENAPI.representation();
             rep.cache_control = Some(DOCS_CACHE_CONTROL);
             Ok(Success::Ok(rep))
+        })
+    }
+}
+
+/// `GET /v1/tenants/{tenant}/openapi.json`: the API description as the
+/// tenant sees it, its collections' records typed with their schemas
+/// ([`crate::openapi::tenant_document`]). It is generated in `load` from the
+/// tenant's live collections, so its tag (a digest of the bytes) changes
+/// with any collection's creation, change or deletion and 304 is decided by
+/// the flow as for any resource. It is credentialed and changes with the
+/// tenant's data: `private, no-cache` (the default of a representation
+/// with validators).
+pub struct TenantOpenApi {
+    cx: Cx,
+    described: Option<Described>,
+}
+
+impl TenantOpenApi {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self { cx, described: None }
+    }
+}
+
+impl Resource for TenantOpenApi {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            settle(
+                async {
+                    let tenant = tenants::require(&self.cx).await?;
+                    let collections = collections::all(&self.cx, &tenant).await?;
+                    let typed: Vec<TypedCollection<'_>> = collections
+                        .iter()
+                        .map(|c| TypedCollection {
+                            name: &c.name,
+                            schema: &c.schema,
+                        })
+                        .collect();
+                    let described = Described::new(&crate::openapi::tenant_document(&tenant.name, &typed));
+                    let existence = described.found();
+                    self.described = Some(described);
+                    Ok(existence)
+                }
+                .await,
+            )
+        })
+    }
+
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let described = still_there(self.described.take())?;
+            Ok(Success::Ok(described.representation()))
         })
     }
 }

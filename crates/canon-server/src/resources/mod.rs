@@ -154,6 +154,7 @@ pub fn for_route(
         name::PROBLEM => Box::new(docs::ProblemPage::new(cx)),
         name::TENANTS => Box::new(tenants::Tenants::new(cx)),
         name::TENANT => Box::new(tenants::OneTenant::new(cx)),
+        name::TENANT_OPENAPI => Box::new(docs::TenantOpenApi::new(cx)),
         name::USERS => Box::new(users::Users::new(cx)),
         name::USER => Box::new(users::OneUser::new(cx)),
         name::API_KEYS => Box::new(users::ApiKeys::new(cx)),
