@@ -37,7 +37,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum Node {
     /// 503: maintenance, overload, database down.
     ServiceAvailable,
-    /// 501: a method Canon does not implement at all.
+    /// 501: a method Canon does not recognise (TRACE and CONNECT are
+    /// recognised and refused by every route: 405).
     KnownMethod,
     /// 414: request target longer than the limit.
     UriLength,
@@ -421,7 +422,7 @@ pub struct Decision {
     pub trace: Vec<Node>,
 }
 
-/// Methods Canon implements somewhere; anything else is 501.
+/// Methods Canon implements somewhere; `OPTIONS *` lists them.
 const KNOWN_METHODS: [Method; 7] = [
     Method::GET,
     Method::HEAD,
@@ -431,6 +432,12 @@ const KNOWN_METHODS: [Method; 7] = [
     Method::DELETE,
     Method::OPTIONS,
 ];
+
+/// RFC 9110 methods Canon recognises and refuses on every resource: a
+/// TRACE or CONNECT reaches its route and is answered 405 with `Allow`
+/// (RFC 9110 §15.5.6: recognised, not allowed for the target), like
+/// nginx or Apache with TRACE switched off. Other methods are 501.
+const REFUSED_METHODS: [Method; 2] = [Method::TRACE, Method::CONNECT];
 
 /// The realm in `WWW-Authenticate`.
 const REALM: &str = "Bearer realm=\"canon\"";
@@ -516,7 +523,7 @@ async fn decide(
     }
 
     walk.visit(Node::KnownMethod);
-    if !KNOWN_METHODS.contains(&head.method) {
+    if !KNOWN_METHODS.contains(&head.method) && !REFUSED_METHODS.contains(&head.method) {
         return Err(Problem::new(
             ProblemKind::NotImplemented,
             format!("The method {} is not implemented by Canon.", head.method),

@@ -604,19 +604,41 @@ fn operation_parameters(spec: &MethodSpec) -> Vec<Value> {
 }
 
 fn header_parameter(name: &str, description: &str) -> Value {
-    // The syntax each header must have (a malformed one is a 400).
+    // The syntax each header must have (a malformed one is a 400). The
+    // `format`s name the syntax for tools: schemathesis is given a generator
+    // for each (scripts/schemathesis_hooks.py); the patterns say it exactly.
     let schema = match name {
-        "If-Match" | "If-None-Match" => {
-            json!({"type": "string", "pattern": r#"^(\*|(W/)?"[\x21\x23-\x7e]*"(\s*,\s*(W/)?"[\x21\x23-\x7e]*")*)$"#})
-        }
-        "Idempotency-Key" => json!({"type": "string", "pattern": r"^[\x21\x23-\x5b\x5d-\x7e]{1,255}$"}),
-        "If-Modified-Since" | "If-Unmodified-Since" => {
-            json!({"type": "string", "description": "An HTTP-date, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`."})
-        }
-        _ => json!({"type": "string"}),
+        // RFC 9110 §13.1.1: `*` or a list of entity tags; empty list
+        // elements are allowed (§5.6.1) and an empty list matches nothing.
+        "If-Match" | "If-None-Match" => json!({
+            "type": "string",
+            "format": "entity-tags",
+            "maxLength": MAX_HEADER_VALUE,
+            "pattern": r#"^(\*|((W/)?"[\x21\x23-\x7e]*")?(\s*,\s*((W/)?"[\x21\x23-\x7e]*")?)*)$"#
+        }),
+        // An RFC 8941 string or, leniently, the bare key.
+        "Idempotency-Key" => json!({
+            "type": "string",
+            "maxLength": 257,
+            "pattern": r#"^("[\x21\x23-\x5b\x5d-\x7e]{1,255}"|[\x21\x23-\x5b\x5d-\x7e]{1,255})$"#
+        }),
+        // RFC 9110 §13.1.3-4: a value that is not an HTTP-date is ignored.
+        "If-Modified-Since" | "If-Unmodified-Since" => json!({
+            "type": "string",
+            "format": "http-date",
+            "maxLength": MAX_HEADER_VALUE,
+            "description": "An HTTP-date, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`; any other value is ignored."
+        }),
+        // RFC 7240: preferences Canon does not know are ignored.
+        "Prefer" => json!({"type": "string", "format": "prefer", "maxLength": MAX_HEADER_VALUE}),
+        _ => json!({"type": "string", "maxLength": MAX_HEADER_VALUE}),
     };
     json!({"name": name, "in": "header", "required": false, "schema": schema, "description": description})
 }
+
+/// The longest header value the document admits: the flow answers 431 to a
+/// header section over 16 KiB, so no single value can be longer.
+const MAX_HEADER_VALUE: usize = 16 * 1024;
 
 fn describe(status: u16) -> String {
     status_entry(status).map_or_else(|| "See /docs/status-codes.".to_owned(), |e| e.when.to_owned())
