@@ -287,6 +287,9 @@ pub struct Found {
     pub require_if_match: bool,
     /// Held by another caller (423).
     pub locked_by_other: Option<LockInfo>,
+    /// The `Cache-Control` its representation carries, repeated on a 304
+    /// (RFC 9110 §15.4.5); `None` means `private, no-cache`.
+    pub cache_control: Option<&'static str>,
 }
 
 /// A lock held by someone other than the caller.
@@ -347,6 +350,8 @@ pub struct Representation {
     pub links: Vec<String>,
     /// `Vary` header value.
     pub vary: Option<&'static str>,
+    /// `Content-Security-Policy`, for HTML that runs scripts.
+    pub content_security_policy: Option<&'static str>,
 }
 
 impl Representation {
@@ -368,6 +373,7 @@ impl Representation {
             content_location: None,
             links: Vec::new(),
             vary: None,
+            content_security_policy: None,
         }
     }
 
@@ -422,7 +428,7 @@ pub struct Decision {
 }
 
 /// Methods Canon implements somewhere; anything else is 501.
-const KNOWN_METHODS: [Method; 7] = [
+pub const KNOWN_METHODS: [Method; 7] = [
     Method::GET,
     Method::HEAD,
     Method::POST,
@@ -706,7 +712,7 @@ async fn act(
     match validators::evaluate(&head.method, conditions, found.as_ref().map(|f| &f.validators)) {
         PreconditionOutcome::Proceed => {}
         PreconditionOutcome::NotModified => {
-            return Ok(not_modified(found.as_ref().map(|f| &f.validators), spec));
+            return Ok(not_modified(found.as_ref(), spec));
         }
         PreconditionOutcome::Failed => {
             let mut halt = Halt::from(Problem::new(
@@ -1127,12 +1133,13 @@ fn set_validators(response: &mut Response<Bytes>, v: &Validators) {
     }
 }
 
-fn not_modified(v: Option<&Validators>, spec: &MethodSpec) -> Response<Bytes> {
+fn not_modified(found: Option<&Found>, spec: &MethodSpec) -> Response<Bytes> {
     let mut response = empty(StatusCode::NOT_MODIFIED, &[]);
-    if let Some(v) = v {
-        set_validators(&mut response, v);
+    if let Some(found) = found {
+        set_validators(&mut response, &found.validators);
     }
-    set(&mut response, header::CACHE_CONTROL, "private, no-cache");
+    let cache_control = found.and_then(|f| f.cache_control).unwrap_or("private, no-cache");
+    set(&mut response, header::CACHE_CONTROL, cache_control);
     if spec.produces.len() > 1 {
         set(&mut response, header::VARY, "Accept");
     }
@@ -1152,6 +1159,9 @@ fn representation_response(status: StatusCode, rep: Representation) -> Response<
     }
     if let Some(vary) = rep.vary {
         set(&mut response, header::VARY, vary);
+    }
+    if let Some(csp) = rep.content_security_policy {
+        set(&mut response, header::CONTENT_SECURITY_POLICY, csp);
     }
     for link in &rep.links {
         if let Ok(v) = HeaderValue::from_str(link) {
