@@ -288,6 +288,9 @@ pub struct Found {
     pub require_if_match: bool,
     /// Held by another caller (423).
     pub locked_by_other: Option<LockInfo>,
+    /// The `Cache-Control` its representation carries, repeated on a 304
+    /// (RFC 9110 §15.4.5); `None` means `private, no-cache`.
+    pub cache_control: Option<&'static str>,
 }
 
 /// A lock held by someone other than the caller.
@@ -348,6 +351,8 @@ pub struct Representation {
     pub links: Vec<String>,
     /// `Vary` header value.
     pub vary: Option<&'static str>,
+    /// `Content-Security-Policy`, for HTML that runs scripts.
+    pub content_security_policy: Option<&'static str>,
 }
 
 impl Representation {
@@ -369,6 +374,7 @@ impl Representation {
             content_location: None,
             links: Vec::new(),
             vary: None,
+            content_security_policy: None,
         }
     }
 
@@ -423,7 +429,7 @@ pub struct Decision {
 }
 
 /// Methods Canon implements somewhere; `OPTIONS *` lists them.
-const KNOWN_METHODS: [Method; 7] = [
+pub const KNOWN_METHODS: [Method; 7] = [
     Method::GET,
     Method::HEAD,
     Method::POST,
@@ -713,7 +719,7 @@ async fn act(
     match validators::evaluate(&head.method, conditions, found.as_ref().map(|f| &f.validators)) {
         PreconditionOutcome::Proceed => {}
         PreconditionOutcome::NotModified => {
-            return Ok(not_modified(found.as_ref().map(|f| &f.validators), spec));
+            return Ok(not_modified(found.as_ref(), spec));
         }
         PreconditionOutcome::Failed => {
             let mut halt = Halt::from(Problem::new(
@@ -1134,12 +1140,13 @@ fn set_validators(response: &mut Response<Bytes>, v: &Validators) {
     }
 }
 
-fn not_modified(v: Option<&Validators>, spec: &MethodSpec) -> Response<Bytes> {
+fn not_modified(found: Option<&Found>, spec: &MethodSpec) -> Response<Bytes> {
     let mut response = empty(StatusCode::NOT_MODIFIED, &[]);
-    if let Some(v) = v {
-        set_validators(&mut response, v);
+    if let Some(found) = found {
+        set_validators(&mut response, &found.validators);
     }
-    set(&mut response, header::CACHE_CONTROL, "private, no-cache");
+    let cache_control = found.and_then(|f| f.cache_control).unwrap_or("private, no-cache");
+    set(&mut response, header::CACHE_CONTROL, cache_control);
     if spec.produces.len() > 1 {
         set(&mut response, header::VARY, "Accept");
     }
@@ -1159,6 +1166,9 @@ fn representation_response(status: StatusCode, rep: Representation) -> Response<
     }
     if let Some(vary) = rep.vary {
         set(&mut response, header::VARY, vary);
+    }
+    if let Some(csp) = rep.content_security_policy {
+        set(&mut response, header::CONTENT_SECURITY_POLICY, csp);
     }
     for link in &rep.links {
         if let Ok(v) = HeaderValue::from_str(link) {

@@ -21,11 +21,15 @@ pub enum MediaType {
     Problem,
     /// `text/html`
     Html,
+    /// `text/javascript` (RFC 9239): the API reference's renderer
+    JavaScript,
+    /// `text/plain`: licence texts of vendored assets
+    Text,
 }
 
 impl MediaType {
     /// Every type, for lookups.
-    pub const ALL: [MediaType; 7] = [
+    pub const ALL: [MediaType; 9] = [
         MediaType::Json,
         MediaType::MergePatch,
         MediaType::JsonPatch,
@@ -33,6 +37,8 @@ impl MediaType {
         MediaType::Csv,
         MediaType::Problem,
         MediaType::Html,
+        MediaType::JavaScript,
+        MediaType::Text,
     ];
 
     /// `type/subtype`, lower case, without parameters.
@@ -45,6 +51,8 @@ impl MediaType {
             MediaType::Csv => "text/csv",
             MediaType::Problem => "application/problem+json",
             MediaType::Html => "text/html",
+            MediaType::JavaScript => "text/javascript",
+            MediaType::Text => "text/plain",
         }
     }
 
@@ -53,6 +61,8 @@ impl MediaType {
         match self {
             MediaType::Csv => "text/csv; charset=utf-8",
             MediaType::Html => "text/html; charset=utf-8",
+            MediaType::JavaScript => "text/javascript; charset=utf-8",
+            MediaType::Text => "text/plain; charset=utf-8",
             other => other.essence(),
         }
     }
@@ -270,7 +280,7 @@ mod tests {
         assert_eq!(parse_content_type("Application/JSON; charset=UTF-8"), Ok(Json));
         assert_eq!(parse_content_type("application/merge-patch+json"), Ok(MergePatch));
         assert!(matches!(
-            parse_content_type("text/plain"),
+            parse_content_type("application/xml"),
             Err(ContentTypeError::Unsupported(_))
         ));
         assert!(matches!(

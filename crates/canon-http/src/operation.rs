@@ -29,6 +29,28 @@ use crate::validators::{EntityTag, Validators};
 /// `Host`, a malformed conditional header or query), 414, 431 and 503.
 pub const EVERYWHERE: &[u16] = &[400, 414, 431, 503];
 
+/// Statuses the flow answers outside any one operation: 204 to `OPTIONS`
+/// (on a route, or `OPTIONS *` about the server), 404 for a path no route
+/// matches, 405 for a method a route does not list and 501 for a method
+/// Canon does not implement at all. The API description states them once.
+pub const OUTSIDE_OPERATIONS: &[u16] = &[204, 404, 405, 501];
+
+/// Every status the flow can answer on `routes`: each operation's
+/// ([`statuses`]), each planned method's ([`planned_statuses`]) and
+/// [`OUTSIDE_OPERATIONS`]. [`explore_all`] proves it against the real flow.
+pub fn produced(routes: &[RouteSpec]) -> BTreeSet<u16> {
+    let mut out: BTreeSet<u16> = OUTSIDE_OPERATIONS.iter().copied().collect();
+    for route in routes {
+        for spec in route.methods {
+            out.extend(statuses(route, spec));
+        }
+        if !route.planned.is_empty() {
+            out.extend(planned_statuses(route));
+        }
+    }
+    out
+}
+
 /// Whether requests to `pattern` must authenticate (the flow's `Authenticated` node).
 pub fn needs_credentials(pattern: &str) -> bool {
     pattern == "/v1" || pattern.starts_with("/v1/")
@@ -152,6 +174,79 @@ pub async fn explore_planned(route: &'static RouteSpec, method: &Method) -> BTre
     seen
 }
 
+/// The statuses the real flow answers on `routes`: [`explore`] of every
+/// operation, [`explore_planned`] of every planned method, and requests
+/// outside any operation (`OPTIONS` on each route and on `*`, another
+/// method with the target `*`, paths no route matches inside and outside
+/// `/v1`, every implemented method a route does not list, an unknown method).
+pub async fn explore_all(routes: &'static [RouteSpec]) -> BTreeSet<u16> {
+    let mut seen = BTreeSet::new();
+    for route in routes {
+        for spec in route.methods {
+            seen.extend(explore(route, spec).await);
+        }
+        for method in route.planned {
+            seen.extend(explore_planned(route, method).await);
+        }
+    }
+    let mut requests: Vec<(Method, String)> = vec![
+        (Method::OPTIONS, "*".into()),
+        (Method::GET, "*".into()),
+        (Method::GET, "/no-such-route".into()),
+        (Method::GET, "/v1/no-such-route".into()),
+    ];
+    if let Ok(unknown) = Method::from_bytes(b"FOO") {
+        requests.push((unknown, "/".into()));
+    }
+    for route in routes {
+        let path = concrete_path(route.pattern);
+        requests.push((Method::OPTIONS, path.clone()));
+        for method in crate::flow::KNOWN_METHODS {
+            let listed = route.method(&method).is_some() || route.planned.contains(&method);
+            if !listed && method != Method::OPTIONS {
+                requests.push((method, path.clone()));
+            }
+        }
+    }
+    let scene = Scene::new(&MethodSpec::read(Method::GET, Guard::Public, &[]));
+    for (method, target) in requests {
+        let Ok(request) = Request::builder()
+            .method(method)
+            .uri(target.as_str())
+            .header(header::HOST, "canon.test")
+            .header(header::AUTHORIZATION, "Bearer good")
+            .body(Bytes::new())
+        else {
+            continue;
+        };
+        let Ok(table) = RouteTable::new(routes) else {
+            continue;
+        };
+        let service = Probe {
+            table,
+            scene: scene.clone(),
+        };
+        let (head, body) = request.into_parts();
+        let decision = crate::flow::run(&service, &head, Box::new(body), "explore").await;
+        seen.insert(decision.response.status().as_u16());
+    }
+    seen
+}
+
+/// `pattern` with every parameter filled in.
+fn concrete_path(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|seg| match seg {
+            "{tenant}" => "acme",
+            s if s.starts_with("{*") => "a/b",
+            s if s.starts_with('{') => "x",
+            s => s,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// What the probing service and resource answer.
 #[derive(Clone)]
 struct Scene {
@@ -211,17 +306,7 @@ struct ProbeRequest {
 
 /// One probe per deciding fact, each from a baseline request that passes.
 fn probes(route: &'static RouteSpec, spec: &MethodSpec) -> Vec<ProbeRequest> {
-    let path: String = route
-        .pattern
-        .split('/')
-        .map(|seg| match seg {
-            "{tenant}" => "acme",
-            s if s.starts_with("{*") => "a/b",
-            s if s.starts_with('{') => "x",
-            s => s,
-        })
-        .collect::<Vec<_>>()
-        .join("/");
+    let path = concrete_path(route.pattern);
     let base = Scene::new(spec);
     let request = |edit: &dyn Fn(http::request::Builder) -> http::request::Builder, body: &[u8]| {
         let mut b = Request::builder()
@@ -584,6 +669,13 @@ mod tests {
                 assert_eq!(planned_statuses(route), explore_planned(route, method).await);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn produced_is_exactly_what_the_flow_answers_on_the_table() {
+        assert_eq!(produced(ROUTES), explore_all(ROUTES).await);
+        // 405 and 501 belong to no operation, yet the flow answers them.
+        assert!(produced(ROUTES).is_superset(&set(OUTSIDE_OPERATIONS)));
     }
 
     #[test]

@@ -293,6 +293,12 @@ const MAX_HEADER_FIELDS: usize = 512;
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Statuses hyper answers itself, before the flow runs and without a
+/// problem body (docs/http.md, "What hyper answers before the flow runs"):
+/// 400 for a request that does not parse, 431 past its header limits, 414
+/// past its target limit. The flow answers each of them too.
+pub const ANSWERED_BY_HYPER: &[u16] = &[400, 414, 431];
+
 /// Runs `router` on every connection `listener` accepts, until `shutdown`
 /// resolves; then stops accepting and waits (up to a bound) for the
 /// connections in flight to finish.

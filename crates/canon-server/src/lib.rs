@@ -3,6 +3,7 @@
 //! flow of `canon-http`.
 
 pub mod app;
+pub mod assets;
 pub mod body;
 pub mod config;
 pub mod csv_export;

@@ -406,7 +406,8 @@ fn pointer_segment(name: &str) -> String {
 
 const DESCRIPTION: &str = "Every response is decided by one ordered decision flow; each operation lists \
 exactly the statuses its nodes can produce. Errors are RFC 9457 problems (`application/problem+json`) whose \
-`type` is a page at `/problems/{slug}`; `/docs/status-codes` lists every status. Two answers belong to no \
+`type` is a page at `/problems/{slug}`; [`/docs/status-codes`](/docs/status-codes) lists every status \
+(and which belong to work not built yet). Two answers belong to no \
 operation and are documented here once: 405 (the path exists but not the method; `Allow` lists the \
 methods) and 501 (a method Canon does not implement at all). OPTIONS on any path answers 204 with `Allow`.";
 

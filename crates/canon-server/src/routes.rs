@@ -10,12 +10,16 @@ use canon_http::media::MediaType::{self, Html, Json, JsonPatch, MergePatch};
 use canon_http::route::{Guard, MethodSpec, Outcome, RouteSpec, States};
 use http::Method;
 
+use crate::assets;
 use crate::listing::LIST_TYPES;
 
 const JSON: &[MediaType] = &[Json];
 const PATCH: &[MediaType] = &[MergePatch, Json];
 const RECORD_PATCH: &[MediaType] = &[MergePatch, JsonPatch, Json];
 const PAGE: &[MediaType] = &[Html, Json];
+const HTML: &[MediaType] = &[Html];
+const JAVASCRIPT: &[MediaType] = &[MediaType::JavaScript];
+const TEXT: &[MediaType] = &[MediaType::Text];
 const NONE: &[MediaType] = &[];
 
 const fn role(r: Role) -> Guard {
@@ -59,6 +63,9 @@ pub mod name {
     pub const PROBLEM: &str = "problem";
     pub const OPENAPI: &str = "openapi";
     pub const INDEX: &str = "index";
+    pub const REFERENCE: &str = "reference";
+    pub const REDOC: &str = "redoc";
+    pub const REDOC_LICENSE: &str = "redoc-license";
     pub const TENANTS: &str = "tenants";
     pub const TENANT: &str = "tenant";
     pub const TENANT_OPENAPI: &str = "tenant-openapi";
@@ -82,7 +89,7 @@ pub static ROUTES: &[RouteSpec] = &[
         pattern: "/",
         methods: &[get(Guard::Public, PAGE).bodies(None, Some("Index"))],
         planned: &[],
-        summary: "Where to start: the API description, the status codes, the probes, the version.",
+        summary: "Where to start: the API reference and description, the status codes, the probes, the version.",
         states: States::FIXED,
     },
     RouteSpec {
@@ -123,6 +130,30 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[get(Guard::Public, JSON)],
         planned: &[],
         summary: "This API's description (OpenAPI 3.1), generated from the route table and the catalogue.",
+        states: States::FIXED,
+    },
+    RouteSpec {
+        name: name::REFERENCE,
+        pattern: "/docs",
+        methods: &[get(Guard::Public, HTML)],
+        planned: &[],
+        summary: "The API reference: this description rendered in the browser by the renderer Canon serves itself; the page loads nothing from another origin.",
+        states: States::FIXED,
+    },
+    RouteSpec {
+        name: name::REDOC,
+        pattern: assets::REDOC_PATH,
+        methods: &[get(Guard::Public, JAVASCRIPT)],
+        planned: &[],
+        summary: "The reference's renderer (Redoc's standalone bundle, MIT). Its URL names its version, so it is cached as immutable.",
+        states: States::FIXED,
+    },
+    RouteSpec {
+        name: name::REDOC_LICENSE,
+        pattern: assets::REDOC_LICENSE_PATH,
+        methods: &[get(Guard::Public, TEXT)],
+        planned: &[],
+        summary: "The renderer's licence and those of the libraries bundled in it.",
         states: States::FIXED,
     },
     RouteSpec {

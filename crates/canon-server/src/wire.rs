@@ -205,7 +205,7 @@ pub struct Index {
     pub name: String,
     /// Canon's version.
     pub version: String,
-    /// Links by relation: `openapi`, `status-codes`, `health`, `ready`.
+    /// Links by relation: `reference`, `openapi`, `status-codes`, `health`, `ready`.
     pub links: std::collections::BTreeMap<String, String>,
 }
 

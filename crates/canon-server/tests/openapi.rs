@@ -202,6 +202,8 @@ async fn openapi_is_served_public_cached_and_conditional() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    // A 304 carries the caching a 200 would have (RFC 9110 §15.4.5).
+    assert_eq!(header(&r, "cache-control"), "public, max-age=3600");
     let r = s
         .req(http_method(&http::Method::POST), "/openapi.json", None)
         .send()
@@ -224,6 +226,7 @@ async fn index_links_the_reference_status_codes_probes_and_version() {
     assert_eq!(header(&r, "cache-control"), "public, max-age=3600");
     assert!(header(&r, "vary").contains("Accept"));
     let body: Value = r.json().await.unwrap();
+    assert_eq!(body["links"]["reference"], "/docs");
     assert_eq!(body["links"]["openapi"], "/openapi.json");
     assert_eq!(body["links"]["status-codes"], "/docs/status-codes");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
@@ -240,7 +243,9 @@ async fn index_links_the_reference_status_codes_probes_and_version() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(header(&r, "content-type").starts_with("text/html"));
-    assert!(r.text().await.unwrap().contains("href=\"/openapi.json\""));
+    let html = r.text().await.unwrap();
+    assert!(html.contains("href=\"/openapi.json\""));
+    assert!(html.contains("href=\"/docs\""));
 }
 
 /// A schema using `$schema`, `$id`, `$defs` and references relative to the

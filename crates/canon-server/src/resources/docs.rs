@@ -9,7 +9,11 @@ use canon_http::media::MediaType;
 use canon_http::validators::{EntityTag, Validators};
 use serde_json::{Value, json};
 
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
 use super::{Cx, collections, found_with, settle, still_there, tenants};
+use crate::assets::{self, Asset, IMMUTABLE};
 use crate::input::Query;
 use crate::openapi::TypedCollection;
 
@@ -39,6 +43,14 @@ fn page(title: &str, body: &str) -> String {
 /// Canon is upgraded; an hour bounds how stale a page can be after that.
 const DOCS_CACHE_CONTROL: &str = "public, max-age=3600";
 
+/// A documentation page exists; a 304 repeats its `Cache-Control`.
+fn docs_found() -> Found {
+    Found {
+        cache_control: Some(DOCS_CACHE_CONTROL),
+        ..Found::default()
+    }
+}
+
 fn representation(media: Option<MediaType>, json: Value, html: String) -> Representation {
     let mut rep = match media {
         Some(MediaType::Html) => Representation::new(MediaType::Html, Bytes::from(html)),
@@ -46,6 +58,30 @@ fn representation(media: Option<MediaType>, json: Value, html: String) -> Repres
     };
     rep.cache_control = Some(DOCS_CACHE_CONTROL);
     rep
+}
+
+/// Every status a request can receive today: what the flow can answer on
+/// the route table (`operation::produced`, proved against the real flow by
+/// `operation::explore_all`) and what hyper answers before the flow runs.
+/// Derived, never flagged by hand.
+pub static ANSWERED: LazyLock<BTreeSet<u16>> = LazyLock::new(|| {
+    let mut out = canon_http::operation::produced(crate::routes::ROUTES);
+    out.extend(crate::app::ANSWERED_BY_HYPER);
+    out
+});
+
+/// Whether the contract's `status` belongs to work not built yet: no request
+/// can receive it today.
+fn is_planned(status: u16) -> bool {
+    !ANSWERED.contains(&status)
+}
+
+fn planned_mark(status: u16) -> &'static str {
+    if is_planned(status) {
+        " <em title=\"Part of the contract, not answered yet\">(planned)</em>"
+    } else {
+        ""
+    }
 }
 
 /// `GET /docs/status-codes`.
@@ -56,7 +92,7 @@ impl Resource for StatusCodes {
         Query::parse(&input.head.uri, &[]).map(|_| ())
     }
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
-        Box::pin(async { Ok(Existence::Found(Found::default())) })
+        Box::pin(async { Ok(Existence::Found(docs_found())) })
     }
     fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
@@ -64,12 +100,23 @@ impl Resource for StatusCodes {
                 .iter()
                 .map(|s| {
                     let problems: Vec<&str> = PROBLEMS.iter().filter(|p| p.status == s.code).map(|p| p.slug).collect();
-                    json!({"status": s.code, "reason": s.reason, "when": s.when, "headers": s.headers, "problem_types": problems})
+                    json!({"status": s.code, "reason": s.reason, "when": s.when, "headers": s.headers, "problem_types": problems, "planned": is_planned(s.code)})
                 })
                 .collect();
-            let problems: Vec<Value> = PROBLEMS.iter().map(problem_json).collect();
+            let problems: Vec<Value> = PROBLEMS
+                .iter()
+                .map(|p| {
+                    let mut v = problem_json(p);
+                    v["planned"] = is_planned(p.status).into();
+                    v
+                })
+                .collect();
             let mut html = String::from(
-                "<h2>Statuses</h2>\n<table><tr><th>Status</th><th>When Canon sends it</th><th>Headers</th><th>Problem types</th></tr>\n",
+                "<p>Every status in Canon's contract. <strong>Planned</strong> marks the statuses of work not built yet \
+                 (jobs, batches, rate limits, the device gateway): no request can receive them today. The others are exactly \
+                 the statuses Canon's decision flow can answer on some route, derived from the route table as \
+                 <a href=\"/docs\">the API reference</a> lists them per operation.</p>\n\
+                 <h2>Statuses</h2>\n<table><tr><th>Status</th><th>When Canon sends it</th><th>Headers</th><th>Problem types</th></tr>\n",
             );
             for s in STATUSES {
                 let links: Vec<String> = PROBLEMS
@@ -78,9 +125,10 @@ impl Resource for StatusCodes {
                     .map(|p| format!("<a href=\"{}\">{}</a>", p.type_url(), p.slug))
                     .collect();
                 html.push_str(&format!(
-                    "<tr id=\"s{c}\"><td>{c} {r}</td><td>{w}</td><td>{h}</td><td>{l}</td></tr>\n",
+                    "<tr id=\"s{c}\"><td>{c} {r}{m}</td><td>{w}</td><td>{h}</td><td>{l}</td></tr>\n",
                     c = s.code,
                     r = escape(s.reason),
+                    m = planned_mark(s.code),
                     w = escape(s.when),
                     h = escape(&s.headers.join(", ")),
                     l = links.join(" ")
@@ -89,9 +137,10 @@ impl Resource for StatusCodes {
             html.push_str("</table>\n<h2>Problem types</h2>\n<table><tr><th>Type</th><th>Status</th><th>Title</th><th>Meaning</th></tr>\n");
             for p in PROBLEMS {
                 html.push_str(&format!(
-                    "<tr><td><a href=\"{u}\">{u}</a></td><td>{s}</td><td>{t}</td><td>{d}</td></tr>\n",
+                    "<tr><td><a href=\"{u}\">{u}</a></td><td>{s}{m}</td><td>{t}</td><td>{d}</td></tr>\n",
                     u = p.type_url(),
                     s = p.status,
+                    m = planned_mark(p.status),
                     t = escape(p.title),
                     d = escape(p.description)
                 ));
@@ -130,7 +179,7 @@ impl Resource for ProblemPage {
         let found = self.kind.is_some();
         Box::pin(async move {
             Ok(if found {
-                Existence::Found(Found::default())
+                Existence::Found(docs_found())
             } else {
                 Existence::Missing
             })
@@ -203,7 +252,12 @@ impl Resource for OpenApi {
         Query::parse(&input.head.uri, &[]).map(|_| ())
     }
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
-        Box::pin(async { Ok(OPENAPI.found()) })
+        Box::pin(async {
+            Ok(Existence::Found(Found {
+                validators: OPENAPI.validators.clone(),
+                ..docs_found()
+            }))
+        })
     }
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async {
@@ -280,11 +334,12 @@ impl Resource for Index {
         Query::parse(&input.head.uri, &[]).map(|_| ())
     }
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
-        Box::pin(async { Ok(Existence::Found(Found::default())) })
+        Box::pin(async { Ok(Existence::Found(docs_found())) })
     }
     fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
-            let links: [(&str, &str, &str); 4] = [
+            let links: [(&str, &str, &str); 5] = [
+                ("reference", "/docs", "The API reference"),
                 ("openapi", "/openapi.json", "The API description (OpenAPI 3.1)"),
                 ("status-codes", "/docs/status-codes", "Every status and problem type"),
                 ("health", "/healthz", "Liveness"),
@@ -306,5 +361,116 @@ impl Resource for Index {
             let json = serde_json::to_value(&body).unwrap_or(Value::Null);
             Ok(Success::Ok(representation(media, json, page("Canon", &html))))
         })
+    }
+}
+
+/// The `/docs` page: Redoc renders `/openapi.json`. Everything it loads is
+/// same-origin (the description and the vendored renderer); its options sit
+/// in attributes, so the page has no inline script. System fonts only.
+static REFERENCE_HTML: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Canon API reference</title><link rel=\"icon\" href=\"data:,\">\
+         <style>body{{margin:0}}nav.canon,footer.canon{{font:14px system-ui,sans-serif;padding:.5rem 1rem}}\
+         nav.canon{{border-bottom:1px solid #ddd}}nav.canon a{{margin-right:1.5rem}}footer.canon{{border-top:1px solid #ddd;color:#555}}</style>\
+         </head><body>\n\
+         <nav class=\"canon\"><a href=\"/\">Canon</a><a href=\"/docs/status-codes\">Status codes</a>\
+         <a href=\"/openapi.json\">OpenAPI description</a></nav>\n\
+         <noscript><p>This reference is rendered with JavaScript. Without it, read \
+         <a href=\"/openapi.json\">the OpenAPI description</a> and <a href=\"/docs/status-codes\">the status codes</a>.</p></noscript>\n\
+         <redoc spec-url=\"/openapi.json\" expand-responses=\"200,201\" required-props-first=\"true\" \
+         theme='{{\"typography\":{{\"fontFamily\":\"system-ui, sans-serif\",\"headings\":{{\"fontFamily\":\"system-ui, sans-serif\"}},\
+         \"code\":{{\"fontFamily\":\"ui-monospace, monospace\"}}}}}}'></redoc>\n\
+         <script src=\"{js}\"></script>\n\
+         <footer class=\"canon\">Canon {canon}. Rendered by Redoc {redoc} (MIT; <a href=\"{license}\">licences</a>).</footer>\n\
+         </body></html>\n",
+        js = assets::REDOC_PATH,
+        license = assets::REDOC_LICENSE_PATH,
+        redoc = assets::REDOC_VERSION,
+        canon = env!("CARGO_PKG_VERSION"),
+    )
+});
+
+static REFERENCE: LazyLock<Asset> = LazyLock::new(|| Asset::new(Bytes::from(REFERENCE_HTML.as_str())));
+
+/// What `/docs` may load: scripts, the description and images from Canon
+/// itself, nothing from another origin. Redoc injects its styles (so inline
+/// styles are allowed) and runs its search index in a worker it starts from
+/// a `blob:` URL; its footer logo, on Redoc's CDN, is blocked and hidden.
+pub const REFERENCE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; \
+base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// How long caches may keep `/docs`: they must revalidate (a 304 is cheap),
+/// so after an upgrade the page never points at a renderer version the
+/// binary no longer serves.
+pub const REFERENCE_CACHE_CONTROL: &str = "public, no-cache";
+
+/// A file compiled into the binary: the `/docs` page, the renderer, its
+/// licences. Strong tags are digests of the bytes.
+pub struct StaticFile {
+    media: MediaType,
+    asset: &'static Asset,
+    cache_control: &'static str,
+    policy: Option<&'static str>,
+}
+
+impl StaticFile {
+    /// `GET /docs`.
+    pub fn reference() -> Self {
+        Self {
+            media: MediaType::Html,
+            asset: &REFERENCE,
+            cache_control: REFERENCE_CACHE_CONTROL,
+            policy: Some(REFERENCE_POLICY),
+        }
+    }
+
+    /// `GET` the renderer.
+    pub fn redoc() -> Self {
+        Self {
+            media: MediaType::JavaScript,
+            asset: &assets::REDOC,
+            cache_control: IMMUTABLE,
+            policy: None,
+        }
+    }
+
+    /// `GET` the renderer's licences.
+    pub fn redoc_license() -> Self {
+        Self {
+            media: MediaType::Text,
+            asset: &assets::REDOC_LICENSES,
+            cache_control: IMMUTABLE,
+            policy: None,
+        }
+    }
+
+    fn validators(&self) -> Validators {
+        Validators {
+            etag: Some(self.asset.tag.clone()),
+            last_modified: None,
+        }
+    }
+}
+
+impl Resource for StaticFile {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        let found = Found {
+            validators: self.validators(),
+            cache_control: Some(self.cache_control),
+            ..Found::default()
+        };
+        Box::pin(async move { Ok(Existence::Found(found)) })
+    }
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        let mut rep = Representation::new(self.media, self.asset.bytes.clone()).with_validators(self.validators());
+        rep.cache_control = Some(self.cache_control);
+        rep.content_security_policy = self.policy;
+        Box::pin(async move { Ok(Success::Ok(rep)) })
     }
 }

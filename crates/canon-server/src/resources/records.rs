@@ -425,6 +425,7 @@ impl Resource for OneRecord {
                                 validators,
                                 require_if_match,
                                 locked_by_other,
+                                ..Found::default()
                             })
                         }
                         Lookup::Gone => Existence::Gone,
