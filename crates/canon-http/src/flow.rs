@@ -439,11 +439,14 @@ pub const KNOWN_METHODS: [Method; 7] = [
     Method::OPTIONS,
 ];
 
-/// RFC 9110 methods Canon recognises and refuses on every resource: a
-/// TRACE or CONNECT reaches its route and is answered 405 with `Allow`
-/// (RFC 9110 §15.5.6: recognised, not allowed for the target), like
-/// nginx or Apache with TRACE switched off. Other methods are 501.
-const REFUSED_METHODS: [Method; 2] = [Method::TRACE, Method::CONNECT];
+/// Registered methods Canon recognises and refuses on every resource:
+/// TRACE and CONNECT (RFC 9110) and QUERY (the safe method with a body, in
+/// the IANA registry) reach their route and are answered 405 with `Allow`
+/// (RFC 9110 §15.5.6: recognised, not allowed for the target), as nginx or
+/// Apache answer TRACE when it is switched off. Other methods are 501.
+fn refused(method: &Method) -> bool {
+    *method == Method::TRACE || *method == Method::CONNECT || method.as_str() == "QUERY"
+}
 
 /// The realm in `WWW-Authenticate`.
 const REALM: &str = "Bearer realm=\"canon\"";
@@ -529,7 +532,7 @@ async fn decide(
     }
 
     walk.visit(Node::KnownMethod);
-    if !KNOWN_METHODS.contains(&head.method) && !REFUSED_METHODS.contains(&head.method) {
+    if !KNOWN_METHODS.contains(&head.method) && !refused(&head.method) {
         return Err(Problem::new(
             ProblemKind::NotImplemented,
             format!("The method {} is not implemented by Canon.", head.method),
