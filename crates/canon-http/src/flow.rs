@@ -328,6 +328,12 @@ pub enum Existence {
     Missing,
     /// It was deleted and its tombstone is still kept.
     Gone,
+    /// What it would live in (a tenant, a collection, a record) does not
+    /// exist: 404 for every method, even one that could create it (a PUT
+    /// under a missing collection is 404, not 201, nor 412 for `If-Match`).
+    ContainerMissing,
+    /// What it would live in was deleted: 410 for every method.
+    ContainerGone,
     /// It lives at another URL for good (301 for GET/HEAD, 308 otherwise).
     Moved(String),
     /// It is reached through another URL for now (307).
@@ -698,8 +704,8 @@ async fn act(
         Existence::Found(found) => Some(found),
         Existence::Missing if spec.creates => None,
         Existence::Gone if spec.creates => None,
-        Existence::Missing => return Err(not_found(path).into()),
-        Existence::Gone => {
+        Existence::Missing | Existence::ContainerMissing => return Err(not_found(path).into()),
+        Existence::Gone | Existence::ContainerGone => {
             return Err(Problem::new(ProblemKind::Gone, format!("{path} was deleted.")).into());
         }
         Existence::Moved(location) => {

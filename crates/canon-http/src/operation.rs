@@ -89,11 +89,12 @@ pub fn statuses(route: &RouteSpec, spec: &MethodSpec) -> BTreeSet<u16> {
     if spec.method == Method::POST {
         out.extend([409, 422]);
     }
-    // Exists.
-    if states.missing && !spec.creates {
+    // Exists. A method that creates its target still meets a missing or
+    // deleted container (`Existence::ContainerMissing`/`ContainerGone`).
+    if states.missing {
         out.insert(404);
     }
-    if states.gone && !spec.creates {
+    if states.gone {
         out.insert(410);
     }
     if states.moved {
@@ -428,9 +429,11 @@ fn probes(route: &'static RouteSpec, spec: &MethodSpec) -> Vec<ProbeRequest> {
     let mut existences = Vec::new();
     if route.states.missing {
         existences.push(Existence::Missing);
+        existences.push(Existence::ContainerMissing);
     }
     if route.states.gone {
         existences.push(Existence::Gone);
+        existences.push(Existence::ContainerGone);
     }
     if route.states.moved {
         existences.push(Existence::Moved("/elsewhere".into()));
@@ -685,11 +688,13 @@ mod tests {
             statuses(record, &record.methods[0]),
             set(&[200, 304, 307, 400, 401, 404, 406, 410, 412, 414, 431, 500, 503])
         );
-        // A creating PUT never answers 404 or 410 for the resource itself.
+        // A creating PUT creates a missing or deleted resource (201), but
+        // its container may be missing (404) or deleted (410).
         assert_eq!(
             statuses(record, &record.methods[1]),
             set(&[
-                200, 201, 204, 307, 400, 401, 403, 404, 406, 408, 409, 412, 413, 414, 415, 423, 428, 431, 500, 503
+                200, 201, 204, 307, 400, 401, 403, 404, 406, 408, 409, 410, 412, 413, 414, 415, 423, 428, 431, 500,
+                503
             ])
         );
         assert_eq!(

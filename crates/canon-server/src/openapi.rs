@@ -428,12 +428,36 @@ fn path_parameters(path: &str) -> Vec<Value> {
                 "name": name,
                 "in": "path",
                 "required": true,
-                "schema": {"type": "string", "minLength": 1},
+                "schema": parameter_schema(name),
                 "description": parameter_description(name),
             })
         })
         .collect()
 }
+
+/// The syntax of each path parameter, as the resources check it: a value
+/// outside it names nothing (404), or, for a record id a client chooses,
+/// is refused (400).
+fn parameter_schema(name: &str) -> Value {
+    match name {
+        "tenant" | "collection" | "slug" => json!({"type": "string", "maxLength": 63, "pattern": SLUG}),
+        "user" | "key" => json!({"type": "string", "format": "uuid", "maxLength": 36}),
+        "id" => json!({"type": "string", "maxLength": 128, "pattern": RECORD_ID}),
+        _ => json!({"type": "string", "minLength": 1, "maxLength": 2048, "pattern": "^[^?#]+$"}),
+    }
+}
+
+/// A top-level field name (`canon_store::is_field_name`).
+pub const FIELD: &str = "^[A-Za-z_][A-Za-z0-9_]{0,63}$";
+/// A sort order: a field name, `-` first for descending.
+const SORT: &str = "^-?[A-Za-z_][A-Za-z0-9_]{0,63}$";
+/// A cursor's syntax (`cursor.rs`): base64url payload, `.`, base64url tag.
+const CURSOR: &str = "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$";
+/// A slug (`input::is_slug`).
+pub const SLUG: &str = "^[a-z][a-z0-9-]{0,62}$";
+/// A record id (`input::record_id`): 1 to 128 unreserved characters, not
+/// `.`, `..` or the reserved word `batch`.
+pub const RECORD_ID: &str = r"^(?!batch$)(?!\.\.?$)[A-Za-z0-9._~-]{1,128}$";
 
 fn parameter_description(name: &str) -> &'static str {
     match name {
@@ -560,12 +584,12 @@ fn operation_parameters(spec: &MethodSpec) -> Vec<Value> {
     let mut out = Vec::new();
     let list = spec.method == Method::GET && spec.produces.contains(&MediaType::Csv);
     if list {
-        out.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "description": "Items per page."}));
-        out.push(json!({"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "The cursor of the next page, from `Link: rel=\"next\"` or `next_cursor`; bound to this list, its filters and sort."}));
+        out.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 1000}, "description": "Items per page."}));
+        out.push(json!({"name": "cursor", "in": "query", "schema": {"type": "string", "format": "canon-cursor", "minLength": 3, "maxLength": crate::cursor::MAX_CURSOR_LEN, "pattern": CURSOR}, "description": "The cursor of the next page, from `Link: rel=\"next\"` or `next_cursor`; bound to this list, its filters and sort (400 when it was not issued for them)."}));
     }
     if list && spec.response == Some("RecordPage") {
-        out.push(json!({"name": "sort", "in": "query", "schema": {"type": "string"}, "description": "A top-level field, `-field` for descending."}));
-        out.push(json!({"name": "filter", "in": "query", "style": "deepObject", "explode": true, "schema": {"type": "object", "additionalProperties": {"type": "string"}}, "description": "`filter[field]=value`: a JSON literal (`22`, `true`, `null`), a quoted JSON string (`\"22\"`), or else the text itself."}));
+        out.push(json!({"name": "sort", "in": "query", "schema": {"type": "string", "maxLength": 65, "pattern": SORT}, "description": "A top-level field, `-field` for descending."}));
+        out.push(json!({"name": "filter", "in": "query", "style": "deepObject", "explode": true, "schema": {"type": "object", "propertyNames": {"pattern": FIELD}, "additionalProperties": {"type": "string", "maxLength": 4096}}, "description": "`filter[field]=value`: a JSON literal (`22`, `true`, `null`), a quoted JSON string (`\"22\"`), or else the text itself."}));
     }
     if spec.method == Method::GET {
         out.push(header_parameter(

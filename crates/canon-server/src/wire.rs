@@ -13,6 +13,11 @@ use serde_json::Value;
 /// An RFC 3339 timestamp in UTC with milliseconds.
 pub type Timestamp = String;
 
+/// An email address as Canon accepts it (`resources/users.rs`): one `@`
+/// between two non-empty parts with no white space (Unicode's, and
+/// ECMAScript's U+FEFF) and no control character.
+const EMAIL: &str = "^[^@\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]+@[^@\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]+$";
+
 /// A tenant.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Tenant {
@@ -30,7 +35,7 @@ pub struct Tenant {
 pub struct NewTenant {
     /// A slug: a lower-case letter, then up to 62 lower-case letters, digits
     /// or `-`; not `current`.
-    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
+    #[schemars(regex(pattern = r"^(?!current$)[a-z][a-z0-9-]{0,62}$"), length(max = 63))]
     pub name: String,
 }
 
@@ -55,7 +60,7 @@ pub struct User {
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// An email address, unique in the tenant (compared in lower case).
-    #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"), length(max = 254))]
+    #[schemars(regex(pattern = EMAIL), length(max = 254))]
     pub email: String,
     /// `viewer`, `editor` or `admin`.
     #[schemars(extend("enum" = ["viewer", "editor", "admin"]))]
@@ -66,8 +71,8 @@ pub struct NewUser {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
-    /// The new role.
-    #[schemars(extend("enum" = ["viewer", "editor", "admin"]))]
+    /// The new role (a merge patch cannot remove it: no `null`).
+    #[schemars(extend("enum" = ["viewer", "editor", "admin"], "type" = "string"))]
     pub role: Option<String>,
 }
 
@@ -86,8 +91,8 @@ pub struct ApiKey {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
-    /// A name for people: 1 to 100 printable characters.
-    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[^\x00-\x1f\x7f]+$"))]
+    /// A name for people: 1 to 100 characters, none of them a control character.
+    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"))]
     pub name: String,
 }
 
@@ -118,6 +123,13 @@ pub struct Collection {
     pub updated_at: Timestamp,
 }
 
+/// Drops the `default` serde's default puts in a schema: `{"type":"object"}`
+/// as the default of a value that may be an object or a boolean confuses
+/// client generators, and the description says it.
+fn without_default(schema: &mut Schema) {
+    schema.remove("default");
+}
+
 fn object_schema() -> Value {
     serde_json::json!({"type": "object"})
 }
@@ -127,14 +139,16 @@ fn object_schema() -> Value {
 #[serde(deny_unknown_fields)]
 pub struct NewCollection {
     /// A slug: a lower-case letter, then up to 62 lower-case letters, digits or `-`.
-    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"), length(max = 63))]
     pub name: String,
     /// A JSON Schema (draft 2020-12) for the records' data; no remote `$ref`.
+    /// Without it, `{"type": "object"}`.
     #[serde(default = "object_schema")]
+    #[schemars(extend("type" = ["object", "boolean"]), transform = without_default)]
     pub schema: Value,
     /// Top-level fields whose values must be unique among the records.
     #[serde(default)]
-    #[schemars(inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")))]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"), length(max = 64)), length(max = 16))]
     pub unique: Vec<String>,
     /// Whether record writes must carry `If-Match`.
     #[serde(default)]
@@ -146,13 +160,20 @@ pub struct NewCollection {
 #[serde(deny_unknown_fields)]
 pub struct CollectionPatch {
     /// A new name (a slug); the old one keeps redirecting here.
-    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"), length(max = 63), extend("type" = "string"))]
     pub name: Option<String>,
     /// A new schema.
+    #[schemars(extend("type" = ["object", "boolean"]))]
     pub schema: Option<Value>,
     /// A new list of unique fields.
+    #[schemars(
+        inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"), length(max = 64)),
+        length(max = 16),
+        extend("type" = "array")
+    )]
     pub unique: Option<Vec<String>>,
     /// Whether record writes must carry `If-Match`.
+    #[schemars(extend("type" = "boolean"))]
     pub require_if_match: Option<bool>,
 }
 
@@ -257,23 +278,64 @@ pub struct FieldErrorBody {
 #[schemars(extend("type" = "object"))]
 pub struct RecordData(#[allow(dead_code)] serde_json::Map<String, Value>);
 
-/// A JSON Patch (RFC 6902) document.
+/// A JSON Patch (RFC 6902) document: at most 1000 operations.
 #[derive(Debug, JsonSchema)]
+#[schemars(extend("maxItems" = 1000))]
 pub struct JsonPatch(#[allow(dead_code)] Vec<JsonPatchOperation>);
 
-/// One JSON Patch operation.
+/// A JSON pointer (RFC 6901) into the record's data.
 #[derive(Debug, JsonSchema)]
+pub struct Pointer(
+    #[allow(dead_code)]
+    #[schemars(regex(pattern = r"^(/([^~/]|~[01])*)*$"), length(max = 4096))]
+    String,
+);
+
+/// One JSON Patch operation, each with the members RFC 6902 requires of it.
+#[derive(Debug, JsonSchema)]
+#[serde(tag = "op", rename_all = "lowercase")]
 #[allow(dead_code)]
-pub struct JsonPatchOperation {
-    /// `add`, `remove`, `replace`, `move`, `copy` or `test`.
-    #[schemars(extend("enum" = ["add", "remove", "replace", "move", "copy", "test"]))]
-    op: String,
-    /// A JSON pointer into the record's data.
-    path: String,
-    /// The value (`add`, `replace`, `test`).
-    value: Option<Value>,
-    /// The source pointer (`move`, `copy`).
-    from: Option<String>,
+pub enum JsonPatchOperation {
+    /// Adds `value` at `path`.
+    Add {
+        /// Where.
+        path: Pointer,
+        /// What.
+        value: Value,
+    },
+    /// Removes what is at `path`.
+    Remove {
+        /// Where.
+        path: Pointer,
+    },
+    /// Replaces what is at `path` with `value`.
+    Replace {
+        /// Where.
+        path: Pointer,
+        /// What.
+        value: Value,
+    },
+    /// Moves what is at `from` to `path`.
+    Move {
+        /// From where.
+        from: Pointer,
+        /// To where.
+        path: Pointer,
+    },
+    /// Copies what is at `from` to `path`.
+    Copy {
+        /// From where.
+        from: Pointer,
+        /// To where.
+        path: Pointer,
+    },
+    /// Fails the whole patch (409) unless `path` holds `value`.
+    Test {
+        /// Where.
+        path: Pointer,
+        /// The value expected there.
+        value: Value,
+    },
 }
 
 /// The schema of each body the route table names (`MethodSpec::request`

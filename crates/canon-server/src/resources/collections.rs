@@ -32,8 +32,17 @@ fn check_schema(schema: &Value) -> Result<(), Problem> {
     Ok(())
 }
 
+/// The most unique fields a collection may have (each is an index).
+pub const MAX_UNIQUE_FIELDS: usize = 16;
+
 /// Checks a `unique` list (`pointer` names it) and returns it sorted, deduplicated.
 fn unique_fields(mut unique: Vec<String>, pointer: &str) -> Result<Vec<String>, Problem> {
+    if unique.len() > MAX_UNIQUE_FIELDS {
+        return Err(invalid_field(
+            pointer,
+            &format!("at most {MAX_UNIQUE_FIELDS} unique fields"),
+        ));
+    }
     for (i, f) in unique.iter().enumerate() {
         if !is_field_name(f) {
             return Err(invalid_field(

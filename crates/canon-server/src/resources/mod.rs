@@ -110,11 +110,14 @@ pub fn settle(outcome: Result<Existence, Stop>) -> Result<Existence, Problem> {
     }
 }
 
-/// The value a lookup found, or the stop it means.
+/// The value a lookup of what the addressed resource lives in found, or
+/// the stop it means: a missing or deleted container is 404 or 410 for
+/// every method, even one that would create the resource itself.
 pub fn found<T>(lookup: Lookup<T>) -> Result<T, Stop> {
     match lookup {
         Lookup::Found(t) => Ok(t),
-        other => Err(Stop::At(container(other))),
+        Lookup::Gone => Err(Stop::At(Existence::ContainerGone)),
+        Lookup::Missing => Err(Stop::At(Existence::ContainerMissing)),
     }
 }
 

@@ -251,11 +251,21 @@ enum PatchDocument {
     Operations(json_patch::Patch),
 }
 
+/// The most operations one JSON Patch may carry.
+pub const MAX_PATCH_OPERATIONS: usize = 1000;
+
 impl PatchDocument {
     fn parse(body: Option<&(MediaType, bytes::Bytes)>) -> Result<PatchDocument, Problem> {
         let media = body.map(|(m, _)| *m);
         let value = json_body(body)?;
         if media == Some(MediaType::JsonPatch) {
+            if value.as_array().is_some_and(|ops| ops.len() > MAX_PATCH_OPERATIONS) {
+                return Err(Problem::new(
+                    canon_http::catalogue::ProblemKind::InvalidField,
+                    format!("A JSON Patch has at most {MAX_PATCH_OPERATIONS} operations."),
+                )
+                .with_errors(vec![canon_http::problem::FieldError::new("", "too many operations")]));
+            }
             return decode(value).map(PatchDocument::Operations);
         }
         Ok(PatchDocument::Merge(value))

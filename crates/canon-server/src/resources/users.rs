@@ -21,11 +21,14 @@ fn role(s: &str) -> Result<TenantRole, Problem> {
 /// Lower-cases and checks an email address: one `@`, something on each side,
 /// no white space or control characters, at most 254 bytes.
 fn email(s: &str) -> Result<String, Problem> {
-    let e = s.trim().to_lowercase();
-    let valid = e.len() <= 254
-        && e.split('@').count() == 2
-        && e.split('@').all(|p| !p.is_empty())
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    // Exactly the published pattern (`wire::NewUser`): one `@` between two
+    // non-empty parts without white space (Unicode's or ECMAScript's, which
+    // adds U+FEFF) or control characters; at most 254 characters.
+    let valid = s.chars().count() <= 254
+        && s.split('@').count() == 2
+        && s.split('@').all(|p| !p.is_empty())
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}');
+    let e = s.to_lowercase();
     if valid {
         Ok(e)
     } else {
@@ -229,7 +232,8 @@ impl Resource for ApiKeys {
         if self.cx.method == Method::POST {
             Query::parse(&input.head.uri, &[])?;
             let new: NewKey = decode(json_body(input.body.as_ref())?)?;
-            let name = new.name.trim();
+            // Exactly the published pattern (`wire::NewApiKey`): no trimming.
+            let name = new.name.as_str();
             if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
                 return Err(invalid_field("/name", "must be 1 to 100 printable characters"));
             }
