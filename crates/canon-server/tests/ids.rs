@@ -114,3 +114,34 @@ async fn ids_collection_and_tenant_names_must_be_addressable() {
     let p = assert_problem(r, 400, "invalid-field").await;
     assert_eq!(p["errors"][0]["pointer"], "/name");
 }
+
+#[tokio::test]
+async fn ids_a_put_needs_its_collection_before_any_precondition() {
+    let s = Server::start().await;
+    let w = world(&s, "acme").await;
+    // A missing collection is 404 for a PUT that would create, whatever its
+    // preconditions say (a missing record alone would make `If-Match: *` 412).
+    for headers in [&[][..], &[("if-match", "*")][..], &[("if-none-match", "*")][..]] {
+        let r = s
+            .send(
+                Method::PUT,
+                "/v1/tenants/acme/collections/nosuch/records/r1",
+                &w.editor,
+                headers,
+                Some(json!({"port": 1})),
+            )
+            .await;
+        assert_problem(r, 404, "not-found").await;
+    }
+    let r = s
+        .send(Method::PUT, &format!("{RECORDS}/r1"), &w.editor, &[("if-match", "*")], Some(json!({"port": 1})))
+        .await;
+    assert_problem(r, 412, "precondition-failed").await;
+    // A deleted collection is 410 for the PUT too, not a re-creation.
+    let r = s.call(Method::DELETE, "/v1/tenants/acme/collections/devices", &w.admin, None).await;
+    assert_eq!(r.status(), 204);
+    let r = s
+        .call(Method::PUT, &format!("{RECORDS}/r1"), &w.editor, Some(json!({"port": 1})))
+        .await;
+    assert_problem(r, 410, "gone").await;
+}

@@ -561,3 +561,41 @@ fn tenant_openapi_embeds_schemas_so_every_reference_resolves() {
     let text = embedded.to_string();
     assert!(!text.contains("\"$id\"") && !text.contains("\"$schema\""), "{text}");
 }
+
+/// `OPTIONS` on every documented path answers `Allow` with exactly the
+/// methods built there (the document's operations not marked
+/// `x-canon-planned`), `HEAD` with `GET`, and `OPTIONS`: planned methods
+/// answer 501 and are not advertised. (schemathesis's own Allow check is
+/// switched off on paths with planned methods; this is the exact rule.)
+#[tokio::test]
+async fn allow_lists_exactly_the_built_methods() {
+    let s = Server::start().await;
+    let doc = openapi::document();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, item) in paths {
+        let mut built: BTreeSet<String> = item
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, op)| op.get("x-canon-planned").is_none() && op.get("responses").is_some())
+            .map(|(m, _)| m.to_ascii_uppercase())
+            .collect();
+        if built.contains("GET") {
+            built.insert("HEAD".into());
+        }
+        built.insert("OPTIONS".into());
+        let concrete: String = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x1" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        let r = s.call(Method::OPTIONS, &concrete, OPERATOR, None).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "OPTIONS {concrete}");
+        let allow: BTreeSet<String> = header(&r, "allow")
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        assert_eq!(allow, built, "Allow on {path}");
+    }
+}

@@ -213,7 +213,7 @@ pub async fn load_collection(cx: &Cx) -> Result<(Tenant, Collection), Stop> {
                 let target = format!("{}{rest}", collection_path(cx, &current));
                 return Err(Stop::At(Existence::Moved(super::with_query(target, &cx.uri))));
             }
-            Err(Stop::At(super::container(other)))
+            Err(super::absent(&other))
         }
     }
 }

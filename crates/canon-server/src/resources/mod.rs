@@ -116,8 +116,16 @@ pub fn settle(outcome: Result<Existence, Stop>) -> Result<Existence, Problem> {
 pub fn found<T>(lookup: Lookup<T>) -> Result<T, Stop> {
     match lookup {
         Lookup::Found(t) => Ok(t),
-        Lookup::Gone => Err(Stop::At(Existence::ContainerGone)),
-        Lookup::Missing => Err(Stop::At(Existence::ContainerMissing)),
+        other => Err(absent(&other)),
+    }
+}
+
+/// The stop a container's lookup that found nothing means: 410 when it
+/// was deleted, else 404.
+pub fn absent<T>(lookup: &Lookup<T>) -> Stop {
+    match lookup {
+        Lookup::Gone => Stop::At(Existence::ContainerGone),
+        _ => Stop::At(Existence::ContainerMissing),
     }
 }
 
