@@ -16,6 +16,7 @@
 
 use std::collections::BTreeSet;
 
+use canon_http::access::Role;
 use canon_http::catalogue::{PROBLEMS, ProblemType, status_entry};
 use canon_http::media::MediaType;
 use canon_http::operation;
@@ -195,17 +196,25 @@ fn generate(scope: &Scope<'_>) -> Value {
             "summary": "A multi-tenant REST resource server whose every status means what it says.",
             "description": description,
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+            "contact": {"name": "Canon maintainers"},
         },
-        "servers": [{"url": "/"}],
+        // Canon is a public API server: the document describes what every
+        // client may call (`x-internal: false`).
+        "servers": [{
+            "url": "/",
+            "description": "The server that served this document: production, staging or local alike.",
+            "x-internal": false,
+        }],
         "tags": [{"name": "service"}, {"name": "tenants"}, {"name": "records"}, {"name": "planned"}],
         "paths": paths,
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An API key's token: `Authorization: Bearer <token>`."},
+                "operator": {"type": "http", "scheme": "bearer", "description": "The operator's token (`CANON_BOOTSTRAP_TOKEN`, or the one printed at first start), not an API key: it manages tenants and the service itself."},
             },
             "schemas": schemas,
             "headers": headers(),
-            "responses": error_responses(),
+            "responses": error_responses(&paths),
         },
     })
 }
@@ -505,11 +514,17 @@ fn tag(route: &RouteSpec) -> &'static str {
     }
 }
 
-fn security(route: &RouteSpec) -> Value {
-    if operation::needs_credentials(route.pattern) {
-        json!([{"bearer": []}])
-    } else {
+/// Who may call: nobody needs credentials for public routes; the
+/// operator's own operations (tenants, `/v1/admin`) take the operator's
+/// token, a credential no API key can be; everything else an API key.
+fn security(route: &RouteSpec, guard: Option<&Guard>) -> Value {
+    let operator = matches!(guard, Some(Guard::Role(Role::Operator))) || route.pattern.starts_with("/v1/admin/");
+    if !operation::needs_credentials(route.pattern) {
         json!([])
+    } else if operator {
+        json!([{"operator": []}])
+    } else {
+        json!([{"bearer": []}])
     }
 }
 
@@ -528,7 +543,7 @@ fn operation_object(site: &Site, scope: &Scope<'_>, spec: &MethodSpec, schema: &
         Guard::Role(role) => format!("Callers with the `{role}` role or above."),
     };
     op.insert("description".into(), who.into());
-    op.insert("security".into(), security(route));
+    op.insert("security".into(), security(route, Some(&spec.guard)));
     let parameters = operation_parameters(spec);
     if !parameters.is_empty() {
         op.insert("parameters".into(), Value::Array(parameters));
@@ -574,7 +589,7 @@ fn planned_operation(site: &Site, method: &Method) -> Value {
         "description": "Part of the contract but not implemented yet: answers 501.",
         "tags": ["planned"],
         "x-canon-planned": true,
-        "security": security(route),
+        "security": security(route, None),
         "responses": responses,
     })
 }
@@ -718,9 +733,15 @@ fn response_object(status: u16, spec: &MethodSpec, schema: &dyn Fn(&str) -> Valu
         for media in spec.produces {
             let body_schema = match media {
                 MediaType::Json => spec.response.map_or_else(|| json!({}), schema),
-                MediaType::Csv => json!({"type": "string", "description": "RFC 4180 CSV with a header row."}),
-                MediaType::Ndjson => json!({"type": "string", "description": "One JSON item per line."}),
-                _ => json!({"type": "string"}),
+                // Not JSON: the media type says what the bytes are (OpenAPI
+                // 3.1 §4.8.14.3), there is no JSON value to constrain.
+                MediaType::Csv => {
+                    json!({"contentMediaType": "text/csv", "description": "RFC 4180 CSV with a header row."})
+                }
+                MediaType::Ndjson => {
+                    json!({"contentMediaType": "application/x-ndjson", "description": "One JSON item per line."})
+                }
+                other => json!({"contentMediaType": other.essence()}),
             };
             content.insert(media.essence().into(), json!({"schema": body_schema}));
         }
@@ -736,10 +757,21 @@ fn error_response_name(status: u16) -> String {
 }
 
 /// The shared problem responses, one per error status of the catalogue.
-fn error_responses() -> Value {
+/// The problem responses the operations in `paths` refer to (an unused
+/// component would describe a status no operation answers).
+fn error_responses(paths: &Map<String, Value>) -> Value {
+    let used: BTreeSet<u16> = paths
+        .values()
+        .filter_map(Value::as_object)
+        .flat_map(|item| item.values())
+        .filter_map(|op| op.get("responses").and_then(Value::as_object))
+        .flat_map(|responses| responses.keys())
+        .filter_map(|k| k.parse::<u16>().ok())
+        .collect();
     let codes: BTreeSet<u16> = PROBLEMS.iter().map(|p| p.status).collect();
     codes
-        .into_iter()
+        .intersection(&used)
+        .copied()
         .map(|c| (error_response_name(c), error_response(c)))
         .collect::<Map<_, _>>()
         .into()
@@ -775,7 +807,7 @@ fn error_response(status: u16) -> Value {
             "title": p.title,
             "status": p.status,
             "detail": p.description,
-            "instance": "/v1/…",
+            "instance": "/v1/tenants/acme/collections/devices/records/r1",
             "request_id": "01JD8Y5Z6Q2W3E4R5T6Y7U8I9O",
         });
     }
@@ -835,18 +867,48 @@ fn creation_links(site: &Site, scope: &Scope<'_>, spec: &MethodSpec) -> Option<V
 }
 
 fn headers() -> Value {
-    let s = |d: &str| json!({"description": d, "schema": {"type": "string"}});
+    let h = |d: &str, schema: Value| json!({"description": d, "schema": schema});
     json!({
-        "X-Request-Id": s("The request's id (the client's, if it sent a sane one); also in problem bodies."),
-        "ETag": s("The representation's entity tag (strong for single resources, weak for lists; gzip bodies have their own)."),
-        "Last-Modified": s("When the resource last changed (HTTP-date)."),
-        "Location": s("The created resource, or the redirect target."),
-        "Link": s("`<…>; rel=\"next\"` when there is another page."),
-        "Vary": s("The request headers the representation depends on (`Accept`, `Accept-Encoding`)."),
-        "Preference-Applied": s("`return=minimal` when the body was left out as asked."),
-        "WWW-Authenticate": s("The bearer challenge (RFC 6750)."),
-        "Accept-Encoding": s("The content codings Canon accepts for request bodies."),
-        "Retry-After": s("Seconds to wait before retrying."),
+        "X-Request-Id": h(
+            "The request's id (the client's, if it sent a sane one); also in problem bodies.",
+            json!({"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]{1,128}$"}),
+        ),
+        "ETag": h(
+            "The representation's entity tag (strong for single resources, weak for lists; gzip bodies have their own).",
+            json!({"type": "string", "maxLength": 256, "pattern": "^(W/)?\"[\\x21\\x23-\\x7e]*\"$"}),
+        ),
+        "Last-Modified": h(
+            "When the resource last changed.",
+            json!({"type": "string", "format": "http-date", "maxLength": 29}),
+        ),
+        "Location": h(
+            "The created resource, or the redirect target.",
+            json!({"type": "string", "format": "uri-reference", "maxLength": 8192}),
+        ),
+        "Link": h(
+            "`<…>; rel=\"next\"` when there is another page.",
+            json!({"type": "string", "maxLength": 8192, "pattern": "^<[^>]*>; rel=\"next\"$"}),
+        ),
+        "Vary": h(
+            "The request headers the representation depends on (`Accept`, `Accept-Encoding`, `Authorization`).",
+            json!({"type": "string", "maxLength": 256, "pattern": "^[A-Za-z-]+(, *[A-Za-z-]+)*$"}),
+        ),
+        "Preference-Applied": h(
+            "`return=minimal` when the body was left out as asked.",
+            json!({"type": "string", "enum": ["return=minimal"]}),
+        ),
+        "WWW-Authenticate": h(
+            "The bearer challenge (RFC 6750).",
+            json!({"type": "string", "maxLength": 1024, "pattern": "^Bearer realm=\"canon\""}),
+        ),
+        "Accept-Encoding": h(
+            "The content codings Canon accepts for request bodies.",
+            json!({"type": "string", "maxLength": 64, "pattern": "^[a-z]+(, *[a-z]+)*$"}),
+        ),
+        "Retry-After": h(
+            "Seconds to wait before retrying.",
+            json!({"type": "string", "maxLength": 10, "pattern": "^[0-9]+$"}),
+        ),
     })
 }
 

@@ -22,10 +22,13 @@ const EMAIL: &str = "^[^@\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Tenant {
     /// Its name (a slug), which is also its path segment.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"), length(max = 63))]
     pub name: String,
     /// When it was created.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub created_at: Timestamp,
     /// When it last changed.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub updated_at: Timestamp,
 }
 
@@ -43,15 +46,19 @@ pub struct NewTenant {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct User {
     /// Its id.
+    #[schemars(extend("format" = "uuid", "maxLength" = 36))]
     pub id: String,
     /// Its email address, unique in the tenant.
+    #[schemars(regex(pattern = EMAIL), length(max = 254))]
     pub email: String,
     /// `viewer`, `editor` or `admin`.
     #[schemars(extend("enum" = ["viewer", "editor", "admin"]))]
     pub role: String,
     /// When it was created.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub created_at: Timestamp,
     /// When it last changed.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub updated_at: Timestamp,
 }
 
@@ -80,10 +87,13 @@ pub struct UserPatch {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ApiKey {
     /// Its id.
+    #[schemars(extend("format" = "uuid", "maxLength" = 36))]
     pub id: String,
     /// A name for people.
+    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"))]
     pub name: String,
     /// When it was created.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub created_at: Timestamp,
 }
 
@@ -103,6 +113,7 @@ pub struct NewApiKeyCreated {
     #[serde(flatten)]
     pub key: ApiKey,
     /// The bearer token. It is shown in this response only.
+    #[schemars(regex(pattern = r"^canon_[A-Za-z0-9_-]+$"), length(max = 128))]
     pub token: String,
 }
 
@@ -110,16 +121,24 @@ pub struct NewApiKeyCreated {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Collection {
     /// Its name (a slug).
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"), length(max = 63))]
     pub name: String,
     /// The JSON Schema (draft 2020-12) every record's data satisfies.
+    #[schemars(extend("type" = ["object", "boolean"]))]
     pub schema: Value,
     /// Top-level fields whose values are unique among its records.
+    #[schemars(
+        inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"), length(max = 64)),
+        length(max = 16)
+    )]
     pub unique: Vec<String>,
     /// Whether record writes must carry `If-Match`.
     pub require_if_match: bool,
     /// When it was created.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub created_at: Timestamp,
     /// When it last changed.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub updated_at: Timestamp,
 }
 
@@ -148,7 +167,10 @@ pub struct NewCollection {
     pub schema: Value,
     /// Top-level fields whose values must be unique among the records.
     #[serde(default)]
-    #[schemars(inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"), length(max = 64)), length(max = 16))]
+    #[schemars(
+        inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"), length(max = 64)),
+        length(max = 16)
+    )]
     pub unique: Vec<String>,
     /// Whether record writes must carry `If-Match`.
     #[serde(default)]
@@ -180,26 +202,33 @@ pub struct CollectionPatch {
 /// A record: its data and the envelope Canon keeps around it.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Record {
-    /// Its id.
+    /// Its id (chosen by Canon, or by the client with PUT).
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._~-]{1,128}$"), length(max = 128))]
     pub id: String,
     /// The data, as the collection's schema describes it.
     pub data: Value,
     /// Bumped by every write.
+    #[schemars(extend("format" = "int64", "minimum" = 1, "maximum" = i64::MAX))]
     pub version: i64,
     /// When it was created.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub created_at: Timestamp,
     /// When it last changed.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub updated_at: Timestamp,
 }
 
 /// A record's lock: a lease held by one caller.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Lease {
-    /// Who holds it.
+    /// Who holds it: a user's id, or `operator`.
+    #[schemars(regex(pattern = r"^(operator|[0-9a-f-]{36})$"), length(max = 36))]
     pub holder: String,
     /// When it was taken.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub acquired_at: Timestamp,
     /// When it ends unless renewed.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub expires_at: Timestamp,
 }
 
@@ -208,7 +237,7 @@ pub struct Lease {
 #[serde(deny_unknown_fields)]
 pub struct LockRequest {
     /// How long the lease lasts, in seconds (at most a day).
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = 1, max = 86400), extend("format" = "int32"))]
     pub ttl_seconds: u64,
 }
 
@@ -216,6 +245,7 @@ pub struct LockRequest {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Health {
     /// `ok` (alive) or `ready` (the database answers).
+    #[schemars(extend("enum" = ["ok", "ready"]))]
     pub status: String,
 }
 
@@ -223,10 +253,13 @@ pub struct Health {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Index {
     /// The server's name.
+    #[schemars(extend("const" = "Canon"))]
     pub name: String,
     /// Canon's version.
+    #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+"), length(max = 64))]
     pub version: String,
     /// Links by relation: `reference`, `openapi`, `status-codes`, `health`, `ready`.
+    #[schemars(extend("additionalProperties" = {"type": "string", "format": "uri-reference", "maxLength": 256}))]
     pub links: std::collections::BTreeMap<String, String>,
 }
 
@@ -234,9 +267,11 @@ pub struct Index {
 #[derive(Debug, Serialize, JsonSchema)]
 #[schemars(rename = "{T}Page")]
 pub struct Page<T> {
-    /// The items of this page.
+    /// The items of this page (at most `limit`, itself at most 1000).
+    #[schemars(length(max = 1000))]
     pub items: Vec<T>,
     /// The cursor for the next page (also in `Link: rel="next"`), or null at the end.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"), length(max = 4096))]
     pub next_cursor: Option<String>,
 }
 
@@ -245,31 +280,41 @@ pub struct Page<T> {
 pub struct ProblemBody {
     /// A URL (served by Canon) naming the problem type.
     #[serde(rename = "type")]
+    #[schemars(regex(pattern = r"^/problems/[a-z][a-z0-9-]*$"), length(max = 64))]
     pub kind: String,
     /// The problem type's fixed summary.
+    #[schemars(length(max = 128))]
     pub title: String,
     /// The HTTP status.
+    #[schemars(extend("format" = "int32", "minimum" = 400, "maximum" = 599))]
     pub status: u16,
-    /// What went wrong in this occurrence.
+    /// What went wrong in this occurrence (at most 400 characters and `…`).
+    #[schemars(length(max = 401))]
     pub detail: String,
     /// The request path.
+    #[schemars(extend("format" = "uri-reference", "maxLength" = 8192))]
     pub instance: String,
     /// The request id (also in `X-Request-Id`).
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._:-]{1,128}$"), length(max = 128))]
     pub request_id: String,
     /// Field errors (at most 50), each naming a JSON pointer.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 50))]
     pub errors: Option<Vec<FieldErrorBody>>,
     /// How many field errors were left out.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64", "minimum" = 1, "maximum" = u32::MAX))]
     pub errors_omitted: Option<u64>,
 }
 
 /// One field error in a problem.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct FieldErrorBody {
-    /// A JSON pointer (RFC 6901) into the request.
+    /// A JSON pointer (RFC 6901) into the request (cut at 200 characters).
+    #[schemars(length(max = 201))]
     pub pointer: String,
-    /// What is wrong there.
+    /// What is wrong there (at most 200 characters and `…`).
+    #[schemars(length(max = 201))]
     pub detail: String,
 }
 

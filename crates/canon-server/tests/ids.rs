@@ -134,14 +134,27 @@ async fn ids_a_put_needs_its_collection_before_any_precondition() {
         assert_problem(r, 404, "not-found").await;
     }
     let r = s
-        .send(Method::PUT, &format!("{RECORDS}/r1"), &w.editor, &[("if-match", "*")], Some(json!({"port": 1})))
+        .send(
+            Method::PUT,
+            &format!("{RECORDS}/r1"),
+            &w.editor,
+            &[("if-match", "*")],
+            Some(json!({"port": 1})),
+        )
         .await;
     assert_problem(r, 412, "precondition-failed").await;
     // A deleted collection is 410 for the PUT too, not a re-creation.
-    let r = s.call(Method::DELETE, "/v1/tenants/acme/collections/devices", &w.admin, None).await;
+    let r = s
+        .call(Method::DELETE, "/v1/tenants/acme/collections/devices", &w.admin, None)
+        .await;
     assert_eq!(r.status(), 204);
     let r = s
-        .call(Method::PUT, &format!("{RECORDS}/r1"), &w.editor, Some(json!({"port": 1})))
+        .call(
+            Method::PUT,
+            &format!("{RECORDS}/r1"),
+            &w.editor,
+            Some(json!({"port": 1})),
+        )
         .await;
     assert_problem(r, 410, "gone").await;
 }

@@ -27,7 +27,9 @@ fn email(s: &str) -> Result<String, Problem> {
     let valid = s.chars().count() <= 254
         && s.split('@').count() == 2
         && s.split('@').all(|p| !p.is_empty())
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}');
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}');
     let e = s.to_lowercase();
     if valid {
         Ok(e)
