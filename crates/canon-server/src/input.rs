@@ -128,6 +128,15 @@ pub fn invalid_field(pointer: &str, what: &str) -> Problem {
         .with_errors(vec![FieldError::new(pointer, what)])
 }
 
+/// Refuses a merge patch (RFC 7396) that removes a member (`null`): no
+/// setting of users or collections can be removed, only given a value.
+pub fn no_removals(body: &serde_json::Value) -> Result<(), Problem> {
+    match body.as_object().into_iter().flatten().find(|(_, v)| v.is_null()) {
+        Some((k, _)) => Err(invalid_field(&format!("/{k}"), "cannot be removed; send a value")),
+        None => Ok(()),
+    }
+}
+
 /// Parses a JSON body, mapping every failure to a 400 with a pointer.
 pub fn json_body(body: Option<&(MediaType, Bytes)>) -> Result<Value, Problem> {
     let Some((_, bytes)) = body else {

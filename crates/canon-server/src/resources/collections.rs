@@ -58,10 +58,7 @@ fn unique_fields(mut unique: Vec<String>, pointer: &str) -> Result<Vec<String>, 
 
 impl CollectionPatch {
     fn parse(body: Value) -> Result<CollectionChanges, Problem> {
-        // In a merge patch null removes a member; no setting can be removed.
-        if let Some((k, _)) = body.as_object().into_iter().flatten().find(|(_, v)| v.is_null()) {
-            return Err(invalid_field(&format!("/{k}"), "cannot be removed; send a value"));
-        }
+        crate::input::no_removals(&body)?;
         let patch: CollectionPatch = decode(body)?;
         if let Some(name) = &patch.name {
             slug(name, "/name")?;

@@ -155,7 +155,9 @@ impl Resource for OneUser {
         self.cx.remember(&input);
         Query::parse(&input.head.uri, &[])?;
         if self.cx.method == Method::PATCH {
-            let patch: UserPatch = decode(json_body(input.body.as_ref())?)?;
+            let body = json_body(input.body.as_ref())?;
+            crate::input::no_removals(&body)?;
+            let patch: UserPatch = decode(body)?;
             self.role = patch.role.as_deref().map(role).transpose()?;
         }
         Ok(())
