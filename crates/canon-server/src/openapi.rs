@@ -418,7 +418,9 @@ exactly the statuses its nodes can produce. Errors are RFC 9457 problems (`appli
 `type` is a page at `/problems/{slug}`; [`/docs/status-codes`](/docs/status-codes) lists every status \
 (and which belong to work not built yet). Two answers belong to no \
 operation and are documented here once: 405 (the path exists but not the method; `Allow` lists the \
-methods) and 501 (a method Canon does not implement at all). OPTIONS on any path answers 204 with `Allow`.";
+methods; also TRACE, CONNECT and QUERY, recognised and refused everywhere) and 501 (a method Canon does not \
+recognise). OPTIONS on any documented path answers 204 with `Allow` (with credentials under `/v1`, like any \
+other method there).";
 
 /// A route pattern as an OpenAPI path template: a catch-all `{*rest}`
 /// becomes `{rest}` (OpenAPI cannot say that it spans segments; its

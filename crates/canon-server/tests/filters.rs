@@ -168,3 +168,29 @@ async fn query_broken_percent_escapes_and_signed_limits_are_400() {
     .await;
     assert_eq!(ids(&s, &w, "filter%5Bx%5D=100%25").await, ["percent"]);
 }
+
+#[tokio::test]
+async fn filters_values_are_bounded_as_published() {
+    let (s, w) = setup().await;
+    let at_limit = "x".repeat(4096);
+    let r = s
+        .call(
+            Method::GET,
+            &format!("{RECORDS}?filter%5Bname%5D={at_limit}"),
+            &w.viewer,
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let over = "x".repeat(4097);
+    let r = s
+        .call(
+            Method::GET,
+            &format!("{RECORDS}?filter%5Bname%5D={over}"),
+            &w.viewer,
+            None,
+        )
+        .await;
+    let p = assert_problem(r, 400, "invalid-query").await;
+    assert!(p["detail"].as_str().unwrap().contains("4096"), "{p}");
+}

@@ -158,3 +158,42 @@ async fn ids_a_put_needs_its_collection_before_any_precondition() {
         .await;
     assert_problem(r, 410, "gone").await;
 }
+
+#[tokio::test]
+async fn ids_patch_pointers_and_emails_are_bounded_as_published() {
+    let s = Server::start().await;
+    let w = world(&s, "acme").await;
+    s.ok_json(
+        Method::PUT,
+        &format!("{RECORDS}/p1"),
+        &w.editor,
+        Some(json!({"port": 1})),
+    )
+    .await;
+    let long = format!("/{}", "b".repeat(4096));
+    let r = s
+        .send(
+            Method::PATCH,
+            &format!("{RECORDS}/p1"),
+            &w.editor,
+            &[("content-type", "application/json-patch+json")],
+            Some(json!([{"op": "add", "path": long, "value": 1}])),
+        )
+        .await;
+    let p = assert_problem(r, 400, "invalid-field").await;
+    assert_eq!(p["errors"][0]["pointer"], "/0/path");
+    // Lower-casing keeps an address's length (ASCII only): 254 characters
+    // in, 254 out, and the response holds to its published maxLength.
+    let email = format!("{}@x.example", "\u{130}".repeat(244));
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/users",
+            &w.admin,
+            Some(json!({"email": email, "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["email"].as_str().unwrap().chars().count(), 254);
+}

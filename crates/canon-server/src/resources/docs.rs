@@ -229,10 +229,6 @@ impl Described {
         }
     }
 
-    fn found(&self) -> Existence {
-        found_with(self.validators.clone())
-    }
-
     /// The representation, `private, no-cache` as every representation with
     /// validators (the global document, public, overrides it).
     fn representation(&self) -> Representation {
@@ -270,21 +266,103 @@ impl Resource for OpenApi {
 
 /// `GET /v1/tenants/{tenant}/openapi.json`: the API description as the
 /// tenant sees it, its collections' records typed with their schemas
-/// ([`crate::openapi::tenant_document`]). It is generated in `load` from the
-/// tenant's live collections, so its tag (a digest of the bytes) changes
-/// with any collection's creation, change or deletion and 304 is decided by
-/// the flow as for any resource. It is credentialed and changes with the
-/// tenant's data: `private, no-cache` (the default of a representation
-/// with validators).
+/// ([`crate::openapi::tenant_document`]).
+///
+/// The document can be large (tens of KiB per collection), so it costs
+/// nothing to revalidate: its strong tag is a digest of what it is made of
+/// (this binary's version, the tenant's name, each live collection's id and
+/// version, which every change of a collection bumps), computed in `load`
+/// without building the document, and 304 is decided by the flow from that
+/// tag. The bytes are built only for a 200 (or HEAD), off the async workers
+/// (`spawn_blocking`), one build at a time, and kept in a small cache keyed by
+/// the tag. Credentialed and following the data: `private, no-cache` (the
+/// default of a representation with validators).
 pub struct TenantOpenApi {
     cx: Cx,
-    described: Option<Described>,
+    parts: Option<TenantDocParts>,
+}
+
+/// What a tenant's document is built from, and its tag.
+struct TenantDocParts {
+    tenant: String,
+    collections: Vec<canon_store::Collection>,
+    validators: Validators,
 }
 
 impl TenantOpenApi {
     /// For `cx`.
     pub fn new(cx: Cx) -> Self {
-        Self { cx, described: None }
+        Self { cx, parts: None }
+    }
+}
+
+/// Built tenant documents by tag. Bounded: past [`TENANT_DOC_CACHE_BYTES`]
+/// it is emptied (a rebuild is always possible, and rare: tags change only
+/// when collections do).
+static TENANT_DOCS: LazyLock<std::sync::Mutex<std::collections::HashMap<String, Bytes>>> =
+    LazyLock::new(Default::default);
+/// The most bytes [`TENANT_DOCS`] keeps.
+const TENANT_DOC_CACHE_BYTES: usize = 64 << 20;
+/// One build at a time: a build holds the whole document in memory and a
+/// blocking thread; more callers wait for the permit, not for a worker.
+static TENANT_DOC_BUILDS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| tokio::sync::Semaphore::new(1));
+
+fn cached_tenant_doc(tag: &str) -> Option<Bytes> {
+    TENANT_DOCS.lock().ok().and_then(|docs| docs.get(tag).cloned())
+}
+
+fn cache_tenant_doc(tag: String, bytes: Bytes) {
+    if let Ok(mut docs) = TENANT_DOCS.lock() {
+        let held: usize = docs.values().map(Bytes::len).sum();
+        if held + bytes.len() > TENANT_DOC_CACHE_BYTES {
+            docs.clear();
+        }
+        if bytes.len() <= TENANT_DOC_CACHE_BYTES {
+            docs.insert(tag, bytes);
+        }
+    }
+}
+
+impl TenantDocParts {
+    fn new(tenant: String, collections: Vec<canon_store::Collection>) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update(b"\0");
+        h.update(tenant.as_bytes());
+        for c in &collections {
+            h.update(format!("\0{}\0{}", c.id, c.version).as_bytes());
+        }
+        let tag: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+        Self {
+            tenant,
+            collections,
+            validators: Validators {
+                etag: Some(EntityTag::strong(tag)),
+                last_modified: None,
+            },
+        }
+    }
+
+    fn tag(&self) -> String {
+        self.validators
+            .etag
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
+    fn build(&self) -> Bytes {
+        let typed: Vec<TypedCollection<'_>> = self
+            .collections
+            .iter()
+            .map(|c| TypedCollection {
+                name: &c.name,
+                schema: &c.schema,
+            })
+            .collect();
+        let doc = crate::openapi::tenant_document(&self.tenant, &typed);
+        Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default())
     }
 }
 
@@ -300,16 +378,9 @@ impl Resource for TenantOpenApi {
                 async {
                     let tenant = tenants::require(&self.cx).await?;
                     let collections = collections::all(&self.cx, &tenant).await?;
-                    let typed: Vec<TypedCollection<'_>> = collections
-                        .iter()
-                        .map(|c| TypedCollection {
-                            name: &c.name,
-                            schema: &c.schema,
-                        })
-                        .collect();
-                    let described = Described::new(&crate::openapi::tenant_document(&tenant.name, &typed));
-                    let existence = described.found();
-                    self.described = Some(described);
+                    let parts = TenantDocParts::new(tenant.name, collections);
+                    let existence = found_with(parts.validators.clone());
+                    self.parts = Some(parts);
                     Ok(existence)
                 }
                 .await,
@@ -319,10 +390,38 @@ impl Resource for TenantOpenApi {
 
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
-            let described = still_there(self.described.take())?;
-            Ok(Success::Ok(described.representation()))
+            let parts = std::sync::Arc::new(still_there(self.parts.take())?);
+            let tag = parts.tag();
+            let bytes = match cached_tenant_doc(&tag) {
+                Some(bytes) => bytes,
+                None => {
+                    let _permit = TENANT_DOC_BUILDS.acquire().await.map_err(|_| unavailable())?;
+                    // Another caller may have built it while this one waited.
+                    match cached_tenant_doc(&tag) {
+                        Some(bytes) => bytes,
+                        None => {
+                            let builder = parts.clone();
+                            let bytes = tokio::task::spawn_blocking(move || builder.build())
+                                .await
+                                .map_err(|_| unavailable())?;
+                            cache_tenant_doc(tag, bytes.clone());
+                            bytes
+                        }
+                    }
+                }
+            };
+            Ok(Success::Ok(
+                Representation::new(MediaType::Json, bytes).with_validators(parts.validators.clone()),
+            ))
         })
     }
+}
+
+fn unavailable() -> Problem {
+    Problem::new(
+        ProblemKind::ServiceUnavailable,
+        "The document could not be built; try again.",
+    )
 }
 
 /// `GET /`: links to the API description, the status codes, the probes and

@@ -65,6 +65,12 @@ fn check_data(validator: &jsonschema::Validator, collection: &str, data: &Value)
 /// finds `1`), and anything else is the string itself. A number Canon could
 /// not store exactly is refused, since nothing stored could equal it.
 fn filter_value(name: &str, raw: &str) -> Result<Value, Problem> {
+    if raw.chars().count() > MAX_FILTER_VALUE_CHARS {
+        return Err(invalid_query(
+            name,
+            &format!("is longer than {MAX_FILTER_VALUE_CHARS} characters"),
+        ));
+    }
     let parsed = crate::json::parse(raw.as_bytes());
     if raw.starts_with('"') {
         return match parsed {
@@ -251,6 +257,12 @@ enum PatchDocument {
     Operations(json_patch::Patch),
 }
 
+/// The longest `filter[…]` value (as published in the API description).
+pub const MAX_FILTER_VALUE_CHARS: usize = 4096;
+
+/// The longest JSON pointer a JSON Patch operation may name (`path`, `from`).
+pub const MAX_POINTER_CHARS: usize = 4096;
+
 /// The most operations one JSON Patch may carry.
 pub const MAX_PATCH_OPERATIONS: usize = 1000;
 
@@ -265,6 +277,20 @@ impl PatchDocument {
                     format!("A JSON Patch has at most {MAX_PATCH_OPERATIONS} operations."),
                 )
                 .with_errors(vec![canon_http::problem::FieldError::new("", "too many operations")]));
+            }
+            let long = value.as_array().into_iter().flatten().enumerate().find_map(|(i, op)| {
+                ["path", "from"].into_iter().find_map(|member| {
+                    op.get(member)
+                        .and_then(Value::as_str)
+                        .filter(|p| p.chars().count() > MAX_POINTER_CHARS)
+                        .map(|_| format!("/{i}/{member}"))
+                })
+            });
+            if let Some(pointer) = long {
+                return Err(crate::input::invalid_field(
+                    &pointer,
+                    &format!("a JSON pointer of at most {MAX_POINTER_CHARS} characters"),
+                ));
             }
             return decode(value).map(PatchDocument::Operations);
         }

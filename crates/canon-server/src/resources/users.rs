@@ -30,7 +30,10 @@ fn email(s: &str) -> Result<String, Problem> {
         && !s
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}');
-    let e = s.to_lowercase();
+    // ASCII case only: it keeps the length (Unicode lower-casing can
+    // double it: `İ` becomes two characters) and is how mail systems compare
+    // domains; a non-ASCII local part is kept as written.
+    let e = s.to_ascii_lowercase();
     if valid {
         Ok(e)
     } else {
