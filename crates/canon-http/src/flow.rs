@@ -423,6 +423,8 @@ pub enum Success {
     },
     /// 204.
     NoContent,
+    /// 207: a batch ran; the body holds each operation's own status.
+    MultiStatus(Representation),
 }
 
 /// The flow's answer: the response and the nodes passed to reach it.
@@ -1196,7 +1198,8 @@ fn success_response(success: Success, minimal: bool) -> Response<Bytes> {
         && match &success {
             Success::Ok(rep) => !rep.is_shown_once(),
             Success::Created { representation, .. } => !representation.is_shown_once(),
-            Success::NoContent => false,
+            // Each operation's status is in the body: it cannot be left out.
+            Success::NoContent | Success::MultiStatus(_) => false,
         };
     let mut response = match success {
         Success::Ok(rep) if minimal => {
@@ -1219,6 +1222,7 @@ fn success_response(success: Success, minimal: bool) -> Response<Bytes> {
             response
         }
         Success::NoContent => return empty(StatusCode::NO_CONTENT, &[]),
+        Success::MultiStatus(rep) => representation_response(StatusCode::MULTI_STATUS, rep),
     };
     if minimal {
         set(

@@ -596,6 +596,7 @@ impl Resource for ProbeResource {
                 representation: rep(),
             }),
             Ok(Outcome::NoContent) => Ok(Success::NoContent),
+            Ok(Outcome::MultiStatus) => Ok(Success::MultiStatus(rep())),
             Err(kind) => Err(Problem::new(kind, "probe")),
         };
         Box::pin(async move { outcome })

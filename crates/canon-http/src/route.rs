@@ -55,6 +55,8 @@ pub enum Outcome {
     Created,
     /// 204 without a body.
     NoContent,
+    /// 207: several operations, each with its own status in the body.
+    MultiStatus,
 }
 
 impl Outcome {
@@ -64,6 +66,7 @@ impl Outcome {
             Outcome::Ok => 200,
             Outcome::Created => 201,
             Outcome::NoContent => 204,
+            Outcome::MultiStatus => 207,
         }
     }
 }

@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use bytes::Bytes;
 use canon_http::Problem;
 use canon_http::access::Principal;
 use canon_http::flow::{self, Availability, BoxFuture, KeyState, Keyed, Limits, Resource, Service};
@@ -181,6 +182,21 @@ impl Service for Exchange<'_> {
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move { idempotency::settle(&*self.app.store, &request, response).await })
     }
+}
+
+/// Runs one request through the decision flow inside a request already
+/// admitted (a batch's operations): never shed for load, since the batch
+/// holds its slot.
+pub async fn run_within(
+    app: &Arc<App>,
+    head: &http::request::Parts,
+    body: Bytes,
+    request_id: &str,
+) -> http::Response<Bytes> {
+    let exchange = Exchange { app, overloaded: false };
+    flow::run(&exchange, head, Box::new(crate::body::ReadyBody(body)), request_id)
+        .await
+        .response
 }
 
 /// The request id of the request being served, set by [`envelope`].

@@ -39,3 +39,20 @@ impl BodySource for IncomingBody {
         })
     }
 }
+
+/// A body already in memory (a batch's operations run through the flow as
+/// requests of their own).
+pub struct ReadyBody(pub Bytes);
+
+impl BodySource for ReadyBody {
+    fn read(self: Box<Self>, limit: usize) -> BoxFuture<'static, Result<Bytes, BodyError>> {
+        let bytes = self.0;
+        Box::pin(async move {
+            if bytes.len() > limit {
+                Err(BodyError::TooLarge)
+            } else {
+                Ok(bytes)
+            }
+        })
+    }
+}

@@ -3,7 +3,8 @@
 //! reads it for 404/405/415/406/403 and `Allow`; `/docs` and tests read it too.
 
 use canon_http::ProblemKind::{
-    InvalidField, LastAdmin, NotFound, NotImplemented, PatchTestFailed, SchemaViolation, StateConflict, UniqueConflict,
+    Gone, InvalidField, LastAdmin, Locked, NotFound, NotImplemented, PatchTestFailed, PreconditionFailed,
+    PreconditionRequired, SchemaViolation, StateConflict, UniqueConflict,
 };
 use canon_http::access::Role;
 use canon_http::media::MediaType::{self, Html, Json, JsonPatch, MergePatch};
@@ -316,12 +317,31 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::BATCH,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/records/batch",
-        methods: &[put(role(Editor))
-            .bodies(Some("RecordData"), None)
-            .answering(&[])
-            .raising(&[InvalidField])],
-        planned: &[Method::POST],
-        summary: "Batch writes (planned). PUT answers 400: `batch` is reserved, not a record id.",
+        methods: &[
+            MethodSpec::write(Method::POST, role(Editor), JSON, JSON)
+                .bodies(Some("BatchRequest"), Some("BatchResults"))
+                .answering(&[Outcome::MultiStatus, Outcome::Ok])
+                .raising(&[
+                    InvalidField,
+                    SchemaViolation,
+                    UniqueConflict,
+                    PatchTestFailed,
+                    StateConflict,
+                    PreconditionFailed,
+                    PreconditionRequired,
+                    Locked,
+                    NotFound,
+                    Gone,
+                    NotImplemented,
+                ]),
+            put(role(Editor))
+                .bodies(Some("RecordData"), None)
+                .answering(&[])
+                .raising(&[InvalidField]),
+        ],
+        planned: &[],
+        summary: "Batch writes: each operation decided like its own request (207), or the most critical status. \
+                  PUT answers 400: `batch` is reserved, not a record id.",
         states: IN_COLLECTION,
     },
     RouteSpec {
@@ -391,8 +411,8 @@ mod tests {
     fn table_compiles() {
         let t = RouteTable::new(ROUTES).unwrap();
         assert_eq!(
-            t.lookup("/v1/tenants/a/collections/c/records/batch").unwrap().0.summary,
-            "Batch writes (planned). PUT answers 400: `batch` is reserved, not a record id."
+            t.lookup("/v1/tenants/a/collections/c/records/batch").unwrap().0.name,
+            name::BATCH
         );
         assert_eq!(
             t.lookup("/v1/tenants/a/collections/c/records/x").unwrap().0.name,

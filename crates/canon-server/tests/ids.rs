@@ -38,11 +38,11 @@ async fn ids_batch_is_reserved_for_records() {
     // Nothing was created, and reading it is not a record read.
     let list = s.ok_json(Method::GET, RECORDS, &w.viewer, None).await;
     assert_eq!(list["items"], json!([]));
-    // The batch endpoint itself is still planned.
+    // The batch endpoint itself takes POST (tests/batch.rs).
     let r = s
         .call(Method::POST, &format!("{RECORDS}/batch"), &w.editor, Some(json!({})))
         .await;
-    assert_problem(r, 501, "not-implemented").await;
+    assert_problem(r, 400, "malformed-body").await;
 }
 
 #[tokio::test]

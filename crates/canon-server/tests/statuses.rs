@@ -336,12 +336,26 @@ async fn status_501_unknown_and_planned_methods() {
     let r = s
         .call(
             Method::POST,
-            "/v1/tenants/acme/collections/devices/records/batch",
+            "/v1/tenants/acme/collections/devices/imports",
             &w.editor,
             Some(json!({})),
         )
         .await;
     assert_problem(r, 501, "not-implemented").await;
+    assert!(imports_are_left_out_of_allow(&s, &w.editor).await);
+}
+
+/// A planned method stays out of `Allow` until it is built.
+async fn imports_are_left_out_of_allow(s: &Server, token: &str) -> bool {
+    let r = s
+        .call(
+            Method::OPTIONS,
+            "/v1/tenants/acme/collections/devices/imports",
+            token,
+            None,
+        )
+        .await;
+    header(&r, "allow") == "OPTIONS"
 }
 
 async fn boom() -> &'static str {

@@ -640,31 +640,3 @@ impl Resource for RecordLock {
         })
     }
 }
-
-/// `PUT …/records/batch`: `batch` names the batch endpoint, so it can never
-/// be a record id. Answers 400 saying so, rather than a puzzling 405.
-pub struct ReservedRecordId {
-    cx: Cx,
-}
-
-impl ReservedRecordId {
-    /// For `cx`.
-    pub fn new(cx: Cx) -> Self {
-        Self { cx }
-    }
-}
-
-impl Resource for ReservedRecordId {
-    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
-        self.cx.remember(&input);
-        record_id("batch", "/id")
-    }
-
-    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
-        Box::pin(async { Ok(Existence::Missing) })
-    }
-
-    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
-        Box::pin(async { record_id("batch", "/id").map(|()| Success::NoContent) })
-    }
-}
