@@ -84,8 +84,11 @@ enum Holds {
     Map,
 }
 
+/// How a keyword applies the subschema under a name or position.
+type AppliesAt = fn(&str) -> Applies;
+
 /// The draft 2020-12 keywords whose values are subschemas.
-fn keyword(name: &str) -> Option<(Holds, fn(&str) -> Applies)> {
+fn keyword(name: &str) -> Option<(Holds, AppliesAt)> {
     Some(match name {
         "not" | "if" | "then" | "else" => (Holds::One, |_| Applies::InPlace),
         "allOf" | "anyOf" | "oneOf" => (Holds::List, |_| Applies::InPlace),
