@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod render;
 pub mod resources;
 pub mod routes;
+pub mod schema_rules;
 pub mod token;
 pub mod wire;
 

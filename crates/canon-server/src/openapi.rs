@@ -269,142 +269,85 @@ fn typed_schemas(c: &TypedCollection<'_>, schemas: &mut Map<String, Value>) {
 
 /// A collection's schema as `components.schemas.{name}`.
 ///
-/// Canon compiles every collection schema as draft 2020-12, the dialect of
-/// OpenAPI 3.1, so `$schema` goes. `$id` goes too, at the root and in
-/// embedded resources (two collections may share one, one document cannot
-/// hold two resources of the same URI, and OpenAPI tools resolve references
-/// by JSON pointer in the document), so every reference is rewritten to a
-/// pointer into the schema's new place: `#` and `#/$defs/x` (also spelled
-/// with the resource's `$id`) become `#/components/schemas/{name}/$defs/x`,
-/// a reference to an embedded resource's `$id` the pointer of that
-/// subschema, and `#anchor` the pointer of the subschema declaring that
-/// `$anchor`. Values (`const`, `enum`, `default`, `examples`) are data, not
-/// schemas, and are left as they are; so are references that name nothing
-/// in the schema.
+/// Canon admits only schemas that are one resource with fragment references
+/// ([`crate::schema_rules::admit`]: `#/pointer` or `#anchor`, `$id` at the
+/// root only), so embedding is a rename: the root's `$schema` (Canon compiles
+/// every schema as draft 2020-12, OpenAPI 3.1's dialect) and `$id` go (two
+/// collections may share one), every `$ref` and `$dynamicRef` becomes a
+/// pointer into the schema's new place (`#/$defs/x` becomes
+/// `#/components/schemas/{name}/$defs/x`, `#anchor` the pointer of the
+/// subschema declaring it), and `$anchor`/`$dynamicAnchor` go (two schemas of
+/// one document may declare the same name; in one resource a `$dynamicRef`
+/// means what a `$ref` to its anchor means). Values (`const`, `enum`,
+/// `default`, `examples`) are data and stay as they are. A schema stored
+/// before these rules that breaks them is described as accepting anything,
+/// with a note, rather than with references the document cannot hold.
 pub fn embed_schema(schema: &Value, name: &str) -> Value {
+    if crate::schema_rules::admit(schema).is_err() {
+        return json!({
+            "description": "This collection's schema was stored before Canon's admission rules and breaks them (a reference outside the schema, a nested `$id`, a loop or too high a cost), so it cannot be described here; read it with GET on the collection, and replace it with PATCH.",
+        });
+    }
+    let anchors = crate::schema_rules::anchors(schema);
     let mut out = schema.clone();
     let Value::Object(root) = &mut out else {
         return out;
     };
-    // Pass 1: the schema resources (root and embedded, by pointer and
-    // absolute id) and their anchors.
-    let mut resources: Vec<(String, String)> = Vec::new();
-    let mut anchors: Vec<(String, String)> = Vec::new();
-    each_schema(root, "", &mut |schema, pointer| {
-        let id = schema.get("$id").and_then(Value::as_str);
-        if pointer.is_empty() || id.is_some() {
-            let parent = owner(&resources, pointer).map(|(_, abs)| abs.as_str());
-            let abs = id.map_or_else(String::new, |id| join(parent, id.split('#').next().unwrap_or_default()));
-            resources.push((pointer.to_owned(), abs));
-        }
-        if let Some(anchor) = schema.get("$anchor").and_then(Value::as_str) {
-            anchors.push((pointer.to_owned(), anchor.to_owned()));
-        }
-    });
-    // Pass 2: references become pointers; `$schema` and `$id` go.
+    root.remove("$schema");
+    root.remove("$id");
     let to = format!("#/components/schemas/{name}");
-    each_schema(root, "", &mut |schema, pointer| {
-        if pointer.is_empty() || schema.get("$id").is_some_and(Value::is_string) {
-            schema.remove("$schema");
-            schema.remove("$id");
-        }
-        let Some(Value::String(r)) = schema.get_mut("$ref") else {
-            return;
-        };
-        let Some((_, here)) = owner(&resources, pointer) else {
-            return;
-        };
-        let (uri, fragment) = r.split_once('#').unwrap_or((r.as_str(), ""));
-        let target = if uri.is_empty() {
-            here.clone()
-        } else {
-            join(Some(here), uri)
-        };
-        let Some((at, _)) = resources.iter().find(|(_, abs)| *abs == target) else {
-            return;
-        };
-        let pointer = if fragment.is_empty() || fragment.starts_with('/') {
-            Some(format!("{at}{fragment}"))
-        } else {
-            anchors
-                .iter()
-                .find(|(p, a)| a == fragment && owner(&resources, p).is_some_and(|(o, _)| o == at))
-                .map(|(p, _)| p.clone())
-        };
-        if let Some(pointer) = pointer {
-            *r = format!("{to}{pointer}");
+    each_schema(root, &mut |schema| {
+        schema.remove("$anchor");
+        schema.remove("$dynamicAnchor");
+        for keyword in ["$ref", "$dynamicRef"] {
+            let Some(Value::String(r)) = schema.get_mut(keyword) else {
+                continue;
+            };
+            let fragment = r.strip_prefix('#').unwrap_or_default();
+            let pointer = if fragment.is_empty() || fragment.starts_with('/') {
+                Some(fragment.to_owned())
+            } else {
+                anchors.get(fragment).map(|p| fragment_of(p))
+            };
+            if let Some(pointer) = pointer {
+                *r = format!("{to}{pointer}");
+            }
         }
     });
     out
 }
 
-/// The resource (pointer, absolute id) a schema at `pointer` belongs to:
-/// the innermost one enclosing it.
-fn owner<'r>(resources: &'r [(String, String)], pointer: &str) -> Option<&'r (String, String)> {
-    resources
-        .iter()
-        .filter(|(p, _)| pointer == p || pointer.starts_with(&format!("{p}/")))
-        .max_by_key(|(p, _)| p.len())
-}
-
-/// `reference` resolved against `base` (RFC 3986 §5.2, without dot
-/// segments: schema ids are names, not paths to walk).
-fn join(base: Option<&str>, reference: &str) -> String {
-    let absolute = reference
-        .split_once(':')
-        .is_some_and(|(scheme, _)| !scheme.contains('/'));
-    match base.filter(|b| !b.is_empty()) {
-        Some(_) if absolute => reference.to_owned(),
-        Some(b) if reference.is_empty() => b.to_owned(),
-        Some(b) => match b.rfind('/') {
-            Some(i) => format!("{}{reference}", &b[..=i]),
-            None => reference.to_owned(),
-        },
-        None => reference.to_owned(),
-    }
-}
-
-/// Calls `f` on every schema object in `schema` (itself included) with its
-/// JSON pointer (as a URI fragment), not entering values (`const`, `enum`,
-/// `default`, `examples`).
-fn each_schema(schema: &mut Map<String, Value>, pointer: &str, f: &mut dyn FnMut(&mut Map<String, Value>, &str)) {
-    f(schema, pointer);
+/// Calls `f` on every object in `schema` (itself included) that may be a
+/// schema, not entering values (`const`, `enum`, `default`, `examples`).
+fn each_schema(schema: &mut Map<String, Value>, f: &mut dyn FnMut(&mut Map<String, Value>)) {
+    f(schema);
     for (key, value) in schema.iter_mut() {
-        let here = format!("{pointer}/{}", pointer_segment(key));
         match (key.as_str(), value) {
-            ("const" | "enum" | "default" | "examples", _) => {}
+            (k, _) if crate::schema_rules::DATA_KEYWORDS.contains(&k) => {}
+            // Maps of names to schemas: a property may be called `const`.
             (
                 "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas",
                 Value::Object(named),
-            ) => {
-                for (name, v) in named.iter_mut() {
-                    each_in(v, &format!("{here}/{}", pointer_segment(name)), f);
-                }
-            }
-            (_, value) => each_in(value, &here, f),
+            ) => named.values_mut().for_each(|v| each_in(v, f)),
+            (_, value) => each_in(value, f),
         }
     }
 }
 
-fn each_in(value: &mut Value, pointer: &str, f: &mut dyn FnMut(&mut Map<String, Value>, &str)) {
+fn each_in(value: &mut Value, f: &mut dyn FnMut(&mut Map<String, Value>)) {
     match value {
-        Value::Object(map) => each_schema(map, pointer, f),
-        Value::Array(items) => {
-            for (i, v) in items.iter_mut().enumerate() {
-                each_in(v, &format!("{pointer}/{i}"), f);
-            }
-        }
+        Value::Object(map) => each_schema(map, f),
+        Value::Array(items) => items.iter_mut().for_each(|v| each_in(v, f)),
         _ => {}
     }
 }
 
-/// A JSON pointer segment (RFC 6901) written in a URI fragment (RFC 3986):
-/// `~` and `/` escaped, then what a fragment cannot hold percent-encoded.
-fn pointer_segment(name: &str) -> String {
-    let escaped = name.replace('~', "~0").replace('/', "~1");
-    let mut out = String::with_capacity(escaped.len());
-    for b in escaped.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+/// A JSON pointer (RFC 6901) written as a URI fragment (RFC 3986): what a
+/// fragment cannot hold percent-encoded.
+fn fragment_of(pointer: &str) -> String {
+    let mut out = String::with_capacity(pointer.len());
+    for b in pointer.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));

@@ -160,7 +160,9 @@ pub struct NewCollection {
     /// A slug: a lower-case letter, then up to 62 lower-case letters, digits or `-`.
     #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"), length(max = 63))]
     pub name: String,
-    /// A JSON Schema (draft 2020-12) for the records' data; no remote `$ref`.
+    /// A JSON Schema (draft 2020-12) for the records' data. References are fragments
+    /// (`#/$defs/x`, `#anchor`) that resolve, `$id` only at the root, no reference loop on
+    /// one value, and at most 10000 subschemas with references inlined.
     /// Without it, `{"type": "object"}`.
     #[serde(default = "object_schema")]
     #[schemars(extend("type" = ["object", "boolean"]), transform = without_default)]
@@ -184,7 +186,7 @@ pub struct CollectionPatch {
     /// A new name (a slug); the old one keeps redirecting here.
     #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"), length(max = 63), extend("type" = "string"))]
     pub name: Option<String>,
-    /// A new schema.
+    /// A new schema, under the same rules as at creation.
     #[schemars(extend("type" = ["object", "boolean"]))]
     pub schema: Option<Value>,
     /// A new list of unique fields.

@@ -92,7 +92,10 @@ async fn openapi_each_operation_lists_exactly_what_its_nodes_can_produce() {
 fn check_refs(doc: &Value, value: &Value) {
     match value {
         Value::Object(map) => {
-            if let Some(Value::String(r)) = map.get("$ref") {
+            for r in ["$ref", "$dynamicRef"]
+                .iter()
+                .filter_map(|k| map.get(*k).and_then(Value::as_str))
+            {
                 let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("external ref {r}"));
                 let pointer = percent_decode(pointer);
                 assert!(doc.pointer(&pointer).is_some(), "dangling {r}");
@@ -248,8 +251,8 @@ async fn index_links_the_reference_status_codes_probes_and_version() {
     assert!(html.contains("href=\"/docs\""));
 }
 
-/// A schema using `$schema`, `$id`, `$defs` and references relative to the
-/// root and to its `$id`.
+/// A schema using `$schema`, a root `$id`, `$defs` and fragment references
+/// (Canon admits no other kind).
 fn sensor_schema() -> Value {
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -257,7 +260,7 @@ fn sensor_schema() -> Value {
         "type": "object",
         "properties": {
             "unit": {"$ref": "#/$defs/unit"},
-            "limits": {"type": "array", "items": {"$ref": "https://example.com/schemas/sensor#/$defs/limit"}},
+            "limits": {"type": "array", "items": {"$ref": "#/$defs/limit"}},
             "enum": {"const": {"$ref": "#/not/a/schema"}}
         },
         "required": ["unit"],
@@ -519,8 +522,8 @@ async fn tenant_openapi_answers_like_every_tenant_resource() {
 
 #[test]
 fn tenant_openapi_embeds_schemas_so_every_reference_resolves() {
-    // Recursion to the root, an anchor, a pointer with characters a fragment
-    // must escape, and an embedded resource with its own `$id`.
+    // Recursion to the root, anchors (plain and dynamic), a pointer with
+    // characters a fragment must escape, a property called like a keyword.
     let tree = json!({
         "$id": "urn:tree",
         "type": "object",
@@ -528,12 +531,14 @@ fn tenant_openapi_embeds_schemas_so_every_reference_resolves() {
             "children": {"type": "array", "items": {"$ref": "#"}},
             "leaf": {"$ref": "#leaf"},
             "spaced": {"$ref": "#/$defs/a%20b"},
-            "item": {"$ref": "item"}
+            "item": {"$dynamicRef": "#item"},
+            "const": {"$ref": "#/$defs/a%20b"},
+            "$anchor": {"type": "string"}
         },
         "$defs": {
             "l": {"$anchor": "leaf", "type": "string"},
             "a b": {"type": "integer"},
-            "item": {"$id": "item", "$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": {"x": {"type": "string"}}, "$ref": "#/$defs/x"}
+            "item": {"$dynamicAnchor": "item", "$defs": {"x": {"type": "string"}}, "$ref": "#/$defs/item/$defs/x"}
         }
     });
     let sensors = sensor_schema();
@@ -556,10 +561,35 @@ fn tenant_openapi_embeds_schemas_so_every_reference_resolves() {
     assert_eq!(embedded["properties"]["children"]["items"]["$ref"], at);
     assert_eq!(embedded["properties"]["leaf"]["$ref"], format!("{at}/$defs/l"));
     assert_eq!(embedded["properties"]["spaced"]["$ref"], format!("{at}/$defs/a%20b"));
-    assert_eq!(embedded["properties"]["item"]["$ref"], format!("{at}/$defs/item"));
+    assert_eq!(embedded["properties"]["const"]["$ref"], format!("{at}/$defs/a%20b"));
+    assert_eq!(
+        embedded["properties"]["item"]["$dynamicRef"],
+        format!("{at}/$defs/item")
+    );
     assert_eq!(embedded["$defs"]["item"]["$ref"], format!("{at}/$defs/item/$defs/x"));
+    assert_eq!(embedded["properties"]["$anchor"], json!({"type": "string"}));
     let text = embedded.to_string();
-    assert!(!text.contains("\"$id\"") && !text.contains("\"$schema\""), "{text}");
+    for gone in ["\"$id\"", "\"$schema\"", "\"$anchor\":\"", "\"$dynamicAnchor\""] {
+        assert!(!text.contains(gone), "{gone} in {text}");
+    }
+}
+
+/// A schema stored before the admission rules that breaks them is not
+/// embedded with references the document cannot hold.
+#[test]
+fn tenant_openapi_describes_a_schema_stored_before_the_rules_without_its_references() {
+    let old = json!({"properties": {"a": {"$ref": "https://EX.com/root#/$defs/a"}}});
+    let doc = openapi::tenant_document(
+        "acme",
+        &[openapi::TypedCollection {
+            name: "old",
+            schema: &old,
+        }],
+    );
+    check_structure(&doc);
+    let embedded = &doc["components"]["schemas"]["RecordData_old"];
+    assert!(!embedded.to_string().contains("$ref"), "{embedded}");
+    assert!(embedded["description"].as_str().unwrap().contains("PATCH"));
 }
 
 /// `OPTIONS` on every documented path answers `Allow` with exactly the

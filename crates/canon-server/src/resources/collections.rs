@@ -14,8 +14,10 @@ use crate::input::{Query, decode, invalid_field, json_body, slug};
 use crate::listing::{self, Listed};
 use crate::render;
 
-/// Checks `schema` is a valid draft 2020-12 JSON Schema that compiles
-/// without fetching anything (remote `$ref`s are refused).
+/// Checks `schema` is a valid draft 2020-12 JSON Schema that Canon admits
+/// ([`crate::schema_rules::admit`]: fragment references only, `$id` at the
+/// root only, every reference resolving, no loop on one value, bounded
+/// expanded size) and that compiles without fetching anything.
 fn check_schema(schema: &Value) -> Result<(), Problem> {
     if let Err(e) = jsonschema::draft202012::meta::validate(schema) {
         let pointer = format!("/schema{}", e.instance_path().as_str());
@@ -25,6 +27,16 @@ fn check_schema(schema: &Value) -> Result<(), Problem> {
         )
         .with_errors(vec![FieldError::new(pointer, e.to_string())]));
     }
+    crate::schema_rules::admit(schema).map_err(|refusal| {
+        Problem::new(
+            ProblemKind::InvalidField,
+            "The schema is refused: its references must stay inside it and its validation cost must be bounded.",
+        )
+        .with_errors(vec![FieldError::new(
+            format!("/schema{}", refusal.pointer),
+            refusal.message,
+        )])
+    })?;
     jsonschema::draft202012::new(schema).map_err(|e| {
         Problem::new(ProblemKind::InvalidField, "The schema cannot be compiled.")
             .with_errors(vec![FieldError::new("/schema", e.to_string())])
