@@ -62,27 +62,30 @@ impl Batch {
 /// `If-Match` required), then the temporary ones (locked, too many
 /// requests). Successes are 0. Ties go to the earliest operation.
 pub fn severity(status: u16) -> u8 {
-    match status {
-        500 => 100,
-        503 => 99,
-        504 => 98,
-        502 => 97,
-        500..=599 => 96,
-        400 => 80,
-        422 => 79,
-        413 => 78,
-        415 => 77,
-        401 => 70,
-        403 => 69,
-        404 => 60,
-        410 => 59,
-        409 => 50,
-        412 => 49,
-        428 => 48,
-        423 => 40,
-        429 => 39,
-        400..=499 => 30,
-        _ => 0,
+    const RANKED: [(u16, u8); 17] = [
+        (500, 100),
+        (503, 99),
+        (504, 98),
+        (502, 97),
+        (400, 80),
+        (422, 79),
+        (413, 78),
+        (415, 77),
+        (401, 70),
+        (403, 69),
+        (404, 60),
+        (410, 59),
+        (409, 50),
+        (412, 49),
+        (428, 48),
+        (423, 40),
+        (429, 39),
+    ];
+    match RANKED.iter().find(|(s, _)| *s == status) {
+        Some((_, rank)) => *rank,
+        None if status >= 500 => 96,
+        None if status >= 400 => 30,
+        None => 0,
     }
 }
 
