@@ -96,6 +96,19 @@ impl App {
         {
             return Ok(v.clone());
         }
+        // A schema stored before the admission rules may be one they refuse
+        // (an exponential reference graph would stall every write): its
+        // records cannot be written until the schema is replaced.
+        if let Err(refusal) = crate::schema_rules::admit(&collection.schema) {
+            return Err(Problem::new(
+                canon_http::ProblemKind::StateConflict,
+                format!(
+                    "The collection's schema breaks the current schema rules (at /schema{}: {}); an admin must \
+                     replace it (PATCH the collection) before records can be written.",
+                    refusal.pointer, refusal.message
+                ),
+            ));
+        }
         let v = Arc::new(jsonschema::draft202012::new(&collection.schema).map_err(|e| {
             tracing::error!(collection = %collection.id, error = %e, "stored schema does not compile");
             internal()
