@@ -1,9 +1,9 @@
-//! The running server: shared state, the one axum handler every request
-//! goes through, and the [`Service`] facts the decision flow asks for.
+//! The HTTP wiring: the one axum handler every request goes through (it
+//! runs the decision flow with a [`resources::service::Exchange`]), the
+//! request-id and panic envelope, and the accept loop.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -11,205 +11,24 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use bytes::Bytes;
-use canon_http::Problem;
-use canon_http::access::Principal;
-use canon_http::flow::{self, Availability, BoxFuture, KeyState, Keyed, Limits, Resource, Service};
-use canon_http::route::{Params, RouteSpec, RouteTable};
-use canon_store::{Collection, KeyOwner, Store};
+use canon_http::flow;
 use futures_util::FutureExt;
 use http::HeaderValue;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
 use crate::body::IncomingBody;
-use crate::config::Config;
-use crate::error::{internal, store_problem};
-use crate::routes::ROUTES;
-use crate::token;
-use crate::{idempotency, resources};
-
-/// The request-id header.
-pub const REQUEST_ID: &str = "x-request-id";
-
-/// Compiled JSON Schema validators, per collection id and version.
-type SchemaCache = Mutex<HashMap<String, (i64, Arc<jsonschema::Validator>)>>;
-
-/// State shared by all requests.
-pub struct App {
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// The configuration.
-    pub config: Config,
-    routes: RouteTable,
-    schemas: SchemaCache,
-    in_flight: Arc<Semaphore>,
-    cursor_key: tokio::sync::OnceCell<crate::cursor::CursorKey>,
-}
+use crate::error::internal;
+use crate::resources::service::Exchange;
+pub use crate::state::{ANSWERED_BY_HYPER, App, REQUEST_ID};
 
 impl App {
-    /// Builds the state over `store`.
-    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(Arc::new(App {
-            store,
-            routes: RouteTable::new(ROUTES)?,
-            schemas: Mutex::new(HashMap::new()),
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
-            cursor_key: tokio::sync::OnceCell::new(),
-            config,
-        }))
-    }
-
-    /// Creates the operator key on an empty store. Returns the token when
-    /// one was generated (the caller prints it once).
-    pub async fn bootstrap(&self) -> Result<Option<String>, canon_store::StoreError> {
-        let (token, generated) = match &self.config.bootstrap_token {
-            Some(t) => (t.clone(), false),
-            None => (token::generate(), true),
-        };
-        let created = self.store.bootstrap_operator(&token::digest(&token)).await?;
-        Ok((created && generated).then_some(token))
-    }
-
-    /// The key list cursors are signed with: the store's shared secret,
-    /// created by the first node that needs it.
-    pub async fn cursor_key(&self) -> Result<&crate::cursor::CursorKey, Problem> {
-        use crate::cursor::{CursorKey, SECRET_NAME};
-        self.cursor_key
-            .get_or_try_init(|| async {
-                let secret = self
-                    .store
-                    .secret(SECRET_NAME, &CursorKey::generate_secret())
-                    .await
-                    .map_err(store_problem)?;
-                CursorKey::from_secret(&secret).ok_or_else(internal)
-            })
-            .await
-    }
-
-    /// The compiled validator for `collection`'s schema.
-    pub fn validator(&self, collection: &Collection) -> Result<Arc<jsonschema::Validator>, Problem> {
-        if let Ok(cache) = self.schemas.lock()
-            && let Some((version, v)) = cache.get(&collection.id)
-            && *version == collection.version
-        {
-            return Ok(v.clone());
-        }
-        // A schema stored before the admission rules may be one they refuse
-        // (an exponential reference graph would stall every write): its
-        // records cannot be written until the schema is replaced.
-        if let Err(refusal) = crate::schema_rules::admit(&collection.schema) {
-            return Err(Problem::new(
-                canon_http::ProblemKind::StateConflict,
-                format!(
-                    "The collection's schema breaks the current schema rules (at /schema{}: {}); an admin must \
-                     replace it (PATCH the collection) before records can be written.",
-                    refusal.pointer, refusal.message
-                ),
-            ));
-        }
-        let v = Arc::new(jsonschema::draft202012::new(&collection.schema).map_err(|e| {
-            tracing::error!(collection = %collection.id, error = %e, "stored schema does not compile");
-            internal()
-        })?);
-        if let Ok(mut cache) = self.schemas.lock() {
-            cache.insert(collection.id.clone(), (collection.version, v.clone()));
-        }
-        Ok(v)
-    }
-
     /// The axum router, without the envelope (see [`enveloped`]): one
     /// fallback handler, since routing is part of the decision flow (401 must
     /// come before 404, and 404/405/501 read one table).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new().fallback(handle).with_state(self.clone())
     }
-}
-
-/// One request's view of the service.
-struct Exchange<'a> {
-    app: &'a Arc<App>,
-    overloaded: bool,
-}
-
-impl Service for Exchange<'_> {
-    fn routes(&self) -> &RouteTable {
-        &self.app.routes
-    }
-
-    fn limits(&self) -> Limits {
-        Limits {
-            max_body_bytes: self.app.config.max_body_bytes,
-            ..Limits::default()
-        }
-    }
-
-    fn availability(&self) -> Availability {
-        if self.overloaded {
-            Availability::Unavailable {
-                retry_after: 1,
-                reason: "Canon is serving as many requests as it is allowed to; retry shortly.".into(),
-            }
-        } else {
-            Availability::Available
-        }
-    }
-
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>> {
-        Box::pin(async move {
-            let digest = token::digest(token);
-            let owner = self.app.store.key_owner(&digest).await.map_err(store_problem)?;
-            Ok(owner.and_then(|owner| match owner {
-                KeyOwner::Operator { key_id, token_hash } => {
-                    token::digests_match(&token_hash, &digest).then_some(Principal::Operator { key_id })
-                }
-                KeyOwner::Member {
-                    key_id,
-                    token_hash,
-                    tenant,
-                    user_id,
-                    role,
-                } => token::digests_match(&token_hash, &digest).then_some(Principal::Member {
-                    key_id,
-                    tenant,
-                    user_id,
-                    role,
-                }),
-            }))
-        })
-    }
-
-    fn resource(&self, route: &'static RouteSpec, params: Params, principal: Option<Principal>) -> Box<dyn Resource> {
-        resources::for_route(self.app.clone(), route, params, principal)
-    }
-
-    fn claim_key<'a>(&'a self, request: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
-        Box::pin(async move { idempotency::claim(&*self.app.store, &request).await })
-    }
-
-    fn settle_key<'a>(
-        &'a self,
-        request: Keyed<'a>,
-        response: Option<&'a http::Response<bytes::Bytes>>,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(async move { idempotency::settle(&*self.app.store, &request, response).await })
-    }
-}
-
-/// Runs one request through the decision flow inside a request already
-/// admitted (a batch's operations): never shed for load, since the batch
-/// holds its slot.
-pub async fn run_within(
-    app: &Arc<App>,
-    head: &http::request::Parts,
-    body: Bytes,
-    request_id: &str,
-) -> http::Response<Bytes> {
-    let exchange = Exchange { app, overloaded: false };
-    flow::run(&exchange, head, Box::new(crate::body::ReadyBody(body)), request_id)
-        .await
-        .response
 }
 
 /// The request id of the request being served, set by [`envelope`].
@@ -321,12 +140,6 @@ const MAX_HEADER_FIELDS: usize = 512;
 
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Statuses hyper answers itself, before the flow runs and without a
-/// problem body (docs/http.md, "What hyper answers before the flow runs"):
-/// 400 for a request that does not parse, 431 past its header limits, 414
-/// past its target limit. The flow answers each of them too.
-pub const ANSWERED_BY_HYPER: &[u16] = &[400, 414, 431];
 
 /// Runs `router` on every connection `listener` accepts, until `shutdown`
 /// resolves; then stops accepting and waits (up to a bound) for the

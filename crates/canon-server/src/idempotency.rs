@@ -84,7 +84,7 @@ pub async fn settle(store: &dyn Store, request: &Keyed<'_>, response: Option<&Re
 
 /// Headers that belong to one exchange, not to the outcome.
 fn is_hop_header(name: &HeaderName) -> bool {
-    name == header::CONNECTION || name == header::DATE || name.as_str() == crate::app::REQUEST_ID
+    name == header::CONNECTION || name == header::DATE || name.as_str() == crate::state::REQUEST_ID
 }
 
 /// What the ledger keeps of a response. A `Cache-Control: no-store` response

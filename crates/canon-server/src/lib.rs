@@ -18,8 +18,10 @@ pub mod render;
 pub mod resources;
 pub mod routes;
 pub mod schema_rules;
+pub mod state;
 pub mod token;
 pub mod wire;
 
-pub use app::{App, enveloped, serve, serve_router};
+pub use app::{enveloped, serve, serve_router};
 pub use config::Config;
+pub use state::App;

@@ -10,9 +10,9 @@ use canon_store::{Cursor, Page, PageRequest};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::app::App;
 use crate::cursor::Binding;
 use crate::input::{Query, invalid_query};
+use crate::state::App;
 
 /// Default and largest page sizes.
 pub const DEFAULT_LIMIT: usize = 50;

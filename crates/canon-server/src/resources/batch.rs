@@ -212,7 +212,7 @@ impl Batch {
         };
         let (head, ()) = request.into_parts();
         let request_id = format!("batch-{i}");
-        let response = crate::app::run_within(&self.cx.app, &head, bytes, &request_id).await;
+        let response = super::service::run_within(&self.cx.app, &head, bytes, &request_id).await;
         let header = |name: header::HeaderName| {
             response
                 .headers()

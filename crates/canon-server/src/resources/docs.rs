@@ -66,7 +66,7 @@ fn representation(media: Option<MediaType>, json: Value, html: String) -> Repres
 /// Derived, never flagged by hand.
 pub static ANSWERED: LazyLock<BTreeSet<u16>> = LazyLock::new(|| {
     let mut out = canon_http::operation::produced(crate::routes::ROUTES);
-    out.extend(crate::app::ANSWERED_BY_HYPER);
+    out.extend(crate::state::ANSWERED_BY_HYPER);
     out
 });
 

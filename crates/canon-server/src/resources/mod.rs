@@ -7,6 +7,7 @@ mod collections;
 mod docs;
 mod health;
 mod records;
+pub mod service;
 mod tenants;
 mod users;
 
@@ -22,9 +23,9 @@ use canon_http::{Problem, ProblemKind};
 use canon_store::{Expect, Lookup, Tenant};
 use http::{HeaderMap, Method, Uri, header};
 
-use crate::app::App;
 use crate::error::store_problem;
 use crate::routes::name;
+use crate::state::App;
 
 /// What every resource knows about its request.
 pub struct Cx {

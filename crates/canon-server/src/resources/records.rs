@@ -15,10 +15,10 @@ use sha2::{Digest, Sha256};
 
 use super::collections::load_collection;
 use super::{Cx, settle, still_there};
-use crate::app::App;
 use crate::error::{rejected_problem, store_problem};
 use crate::input::{Query, decode, invalid_field, invalid_query, json_body, record_id};
 use crate::listing::Listed;
+use crate::state::App;
 use crate::{listing, render};
 
 /// Checks record data: a JSON object that satisfies the collection's schema.

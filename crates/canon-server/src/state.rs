@@ -1,0 +1,115 @@
+//! The state every request shares ([`App`]) and the facts about the server
+//! the modules below the HTTP wiring read. Beneath `resources/`,
+//! `idempotency.rs` and `app.rs`, and importing none of them, so the
+//! server's modules form no circle: `state` ← `resources` ← `app`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use canon_http::Problem;
+use canon_http::route::RouteTable;
+use canon_store::{Collection, Store};
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::error::{internal, store_problem};
+use crate::routes::ROUTES;
+use crate::token;
+
+/// The request-id header.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Compiled JSON Schema validators, per collection id and version.
+type SchemaCache = Mutex<HashMap<String, (i64, Arc<jsonschema::Validator>)>>;
+
+/// State shared by all requests.
+pub struct App {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The configuration.
+    pub config: Config,
+    /// The route table the flow routes with.
+    pub(crate) routes: RouteTable,
+    schemas: SchemaCache,
+    /// Slots for requests in flight (beyond them: 503).
+    pub(crate) in_flight: Arc<Semaphore>,
+    cursor_key: tokio::sync::OnceCell<crate::cursor::CursorKey>,
+}
+
+impl App {
+    /// Builds the state over `store`.
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Arc::new(App {
+            store,
+            routes: RouteTable::new(ROUTES)?,
+            schemas: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            cursor_key: tokio::sync::OnceCell::new(),
+            config,
+        }))
+    }
+
+    /// Creates the operator key on an empty store. Returns the token when
+    /// one was generated (the caller prints it once).
+    pub async fn bootstrap(&self) -> Result<Option<String>, canon_store::StoreError> {
+        let (token, generated) = match &self.config.bootstrap_token {
+            Some(t) => (t.clone(), false),
+            None => (token::generate(), true),
+        };
+        let created = self.store.bootstrap_operator(&token::digest(&token)).await?;
+        Ok((created && generated).then_some(token))
+    }
+
+    /// The key list cursors are signed with: the store's shared secret,
+    /// created by the first node that needs it.
+    pub async fn cursor_key(&self) -> Result<&crate::cursor::CursorKey, Problem> {
+        use crate::cursor::{CursorKey, SECRET_NAME};
+        self.cursor_key
+            .get_or_try_init(|| async {
+                let secret = self
+                    .store
+                    .secret(SECRET_NAME, &CursorKey::generate_secret())
+                    .await
+                    .map_err(store_problem)?;
+                CursorKey::from_secret(&secret).ok_or_else(internal)
+            })
+            .await
+    }
+
+    /// The compiled validator for `collection`'s schema.
+    pub fn validator(&self, collection: &Collection) -> Result<Arc<jsonschema::Validator>, Problem> {
+        if let Ok(cache) = self.schemas.lock()
+            && let Some((version, v)) = cache.get(&collection.id)
+            && *version == collection.version
+        {
+            return Ok(v.clone());
+        }
+        // A schema stored before the admission rules may be one they refuse
+        // (an exponential reference graph would stall every write): its
+        // records cannot be written until the schema is replaced.
+        if let Err(refusal) = crate::schema_rules::admit(&collection.schema) {
+            return Err(Problem::new(
+                canon_http::ProblemKind::StateConflict,
+                format!(
+                    "The collection's schema breaks the current schema rules (at /schema{}: {}); an admin must \
+                     replace it (PATCH the collection) before records can be written.",
+                    refusal.pointer, refusal.message
+                ),
+            ));
+        }
+        let v = Arc::new(jsonschema::draft202012::new(&collection.schema).map_err(|e| {
+            tracing::error!(collection = %collection.id, error = %e, "stored schema does not compile");
+            internal()
+        })?);
+        if let Ok(mut cache) = self.schemas.lock() {
+            cache.insert(collection.id.clone(), (collection.version, v.clone()));
+        }
+        Ok(v)
+    }
+}
+
+/// Statuses hyper answers itself, before the flow runs and without a
+/// problem body (docs/http.md, "What hyper answers before the flow runs"):
+/// 400 for a request that does not parse, 431 past its header limits, 414
+/// past its target limit. The flow answers each of them too.
+pub const ANSWERED_BY_HYPER: &[u16] = &[400, 414, 431];
