@@ -107,6 +107,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Largest streamed body accepted, for methods that stream
+    /// (`MethodSpec::streams`; 413 beyond).
+    pub max_stream_bytes: u64,
 }
 
 impl Default for Limits {
@@ -115,6 +118,7 @@ impl Default for Limits {
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 16 * 1024,
             max_body_bytes: 1024 * 1024,
+            max_stream_bytes: 10 << 30,
         }
     }
 }
@@ -134,6 +138,87 @@ pub enum BodyError {
 pub trait BodySource: Send {
     /// Reads the whole body, failing once more than `limit` bytes arrive.
     fn read(self: Box<Self>, limit: usize) -> BoxFuture<'static, Result<Bytes, BodyError>>;
+    /// The body as chunks, as they arrive (for methods that stream).
+    fn chunks(self: Box<Self>) -> Box<dyn BodyChunks>;
+}
+
+/// A body arriving chunk by chunk.
+pub trait BodyChunks: Send {
+    /// The next chunk; `None` at the end.
+    fn next_chunk(&mut self) -> BoxFuture<'_, Option<Result<Bytes, BodyError>>>;
+}
+
+impl BodyChunks for Option<Bytes> {
+    fn next_chunk(&mut self) -> BoxFuture<'_, Option<Result<Bytes, BodyError>>> {
+        let chunk = self.take().filter(|b| !b.is_empty()).map(Ok);
+        Box::pin(async move { chunk })
+    }
+}
+
+/// A streamed request body as a resource receives it (`Resource::take_body`),
+/// once every node before `Execute` has passed. It enforces the stream
+/// limit itself, and turns what can go wrong while it arrives into the
+/// problem the flow answers with (413, 408, 400), so that status is decided
+/// here, in one place, and not by each resource.
+pub struct StreamedBody {
+    /// Its media type.
+    pub media: MediaType,
+    chunks: Box<dyn BodyChunks>,
+    limit: u64,
+    received: u64,
+}
+
+impl std::fmt::Debug for StreamedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamedBody")
+            .field("media", &self.media)
+            .field("limit", &self.limit)
+            .field("received", &self.received)
+            .finish()
+    }
+}
+
+impl StreamedBody {
+    /// Over `chunks`, refusing more than `limit` bytes.
+    pub fn new(media: MediaType, chunks: Box<dyn BodyChunks>, limit: u64) -> Self {
+        Self {
+            media,
+            chunks,
+            limit,
+            received: 0,
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The next chunk, `None` at the end, or the problem that ends the body.
+    pub async fn next(&mut self) -> Option<Result<Bytes, Problem>> {
+        let chunk = match self.chunks.next_chunk().await? {
+            Ok(chunk) => chunk,
+            Err(e) => return Some(Err(body_problem(e, self.limit))),
+        };
+        self.received += chunk.len() as u64;
+        if self.received > self.limit {
+            return Some(Err(body_problem(BodyError::TooLarge, self.limit)));
+        }
+        Some(Ok(chunk))
+    }
+}
+
+/// The problem a body that could not be read answers with.
+fn body_problem(error: BodyError, limit: u64) -> Problem {
+    match error {
+        BodyError::TooLarge => Problem::new(
+            ProblemKind::ContentTooLarge,
+            format!("The body is larger than {limit} bytes."),
+        )
+        .with("max_bytes", limit),
+        BodyError::TimedOut => Problem::new(ProblemKind::RequestTimeout, "The body did not arrive in time."),
+        BodyError::Aborted => Problem::new(ProblemKind::MalformedBody, "The body could not be read to its end."),
+    }
 }
 
 impl BodySource for Bytes {
@@ -146,6 +231,9 @@ impl BodySource for Bytes {
                 Ok(body)
             }
         })
+    }
+    fn chunks(self: Box<Self>) -> Box<dyn BodyChunks> {
+        Box::new(Some(*self))
     }
 }
 
@@ -277,6 +365,12 @@ pub trait Resource: Send {
     /// Performs the method. `produce` is the negotiated media type when the
     /// method answers with a body.
     fn execute(&mut self, produce: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>>;
+    /// Receives the body of a method that streams (`MethodSpec::streams`),
+    /// just before `execute`, once every other node has passed: nothing of
+    /// it has been read yet. Resources that do not stream never get one.
+    fn take_body(&mut self, body: StreamedBody) {
+        drop(body);
+    }
 }
 
 /// A resource's state as far as the flow needs it.
@@ -632,9 +726,16 @@ async fn decide(
     let body_media = content_type(head, spec)?;
 
     walk.visit(Node::Body);
-    let body = match body_media {
-        Some((media, coding)) => Some((media, read_body(head, body, coding, limits.max_body_bytes).await?)),
-        None => None,
+    let (body, streamed) = match body_media {
+        Some((media, coding)) if spec.streams => (
+            None,
+            Some(stream_body(head, body, media, coding, limits.max_stream_bytes)?),
+        ),
+        Some((media, coding)) => (
+            Some((media, read_body(head, body, coding, limits.max_body_bytes).await?)),
+            None,
+        ),
+        None => (None, None),
     };
 
     walk.visit(Node::Acceptable);
@@ -654,7 +755,7 @@ async fn decide(
     resource.parse(Input { head, body })?;
 
     let (Some(key), Some(principal)) = (key, principal.as_ref()) else {
-        return act(walk, resource, spec, &conditions, produce).await;
+        return act(walk, resource, spec, &conditions, produce, streamed).await;
     };
     walk.visit(Node::Idempotent);
     let keyed = Keyed {
@@ -684,7 +785,7 @@ async fn decide(
             return Ok(response);
         }
     }
-    let outcome = act(walk, resource, spec, &conditions, produce).await;
+    let outcome = act(walk, resource, spec, &conditions, produce, streamed).await;
     let response = respond(head, walk.request_id, outcome);
     let keep = is_replayable(response.status()).then_some(&response);
     service.settle_key(keyed, keep).await;
@@ -698,6 +799,7 @@ async fn act(
     spec: &MethodSpec,
     conditions: &Conditions,
     produce: Option<MediaType>,
+    streamed: Option<StreamedBody>,
 ) -> Result<Response<Bytes>, Halt> {
     let head = walk.head;
     let path = head.uri.path();
@@ -761,6 +863,9 @@ async fn act(
     }
 
     walk.visit(Node::Execute);
+    if let Some(body) = streamed {
+        resource.take_body(body);
+    }
     let success = resource.execute(produce).await?;
     let minimal = !is_safe(&head.method) && prefers_minimal(head);
     Ok(success_response(success, minimal))
@@ -1089,6 +1194,37 @@ async fn read_body(
             Err(Problem::new(ProblemKind::MalformedBody, "The body could not be read to its end.").into())
         }
     }
+}
+
+/// A body to stream: nothing is read here. A declared length over the
+/// limit is 413 at once; a content coding is 415 (a streamed body is taken
+/// as it arrives, identity only).
+fn stream_body(
+    head: &Parts,
+    body: Box<dyn BodySource>,
+    media: MediaType,
+    coding: RequestCoding,
+    limit: u64,
+) -> Result<StreamedBody, Halt> {
+    if coding != RequestCoding::Identity {
+        return Err(Halt::from(
+            Problem::new(
+                ProblemKind::UnsupportedMediaType,
+                "This body is taken as it arrives, without a content coding; send it with `identity`.",
+            )
+            .with("accepted_encodings", "identity"),
+        )
+        .with(header::ACCEPT_ENCODING, "identity"));
+    }
+    let declared = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Halt::from(body_problem(BodyError::TooLarge, limit)).with(header::CONNECTION, "close"));
+    }
+    Ok(StreamedBody::new(media, body.chunks(), limit))
 }
 
 fn acceptable(head: &Parts, spec: &MethodSpec) -> Result<Option<MediaType>, Halt> {

@@ -58,6 +58,20 @@ static ROUTES: &[RouteSpec] = &[
         states: crate::route::States::FIXED,
     },
     RouteSpec {
+        name: "uploads",
+        pattern: "/v1/tenants/{tenant}/uploads",
+        methods: &[MethodSpec::write(
+            Method::POST,
+            Guard::Role(Role::Editor),
+            &[MediaType::Ndjson],
+            &[MediaType::Json],
+        )
+        .streaming()],
+        planned: &[],
+        summary: "uploads",
+        states: crate::route::States::FIXED,
+    },
+    RouteSpec {
         name: "health",
         pattern: "/healthz",
         methods: &[MethodSpec::read(Method::GET, Guard::Public, &[MediaType::Json])],
@@ -140,6 +154,7 @@ impl Service for Stub {
         Box::new(StubResource {
             facts: self.facts.clone(),
             seen_body: self.seen_body.clone(),
+            streamed: None,
         })
     }
     fn claim_key<'a>(&'a self, _: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
@@ -158,6 +173,7 @@ impl Service for Stub {
 struct StubResource {
     facts: Facts,
     seen_body: Arc<Mutex<Option<(MediaType, Bytes)>>>,
+    streamed: Option<StreamedBody>,
 }
 
 impl Resource for StubResource {
@@ -171,7 +187,23 @@ impl Resource for StubResource {
     }
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         let r = self.facts.execute.clone();
-        Box::pin(async move { r })
+        // A streamed body is read here, in the action, as a real resource
+        // would; what it read is what it "saw".
+        let streamed = self.streamed.take();
+        let seen = self.seen_body.clone();
+        Box::pin(async move {
+            if let Some(mut body) = streamed {
+                let mut all = Vec::new();
+                while let Some(chunk) = body.next().await {
+                    all.extend_from_slice(&chunk?);
+                }
+                *seen.lock().unwrap() = Some((body.media, Bytes::from(all)));
+            }
+            r
+        })
+    }
+    fn take_body(&mut self, body: StreamedBody) {
+        self.streamed = Some(body);
     }
 }
 
@@ -1046,6 +1078,15 @@ impl BodySource for Untouchable {
     fn read(self: Box<Self>, _: usize) -> BoxFuture<'static, Result<Bytes, BodyError>> {
         panic!("the flow read a body it should have refused first");
     }
+    fn chunks(self: Box<Self>) -> Box<dyn BodyChunks> {
+        Box::new(Untouchable)
+    }
+}
+
+impl BodyChunks for Untouchable {
+    fn next_chunk(&mut self) -> BoxFuture<'_, Option<Result<Bytes, BodyError>>> {
+        panic!("the flow read a streamed body it should have refused first");
+    }
 }
 
 #[tokio::test]
@@ -1368,4 +1409,109 @@ async fn n08_request_codings_gzip_is_decoded_others_are_415() {
     )
     .await;
     assert_problem(&r, 400, "malformed-body");
+}
+
+const UPLOADS: &str = "/v1/tenants/acme/uploads";
+
+fn upload(body: &'static str) -> http::request::Builder {
+    req(Method::POST, UPLOADS)
+        .header("content-type", "application/x-ndjson")
+        .header("content-length", body.len())
+}
+
+#[tokio::test]
+async fn n09_a_streamed_body_reaches_the_action_whole_and_unread_before() {
+    let body = "{\"a\":1}\n{\"a\":2}\n";
+    let facts = Facts {
+        execute: Ok(Success::NoContent),
+        ..Facts::default()
+    };
+    let r = run_with(facts, upload(body).body(Bytes::from_static(body.as_bytes())).unwrap()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    // parse saw no body; the action read all of it, as NDJSON.
+    assert_eq!(
+        r.seen_body,
+        Some((MediaType::Ndjson, Bytes::from_static(body.as_bytes())))
+    );
+    assert_eq!(r.last(), Node::Execute);
+}
+
+#[tokio::test]
+async fn n09_a_streamed_body_is_refused_before_the_action_for_length_and_coding() {
+    // A declared length over the stream limit: 413 at the Body node.
+    let facts = Facts {
+        execute: Ok(Success::NoContent),
+        limits: Limits {
+            max_stream_bytes: 4,
+            ..Limits::default()
+        },
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts.clone(),
+        upload("12345").body(Bytes::from_static(b"12345")).unwrap(),
+    )
+    .await;
+    assert_problem(&r, 413, "content-too-large");
+    assert_eq!(r.last(), Node::Body);
+    assert!(r.seen_body.is_none());
+    // Without a declared length (chunked), the stream stops the action
+    // once it passes the limit.
+    let r = run_with(
+        facts.clone(),
+        req(Method::POST, UPLOADS)
+            .header("content-type", "application/x-ndjson")
+            .header("transfer-encoding", "chunked")
+            .body(Bytes::from_static(b"12345"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 413, "content-too-large");
+    assert_eq!(r.last(), Node::Execute);
+    // A content coding: 415 naming identity.
+    let r = run_with(
+        facts,
+        upload("x")
+            .header("content-encoding", "gzip")
+            .body(Bytes::from_static(b"x"))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 415, "unsupported-media-type");
+    assert_eq!(r.header(header::ACCEPT_ENCODING), "identity");
+}
+
+#[tokio::test]
+async fn n09_a_streamed_body_is_never_touched_when_a_later_node_refuses() {
+    // A viewer may not upload: 403 before the body, which must stay unread.
+    let facts = Facts {
+        principal: Some(member(TenantRole::Viewer)),
+        execute: Ok(Success::NoContent),
+        ..Facts::default()
+    };
+    let stub = Stub {
+        facts,
+        table: RouteTable::new(ROUTES).unwrap(),
+        seen_body: Arc::new(Mutex::new(None)),
+        settled: Arc::new(Mutex::new(Vec::new())),
+    };
+    let (head, ()) = upload("{}").body(()).unwrap().into_parts();
+    let decision = run(&stub, &head, Box::new(Untouchable), "rid").await;
+    assert_eq!(decision.response.status(), StatusCode::FORBIDDEN);
+    // A precondition that fails (412) also leaves the stream unread: the
+    // resource gets it only at Execute.
+    let facts = Facts {
+        execute: Ok(Success::NoContent),
+        existence: Existence::Missing,
+        ..Facts::default()
+    };
+    let stub = Stub {
+        facts,
+        table: RouteTable::new(ROUTES).unwrap(),
+        seen_body: Arc::new(Mutex::new(None)),
+        settled: Arc::new(Mutex::new(Vec::new())),
+    };
+    let (head, ()) = upload("{}").body(()).unwrap().into_parts();
+    let decision = run(&stub, &head, Box::new(Untouchable), "rid").await;
+    assert_eq!(decision.response.status(), StatusCode::NOT_FOUND);
 }

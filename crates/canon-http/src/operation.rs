@@ -17,8 +17,8 @@ use http::{Method, Request, header};
 use crate::access::{Principal, Role, TenantRole};
 use crate::catalogue::ProblemKind;
 use crate::flow::{
-    Availability, BodyError, BodySource, BoxFuture, Existence, Found, Input, KeyState, Keyed, LockInfo, Representation,
-    Resource, Service, Success,
+    Availability, BodyChunks, BodyError, BodySource, BoxFuture, Existence, Found, Input, KeyState, Keyed, LockInfo,
+    Representation, Resource, Service, StreamedBody, Success,
 };
 use crate::media::MediaType;
 use crate::problem::Problem;
@@ -529,6 +529,19 @@ impl BodySource for FailingBody {
         let e = self.0;
         Box::pin(async move { Err(e) })
     }
+    fn chunks(self: Box<Self>) -> Box<dyn BodyChunks> {
+        Box::new(FailingChunks(Some(self.0)))
+    }
+}
+
+/// Chunks whose first read fails.
+struct FailingChunks(Option<BodyError>);
+
+impl BodyChunks for FailingChunks {
+    fn next_chunk(&mut self) -> BoxFuture<'_, Option<Result<Bytes, BodyError>>> {
+        let e = self.0.take();
+        Box::pin(async move { e.map(Err) })
+    }
 }
 
 /// The probing service: one route, facts from a [`Scene`].
@@ -559,7 +572,7 @@ impl Service for Probe {
         Box::pin(async move { Ok(principal) })
     }
     fn resource(&self, _: &'static RouteSpec, _: Params, _: Option<Principal>) -> Box<dyn Resource> {
-        Box::new(ProbeResource(self.scene.clone()))
+        Box::new(ProbeResource(self.scene.clone(), None))
     }
     fn claim_key<'a>(&'a self, _: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
         let state = match self.scene.key_state {
@@ -571,7 +584,7 @@ impl Service for Probe {
     }
 }
 
-struct ProbeResource(Scene);
+struct ProbeResource(Scene, Option<StreamedBody>);
 
 impl Resource for ProbeResource {
     fn parse(&mut self, _: Input<'_>) -> Result<(), Problem> {
@@ -599,7 +612,20 @@ impl Resource for ProbeResource {
             Ok(Outcome::MultiStatus) => Ok(Success::MultiStatus(rep())),
             Err(kind) => Err(Problem::new(kind, "probe")),
         };
-        Box::pin(async move { outcome })
+        // A streamed body is read in the action, as a real resource would:
+        // what goes wrong while it arrives is the action's answer.
+        let streamed = self.1.take();
+        Box::pin(async move {
+            if let Some(mut body) = streamed {
+                while let Some(chunk) = body.next().await {
+                    chunk?;
+                }
+            }
+            outcome
+        })
+    }
+    fn take_body(&mut self, body: StreamedBody) {
+        self.1 = Some(body);
     }
 }
 

@@ -33,6 +33,10 @@ pub struct MethodSpec {
     pub produces: &'static [MediaType],
     /// Whether the method creates the resource when it does not exist (PUT).
     pub creates: bool,
+    /// Whether the body is taken as a stream once every node before
+    /// `Execute` has passed (up to `Limits::max_stream_bytes`), instead of
+    /// being read whole at the `Body` node (up to `max_body_bytes`).
+    pub streams: bool,
     /// Whether the method changes state (so locks and `require_if_match` apply).
     pub writes: bool,
     /// The 2xx outcomes the action can have.
@@ -142,6 +146,7 @@ impl MethodSpec {
             accepts: &[],
             produces,
             creates: false,
+            streams: false,
             writes: false,
             outcomes: &[Outcome::Ok],
             raises: &[],
@@ -163,12 +168,19 @@ impl MethodSpec {
             accepts,
             produces,
             creates: false,
+            streams: false,
             writes: true,
             outcomes: &[Outcome::Ok],
             raises: &[],
             request: None,
             response: None,
         }
+    }
+
+    /// This spec, taking its body as a stream (see [`MethodSpec::streams`]).
+    pub const fn streaming(mut self) -> Self {
+        self.streams = true;
+        self
     }
 
     /// This spec, marked as able to create a missing resource.

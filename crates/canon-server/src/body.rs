@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use canon_http::flow::{BodyError, BodySource, BoxFuture};
+use canon_http::flow::{BodyChunks, BodyError, BodySource, BoxFuture};
 use http_body_util::BodyExt;
 
 /// An incoming body, read only if the decision flow asks for it.
@@ -38,6 +38,41 @@ impl BodySource for IncomingBody {
             Ok(buf.freeze())
         })
     }
+
+    fn chunks(self: Box<Self>) -> Box<dyn BodyChunks> {
+        Box::new(IncomingChunks {
+            body: self.body,
+            idle: self.timeout,
+        })
+    }
+}
+
+/// An incoming body taken chunk by chunk (an import): it may take as long
+/// as it needs in all, but may not pause longer than `idle` between two
+/// chunks (408), so a stalled upload does not hold its slot forever.
+struct IncomingChunks {
+    body: Body,
+    idle: Duration,
+}
+
+impl BodyChunks for IncomingChunks {
+    fn next_chunk(&mut self) -> BoxFuture<'_, Option<Result<Bytes, BodyError>>> {
+        Box::pin(async move {
+            loop {
+                return match tokio::time::timeout(self.idle, self.body.frame()).await {
+                    Err(_) => Some(Err(BodyError::TimedOut)),
+                    Ok(None) => None,
+                    Ok(Some(Err(_))) => Some(Err(BodyError::Aborted)),
+                    Ok(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) if data.is_empty() => continue,
+                        Ok(data) => Some(Ok(data)),
+                        // Trailers carry no data.
+                        Err(_) => continue,
+                    },
+                };
+            }
+        })
+    }
 }
 
 /// A body already in memory (a batch's operations run through the flow as
@@ -54,5 +89,9 @@ impl BodySource for ReadyBody {
                 Ok(bytes)
             }
         })
+    }
+
+    fn chunks(self: Box<Self>) -> Box<dyn BodyChunks> {
+        Box::new(Some(self.0))
     }
 }

@@ -13,8 +13,11 @@ pub struct Config {
     pub database_url: String,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
-    /// How long a body may take to arrive (408 beyond).
+    /// How long a body may take to arrive (408 beyond); for a streamed body
+    /// (an import), how long it may pause between two chunks.
     pub body_timeout: Duration,
+    /// Largest streamed body (an import) accepted (413 beyond).
+    pub max_import_bytes: u64,
     /// Requests served at once; beyond it 503 at once.
     pub max_in_flight: usize,
     /// How long deleted things answer 410 before 404.
@@ -30,6 +33,7 @@ impl Default for Config {
             database_url: "sqlite://canon.db".into(),
             max_body_bytes: 1024 * 1024,
             body_timeout: Duration::from_millis(10_000),
+            max_import_bytes: 10 << 30,
             max_in_flight: 1024,
             tombstone_retention: Duration::from_secs(30 * 86_400),
             bootstrap_token: None,

@@ -54,6 +54,9 @@ struct ServeArgs {
     /// Milliseconds a body may take to arrive before 408 [default: 10000].
     #[arg(long, env = "CANON_BODY_TIMEOUT_MS")]
     body_timeout_ms: Option<u64>,
+    /// Largest streamed upload (an import), in bytes [default: 10737418240].
+    #[arg(long, env = "CANON_MAX_IMPORT_BYTES")]
+    max_import_bytes: Option<u64>,
     /// Requests served at once; beyond it 503 [default: 1024].
     #[arg(long, env = "CANON_MAX_IN_FLIGHT")]
     max_in_flight: Option<usize>,
@@ -74,6 +77,7 @@ struct FileConfig {
     redis_url: Option<String>,
     max_body_bytes: Option<usize>,
     body_timeout_ms: Option<u64>,
+    max_import_bytes: Option<u64>,
     max_in_flight: Option<usize>,
     tombstone_days: Option<u64>,
     bootstrap_token: Option<String>,
@@ -100,6 +104,10 @@ fn resolve(args: ServeArgs) -> Result<Config, String> {
             .or(file.body_timeout_ms)
             .map(Duration::from_millis)
             .unwrap_or(d.body_timeout),
+        max_import_bytes: args
+            .max_import_bytes
+            .or(file.max_import_bytes)
+            .unwrap_or(d.max_import_bytes),
         max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight),
         tombstone_retention: args
             .tombstone_days

@@ -33,6 +33,7 @@ impl Service for Exchange<'_> {
     fn limits(&self) -> Limits {
         Limits {
             max_body_bytes: self.app.config.max_body_bytes,
+            max_stream_bytes: self.app.config.max_import_bytes,
             ..Limits::default()
         }
     }
