@@ -27,6 +27,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the size of the variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
