@@ -18,6 +18,13 @@ use serde_json::Value;
 
 pub use model::*;
 
+/// The store traits, for `use canon_store::prelude::*`: calling a domain
+/// trait's method on a concrete backend (not on `dyn Store`) needs that trait
+/// in scope.
+pub mod prelude {
+    pub use crate::{CollectionStore, IdempotencyStore, LeaseStore, RecordStore, SecretStore, Store, TenantStore};
+}
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -67,29 +74,47 @@ pub type ApplyPatch = Box<dyn FnOnce(&Value) -> Result<Value, RejectedWrite> + S
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Every persistent operation Canon performs.
+/// Every persistent operation Canon performs, grouped by domain.
+///
+/// `Store` is the union of the domain traits below plus what spans them
+/// (`ping`, `purge_expired`). Callers hold an `Arc<dyn Store>` and call any
+/// domain's method on it with no further import (a trait object resolves its
+/// supertraits' methods like its own); a concrete backend needs the traits in
+/// scope (`use canon_store::prelude::*`). A part of the server that needs one
+/// domain only may take that trait alone (`Arc<dyn Store>` upcasts to
+/// `Arc<dyn RecordStore>`). Each backend implements
+/// one trait per file (`sqlite/tenants.rs`: `impl TenantStore for
+/// SqliteStore`, …), so backends mirror each other file for file.
 ///
 /// Tenant-scoped operations take the tenant's id, so a caller can only reach
 /// rows of the tenant it resolved first: one tenant's ids never find another
 /// tenant's rows.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    TenantStore + CollectionStore + RecordStore + LeaseStore + IdempotencyStore + SecretStore + Send + Sync + 'static
+{
     /// Checks the database answers.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Deletes what expired: tombstones, leases, idempotency keys. Returns how
+    /// many rows went.
+    async fn purge_expired(&self) -> StoreResult<u64>;
+}
+
+/// Tenants, their users and API keys, and authentication by key.
+#[async_trait]
+pub trait TenantStore: Send + Sync {
     /// Creates the operator key with `token_hash` unless an operator key
     /// exists. Returns whether it created one.
     async fn bootstrap_operator(&self, token_hash: &str) -> StoreResult<bool>;
     /// Who holds the key whose token hashes to `token_hash`.
     async fn key_owner(&self, token_hash: &str) -> StoreResult<Option<KeyOwner>>;
-
     /// Creates a tenant.
     async fn create_tenant(&self, name: &str) -> StoreResult<Tenant>;
     /// A tenant by name.
     async fn tenant(&self, name: &str) -> StoreResult<Lookup<Tenant>>;
     /// Tenants by id.
     async fn list_tenants(&self, page: PageRequest) -> StoreResult<Page<Tenant>>;
-
     /// Creates a user.
     async fn create_user(&self, tenant_id: &str, email: &str, role: TenantRole) -> StoreResult<User>;
     /// A user by id.
@@ -103,10 +128,9 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::LastAdmin`] when it would demote the tenant's last admin.
     async fn set_user_role(&self, tenant_id: &str, id: &str, role: TenantRole, expect: Expect) -> StoreResult<User>;
     /// Deletes a user and its keys, leaving a tombstone for `retention`.
-    /// Fails like [`Store::set_user_role`] (deleting the last admin is
+    /// Fails like [`TenantStore::set_user_role`] (deleting the last admin is
     /// [`StoreError::LastAdmin`]).
     async fn delete_user(&self, tenant_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()>;
-
     /// Creates an API key for a user.
     async fn create_api_key(&self, tenant_id: &str, user_id: &str, name: &str, token_hash: &str)
     -> StoreResult<ApiKey>;
@@ -119,7 +143,11 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::ExpectationFailed`] when `expect` does not hold, both
     /// checked inside the write's transaction.
     async fn revoke_api_key(&self, user_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()>;
+}
 
+/// A tenant's collections, their renames (aliases) and deletion.
+#[async_trait]
+pub trait CollectionStore: Send + Sync {
     /// Creates a collection.
     async fn create_collection(&self, tenant_id: &str, new: NewCollection) -> StoreResult<Collection>;
     /// A collection by name.
@@ -141,7 +169,7 @@ pub trait Store: Send + Sync + 'static {
     /// Changes a collection (a new version). A rename keeps the old name as
     /// a redirect to the collection; a changed `unique` list re-indexes every
     /// record ([`StoreError::Conflict`] when existing records already collide).
-    /// Fails like [`Store::delete_collection`] when the collection is not
+    /// Fails like [`CollectionStore::delete_collection`] when the collection is not
     /// there or `expect` does not hold.
     async fn update_collection(
         &self,
@@ -153,7 +181,11 @@ pub trait Store: Send + Sync + 'static {
     /// The current name of the collection that was once called `name`, when
     /// `name` is an old name of a renamed collection.
     async fn collection_alias(&self, tenant_id: &str, name: &str) -> StoreResult<Option<String>>;
+}
 
+/// A collection's records: conditional writes, patches inside the write, lists.
+#[async_trait]
+pub trait RecordStore: Send + Sync {
     /// Creates a record with a new id.
     async fn create_record(&self, collection: &Collection, data: Value) -> StoreResult<Record>;
     /// A record by id.
@@ -178,7 +210,7 @@ pub trait Store: Send + Sync + 'static {
     /// land in between: an unconditional patch never fails for contention.
     /// [`StoreError::Gone`] (tombstone) or [`StoreError::Vanished`] when the
     /// record is not there; `expect` and leases are checked like
-    /// [`Store::put_record`]; `apply` refusing the data is
+    /// [`RecordStore::put_record`]; `apply` refusing the data is
     /// [`StoreError::Rejected`], and nothing is written.
     async fn patch_record(
         &self,
@@ -191,7 +223,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a record as `actor`, leaving a tombstone and dropping its lease.
     /// [`StoreError::Gone`] (tombstone: someone else deleted it first) or
     /// [`StoreError::Vanished`] when it is not there; checks `expect` and
-    /// leases like [`Store::put_record`], all inside the write's transaction.
+    /// leases like [`RecordStore::put_record`], all inside the write's transaction.
     async fn delete_record(
         &self,
         collection_id: &str,
@@ -200,7 +232,11 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
         retention: Duration,
     ) -> StoreResult<()>;
+}
 
+/// Leases (locks) on records; record writes check them in their transaction.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
     /// The live lease on a record, if any.
     async fn lease(&self, collection_id: &str, record_id: &str) -> StoreResult<Option<Lease>>;
     /// Takes or renews the lease on an existing record for `holder`, for
@@ -218,7 +254,11 @@ pub trait Store: Send + Sync + 'static {
     /// lease ([`StoreError::Locked`] if someone else's is live); without, any
     /// (an admin breaking it). Returns whether a live lease was released.
     async fn release_lease(&self, collection_id: &str, record_id: &str, holder: Option<&str>) -> StoreResult<bool>;
+}
 
+/// The idempotency ledger of keyed POSTs.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
     /// Claims an idempotency key for one request, or reports the earlier
     /// request that used it. A claim still unfinished after `lease` counts as
     /// abandoned (its server died) and may be claimed again; a key is
@@ -234,14 +274,14 @@ pub trait Store: Send + Sync + 'static {
     /// Frees a claimed key whose request should not be replayed (it failed
     /// in a way a retry may fix).
     async fn release_idempotency(&self, scope: &str, key: &str) -> StoreResult<()>;
+}
 
+/// Server secrets shared by every node on one database.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
     /// The server secret called `name`: stores `candidate` when there is none
     /// yet, and returns the stored value either way. Every node on one
     /// database, and every restart, gets the same secret (the first writer
     /// wins).
     async fn secret(&self, name: &str, candidate: &str) -> StoreResult<String>;
-
-    /// Deletes what expired: tombstones, leases, idempotency keys. Returns how
-    /// many rows went.
-    async fn purge_expired(&self) -> StoreResult<u64>;
 }

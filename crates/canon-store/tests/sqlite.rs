@@ -4,8 +4,9 @@ mod conformance;
 
 use std::sync::Arc;
 
+use canon_store::Lookup;
+use canon_store::prelude::*;
 use canon_store::sqlite::SqliteStore;
-use canon_store::{Lookup, Store};
 
 fn fresh() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
