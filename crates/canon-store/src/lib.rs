@@ -22,7 +22,9 @@ pub use model::*;
 /// trait's method on a concrete backend (not on `dyn Store`) needs that trait
 /// in scope.
 pub mod prelude {
-    pub use crate::{CollectionStore, IdempotencyStore, LeaseStore, RecordStore, SecretStore, Store, TenantStore};
+    pub use crate::{
+        CollectionStore, IdempotencyStore, JobStore, LeaseStore, RecordStore, SecretStore, Store, TenantStore,
+    };
 }
 
 /// Why a store operation failed.
@@ -59,6 +61,15 @@ pub enum StoreError {
     /// `test`, a schema violation of the result); nothing was written.
     #[error("the write was rejected: {0}")]
     Rejected(RejectedWrite),
+    /// The caller does not hold the job's lease (any more): it expired and
+    /// another owner claimed the job, the job was canceled or finished, or
+    /// the caller never held it. The worker must stop.
+    #[error("the job's lease is not held by this owner")]
+    LeaseLost,
+    /// The job already finished (succeeded, failed or was canceled), so it
+    /// cannot be canceled (HTTP 409).
+    #[error("the job already finished: {}", .0.as_str())]
+    JobFinished(JobStatus),
     /// The database cannot be reached or is failing.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -68,7 +79,7 @@ pub enum StoreError {
 }
 
 /// Computes a record's new data from its current data inside the write's
-/// transaction (see [`Store::patch_record`]).
+/// transaction (see [`RecordStore::patch_record`]).
 pub type ApplyPatch = Box<dyn FnOnce(&Value) -> Result<Value, RejectedWrite> + Send>;
 
 /// Shorthand for store results.
@@ -82,7 +93,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// supertraits' methods like its own); a concrete backend needs the traits in
 /// scope (`use canon_store::prelude::*`). A part of the server that needs one
 /// domain only may take that trait alone (`Arc<dyn Store>` upcasts to
-/// `Arc<dyn RecordStore>`). Each backend implements
+/// `Arc<dyn JobStore>`). Each backend implements
 /// one trait per file (`sqlite/tenants.rs`: `impl TenantStore for
 /// SqliteStore`, …), so backends mirror each other file for file.
 ///
@@ -91,7 +102,16 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// tenant's rows.
 #[async_trait]
 pub trait Store:
-    TenantStore + CollectionStore + RecordStore + LeaseStore + IdempotencyStore + SecretStore + Send + Sync + 'static
+    TenantStore
+    + CollectionStore
+    + RecordStore
+    + LeaseStore
+    + IdempotencyStore
+    + SecretStore
+    + JobStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Checks the database answers.
     async fn ping(&self) -> StoreResult<()>;
@@ -284,4 +304,105 @@ pub trait SecretStore: Send + Sync {
     /// database, and every restart, gets the same secret (the first writer
     /// wins).
     async fn secret(&self, name: &str, candidate: &str) -> StoreResult<String>;
+}
+
+/// The durable job queue (docs/jobs.md): jobs, their chunked inputs and
+/// results, and leases that let several processes share the queue.
+///
+/// Every lease check runs inside the write's transaction. A worker "holds" a
+/// job while it is `Running` with its `owner` and `lease_until > now`; every
+/// call below that takes an `owner` fails with [`StoreError::LeaseLost`]
+/// otherwise (the lease expired, another owner claimed it, or it was
+/// canceled), and the worker must stop. `owner` names one claim: make it
+/// unique per claim (a node id plus a fresh UUID), so a stale task of the
+/// same node cannot pass for the new holder.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Creates a job at `now`: `Queued` (claimable at once), or `Staged`
+    /// when `new.with_input` (claimable only after [`JobStore::enqueue_job`]).
+    async fn create_job(&self, new: NewJob, now: Millis) -> StoreResult<Job>;
+    /// Stores chunk `seq` of a staged job's input, durably. Chunks are
+    /// numbered 0, 1, 2, …: `seq` must be at most the number stored so far;
+    /// a `seq` already stored replaces that chunk and drops every later one
+    /// (a retried upload resumes there). [`StoreError::ExpectationFailed`]
+    /// when `seq` skips ahead or the job is no longer staged;
+    /// [`StoreError::Vanished`] when there is no such job. At most
+    /// [`MAX_JOB_CHUNK_BYTES`] per chunk.
+    async fn append_job_input(&self, tenant_id: &str, job_id: &str, seq: i64, chunk: Vec<u8>) -> StoreResult<()>;
+    /// Marks a staged job's input complete and queues it at `now`: from the
+    /// commit on, any process may claim it (the server answers 202 then).
+    /// [`StoreError::ExpectationFailed`] when it is not staged,
+    /// [`StoreError::Vanished`] when there is no such job.
+    async fn enqueue_job(&self, tenant_id: &str, job_id: &str, now: Millis) -> StoreResult<Job>;
+    /// Input chunk `seq`, or `None` past the last one. Read one chunk at a
+    /// time: a large input is never in memory whole.
+    async fn read_job_input(&self, tenant_id: &str, job_id: &str, seq: i64) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Claims the job that has waited longest: a queued one, or a running one
+    /// whose lease expired by `now` (its worker died; the claim resumes it from
+    /// its checkpoint). Atomic: of concurrent claimers, across processes, each
+    /// job goes to one. The claimed job is `Running` for `owner` until
+    /// `now + lease`, with `attempts` one higher.
+    async fn claim_job(&self, owner: &str, lease: Duration, now: Millis) -> StoreResult<Option<Job>>;
+    /// Extends the lease `owner` holds to `lease_until`.
+    async fn heartbeat(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+    ) -> StoreResult<Job>;
+    /// Stores where the job got to: a retry resumes from `checkpoint`.
+    async fn checkpoint(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        owner: &str,
+        checkpoint: Value,
+        progress: Progress,
+        now: Millis,
+    ) -> StoreResult<Job>;
+    /// Stores chunk `seq` of the result of a job `owner` holds; numbering and
+    /// replacement as for [`JobStore::append_job_input`] (a retry resuming
+    /// from a checkpoint rewrites the chunks written after it).
+    async fn append_job_result(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        owner: &str,
+        seq: i64,
+        chunk: Vec<u8>,
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// Ends a job `owner` holds at `now`; it and its result are kept for
+    /// `keep` (at least [`JOB_RESULT_RETENTION`] by contract).
+    async fn finish_job(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        owner: &str,
+        outcome: JobOutcome,
+        now: Millis,
+        keep: Duration,
+    ) -> StoreResult<Job>;
+
+    /// Cancels a staged, queued or running job at `now`, kept for `keep`. Its
+    /// worker loses the lease (its next heartbeat or checkpoint fails) and
+    /// stops; what it already did stays done. [`StoreError::JobFinished`]
+    /// when the job had already finished (HTTP 409), [`StoreError::Gone`] or
+    /// [`StoreError::Vanished`] when it is not there.
+    async fn cancel_job(&self, tenant_id: &str, job_id: &str, now: Millis, keep: Duration) -> StoreResult<Job>;
+    /// A job by id: `Gone` once purged (its tombstone), `Missing` for
+    /// another tenant's job and for a staged one.
+    async fn job(&self, tenant_id: &str, job_id: &str) -> StoreResult<Lookup<Job>>;
+    /// A tenant's jobs (staged ones excepted), by id: creation order.
+    async fn list_jobs(&self, tenant_id: &str, page: PageRequest) -> StoreResult<Page<Job>>;
+    /// Result chunk `seq`, or `None` past the last one.
+    async fn read_job_result(&self, tenant_id: &str, job_id: &str, seq: i64) -> StoreResult<Option<Vec<u8>>>;
+    /// Deletes finished jobs whose `result_expires_at` passed by `now`, with
+    /// their inputs and results, leaving tombstones kept for `tombstone_keep`
+    /// (GET answers 410, then 404), and staged jobs whose upload was abandoned
+    /// (no tombstone: they were never accepted). Returns how many jobs went.
+    async fn purge_expired_jobs(&self, now: Millis, tombstone_keep: Duration) -> StoreResult<u64>;
 }

@@ -6,13 +6,14 @@
 //!
 //! One file per domain, each implementing its trait for [`SqliteStore`]:
 //! `tenants.rs` (tenants, users, keys), `collections.rs`, `records.rs`,
-//! `leases.rs`, `idempotency.rs`, `secrets.rs`; `rows.rs` holds the row
+//! `leases.rs`, `idempotency.rs`, `secrets.rs`, `jobs.rs`; `rows.rs` holds the row
 //! mapping and the helpers they share (errors, tombstones, paging). A
 //! PostgreSQL backend mirrors this layout file for file.
 
 mod collections;
 mod engine;
 mod idempotency;
+mod jobs;
 mod leases;
 mod records;
 mod rows;
@@ -39,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
+    include_str!("schema_v5.sql"),
 ];
 
 /// The SQLite store.

@@ -52,6 +52,7 @@ pub(super) mod kind {
     pub const API_KEY: &str = "api_key";
     pub const COLLECTION: &str = "collection";
     pub const RECORD: &str = "record";
+    pub const JOB: &str = "job";
 }
 
 pub(super) fn put_tombstone(
@@ -248,3 +249,49 @@ pub(super) fn lease_row(r: &Row<'_>) -> rusqlite::Result<Lease> {
         expires_at: r.get(2)?,
     })
 }
+
+fn opt_json_column(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<Value>> {
+    let s: Option<String> = r.get(i)?;
+    s.map(|s| {
+        serde_json::from_str(&s)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+    })
+    .transpose()
+}
+
+fn enum_column<T>(r: &Row<'_>, i: usize, parse: impl Fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let s: String = r.get(i)?;
+    parse(&s).ok_or(rusqlite::Error::InvalidColumnType(i, s, rusqlite::types::Type::Text))
+}
+
+pub(super) fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        tenant_id: r.get(0)?,
+        id: r.get(1)?,
+        kind: enum_column(r, 2, JobKind::parse)?,
+        status: enum_column(r, 3, JobStatus::parse)?,
+        params: json_column(r, 4)?,
+        progress: Progress {
+            done: r.get(5)?,
+            total: r.get(6)?,
+        },
+        checkpoint: opt_json_column(r, 7)?,
+        result: opt_json_column(r, 8)?,
+        problem: opt_json_column(r, 9)?,
+        attempts: r.get(10)?,
+        owner: r.get(11)?,
+        lease_until: r.get(12)?,
+        input_chunks: r.get(13)?,
+        input_bytes: r.get(14)?,
+        result_chunks: r.get(15)?,
+        result_bytes: r.get(16)?,
+        created_at: r.get(17)?,
+        queued_at: r.get(18)?,
+        started_at: r.get(19)?,
+        finished_at: r.get(20)?,
+        result_expires_at: r.get(21)?,
+    })
+}
+pub(super) const JOB_COLS: &str = "tenant_id, id, kind, status, params, progress_done, progress_total, checkpoint, \
+    result, problem, attempts, owner, lease_until, input_chunks, input_bytes, result_chunks, result_bytes, \
+    created_at, queued_at, started_at, finished_at, result_expires_at";
