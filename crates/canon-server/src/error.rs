@@ -35,6 +35,15 @@ pub fn store_problem(e: StoreError) -> Problem {
             ProblemKind::NotFound,
             "The resource was deleted while this request was handled.",
         ),
+        StoreError::JobFinished(status) => Problem::new(
+            ProblemKind::StateConflict,
+            format!("The job already {}; it can no longer be canceled.", status.as_str()),
+        ),
+        // Only workers hold job leases; a request never sees this.
+        StoreError::LeaseLost => {
+            tracing::error!("a job lease was lost while serving a request");
+            internal()
+        }
         StoreError::Unavailable(msg) => {
             tracing::error!(error = %msg, "database unavailable");
             Problem::new(

@@ -18,6 +18,15 @@ use serde_json::Value;
 
 pub use model::*;
 
+/// The store traits, for `use canon_store::prelude::*`: calling a domain
+/// trait's method on a concrete backend (not on `dyn Store`) needs that trait
+/// in scope.
+pub mod prelude {
+    pub use crate::{
+        CollectionStore, IdempotencyStore, JobStore, LeaseStore, RecordStore, SecretStore, Store, TenantStore,
+    };
+}
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -52,6 +61,15 @@ pub enum StoreError {
     /// `test`, a schema violation of the result); nothing was written.
     #[error("the write was rejected: {0}")]
     Rejected(RejectedWrite),
+    /// The caller does not hold the job's lease (any more): it expired and
+    /// another owner claimed the job, the job was canceled or finished, or
+    /// the caller never held it. The worker must stop.
+    #[error("the job's lease is not held by this owner")]
+    LeaseLost,
+    /// The job already finished (succeeded, failed or was canceled), so it
+    /// cannot be canceled (HTTP 409).
+    #[error("the job already finished: {}", .0.as_str())]
+    JobFinished(JobStatus),
     /// The database cannot be reached or is failing.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -61,35 +79,62 @@ pub enum StoreError {
 }
 
 /// Computes a record's new data from its current data inside the write's
-/// transaction (see [`Store::patch_record`]).
+/// transaction (see [`RecordStore::patch_record`]).
 pub type ApplyPatch = Box<dyn FnOnce(&Value) -> Result<Value, RejectedWrite> + Send>;
 
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Every persistent operation Canon performs.
+/// Every persistent operation Canon performs, grouped by domain.
+///
+/// `Store` is the union of the domain traits below plus what spans them
+/// (`ping`, `purge_expired`). Callers hold an `Arc<dyn Store>` and call any
+/// domain's method on it with no further import (a trait object resolves its
+/// supertraits' methods like its own); a concrete backend needs the traits in
+/// scope (`use canon_store::prelude::*`). A part of the server that needs one
+/// domain only may take that trait alone (`Arc<dyn Store>` upcasts to
+/// `Arc<dyn JobStore>`). Each backend implements
+/// one trait per file (`sqlite/tenants.rs`: `impl TenantStore for
+/// SqliteStore`, …), so backends mirror each other file for file.
 ///
 /// Tenant-scoped operations take the tenant's id, so a caller can only reach
 /// rows of the tenant it resolved first: one tenant's ids never find another
 /// tenant's rows.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    TenantStore
+    + CollectionStore
+    + RecordStore
+    + LeaseStore
+    + IdempotencyStore
+    + SecretStore
+    + JobStore
+    + Send
+    + Sync
+    + 'static
+{
     /// Checks the database answers.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Deletes what expired: tombstones, leases, idempotency keys. Returns how
+    /// many rows went.
+    async fn purge_expired(&self) -> StoreResult<u64>;
+}
+
+/// Tenants, their users and API keys, and authentication by key.
+#[async_trait]
+pub trait TenantStore: Send + Sync {
     /// Creates the operator key with `token_hash` unless an operator key
     /// exists. Returns whether it created one.
     async fn bootstrap_operator(&self, token_hash: &str) -> StoreResult<bool>;
     /// Who holds the key whose token hashes to `token_hash`.
     async fn key_owner(&self, token_hash: &str) -> StoreResult<Option<KeyOwner>>;
-
     /// Creates a tenant.
     async fn create_tenant(&self, name: &str) -> StoreResult<Tenant>;
     /// A tenant by name.
     async fn tenant(&self, name: &str) -> StoreResult<Lookup<Tenant>>;
     /// Tenants by id.
     async fn list_tenants(&self, page: PageRequest) -> StoreResult<Page<Tenant>>;
-
     /// Creates a user.
     async fn create_user(&self, tenant_id: &str, email: &str, role: TenantRole) -> StoreResult<User>;
     /// A user by id.
@@ -103,10 +148,9 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::LastAdmin`] when it would demote the tenant's last admin.
     async fn set_user_role(&self, tenant_id: &str, id: &str, role: TenantRole, expect: Expect) -> StoreResult<User>;
     /// Deletes a user and its keys, leaving a tombstone for `retention`.
-    /// Fails like [`Store::set_user_role`] (deleting the last admin is
+    /// Fails like [`TenantStore::set_user_role`] (deleting the last admin is
     /// [`StoreError::LastAdmin`]).
     async fn delete_user(&self, tenant_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()>;
-
     /// Creates an API key for a user.
     async fn create_api_key(&self, tenant_id: &str, user_id: &str, name: &str, token_hash: &str)
     -> StoreResult<ApiKey>;
@@ -119,7 +163,11 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::ExpectationFailed`] when `expect` does not hold, both
     /// checked inside the write's transaction.
     async fn revoke_api_key(&self, user_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()>;
+}
 
+/// A tenant's collections, their renames (aliases) and deletion.
+#[async_trait]
+pub trait CollectionStore: Send + Sync {
     /// Creates a collection.
     async fn create_collection(&self, tenant_id: &str, new: NewCollection) -> StoreResult<Collection>;
     /// A collection by name.
@@ -141,7 +189,7 @@ pub trait Store: Send + Sync + 'static {
     /// Changes a collection (a new version). A rename keeps the old name as
     /// a redirect to the collection; a changed `unique` list re-indexes every
     /// record ([`StoreError::Conflict`] when existing records already collide).
-    /// Fails like [`Store::delete_collection`] when the collection is not
+    /// Fails like [`CollectionStore::delete_collection`] when the collection is not
     /// there or `expect` does not hold.
     async fn update_collection(
         &self,
@@ -153,7 +201,11 @@ pub trait Store: Send + Sync + 'static {
     /// The current name of the collection that was once called `name`, when
     /// `name` is an old name of a renamed collection.
     async fn collection_alias(&self, tenant_id: &str, name: &str) -> StoreResult<Option<String>>;
+}
 
+/// A collection's records: conditional writes, patches inside the write, lists.
+#[async_trait]
+pub trait RecordStore: Send + Sync {
     /// Creates a record with a new id.
     async fn create_record(&self, collection: &Collection, data: Value) -> StoreResult<Record>;
     /// A record by id.
@@ -178,7 +230,7 @@ pub trait Store: Send + Sync + 'static {
     /// land in between: an unconditional patch never fails for contention.
     /// [`StoreError::Gone`] (tombstone) or [`StoreError::Vanished`] when the
     /// record is not there; `expect` and leases are checked like
-    /// [`Store::put_record`]; `apply` refusing the data is
+    /// [`RecordStore::put_record`]; `apply` refusing the data is
     /// [`StoreError::Rejected`], and nothing is written.
     async fn patch_record(
         &self,
@@ -191,7 +243,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a record as `actor`, leaving a tombstone and dropping its lease.
     /// [`StoreError::Gone`] (tombstone: someone else deleted it first) or
     /// [`StoreError::Vanished`] when it is not there; checks `expect` and
-    /// leases like [`Store::put_record`], all inside the write's transaction.
+    /// leases like [`RecordStore::put_record`], all inside the write's transaction.
     async fn delete_record(
         &self,
         collection_id: &str,
@@ -200,7 +252,11 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
         retention: Duration,
     ) -> StoreResult<()>;
+}
 
+/// Leases (locks) on records; record writes check them in their transaction.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
     /// The live lease on a record, if any.
     async fn lease(&self, collection_id: &str, record_id: &str) -> StoreResult<Option<Lease>>;
     /// Takes or renews the lease on an existing record for `holder`, for
@@ -218,7 +274,11 @@ pub trait Store: Send + Sync + 'static {
     /// lease ([`StoreError::Locked`] if someone else's is live); without, any
     /// (an admin breaking it). Returns whether a live lease was released.
     async fn release_lease(&self, collection_id: &str, record_id: &str, holder: Option<&str>) -> StoreResult<bool>;
+}
 
+/// The idempotency ledger of keyed POSTs.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
     /// Claims an idempotency key for one request, or reports the earlier
     /// request that used it. A claim still unfinished after `lease` counts as
     /// abandoned (its server died) and may be claimed again; a key is
@@ -234,14 +294,115 @@ pub trait Store: Send + Sync + 'static {
     /// Frees a claimed key whose request should not be replayed (it failed
     /// in a way a retry may fix).
     async fn release_idempotency(&self, scope: &str, key: &str) -> StoreResult<()>;
+}
 
+/// Server secrets shared by every node on one database.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
     /// The server secret called `name`: stores `candidate` when there is none
     /// yet, and returns the stored value either way. Every node on one
     /// database, and every restart, gets the same secret (the first writer
     /// wins).
     async fn secret(&self, name: &str, candidate: &str) -> StoreResult<String>;
+}
 
-    /// Deletes what expired: tombstones, leases, idempotency keys. Returns how
-    /// many rows went.
-    async fn purge_expired(&self) -> StoreResult<u64>;
+/// The durable job queue (docs/jobs.md): jobs, their chunked inputs and
+/// results, and leases that let several processes share the queue.
+///
+/// Every lease check runs inside the write's transaction. A worker "holds" a
+/// job while it is `Running` with its `owner` and `lease_until > now`; every
+/// call below that takes an `owner` fails with [`StoreError::LeaseLost`]
+/// otherwise (the lease expired, another owner claimed it, or it was
+/// canceled), and the worker must stop. `owner` names one claim: make it
+/// unique per claim (a node id plus a fresh UUID), so a stale task of the
+/// same node cannot pass for the new holder.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Creates a job at `now`: `Queued` (claimable at once), or `Staged`
+    /// when `new.with_input` (claimable only after [`JobStore::enqueue_job`]).
+    async fn create_job(&self, new: NewJob, now: Millis) -> StoreResult<Job>;
+    /// Stores chunk `seq` of a staged job's input, durably. Chunks are
+    /// numbered 0, 1, 2, …: `seq` must be at most the number stored so far;
+    /// a `seq` already stored replaces that chunk and drops every later one
+    /// (a retried upload resumes there). [`StoreError::ExpectationFailed`]
+    /// when `seq` skips ahead or the job is no longer staged;
+    /// [`StoreError::Vanished`] when there is no such job. At most
+    /// [`MAX_JOB_CHUNK_BYTES`] per chunk.
+    async fn append_job_input(&self, tenant_id: &str, job_id: &str, seq: i64, chunk: Vec<u8>) -> StoreResult<()>;
+    /// Marks a staged job's input complete and queues it at `now`: from the
+    /// commit on, any process may claim it (the server answers 202 then).
+    /// [`StoreError::ExpectationFailed`] when it is not staged,
+    /// [`StoreError::Vanished`] when there is no such job.
+    async fn enqueue_job(&self, tenant_id: &str, job_id: &str, now: Millis) -> StoreResult<Job>;
+    /// Input chunk `seq`, or `None` past the last one. Read one chunk at a
+    /// time: a large input is never in memory whole.
+    async fn read_job_input(&self, tenant_id: &str, job_id: &str, seq: i64) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Claims the job that has waited longest: a queued one, or a running one
+    /// whose lease expired by `now` (its worker died; the claim resumes it from
+    /// its checkpoint). Atomic: of concurrent claimers, across processes, each
+    /// job goes to one. The claimed job is `Running` for `owner` until
+    /// `now + lease`, with `attempts` one higher.
+    async fn claim_job(&self, owner: &str, lease: Duration, now: Millis) -> StoreResult<Option<Job>>;
+    /// Extends the lease `owner` holds to `lease_until`.
+    async fn heartbeat(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+    ) -> StoreResult<Job>;
+    /// Stores where the job got to: a retry resumes from `checkpoint`.
+    async fn checkpoint(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        owner: &str,
+        checkpoint: Value,
+        progress: Progress,
+        now: Millis,
+    ) -> StoreResult<Job>;
+    /// Stores chunk `seq` of the result of a job `owner` holds; numbering and
+    /// replacement as for [`JobStore::append_job_input`] (a retry resuming
+    /// from a checkpoint rewrites the chunks written after it).
+    async fn append_job_result(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        owner: &str,
+        seq: i64,
+        chunk: Vec<u8>,
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// Ends a job `owner` holds at `now`; it and its result are kept for
+    /// `keep` (at least [`JOB_RESULT_RETENTION`] by contract).
+    async fn finish_job(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        owner: &str,
+        outcome: JobOutcome,
+        now: Millis,
+        keep: Duration,
+    ) -> StoreResult<Job>;
+
+    /// Cancels a staged, queued or running job at `now`, kept for `keep`. Its
+    /// worker loses the lease (its next heartbeat or checkpoint fails) and
+    /// stops; what it already did stays done. [`StoreError::JobFinished`]
+    /// when the job had already finished (HTTP 409), [`StoreError::Gone`] or
+    /// [`StoreError::Vanished`] when it is not there.
+    async fn cancel_job(&self, tenant_id: &str, job_id: &str, now: Millis, keep: Duration) -> StoreResult<Job>;
+    /// A job by id: `Gone` once purged (its tombstone), `Missing` for
+    /// another tenant's job and for a staged one.
+    async fn job(&self, tenant_id: &str, job_id: &str) -> StoreResult<Lookup<Job>>;
+    /// A tenant's jobs (staged ones excepted), by id: creation order.
+    async fn list_jobs(&self, tenant_id: &str, page: PageRequest) -> StoreResult<Page<Job>>;
+    /// Result chunk `seq`, or `None` past the last one.
+    async fn read_job_result(&self, tenant_id: &str, job_id: &str, seq: i64) -> StoreResult<Option<Vec<u8>>>;
+    /// Deletes finished jobs whose `result_expires_at` passed by `now`, with
+    /// their inputs and results, leaving tombstones kept for `tombstone_keep`
+    /// (GET answers 410, then 404), and staged jobs whose upload was abandoned
+    /// (no tombstone: they were never accepted). Returns how many jobs went.
+    async fn purge_expired_jobs(&self, now: Millis, tombstone_keep: Duration) -> StoreResult<u64>;
 }

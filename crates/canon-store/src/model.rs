@@ -347,3 +347,194 @@ pub struct IdempotencyRequest {
     /// A digest of the request (method, target, body), to spot reuse.
     pub fingerprint: String,
 }
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Records from an uploaded NDJSON body (its input blob).
+    Import,
+    /// A collection's records into a file (its result blob).
+    Export,
+    /// A tenant and everything in it.
+    DeleteTenant,
+    /// A collection and its records.
+    DeleteCollection,
+}
+
+impl JobKind {
+    /// Every kind.
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Import,
+        JobKind::Export,
+        JobKind::DeleteTenant,
+        JobKind::DeleteCollection,
+    ];
+
+    /// The stored (and wire) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Import => "import",
+            JobKind::Export => "export",
+            JobKind::DeleteTenant => "delete_tenant",
+            JobKind::DeleteCollection => "delete_collection",
+        }
+    }
+
+    /// The kind called `s`.
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Where a job is in its life (docs/jobs.md has the state diagram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Created with an input that is still arriving ([`crate::JobStore::append_job_input`]):
+    /// not claimable, and invisible to [`crate::JobStore::job`] and
+    /// [`crate::JobStore::list_jobs`] (the server has not answered 202 yet).
+    /// [`crate::JobStore::enqueue_job`] makes it `Queued`; an upload abandoned
+    /// for [`JOB_STAGING_TTL`] is purged.
+    Staged,
+    /// Waiting for a worker.
+    Queued,
+    /// Claimed by a worker whose lease is `lease_until`.
+    Running,
+    /// Done; its result (if any) is kept until `result_expires_at`.
+    Succeeded,
+    /// Gave up; `problem` says why.
+    Failed,
+    /// Canceled before it finished.
+    Canceled,
+}
+
+impl JobStatus {
+    /// Every status.
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Staged,
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Canceled,
+    ];
+
+    /// The stored (and wire) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Staged => "staged",
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+        }
+    }
+
+    /// The status called `s`.
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Succeeded, failed or canceled: it will not change again.
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled)
+    }
+}
+
+/// How far a job got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Units done (records, bytes: the job kind decides).
+    pub done: i64,
+    /// Units in all, when known.
+    pub total: Option<i64>,
+}
+
+/// Asynchronous work accepted with 202.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Id (UUIDv7).
+    pub id: String,
+    /// Owning tenant's id.
+    pub tenant_id: String,
+    /// What it does.
+    pub kind: JobKind,
+    /// Where it is.
+    pub status: JobStatus,
+    /// How far it got.
+    pub progress: Progress,
+    /// What it was asked to do (collection, format, …), as the server wrote it.
+    pub params: Value,
+    /// The last checkpoint its worker stored: where a retry resumes.
+    pub checkpoint: Option<Value>,
+    /// A small result summary (counts); large results are result chunks.
+    pub result: Option<Value>,
+    /// Why it failed (a problem body).
+    pub problem: Option<Value>,
+    /// How many times it was claimed (1 on the first run).
+    pub attempts: i64,
+    /// Who holds (or last held) its lease.
+    pub owner: Option<String>,
+    /// When the current lease ends (while running); a staged job's upload deadline.
+    pub lease_until: Option<Millis>,
+    /// Input chunks stored (0, 1, …, `input_chunks - 1`).
+    pub input_chunks: i64,
+    /// Input bytes stored.
+    pub input_bytes: i64,
+    /// Result chunks stored.
+    pub result_chunks: i64,
+    /// Result bytes stored.
+    pub result_bytes: i64,
+    /// Creation time.
+    pub created_at: Millis,
+    /// When it became claimable (claims take the oldest first).
+    pub queued_at: Option<Millis>,
+    /// When it was first claimed.
+    pub started_at: Option<Millis>,
+    /// When it finished or was canceled.
+    pub finished_at: Option<Millis>,
+    /// When it and its result go (then GET answers 410).
+    pub result_expires_at: Option<Millis>,
+}
+
+/// What a new job is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// Owning tenant's id.
+    pub tenant_id: String,
+    /// What it does.
+    pub kind: JobKind,
+    /// What it was asked to do.
+    pub params: Value,
+    /// Units in all, when known at creation.
+    pub total: Option<i64>,
+    /// Whether an input follows: the job is created [`JobStatus::Staged`] and
+    /// becomes claimable once [`crate::JobStore::enqueue_job`] says the input
+    /// is complete. Without, it is created `Queued`.
+    pub with_input: bool,
+}
+
+/// How a worker ends a job it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// Done; `result` is a small summary (large results are result chunks).
+    Succeeded {
+        /// The summary, if any.
+        result: Option<Value>,
+    },
+    /// Gave up for good.
+    Failed {
+        /// A problem body saying why.
+        problem: Value,
+    },
+}
+
+/// How long an unfinished upload keeps a staged job before purge drops it.
+pub const JOB_STAGING_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// The shortest time a finished job (and its result) is kept.
+pub const JOB_RESULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// The largest chunk of a job's input or result, so one write stays small
+/// (uploads stream in chunks of about 1 MiB).
+pub const MAX_JOB_CHUNK_BYTES: usize = 4 << 20;

@@ -1031,6 +1031,586 @@ pub async fn secrets_are_created_once(store: Arc<dyn Store>) {
     assert_eq!(store.secret("other", "three").await.unwrap(), "three");
 }
 
+// ---- Jobs ------------------------------------------------------------------
+
+const LEASE: Duration = Duration::from_secs(30);
+const LEASE_MS: i64 = 30_000;
+
+/// A time well after the wall clock, so tombstones written "at" it are live.
+fn t0() -> Millis {
+    now_millis() + 1_000
+}
+
+fn new_job(t: &Tenant, kind: JobKind, with_input: bool) -> NewJob {
+    NewJob {
+        tenant_id: t.id.clone(),
+        kind,
+        params: json!({"collection": "devices"}),
+        total: None,
+        with_input,
+    }
+}
+
+/// Claims go to the job that has waited longest; none when nothing waits.
+pub async fn jobs_are_claimed_oldest_first(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let now = t0();
+    assert_eq!(store.claim_job("w1", LEASE, now).await.unwrap(), None);
+    let a = store
+        .create_job(new_job(&t, JobKind::Export, false), now)
+        .await
+        .unwrap();
+    let b = store
+        .create_job(new_job(&t, JobKind::DeleteCollection, false), now + 1)
+        .await
+        .unwrap();
+    let c = store
+        .create_job(new_job(&t, JobKind::Export, false), now + 2)
+        .await
+        .unwrap();
+    assert_eq!((a.status, a.attempts, a.owner.clone()), (JobStatus::Queued, 0, None));
+    let mut order = Vec::new();
+    for w in ["w1", "w2", "w3"] {
+        let j = store.claim_job(w, LEASE, now + 10).await.unwrap().expect("a job");
+        assert_eq!(
+            (j.status, j.attempts, j.owner.as_deref(), j.lease_until, j.started_at),
+            (
+                JobStatus::Running,
+                1,
+                Some(w),
+                Some(now + 10 + LEASE_MS),
+                Some(now + 10)
+            )
+        );
+        order.push(j.id);
+    }
+    assert_eq!(order, [a.id, b.id, c.id]);
+    assert_eq!(
+        store.claim_job("w4", LEASE, now + 10).await.unwrap(),
+        None,
+        "live leases are not claimable"
+    );
+}
+
+/// Of many concurrent claimers each job goes to exactly one.
+pub async fn concurrent_claimers_never_share_a_job(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let now = t0();
+    let n = 20;
+    for i in 0..n {
+        store
+            .create_job(new_job(&t, JobKind::Export, false), now + i)
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for w in 0..(2 * n) {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.claim_job(&format!("w{w}"), LEASE, now + 100).await.unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        if let Some(j) = task.await.unwrap() {
+            ids.push(j.id);
+        }
+    }
+    assert_eq!(
+        ids.len(),
+        n as usize,
+        "every job claimed once, the other claimers got none"
+    );
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n as usize, "no job went to two claimers");
+}
+
+/// An expired lease lets another owner claim the job (attempts + 1, the
+/// checkpoint kept); the old owner's heartbeat, checkpoint, result and
+/// finish then fail, and so do any non-holder's.
+pub async fn expired_leases_pass_the_job_on(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let now = t0();
+    let job = store
+        .create_job(new_job(&t, JobKind::Import, false), now)
+        .await
+        .unwrap();
+    let j = store.claim_job("w1", LEASE, now).await.unwrap().unwrap();
+    let progress = Progress {
+        done: 5,
+        total: Some(10),
+    };
+    let saved = store
+        .checkpoint(&t.id, &j.id, "w1", json!({"line": 5}), progress, now + 1)
+        .await
+        .unwrap();
+    assert_eq!((saved.checkpoint, saved.progress), (Some(json!({"line": 5})), progress));
+    // Not the holder: refused, whatever the call.
+    let lost = |r: StoreResult<Job>| matches!(r, Err(StoreError::LeaseLost));
+    assert!(lost(store.heartbeat(&t.id, &j.id, "w2", now + 99_999, now + 2).await));
+    assert!(lost(
+        store.checkpoint(&t.id, &j.id, "w2", json!({}), progress, now + 2).await
+    ));
+    assert!(lost(
+        store
+            .finish_job(
+                &t.id,
+                &j.id,
+                "w2",
+                JobOutcome::Succeeded { result: None },
+                now + 2,
+                KEEP
+            )
+            .await
+    ));
+    assert!(matches!(
+        store
+            .append_job_result(&t.id, &j.id, "w2", 0, b"x".to_vec(), now + 2)
+            .await,
+        Err(StoreError::LeaseLost)
+    ));
+    // A heartbeat keeps the lease; nobody claims it meanwhile.
+    let beat = store
+        .heartbeat(&t.id, &j.id, "w1", now + 2 * LEASE_MS, now + LEASE_MS - 1)
+        .await
+        .unwrap();
+    assert_eq!(beat.lease_until, Some(now + 2 * LEASE_MS));
+    assert_eq!(store.claim_job("w2", LEASE, now + LEASE_MS + 1).await.unwrap(), None);
+    // The lease runs out: the holder cannot use it any more, and w2 claims.
+    let late = now + 2 * LEASE_MS;
+    assert!(lost(store.heartbeat(&t.id, &j.id, "w1", late + LEASE_MS, late).await));
+    let again = store
+        .claim_job("w2", LEASE, late)
+        .await
+        .unwrap()
+        .expect("expired lease is claimable");
+    assert_eq!(again.id, job.id);
+    assert_eq!(
+        (
+            again.attempts,
+            again.owner.as_deref(),
+            again.checkpoint.clone(),
+            again.progress
+        ),
+        (2, Some("w2"), Some(json!({"line": 5})), progress)
+    );
+    assert_eq!(again.started_at, Some(now), "first start kept");
+    assert!(lost(
+        store
+            .checkpoint(&t.id, &j.id, "w1", json!({"line": 9}), progress, late + 1)
+            .await
+    ));
+    assert!(lost(
+        store
+            .finish_job(
+                &t.id,
+                &j.id,
+                "w1",
+                JobOutcome::Succeeded { result: None },
+                late + 1,
+                KEEP
+            )
+            .await
+    ));
+    let done = store
+        .finish_job(
+            &t.id,
+            &j.id,
+            "w2",
+            JobOutcome::Succeeded {
+                result: Some(json!({"imported": 10})),
+            },
+            late + 2,
+            KEEP,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            done.status,
+            done.result.clone(),
+            done.finished_at,
+            done.result_expires_at,
+            done.lease_until
+        ),
+        (
+            JobStatus::Succeeded,
+            Some(json!({"imported": 10})),
+            Some(late + 2),
+            Some(late + 2 + KEEP.as_millis() as i64),
+            None
+        )
+    );
+    assert!(
+        lost(store.heartbeat(&t.id, &j.id, "w2", late + LEASE_MS, late + 3).await),
+        "finished: no lease"
+    );
+    assert_eq!(
+        store.claim_job("w3", LEASE, late + 10 * LEASE_MS).await.unwrap(),
+        None,
+        "finished jobs are never claimed"
+    );
+    assert_eq!(store.job(&t.id, &j.id).await.unwrap(), Lookup::Found(done));
+
+    let failed = store
+        .create_job(new_job(&t, JobKind::Export, false), late)
+        .await
+        .unwrap();
+    store.claim_job("w4", LEASE, late).await.unwrap().unwrap();
+    let f = store
+        .finish_job(
+            &t.id,
+            &failed.id,
+            "w4",
+            JobOutcome::Failed {
+                problem: json!({"status": 500}),
+            },
+            late + 1,
+            KEEP,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (f.status, f.problem, f.result),
+        (JobStatus::Failed, Some(json!({"status": 500})), None)
+    );
+}
+
+/// Cancel: queued and running jobs become canceled (the worker loses its
+/// lease); a finished job is a typed conflict; nothing there is Vanished.
+pub async fn cancel_stops_unfinished_jobs_only(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let now = t0();
+    let queued = store
+        .create_job(new_job(&t, JobKind::Export, false), now)
+        .await
+        .unwrap();
+    let c = store.cancel_job(&t.id, &queued.id, now + 1, KEEP).await.unwrap();
+    assert_eq!((c.status, c.finished_at), (JobStatus::Canceled, Some(now + 1)));
+    assert_eq!(
+        store.claim_job("w1", LEASE, now + 2).await.unwrap(),
+        None,
+        "canceled jobs are not claimed"
+    );
+
+    let running = store
+        .create_job(new_job(&t, JobKind::Export, false), now)
+        .await
+        .unwrap();
+    store.claim_job("w1", LEASE, now + 2).await.unwrap().unwrap();
+    store.cancel_job(&t.id, &running.id, now + 3, KEEP).await.unwrap();
+    assert!(matches!(
+        store.heartbeat(&t.id, &running.id, "w1", now + LEASE_MS, now + 4).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        store
+            .finish_job(
+                &t.id,
+                &running.id,
+                "w1",
+                JobOutcome::Succeeded { result: None },
+                now + 4,
+                KEEP
+            )
+            .await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        store.cancel_job(&t.id, &running.id, now + 5, KEEP).await,
+        Err(StoreError::JobFinished(JobStatus::Canceled))
+    ));
+
+    let finished = store
+        .create_job(new_job(&t, JobKind::Export, false), now)
+        .await
+        .unwrap();
+    store.claim_job("w2", LEASE, now + 5).await.unwrap().unwrap();
+    store
+        .finish_job(
+            &t.id,
+            &finished.id,
+            "w2",
+            JobOutcome::Succeeded { result: None },
+            now + 6,
+            KEEP,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.cancel_job(&t.id, &finished.id, now + 7, KEEP).await,
+        Err(StoreError::JobFinished(JobStatus::Succeeded))
+    ));
+    assert!(matches!(
+        store.cancel_job(&t.id, "no-such-job", now + 7, KEEP).await,
+        Err(StoreError::Vanished)
+    ));
+
+    // A staged job (its upload failed) is dropped with its input.
+    let staged = store.create_job(new_job(&t, JobKind::Import, true), now).await.unwrap();
+    store
+        .append_job_input(&t.id, &staged.id, 0, b"part".to_vec())
+        .await
+        .unwrap();
+    let dropped = store.cancel_job(&t.id, &staged.id, now + 8, KEEP).await.unwrap();
+    assert_eq!(dropped.status, JobStatus::Canceled);
+    assert_eq!(store.job(&t.id, &staged.id).await.unwrap(), Lookup::Missing);
+    assert_eq!(store.read_job_input(&t.id, &staged.id, 0).await.unwrap(), None);
+}
+
+/// Inputs: chunks round-trip in order; a job is not claimable, visible or
+/// listed before its input is complete; a retried chunk replaces the tail.
+pub async fn job_inputs_stream_in_chunks_before_enqueue(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let now = t0();
+    let job = store.create_job(new_job(&t, JobKind::Import, true), now).await.unwrap();
+    assert_eq!(job.status, JobStatus::Staged);
+    let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + i as usize]).collect();
+    for (seq, chunk) in chunks.iter().enumerate() {
+        store
+            .append_job_input(&t.id, &job.id, seq as i64, chunk.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim_job("w1", LEASE, now + 1).await.unwrap(),
+            None,
+            "staged: not claimable"
+        );
+    }
+    assert!(matches!(
+        store.append_job_input(&t.id, &job.id, 7, b"gap".to_vec()).await,
+        Err(StoreError::ExpectationFailed)
+    ));
+    // A retried chunk 4 replaces it (and would drop anything after it).
+    store
+        .append_job_input(&t.id, &job.id, 4, chunks[4].clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job(&t.id, &job.id).await.unwrap(),
+        Lookup::Missing,
+        "not accepted yet"
+    );
+    assert!(store.list_jobs(&t.id, first_page(10)).await.unwrap().items.is_empty());
+
+    let queued = store.enqueue_job(&t.id, &job.id, now + 2).await.unwrap();
+    let total: usize = chunks.iter().map(Vec::len).sum();
+    assert_eq!(
+        (queued.status, queued.input_chunks, queued.input_bytes, queued.queued_at),
+        (JobStatus::Queued, 5, total as i64, Some(now + 2))
+    );
+    assert!(matches!(
+        store.append_job_input(&t.id, &job.id, 5, b"late".to_vec()).await,
+        Err(StoreError::ExpectationFailed)
+    ));
+    assert!(matches!(
+        store.enqueue_job(&t.id, &job.id, now + 3).await,
+        Err(StoreError::ExpectationFailed)
+    ));
+    let claimed = store.claim_job("w1", LEASE, now + 3).await.unwrap().unwrap();
+    assert_eq!(claimed.id, job.id);
+    let mut read = Vec::new();
+    let mut seq = 0;
+    while let Some(chunk) = store.read_job_input(&t.id, &job.id, seq).await.unwrap() {
+        read.push(chunk);
+        seq += 1;
+    }
+    assert_eq!(read, chunks);
+    assert_eq!(store.list_jobs(&t.id, first_page(10)).await.unwrap().items.len(), 1);
+
+    // Results stream the same way, written by the holder only.
+    for seq in 0..3 {
+        store
+            .append_job_result(&t.id, &job.id, "w1", seq, vec![b'r', seq as u8], now + 4)
+            .await
+            .unwrap();
+    }
+    // A retry from a checkpoint at chunk 1 rewrites from there.
+    store
+        .append_job_result(&t.id, &job.id, "w1", 1, b"R1".to_vec(), now + 5)
+        .await
+        .unwrap();
+    let done = store
+        .finish_job(
+            &t.id,
+            &job.id,
+            "w1",
+            JobOutcome::Succeeded { result: None },
+            now + 6,
+            2 * JOB_STAGING_TTL,
+        )
+        .await
+        .unwrap();
+    assert_eq!((done.result_chunks, done.result_bytes), (2, 4));
+    assert_eq!(
+        store.read_job_result(&t.id, &job.id, 0).await.unwrap(),
+        Some(vec![b'r', 0])
+    );
+    assert_eq!(
+        store.read_job_result(&t.id, &job.id, 1).await.unwrap(),
+        Some(b"R1".to_vec())
+    );
+    assert_eq!(store.read_job_result(&t.id, &job.id, 2).await.unwrap(), None);
+
+    // An abandoned upload is dropped by the purge, without a tombstone.
+    let abandoned = store.create_job(new_job(&t, JobKind::Import, true), now).await.unwrap();
+    store
+        .append_job_input(&t.id, &abandoned.id, 0, b"half".to_vec())
+        .await
+        .unwrap();
+    let deadline = abandoned.lease_until.expect("a staging deadline");
+    assert_eq!(store.purge_expired_jobs(deadline - 1, KEEP).await.unwrap(), 0);
+    assert_eq!(store.purge_expired_jobs(deadline, KEEP).await.unwrap(), 1);
+    assert!(matches!(
+        store.append_job_input(&t.id, &abandoned.id, 1, b"rest".to_vec()).await,
+        Err(StoreError::Vanished)
+    ));
+    assert_eq!(store.read_job_input(&t.id, &abandoned.id, 0).await.unwrap(), None);
+}
+
+/// Another tenant's job answers as one that never existed.
+pub async fn other_tenants_jobs_are_missing(store: Arc<dyn Store>) {
+    let a = tenant(&*store, "acme").await;
+    let b = tenant(&*store, "other").await;
+    let now = t0();
+    let job = store.create_job(new_job(&a, JobKind::Export, true), now).await.unwrap();
+    store
+        .append_job_input(&a.id, &job.id, 0, b"secret".to_vec())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.append_job_input(&b.id, &job.id, 1, b"x".to_vec()).await,
+        Err(StoreError::Vanished)
+    ));
+    assert!(matches!(
+        store.enqueue_job(&b.id, &job.id, now).await,
+        Err(StoreError::Vanished)
+    ));
+    store.enqueue_job(&a.id, &job.id, now).await.unwrap();
+    assert!(matches!(store.job(&a.id, &job.id).await.unwrap(), Lookup::Found(_)));
+    assert_eq!(store.job(&b.id, &job.id).await.unwrap(), Lookup::Missing);
+    assert!(store.list_jobs(&b.id, first_page(10)).await.unwrap().items.is_empty());
+    assert_eq!(store.read_job_input(&b.id, &job.id, 0).await.unwrap(), None);
+    assert!(matches!(
+        store.cancel_job(&b.id, &job.id, now, KEEP).await,
+        Err(StoreError::Vanished)
+    ));
+    let claimed = store.claim_job("w1", LEASE, now).await.unwrap().unwrap();
+    assert!(matches!(
+        store.heartbeat(&b.id, &claimed.id, "w1", now + LEASE_MS, now + 1).await,
+        Err(StoreError::LeaseLost)
+    ));
+}
+
+/// Finished jobs are kept until `result_expires_at`, then purged with their
+/// blobs, leaving a tombstone (Gone); unfinished jobs are never purged.
+pub async fn purged_jobs_are_gone(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let now = t0();
+    let job = store
+        .create_job(new_job(&t, JobKind::Export, false), now)
+        .await
+        .unwrap();
+    let waiting = store
+        .create_job(new_job(&t, JobKind::Export, false), now + 1)
+        .await
+        .unwrap();
+    store.claim_job("w1", LEASE, now).await.unwrap().unwrap();
+    store
+        .append_job_result(&t.id, &job.id, "w1", 0, b"rows".to_vec(), now + 1)
+        .await
+        .unwrap();
+    let done = store
+        .finish_job(
+            &t.id,
+            &job.id,
+            "w1",
+            JobOutcome::Succeeded { result: None },
+            now + 2,
+            JOB_RESULT_RETENTION,
+        )
+        .await
+        .unwrap();
+    let expires = done.result_expires_at.unwrap();
+    assert!(expires - done.finished_at.unwrap() >= 24 * 3600 * 1000);
+    assert_eq!(
+        store.purge_expired_jobs(expires - 1, KEEP).await.unwrap(),
+        0,
+        "kept until it expires"
+    );
+    assert_eq!(
+        store.read_job_result(&t.id, &job.id, 0).await.unwrap(),
+        Some(b"rows".to_vec())
+    );
+    assert_eq!(store.purge_expired_jobs(expires, KEEP).await.unwrap(), 1);
+    assert_eq!(store.job(&t.id, &job.id).await.unwrap(), Lookup::Gone);
+    assert_eq!(store.read_job_result(&t.id, &job.id, 0).await.unwrap(), None);
+    assert!(matches!(
+        store.cancel_job(&t.id, &job.id, expires, KEEP).await,
+        Err(StoreError::Gone)
+    ));
+    assert!(matches!(store.job(&t.id, &waiting.id).await.unwrap(), Lookup::Found(j) if j.status == JobStatus::Queued));
+    assert_eq!(store.list_jobs(&t.id, first_page(10)).await.unwrap().items.len(), 1);
+}
+
+/// A job's checkpoint, progress and lease survive closing and reopening the
+/// store: after a crash the job is resumed from its checkpoint by the next
+/// claimer once the dead worker's lease expires, never lost. `open` opens
+/// the same database each time.
+pub async fn jobs_survive_reopen(open: impl Fn() -> Arc<dyn Store>) {
+    let now = t0();
+    let (tenant_id, job_id) = {
+        let store = open();
+        let t = tenant(&*store, "acme").await;
+        let job = store.create_job(new_job(&t, JobKind::Import, true), now).await.unwrap();
+        store
+            .append_job_input(&t.id, &job.id, 0, b"{\"n\":1}\n".to_vec())
+            .await
+            .unwrap();
+        store.enqueue_job(&t.id, &job.id, now).await.unwrap();
+        store.claim_job("w1", LEASE, now).await.unwrap().unwrap();
+        store
+            .checkpoint(
+                &t.id,
+                &job.id,
+                "w1",
+                json!({"line": 1}),
+                Progress { done: 1, total: None },
+                now + 1,
+            )
+            .await
+            .unwrap();
+        (t.id, job.id)
+        // The process "dies" here, holding the lease.
+    };
+    let store = open();
+    let j = store.job(&tenant_id, &job_id).await.unwrap().found().expect("not lost");
+    assert_eq!(
+        (j.status, j.checkpoint.clone()),
+        (JobStatus::Running, Some(json!({"line": 1})))
+    );
+    assert_eq!(
+        store.claim_job("w2", LEASE, now + 2).await.unwrap(),
+        None,
+        "the lease still runs"
+    );
+    let resumed = store.claim_job("w2", LEASE, now + LEASE_MS).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            resumed.id.as_str(),
+            resumed.attempts,
+            resumed.checkpoint,
+            resumed.progress.done
+        ),
+        (job_id.as_str(), 2, Some(json!({"line": 1})), 1)
+    );
+    assert_eq!(
+        store.read_job_input(&tenant_id, &job_id, 0).await.unwrap(),
+        Some(b"{\"n\":1}\n".to_vec())
+    );
+}
+
 /// Runs every conformance test, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -1054,6 +1634,13 @@ macro_rules! conformance_tests {
             tenants_keep_their_last_admin,
             long_sort_values_page_exactly_once,
             secrets_are_created_once,
+            jobs_are_claimed_oldest_first,
+            concurrent_claimers_never_share_a_job,
+            expired_leases_pass_the_job_on,
+            cancel_stops_unfinished_jobs_only,
+            job_inputs_stream_in_chunks_before_enqueue,
+            other_tenants_jobs_are_missing,
+            purged_jobs_are_gone,
         );
     };
     (@each $make:expr; $($name:ident,)+) => {

@@ -1,0 +1,416 @@
+//! Records: conditional writes, patches, unique values, sorted lists
+//! ([`RecordStore`]).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use super::SqliteStore;
+use super::collections::collection_exists;
+use super::leases::check_lease;
+use super::rows::*;
+use crate::model::*;
+use crate::prelude::*;
+use crate::{ApplyPatch, StoreError, StoreResult};
+
+/// Replaces `current`'s data: the next version, a new tag, now as its
+/// modification time. The caller re-indexes its unique values.
+pub(super) fn replace_record(conn: &Connection, current: Record, data: Value) -> StoreResult<Record> {
+    let r = Record {
+        data,
+        version: current.version + 1,
+        etag: new_etag(),
+        updated_at: now_millis(),
+        ..current
+    };
+    conn.execute(
+        "UPDATE records SET data = ?1, version = ?2, etag = ?3, updated_at = ?4 WHERE collection_id = ?5 AND id = ?6",
+        params![
+            r.data.to_string(),
+            r.version,
+            r.etag,
+            r.updated_at,
+            r.collection_id,
+            r.id
+        ],
+    )
+    .map_err(db_error)?;
+    Ok(r)
+}
+
+pub(super) fn new_etag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..20].to_owned()
+}
+
+pub(super) fn load_record(conn: &Connection, collection_id: &str, id: &str) -> StoreResult<Option<Record>> {
+    conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLS} FROM records WHERE collection_id = ?1 AND id = ?2"
+    ))
+    .and_then(|mut s| s.query_row(params![collection_id, id], record_row).optional())
+    .map_err(db_error)
+}
+
+/// Inserts a new record row; a taken id is a conflict on `/id`.
+pub(super) fn insert_record(conn: &Connection, r: &Record) -> StoreResult<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO records ({RECORD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            r.collection_id,
+            r.id,
+            r.data.to_string(),
+            r.version,
+            r.etag,
+            r.created_at,
+            r.updated_at
+        ])
+    })
+    .map_err(|e| conflict_or_internal(e, "/id"))?;
+    Ok(())
+}
+
+pub(super) fn check_expectation(current: Option<&Record>, expect: &Expect) -> StoreResult<()> {
+    match current {
+        Some(r) => check_existing(expect, r.version, Some(&r.etag)),
+        None if matches!(expect, Expect::Anything | Expect::Absent) => Ok(()),
+        None => Err(StoreError::ExpectationFailed),
+    }
+}
+
+/// Rewrites a record's unique-value rows; the first taken value names the field.
+pub(super) fn index_unique(conn: &Connection, collection: &Collection, id: &str, data: &Value) -> StoreResult<()> {
+    if collection.unique.is_empty() {
+        return Ok(());
+    }
+    conn.execute(
+        "DELETE FROM unique_values WHERE collection_id = ?1 AND record_id = ?2",
+        params![collection.id, id],
+    )
+    .map_err(db_error)?;
+    for field in &collection.unique {
+        let Some(value) = data.get(field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        conn.execute(
+            "INSERT INTO unique_values (collection_id, field, value, record_id) VALUES (?1, ?2, ?3, ?4)",
+            params![collection.id, field, value.to_string(), id],
+        )
+        .map_err(|e| conflict_or_internal(e, &format!("/data/{field}")))?;
+    }
+    Ok(())
+}
+
+/// Converts a JSON scalar to the SQL value `json_extract` yields for it.
+pub(super) fn sql_scalar(v: &Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        Value::Number(n) => n
+            .as_i64()
+            .map(SqlValue::Integer)
+            .unwrap_or_else(|| SqlValue::Real(n.as_f64().unwrap_or(0.0))),
+        Value::String(s) => SqlValue::Text(s.clone()),
+        other => SqlValue::Text(other.to_string()),
+    }
+}
+
+pub(super) fn json_of_sql(v: SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::from(i),
+        SqlValue::Real(f) => Value::from(f),
+        SqlValue::Text(s) => Value::String(s),
+        SqlValue::Blob(_) => Value::Null,
+    }
+}
+
+/// `json_type` names matching a JSON scalar, for type-exact filters.
+pub(super) fn json_types(v: &Value) -> &'static [&'static str] {
+    match v {
+        Value::Null => &["null"],
+        Value::Bool(true) => &["true"],
+        Value::Bool(false) => &["false"],
+        Value::Number(_) => &["integer", "real"],
+        Value::String(_) => &["text"],
+        _ => &["object", "array"],
+    }
+}
+
+/// Text sort values longer than this many characters are compared by
+/// [`sort_key`]: their prefix, then a digest of the whole value.
+pub const SORT_PREFIX_CHARS: usize = 256;
+
+/// The key a record list sorts by: the value itself, except that text longer
+/// than [`SORT_PREFIX_CHARS`] characters becomes its first
+/// [`SORT_PREFIX_CHARS`] characters, a `#` and a SHA-256 digest (hex) of the
+/// whole text. Truncation by characters keeps the order of keys the order of
+/// the values (SQLite compares text by UTF-8 bytes, i.e. code points), except
+/// among long values that share their prefix: those are ordered by digest, so
+/// equal values stay together. The key is what cursors carry, so a cursor
+/// stays small however long the sorted field is, and still names an exact
+/// position.
+pub(super) fn sort_key(v: SqlValue) -> SqlValue {
+    use sha2::Digest as _;
+    match v {
+        SqlValue::Text(s) if s.chars().nth(SORT_PREFIX_CHARS).is_some() => {
+            let prefix: String = s.chars().take(SORT_PREFIX_CHARS).collect();
+            let digest = sha2::Sha256::digest(s.as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            SqlValue::Text(format!("{prefix}#{hex}"))
+        }
+        other => other,
+    }
+}
+
+/// Registers Canon's SQL functions (`canon_sort_key`) on a connection.
+pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "canon_sort_key",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| Ok(sort_key(ctx.get::<SqlValue>(0)?)),
+    )
+}
+
+pub(super) fn list_records(conn: &Connection, collection_id: &str, q: &RecordQuery) -> StoreResult<Page<Record>> {
+    let mut sql = format!("SELECT {RECORD_COLS}");
+    let mut args: Vec<SqlValue> = vec![SqlValue::Text(collection_id.to_owned())];
+    let sort = match &q.sort {
+        SortOrder::Id => None,
+        SortOrder::Field { field, descending } => Some((format!("$.\"{field}\""), *descending)),
+    };
+    if let Some((path, _)) = &sort {
+        args.push(SqlValue::Text(path.clone()));
+        sql.push_str(", canon_sort_key(json_extract(data, ?2)) AS sort_value");
+    }
+    sql.push_str(" FROM records WHERE collection_id = ?1");
+    for (field, value) in &q.filters {
+        args.push(SqlValue::Text(format!("$.\"{field}\"")));
+        let p = args.len();
+        let types = json_types(value)
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if value.is_null() {
+            sql.push_str(&format!(" AND json_type(data, ?{p}) = 'null'"));
+        } else if value.is_number() {
+            // Numbers compare by their JSON text, which is exact for every
+            // i64, u64 and f64 (json_extract would turn large integers into
+            // REALs). Canon stores numbers canonically (1.0 as 1, -0 as 0)
+            // and passes canonical filter values, so equal text is equal value.
+            args.push(SqlValue::Text(value.to_string()));
+            sql.push_str(&format!(
+                " AND json_type(data, ?{p}) IN ({types}) AND (data -> ?{p}) = ?{}",
+                p + 1
+            ));
+        } else {
+            args.push(sql_scalar(value));
+            sql.push_str(&format!(
+                " AND json_type(data, ?{p}) IN ({types}) AND json_extract(data, ?{p}) = ?{}",
+                p + 1
+            ));
+        }
+    }
+    if let Some(after) = &q.page.after {
+        args.push(SqlValue::Text(after.id.clone()));
+        let id_p = args.len();
+        match (&sort, &after.sort_value) {
+            (None, _) => sql.push_str(&format!(" AND id > ?{id_p}")),
+            // Missing values sort last; after one, only other missing values follow.
+            (Some(_), None | Some(Value::Null)) => {
+                sql.push_str(&format!(" AND sort_value IS NULL AND id > ?{id_p}"));
+            }
+            (Some((_, desc)), Some(v)) => {
+                args.push(sql_scalar(v));
+                let v_p = args.len();
+                let cmp = if *desc { "<" } else { ">" };
+                sql.push_str(&format!(
+                    " AND (sort_value IS NULL OR sort_value {cmp} ?{v_p} OR (sort_value = ?{v_p} AND id > ?{id_p}))"
+                ));
+            }
+        }
+    }
+    match &sort {
+        None => sql.push_str(" ORDER BY id"),
+        Some((_, desc)) => sql.push_str(&format!(
+            " ORDER BY sort_value IS NULL, sort_value {}, id",
+            if *desc { "DESC" } else { "ASC" }
+        )),
+    }
+    args.push(SqlValue::Integer((q.page.limit + 1) as i64));
+    sql.push_str(&format!(" LIMIT ?{}", args.len()));
+
+    let mut stmt = conn.prepare_cached(&sql).map_err(db_error)?;
+    let sorted = sort.is_some();
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            let sort_value = if sorted {
+                Some(json_of_sql(r.get::<_, SqlValue>(7)?))
+            } else {
+                None
+            };
+            Ok((record_row(r)?, sort_value))
+        })
+        .map_err(db_error)?;
+    let mut items = rows.collect::<Result<Vec<_>, _>>().map_err(db_error)?;
+    let next = if items.len() > q.page.limit {
+        items.truncate(q.page.limit);
+        items.last().map(|(r, v)| Cursor {
+            id: r.id.clone(),
+            sort_value: v.clone(),
+        })
+    } else {
+        None
+    };
+    Ok(Page {
+        items: items.into_iter().map(|(r, _)| r).collect(),
+        next,
+    })
+}
+
+#[async_trait]
+impl RecordStore for SqliteStore {
+    async fn create_record(&self, collection: &Collection, data: Value) -> StoreResult<Record> {
+        let collection = collection.clone();
+        self.engine
+            .write(move |c| {
+                collection_exists(c, &collection.id)?;
+                let now = now_millis();
+                let r = Record {
+                    id: new_id(),
+                    collection_id: collection.id.clone(),
+                    data,
+                    version: 1,
+                    etag: new_etag(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                insert_record(c, &r)?;
+                index_unique(c, &collection, &r.id, &r.data)?;
+                Ok(r)
+            })
+            .await
+    }
+
+    async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>> {
+        let (collection_id, id) = (collection_id.to_owned(), id.to_owned());
+        self.engine
+            .read(move |c| {
+                let r = load_record(c, &collection_id, &id)?;
+                found_or_tombstone(c, r, kind::RECORD, &collection_id, &id)
+            })
+            .await
+    }
+
+    async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>> {
+        let collection_id = collection_id.to_owned();
+        self.engine.read(move |c| list_records(c, &collection_id, &query)).await
+    }
+
+    async fn put_record(
+        &self,
+        collection: &Collection,
+        id: &str,
+        data: Value,
+        expect: Expect,
+        actor: &str,
+    ) -> StoreResult<(Record, bool)> {
+        let (collection, id, actor) = (collection.clone(), id.to_owned(), actor.to_owned());
+        self.engine
+            .write(move |c| {
+                collection_exists(c, &collection.id)?;
+                let current = load_record(c, &collection.id, &id)?;
+                check_expectation(current.as_ref(), &expect)?;
+                check_lease(c, &collection.id, &id, &actor)?;
+                let now = now_millis();
+                let (record, created) = match current {
+                    Some(cur) => (replace_record(c, cur, data)?, false),
+                    None => {
+                        let r = Record {
+                            id,
+                            collection_id: collection.id.clone(),
+                            data,
+                            version: 1,
+                            etag: new_etag(),
+                            created_at: now,
+                            updated_at: now,
+                        };
+                        insert_record(c, &r)?;
+                        clear_tombstone(c, kind::RECORD, &r.collection_id, &r.id).map_err(db_error)?;
+                        (r, true)
+                    }
+                };
+                index_unique(c, &collection, &record.id, &record.data)?;
+                Ok((record, created))
+            })
+            .await
+    }
+
+    async fn patch_record(
+        &self,
+        collection: &Collection,
+        id: &str,
+        apply: ApplyPatch,
+        expect: Expect,
+        actor: &str,
+    ) -> StoreResult<Record> {
+        let (collection, id, actor) = (collection.clone(), id.to_owned(), actor.to_owned());
+        self.engine
+            .write(move |c| {
+                collection_exists(c, &collection.id)?;
+                let Some(current) = load_record(c, &collection.id, &id)? else {
+                    return Err(not_there(c, kind::RECORD, &collection.id, &id));
+                };
+                check_expectation(Some(&current), &expect)?;
+                check_lease(c, &collection.id, &id, &actor)?;
+                let data = apply(&current.data).map_err(StoreError::Rejected)?;
+                let r = replace_record(c, current, data)?;
+                index_unique(c, &collection, &r.id, &r.data)?;
+                Ok(r)
+            })
+            .await
+    }
+
+    async fn delete_record(
+        &self,
+        collection_id: &str,
+        id: &str,
+        expect: Expect,
+        actor: &str,
+        retention: Duration,
+    ) -> StoreResult<()> {
+        let (collection_id, id, actor) = (collection_id.to_owned(), id.to_owned(), actor.to_owned());
+        self.engine
+            .write(move |c| {
+                let Some(current) = load_record(c, &collection_id, &id)? else {
+                    return Err(not_there(c, kind::RECORD, &collection_id, &id));
+                };
+                check_expectation(Some(&current), &expect)?;
+                check_lease(c, &collection_id, &id, &actor)?;
+                c.execute(
+                    "DELETE FROM locks WHERE collection_id = ?1 AND record_id = ?2",
+                    [&collection_id, &id],
+                )
+                .map_err(db_error)?;
+                c.execute(
+                    "DELETE FROM records WHERE collection_id = ?1 AND id = ?2",
+                    [&collection_id, &id],
+                )
+                .map_err(db_error)?;
+                c.execute(
+                    "DELETE FROM unique_values WHERE collection_id = ?1 AND record_id = ?2",
+                    [&collection_id, &id],
+                )
+                .map_err(db_error)?;
+                put_tombstone(c, kind::RECORD, &collection_id, &id, retention).map_err(db_error)?;
+                Ok(())
+            })
+            .await
+    }
+}
