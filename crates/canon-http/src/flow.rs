@@ -432,6 +432,10 @@ pub enum Existence {
     Moved(String),
     /// It is reached through another URL for now (307).
     Redirect(String),
+    /// It is a finished piece of work whose outcome lives at another URL:
+    /// 303 See Other for GET and HEAD (RFC 9110 §15.4.4). Other methods
+    /// are answered as for [`Existence::Found`] with default facts.
+    SeeOther(String),
 }
 
 /// A representation to send.
@@ -453,6 +457,8 @@ pub struct Representation {
     pub vary: Option<&'static str>,
     /// `Content-Security-Policy`, for HTML that runs scripts.
     pub content_security_policy: Option<&'static str>,
+    /// `Retry-After` in seconds: when to look again (a job still running).
+    pub retry_after: Option<u64>,
 }
 
 impl Representation {
@@ -475,6 +481,7 @@ impl Representation {
             links: Vec::new(),
             vary: None,
             content_security_policy: None,
+            retry_after: None,
         }
     }
 
@@ -519,6 +526,14 @@ pub enum Success {
     NoContent,
     /// 207: a batch ran; the body holds each operation's own status.
     MultiStatus(Representation),
+    /// 202: the work was accepted as a job at `location` (the monitor), to
+    /// be polled after `retry_after` seconds; the body is the job.
+    Accepted {
+        /// The job's monitor.
+        location: String,
+        /// The job.
+        representation: Representation,
+    },
 }
 
 /// The flow's answer: the response and the nodes passed to reach it.
@@ -826,6 +841,10 @@ async fn act(
                 &[(header::LOCATION, location), (header::VARY, "Authorization".into())],
             ));
         }
+        Existence::SeeOther(location) if is_safe(&head.method) => {
+            return Ok(empty(StatusCode::SEE_OTHER, &[(header::LOCATION, location)]));
+        }
+        Existence::SeeOther(_) => Some(Found::default()),
     };
 
     walk.visit(Node::Preconditions);
@@ -1317,6 +1336,9 @@ fn representation_response(status: StatusCode, rep: Representation) -> Response<
     if let Some(csp) = rep.content_security_policy {
         set(&mut response, header::CONTENT_SECURITY_POLICY, csp);
     }
+    if let Some(seconds) = rep.retry_after {
+        set(&mut response, header::RETRY_AFTER, &seconds.to_string());
+    }
     for link in &rep.links {
         if let Ok(v) = HeaderValue::from_str(link) {
             response.headers_mut().append(header::LINK, v);
@@ -1335,7 +1357,7 @@ fn success_response(success: Success, minimal: bool) -> Response<Bytes> {
             Success::Ok(rep) => !rep.is_shown_once(),
             Success::Created { representation, .. } => !representation.is_shown_once(),
             // Each operation's status is in the body: it cannot be left out.
-            Success::NoContent | Success::MultiStatus(_) => false,
+            Success::NoContent | Success::MultiStatus(_) | Success::Accepted { .. } => false,
         };
     let mut response = match success {
         Success::Ok(rep) if minimal => {
@@ -1359,6 +1381,16 @@ fn success_response(success: Success, minimal: bool) -> Response<Bytes> {
         }
         Success::NoContent => return empty(StatusCode::NO_CONTENT, &[]),
         Success::MultiStatus(rep) => representation_response(StatusCode::MULTI_STATUS, rep),
+        Success::Accepted {
+            location,
+            mut representation,
+        } => {
+            // 202 always tells the client where and when to look.
+            representation.retry_after = representation.retry_after.or(Some(1));
+            let mut response = representation_response(StatusCode::ACCEPTED, representation);
+            set(&mut response, header::LOCATION, &location);
+            response
+        }
     };
     if minimal {
         set(

@@ -1515,3 +1515,36 @@ async fn n09_a_streamed_body_is_never_touched_when_a_later_node_refuses() {
     let decision = run(&stub, &head, Box::new(Untouchable), "rid").await;
     assert_eq!(decision.response.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn n16_accepted_work_is_202_with_location_and_retry_after() {
+    let facts = Facts {
+        execute: Ok(Success::Accepted {
+            location: "/v1/tenants/acme/jobs/j1".into(),
+            representation: Representation::json(&serde_json::json!({"id": "j1", "status": "queued"})),
+        }),
+        ..Facts::default()
+    };
+    let r = run_with(facts, req(Method::DELETE, ITEM).body(Bytes::new()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.header(header::LOCATION), "/v1/tenants/acme/jobs/j1");
+    assert_eq!(r.header(header::RETRY_AFTER), "1");
+    assert_eq!(r.body["status"], "queued");
+}
+
+#[tokio::test]
+async fn n13_finished_work_is_303_for_reads_only() {
+    let facts = Facts {
+        existence: Existence::SeeOther("/v1/tenants/acme/items/1/result".into()),
+        execute: Ok(Success::NoContent),
+        ..Facts::default()
+    };
+    let r = run_with(facts.clone(), get(ITEM)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.header(header::LOCATION), "/v1/tenants/acme/items/1/result");
+    assert_eq!(r.last(), Node::Exists);
+    // A write reaches its action (cancelling a finished job is the
+    // resource's own answer).
+    let r = run_with(facts, req(Method::DELETE, ITEM).body(Bytes::new()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+}

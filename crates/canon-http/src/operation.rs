@@ -103,6 +103,9 @@ pub fn statuses(route: &RouteSpec, spec: &MethodSpec) -> BTreeSet<u16> {
     if states.current {
         out.insert(307);
     }
+    if states.see_other && safe {
+        out.insert(303);
+    }
     // Preconditions: any existing resource answers `If-None-Match: *` with
     // 304 to a read; any request may carry an `If-Match` that fails.
     if safe {
@@ -441,6 +444,9 @@ fn probes(route: &'static RouteSpec, spec: &MethodSpec) -> Vec<ProbeRequest> {
     if route.states.current {
         existences.push(Existence::Redirect("/elsewhere".into()));
     }
+    if route.states.see_other {
+        existences.push(Existence::SeeOther("/elsewhere".into()));
+    }
     for existence in existences {
         push(
             request(&same, body),
@@ -610,6 +616,10 @@ impl Resource for ProbeResource {
             }),
             Ok(Outcome::NoContent) => Ok(Success::NoContent),
             Ok(Outcome::MultiStatus) => Ok(Success::MultiStatus(rep())),
+            Ok(Outcome::Accepted) => Ok(Success::Accepted {
+                location: "/job".into(),
+                representation: rep(),
+            }),
             Err(kind) => Err(Problem::new(kind, "probe")),
         };
         // A streamed body is read in the action, as a real resource would:

@@ -61,6 +61,8 @@ pub enum Outcome {
     NoContent,
     /// 207: several operations, each with its own status in the body.
     MultiStatus,
+    /// 202: accepted as a job (`Location`, `Retry-After`).
+    Accepted,
 }
 
 impl Outcome {
@@ -71,6 +73,7 @@ impl Outcome {
             Outcome::Created => 201,
             Outcome::NoContent => 204,
             Outcome::MultiStatus => 207,
+            Outcome::Accepted => 202,
         }
     }
 }
@@ -92,6 +95,9 @@ pub struct States {
     pub require_if_match: bool,
     /// Writes may meet another caller's lock (423).
     pub lockable: bool,
+    /// The path may name finished work whose outcome is elsewhere (303 for
+    /// GET and HEAD).
+    pub see_other: bool,
 }
 
 impl States {
@@ -103,8 +109,14 @@ impl States {
         current: false,
         require_if_match: false,
         lockable: false,
+        see_other: false,
     };
 
+    /// With `see_other` set.
+    pub const fn see_other(mut self) -> Self {
+        self.see_other = true;
+        self
+    }
     /// With `missing` set.
     pub const fn missing(mut self) -> Self {
         self.missing = true;

@@ -124,6 +124,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let purge = tokio::spawn(purge_expired(app.clone()));
+    crate::worker::start(&app, app.config.job_workers);
     serve_router(listener, enveloped(app.router()), shutdown).await;
     purge.abort();
     Ok(())

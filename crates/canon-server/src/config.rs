@@ -20,6 +20,8 @@ pub struct Config {
     pub max_import_bytes: u64,
     /// Requests served at once; beyond it 503 at once.
     pub max_in_flight: usize,
+    /// Jobs run at once by this process (workers claiming from the queue).
+    pub job_workers: usize,
     /// How long deleted things answer 410 before 404.
     pub tombstone_retention: Duration,
     /// The operator token to create on first start (otherwise generated).
@@ -35,6 +37,7 @@ impl Default for Config {
             body_timeout: Duration::from_millis(10_000),
             max_import_bytes: 10 << 30,
             max_in_flight: 1024,
+            job_workers: 2,
             tombstone_retention: Duration::from_secs(30 * 86_400),
             bootstrap_token: None,
         }

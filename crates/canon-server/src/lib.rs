@@ -21,6 +21,7 @@ pub mod schema_rules;
 pub mod state;
 pub mod token;
 pub mod wire;
+pub mod worker;
 
 pub use app::{enveloped, serve, serve_router};
 pub use config::Config;

@@ -174,3 +174,25 @@ pub fn collection_validators(c: &Collection) -> Validators {
 pub fn collection_representation(c: &Collection) -> Representation {
     Representation::json(&collection(c)).with_validators(collection_validators(c))
 }
+
+/// A job's monitor: `…/jobs/{id}` of the tenant named `tenant`.
+pub fn job_location(tenant: &str, id: &str) -> String {
+    format!("/v1/tenants/{tenant}/jobs/{id}")
+}
+
+/// A job.
+pub fn job(j: &canon_store::Job) -> Value {
+    value(&wire::Job {
+        id: j.id.clone(),
+        kind: j.kind.as_str().to_owned(),
+        status: j.status.as_str().to_owned(),
+        progress: wire::JobProgress {
+            done: j.progress.done,
+            total: j.progress.total,
+        },
+        created_at: timestamp(j.created_at),
+        started_at: j.started_at.map(timestamp),
+        finished_at: j.finished_at.map(timestamp),
+        problem: j.problem.clone(),
+    })
+}

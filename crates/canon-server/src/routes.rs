@@ -80,6 +80,9 @@ pub mod name {
     pub const RECORD: &str = "record";
     pub const LOCK: &str = "lock";
     pub const BATCH: &str = "batch";
+    pub const JOBS: &str = "jobs";
+    pub const JOB: &str = "job";
+    pub const JOB_RESULT: &str = "job-result";
     pub const PLANNED: &str = "planned";
 }
 
@@ -255,8 +258,11 @@ pub static ROUTES: &[RouteSpec] = &[
             patch(role(Admin))
                 .bodies(Some("CollectionPatch"), Some("Collection"))
                 .raising(&[UniqueConflict, InvalidField]),
-            // `?force=true` needs jobs: 501 until they exist.
-            delete(role(Admin)).raising(&[StateConflict, NotImplemented]),
+            // `?force=true` on a collection with records: 202 and a job.
+            MethodSpec::write(Method::DELETE, role(Admin), NONE, JSON)
+                .answering(&[Outcome::NoContent, Outcome::Accepted])
+                .bodies(None, Some("Job"))
+                .raising(&[StateConflict]),
         ],
         planned: &[],
         summary: "One collection.",
@@ -361,20 +367,34 @@ pub static ROUTES: &[RouteSpec] = &[
         states: IN_TENANT,
     },
     RouteSpec {
-        name: name::PLANNED,
-        pattern: "/v1/tenants/{tenant}/jobs/{job}",
-        methods: &[],
-        planned: &[Method::GET, Method::DELETE],
-        summary: "A job (planned).",
+        name: name::JOBS,
+        pattern: "/v1/tenants/{tenant}/jobs",
+        methods: &[get(role(Viewer), LIST_TYPES).bodies(None, Some("JobPage"))],
+        planned: &[],
+        summary: "The tenant's jobs: work accepted with 202.",
         states: IN_TENANT,
     },
     RouteSpec {
-        name: name::PLANNED,
+        name: name::JOB,
+        pattern: "/v1/tenants/{tenant}/jobs/{job}",
+        methods: &[
+            get(role(Viewer), JSON).bodies(None, Some("Job")),
+            MethodSpec::write(Method::DELETE, role(Editor), NONE, JSON)
+                .bodies(None, Some("Job"))
+                .raising(&[StateConflict]),
+        ],
+        planned: &[],
+        summary: "A job's monitor: 200 while unfinished (Retry-After), failed or canceled; 303 to its result once \
+                  it succeeded. DELETE cancels.",
+        states: BELOW_DELETABLE.see_other(),
+    },
+    RouteSpec {
+        name: name::JOB_RESULT,
         pattern: "/v1/tenants/{tenant}/jobs/{job}/result",
-        methods: &[],
-        planned: &[Method::GET],
-        summary: "A job's result (planned).",
-        states: IN_TENANT,
+        methods: &[get(role(Viewer), JSON)],
+        planned: &[],
+        summary: "What a succeeded job produced.",
+        states: BELOW_DELETABLE,
     },
     RouteSpec {
         name: name::PLANNED,

@@ -220,7 +220,7 @@ async fn head_answers_like_get_including_304_and_routes_not_built_yet() {
     let mut lengths = Vec::new();
     for method in [Method::GET, Method::HEAD] {
         let r = s
-            .req(method.clone(), "/v1/tenants/acme/jobs/j1", Some(&w.viewer))
+            .req(method.clone(), "/v1/tenants/acme/devices", Some(&w.viewer))
             .send()
             .await
             .unwrap();

@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Requests served at once; beyond it 503 [default: 1024].
     #[arg(long, env = "CANON_MAX_IN_FLIGHT")]
     max_in_flight: Option<usize>,
+    /// Jobs this process runs at once [default: 2].
+    #[arg(long, env = "CANON_JOB_WORKERS")]
+    job_workers: Option<usize>,
     /// Days a deleted resource answers 410 before 404 [default: 30].
     #[arg(long, env = "CANON_TOMBSTONE_DAYS")]
     tombstone_days: Option<u64>,
@@ -81,6 +84,7 @@ struct FileConfig {
     body_timeout_ms: Option<u64>,
     max_import_bytes: Option<u64>,
     max_in_flight: Option<usize>,
+    job_workers: Option<usize>,
     tombstone_days: Option<u64>,
     bootstrap_token: Option<String>,
 }
@@ -111,6 +115,7 @@ fn resolve(args: ServeArgs) -> Result<Config, String> {
             .or(file.max_import_bytes)
             .unwrap_or(d.max_import_bytes),
         max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight),
+        job_workers: args.job_workers.or(file.job_workers).unwrap_or(d.job_workers),
         tombstone_retention: args
             .tombstone_days
             .or(file.tombstone_days)

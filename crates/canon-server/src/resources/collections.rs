@@ -298,12 +298,27 @@ impl Resource for OneCollection {
                     .await
                 {
                     Ok(_) => Ok(Success::NoContent),
-                    // Deleting the records of a non-empty collection is long work:
-                    // it becomes a job (202) with the jobs feature.
-                    Err(canon_store::StoreError::NotEmpty) if self.force => Err(Problem::new(
-                        ProblemKind::NotImplemented,
-                        "Deleting a collection that still has records (?force=true) runs as a job, which is not implemented yet.",
-                    )),
+                    // Deleting the records of a non-empty collection is long
+                    // work: a job (202), followed at its monitor.
+                    Err(canon_store::StoreError::NotEmpty) if self.force => {
+                        let job = store
+                            .create_job(
+                                canon_store::NewJob {
+                                    tenant_id: tenant.id.clone(),
+                                    kind: canon_store::JobKind::DeleteCollection,
+                                    params: serde_json::json!({"collection_id": c.id, "collection": c.name}),
+                                    total: None,
+                                    with_input: false,
+                                },
+                                canon_store::now_millis(),
+                            )
+                            .await
+                            .map_err(store_problem)?;
+                        Ok(Success::Accepted {
+                            location: render::job_location(&tenant.name, &job.id),
+                            representation: super::jobs::job_representation(&job),
+                        })
+                    }
                     Err(e) => Err(store_problem(e)),
                 },
                 _ => Ok(Success::Ok(render::collection_representation(&c))),

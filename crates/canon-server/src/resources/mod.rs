@@ -6,6 +6,7 @@ mod batch;
 mod collections;
 mod docs;
 mod health;
+pub mod jobs;
 mod records;
 pub mod service;
 mod tenants;
@@ -172,6 +173,9 @@ pub fn for_route(
         name::TENANT => Box::new(tenants::OneTenant::new(cx)),
         name::TENANT_OPENAPI => Box::new(docs::TenantOpenApi::new(cx)),
         name::USERS => Box::new(users::Users::new(cx)),
+        name::JOBS => Box::new(jobs::Jobs::new(cx)),
+        name::JOB => Box::new(jobs::OneJob::new(cx)),
+        name::JOB_RESULT => Box::new(jobs::JobResult::new(cx)),
         name::USER => Box::new(users::OneUser::new(cx)),
         name::API_KEYS => Box::new(users::ApiKeys::new(cx)),
         name::API_KEY => Box::new(users::OneApiKey::new(cx)),

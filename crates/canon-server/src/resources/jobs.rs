@@ -1,0 +1,218 @@
+//! Jobs: the monitor of work accepted with 202 (`…/jobs/{job}`), its
+//! result (`…/jobs/{job}/result`) and the tenant's list (`…/jobs`).
+//!
+//! The monitor answers 200 with the job while it is queued or running
+//! (with `Retry-After`), failed or canceled, and 303 See Other to its result
+//! once it succeeded; DELETE cancels unfinished work (409 once finished).
+//! A job is kept, result included, for [`JOB_RESULT_RETENTION`] after it
+//! finished, then answers 410.
+
+use canon_http::Problem;
+use canon_http::catalogue::ProblemKind;
+use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
+use canon_http::media::MediaType;
+use canon_store::{JOB_RESULT_RETENTION, Job, JobStatus, Lookup, Tenant, now_millis};
+use http::Method;
+
+use super::{Cx, Stop, settle, still_there, tenants};
+use crate::error::store_problem;
+use crate::input::Query;
+use crate::listing::{self, Listed};
+use crate::render;
+
+/// How long a client should wait before looking at unfinished work again.
+pub const POLL_SECONDS: u64 = 1;
+
+/// The job named in the path, or the stop it means (404 for another
+/// tenant's or an unknown job, 410 once purged).
+async fn load_job(cx: &Cx) -> Result<(Tenant, Job), Stop> {
+    let tenant = tenants::require(cx).await?;
+    let job = cx
+        .app
+        .store
+        .job(&tenant.id, cx.param("job"))
+        .await
+        .map_err(store_problem)?;
+    match job {
+        Lookup::Found(job) => Ok((tenant, job)),
+        Lookup::Gone => Err(Stop::At(Existence::Gone)),
+        Lookup::Missing => Err(Stop::At(Existence::Missing)),
+    }
+}
+
+/// A job as the monitor shows it: `Retry-After` while it is unfinished.
+pub fn job_representation(job: &Job) -> Representation {
+    let mut rep = Representation::json(&render::job(job));
+    if matches!(job.status, JobStatus::Queued | JobStatus::Running) {
+        rep.retry_after = Some(POLL_SECONDS);
+    }
+    // A job changes by itself: never served from a cache.
+    rep.cache_control = Some("no-store");
+    rep
+}
+
+/// `GET, DELETE /v1/tenants/{tenant}/jobs/{job}`.
+pub struct OneJob {
+    cx: Cx,
+    found: Option<(Tenant, Job)>,
+}
+
+impl OneJob {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self { cx, found: None }
+    }
+}
+
+impl Resource for OneJob {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            settle(
+                async {
+                    let (tenant, job) = load_job(&self.cx).await?;
+                    let existence = if job.status == JobStatus::Succeeded {
+                        Existence::SeeOther(format!("{}/result", render::job_location(&tenant.name, &job.id)))
+                    } else {
+                        Existence::Found(Found::default())
+                    };
+                    self.found = Some((tenant, job));
+                    Ok(existence)
+                }
+                .await,
+            )
+        })
+    }
+
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let (tenant, job) = still_there(self.found.take())?;
+            if self.cx.method == Method::DELETE {
+                let canceled = self
+                    .cx
+                    .app
+                    .store
+                    .cancel_job(&tenant.id, &job.id, now_millis(), JOB_RESULT_RETENTION)
+                    .await
+                    .map_err(|e| match e {
+                        canon_store::StoreError::JobFinished(status) => Problem::new(
+                            ProblemKind::StateConflict,
+                            format!(
+                                "This job already {}; only queued or running work can be canceled.",
+                                status.as_str()
+                            ),
+                        ),
+                        other => store_problem(other),
+                    })?;
+                return Ok(Success::Ok(job_representation(&canceled)));
+            }
+            Ok(Success::Ok(job_representation(&job)))
+        })
+    }
+}
+
+/// `GET /v1/tenants/{tenant}/jobs/{job}/result`: what a succeeded job
+/// produced (404 while it has not succeeded).
+pub struct JobResult {
+    cx: Cx,
+    result: Option<serde_json::Value>,
+}
+
+impl JobResult {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self { cx, result: None }
+    }
+}
+
+impl Resource for JobResult {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            settle(
+                async {
+                    let (_, job) = load_job(&self.cx).await?;
+                    if job.status != JobStatus::Succeeded {
+                        return Ok(Existence::Missing);
+                    }
+                    self.result = Some(job.result.unwrap_or_else(|| serde_json::json!({})));
+                    Ok(Existence::Found(Found::default()))
+                }
+                .await,
+            )
+        })
+    }
+
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let result = still_there(self.result.take())?;
+            let mut rep = Representation::json(&result);
+            rep.cache_control = Some("private, max-age=3600");
+            Ok(Success::Ok(rep))
+        })
+    }
+}
+
+/// `GET /v1/tenants/{tenant}/jobs`: the tenant's jobs, oldest first.
+pub struct Jobs {
+    cx: Cx,
+    page: Option<listing::Paging>,
+    listed: Option<Listed>,
+}
+
+impl Jobs {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self {
+            cx,
+            page: None,
+            listed: None,
+        }
+    }
+}
+
+impl Resource for Jobs {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        let q = Query::parse(&input.head.uri, &["limit", "cursor"])?;
+        self.page = Some(listing::page_request(&q)?);
+        Ok(())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            settle(
+                async {
+                    let tenant = tenants::require(&self.cx).await?;
+                    let paging = still_there(self.page.take())?;
+                    let (page, cursors) = paging.open(&self.cx.app, &["jobs", &tenant.id]).await?;
+                    let page = self
+                        .cx
+                        .app
+                        .store
+                        .list_jobs(&tenant.id, page)
+                        .await
+                        .map_err(store_problem)?;
+                    let found = Listed::from_page(page, render::job, &cursors).keep(&mut self.listed);
+                    Ok(Existence::Found(found))
+                }
+                .await,
+            )
+        })
+    }
+
+    fn execute(&mut self, media: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let listed = still_there(self.listed.take())?;
+            Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
+        })
+    }
+}

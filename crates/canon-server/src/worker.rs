@@ -1,0 +1,193 @@
+//! The job workers: a bounded pool that claims jobs from the store's queue
+//! (docs/jobs.md) and runs them.
+//!
+//! Each claim takes a lease under an owner name unique to that claim; the
+//! worker checkpoints (and so renews the lease) after every step, and stops
+//! as soon as the store says the lease is lost (the job was canceled, or the
+//! lease expired and another worker took the job over). A job that was
+//! running when its process died is claimed again after its lease expires
+//! and resumes from its checkpoint: every step is idempotent with respect to
+//! it, so nothing is applied twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use canon_http::Problem;
+use canon_http::catalogue::ProblemKind;
+use canon_store::{
+    Expect, Job, JobKind, JobOutcome, PageRequest, Progress, RecordQuery, SortOrder, StoreError, now_millis,
+};
+use serde_json::{Value, json};
+
+use crate::state::App;
+
+/// How long a claim holds a job without a checkpoint.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How long an idle worker waits before asking the queue again.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// Records deleted per step of a collection's deletion.
+const DELETE_STEP: usize = 500;
+/// A job claimed this many times without finishing fails.
+const MAX_ATTEMPTS: i64 = 5;
+
+/// Starts `workers` workers for `app`; they run until the process ends.
+pub fn start(app: &Arc<App>, workers: usize) {
+    for n in 0..workers.max(1) {
+        tokio::spawn(run(app.clone(), n));
+    }
+}
+
+async fn run(app: Arc<App>, n: usize) {
+    loop {
+        let owner = format!("worker-{n}-{}", uuid::Uuid::now_v7());
+        match app.store.claim_job(&owner, LEASE, now_millis()).await {
+            Ok(Some(job)) => work(&app, job, &owner).await,
+            Ok(None) => tokio::time::sleep(IDLE_POLL).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not claim a job");
+                tokio::time::sleep(IDLE_POLL * 5).await;
+            }
+        }
+    }
+}
+
+/// Runs `job` under `owner` and records how it ended, unless the lease was
+/// lost (canceled, or taken over): then whoever holds it now decides.
+async fn work(app: &App, job: Job, owner: &str) {
+    let outcome = if job.attempts > MAX_ATTEMPTS {
+        Err(Step::Failed(Problem::new(
+            ProblemKind::Internal,
+            format!("The job was started {MAX_ATTEMPTS} times without finishing."),
+        )))
+    } else {
+        match job.kind {
+            JobKind::DeleteCollection => delete_collection(app, &job, owner).await,
+            other => Err(Step::Failed(Problem::new(
+                ProblemKind::NotImplemented,
+                format!("Jobs of kind {} are not implemented yet.", other.as_str()),
+            ))),
+        }
+    };
+    let outcome = match outcome {
+        Ok(result) => JobOutcome::Succeeded { result: Some(result) },
+        Err(Step::Failed(problem)) => JobOutcome::Failed {
+            problem: problem.to_body("", ""),
+        },
+        Err(Step::LeaseLost) => return,
+    };
+    let finished = app
+        .store
+        .finish_job(
+            &job.tenant_id,
+            &job.id,
+            owner,
+            outcome,
+            now_millis(),
+            canon_store::JOB_RESULT_RETENTION,
+        )
+        .await;
+    if let Err(e) = finished
+        && !matches!(e, StoreError::LeaseLost)
+    {
+        tracing::error!(job = %job.id, error = %e, "could not record a job's end");
+    }
+}
+
+/// Why a job stopped before finishing.
+enum Step {
+    /// It failed, with this problem.
+    Failed(Problem),
+    /// Its lease is gone (canceled, or another worker has it).
+    LeaseLost,
+}
+
+impl From<StoreError> for Step {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::LeaseLost => Step::LeaseLost,
+            other => {
+                tracing::error!(error = %other, "a job step failed in the store");
+                Step::Failed(Problem::new(ProblemKind::Internal, "The store failed during the job."))
+            }
+        }
+    }
+}
+
+/// `DELETE …/collections/{c}?force=true`: deletes the records a page at a
+/// time (each a tombstone, as a DELETE of the record would leave), then the
+/// collection. Resumable: a step deletes whatever is still there.
+async fn delete_collection(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
+    let collection_id = job.params["collection_id"].as_str().unwrap_or_default().to_owned();
+    let name = job.params["collection"].as_str().unwrap_or_default().to_owned();
+    let retention = app.config.tombstone_retention;
+    let mut done = job.progress.done;
+    loop {
+        let page = app
+            .store
+            .list_records(
+                &collection_id,
+                RecordQuery {
+                    page: PageRequest {
+                        limit: DELETE_STEP,
+                        after: None,
+                    },
+                    filters: Vec::new(),
+                    sort: SortOrder::Id,
+                },
+            )
+            .await?;
+        let mut deleted = 0;
+        for record in &page.items {
+            match app
+                .store
+                .delete_record(&collection_id, &record.id, Expect::Anything, "job", retention)
+                .await
+            {
+                Ok(()) => deleted += 1,
+                // Someone else's lease: left for the next pass.
+                Err(StoreError::Locked(_)) => {}
+                // Deleted meanwhile by someone else: nothing to do.
+                Err(StoreError::Gone | StoreError::Vanished) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        done += deleted;
+        app.store
+            .checkpoint(
+                &job.tenant_id,
+                &job.id,
+                owner,
+                json!({"deleted": done}),
+                Progress {
+                    done,
+                    total: job.progress.total,
+                },
+                now_millis(),
+            )
+            .await?;
+        if page.items.is_empty() || (deleted == 0 && page.next.is_none()) {
+            break;
+        }
+        if deleted == 0 {
+            // Every record left is locked by another caller.
+            return Err(Step::Failed(Problem::new(
+                ProblemKind::Locked,
+                "Records of the collection are locked by other callers; delete again when the locks end.",
+            )));
+        }
+    }
+    match app
+        .store
+        .delete_collection(&job.tenant_id, &name, Expect::Anything, retention)
+        .await
+    {
+        Ok(()) | Err(StoreError::Gone | StoreError::Vanished) => {
+            Ok(json!({"collection": name, "deleted_records": done}))
+        }
+        Err(StoreError::NotEmpty) => Err(Step::Failed(Problem::new(
+            ProblemKind::StateConflict,
+            "Records were added to the collection while it was being deleted; delete it again.",
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
