@@ -22,6 +22,9 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Jobs run at once by this process (workers claiming from the queue).
     pub job_workers: usize,
+    /// How long a worker's claim on a job lasts without a checkpoint; a job
+    /// whose worker died is taken over after it.
+    pub job_lease: Duration,
     /// How long deleted things answer 410 before 404.
     pub tombstone_retention: Duration,
     /// The operator token to create on first start (otherwise generated).
@@ -38,6 +41,7 @@ impl Default for Config {
             max_import_bytes: 10 << 30,
             max_in_flight: 1024,
             job_workers: 2,
+            job_lease: Duration::from_secs(30),
             tombstone_retention: Duration::from_secs(30 * 86_400),
             bootstrap_token: None,
         }

@@ -22,6 +22,7 @@ const HTML: &[MediaType] = &[Html];
 const JAVASCRIPT: &[MediaType] = &[MediaType::JavaScript];
 const TEXT: &[MediaType] = &[MediaType::Text];
 const NONE: &[MediaType] = &[];
+const NDJSON: &[MediaType] = &[MediaType::Ndjson];
 
 const fn role(r: Role) -> Guard {
     Guard::Role(r)
@@ -80,6 +81,7 @@ pub mod name {
     pub const RECORD: &str = "record";
     pub const LOCK: &str = "lock";
     pub const BATCH: &str = "batch";
+    pub const IMPORTS: &str = "imports";
     pub const JOBS: &str = "jobs";
     pub const JOB: &str = "job";
     pub const JOB_RESULT: &str = "job-result";
@@ -351,12 +353,15 @@ pub static ROUTES: &[RouteSpec] = &[
         states: IN_COLLECTION,
     },
     RouteSpec {
-        name: name::PLANNED,
+        name: name::IMPORTS,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/imports",
-        methods: &[],
-        planned: &[Method::POST],
-        summary: "Imports (planned).",
-        states: IN_TENANT,
+        methods: &[MethodSpec::write(Method::POST, role(Editor), NDJSON, JSON)
+            .streaming()
+            .answering(&[Outcome::Accepted])
+            .bodies(None, Some("Job"))],
+        planned: &[],
+        summary: "Imports: an NDJSON upload of records (streamed, up to CANON_MAX_IMPORT_BYTES), run as a job (202).",
+        states: IN_COLLECTION,
     },
     RouteSpec {
         name: name::PLANNED,

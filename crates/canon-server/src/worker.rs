@@ -21,8 +21,6 @@ use serde_json::{Value, json};
 
 use crate::state::App;
 
-/// How long a claim holds a job without a checkpoint.
-pub const LEASE: Duration = Duration::from_secs(30);
 /// How long an idle worker waits before asking the queue again.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Records deleted per step of a collection's deletion.
@@ -40,7 +38,7 @@ pub fn start(app: &Arc<App>, workers: usize) {
 async fn run(app: Arc<App>, n: usize) {
     loop {
         let owner = format!("worker-{n}-{}", uuid::Uuid::now_v7());
-        match app.store.claim_job(&owner, LEASE, now_millis()).await {
+        match app.store.claim_job(&owner, app.config.job_lease, now_millis()).await {
             Ok(Some(job)) => work(&app, job, &owner).await,
             Ok(None) => tokio::time::sleep(IDLE_POLL).await,
             Err(e) => {
@@ -62,6 +60,7 @@ async fn work(app: &App, job: Job, owner: &str) {
     } else {
         match job.kind {
             JobKind::DeleteCollection => delete_collection(app, &job, owner).await,
+            JobKind::Import => import(app, &job, owner).await,
             other => Err(Step::Failed(Problem::new(
                 ProblemKind::NotImplemented,
                 format!("Jobs of kind {} are not implemented yet.", other.as_str()),
@@ -91,6 +90,20 @@ async fn work(app: &App, job: Job, owner: &str) {
     {
         tracing::error!(job = %job.id, error = %e, "could not record a job's end");
     }
+}
+
+/// Stores a step's checkpoint and renews the lease for another
+/// `job_lease`: both fail once the lease is lost (canceled, taken over).
+async fn save(app: &App, job: &Job, owner: &str, checkpoint: Value, progress: Progress) -> Result<(), Step> {
+    let now = now_millis();
+    app.store
+        .checkpoint(&job.tenant_id, &job.id, owner, checkpoint, progress, now)
+        .await?;
+    let lease = i64::try_from(app.config.job_lease.as_millis()).unwrap_or(i64::MAX);
+    app.store
+        .heartbeat(&job.tenant_id, &job.id, owner, now.saturating_add(lease), now)
+        .await?;
+    Ok(())
 }
 
 /// Why a job stopped before finishing.
@@ -152,19 +165,11 @@ async fn delete_collection(app: &App, job: &Job, owner: &str) -> Result<Value, S
             }
         }
         done += deleted;
-        app.store
-            .checkpoint(
-                &job.tenant_id,
-                &job.id,
-                owner,
-                json!({"deleted": done}),
-                Progress {
-                    done,
-                    total: job.progress.total,
-                },
-                now_millis(),
-            )
-            .await?;
+        let progress = Progress {
+            done,
+            total: job.progress.total,
+        };
+        save(app, job, owner, json!({"deleted": done}), progress).await?;
         if page.items.is_empty() || (deleted == 0 && page.next.is_none()) {
             break;
         }
@@ -190,4 +195,153 @@ async fn delete_collection(app: &App, job: &Job, owner: &str) -> Result<Value, S
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Failed lines kept in an import's report (the rest are only counted).
+const MAX_REPORTED_FAILURES: usize = 1000;
+
+/// Where an import stands: saved as its checkpoint after every input chunk,
+/// so a retry resumes at the next chunk with the same counts.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ImportState {
+    /// The next input chunk to read.
+    chunk: i64,
+    /// The start of a line cut by the end of the last chunk (base64url).
+    carry: String,
+    /// The number of the next line (1-based).
+    line: u64,
+    /// Records created.
+    created: i64,
+    /// Lines that failed.
+    failed: i64,
+    /// The first failures: line, pointer, problem.
+    failures: Vec<Value>,
+}
+
+/// `POST …/imports`: every line of the stored NDJSON input becomes a record
+/// at the id `{job}-{line}`, so a retry after a crash re-creates nothing: a
+/// line whose record exists was done before (`If-None-Match: *`
+/// semantics). A line that is not a JSON object, fails the schema, collides
+/// on a unique field or exceeds the single-record body limit fails on its
+/// own, in the report; the import goes on.
+async fn import(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    let mut state: ImportState = job
+        .checkpoint
+        .clone()
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or(ImportState {
+            line: 1,
+            ..ImportState::default()
+        });
+    let collection = import_collection(app, job).await?;
+    let mut pending = URL_SAFE_NO_PAD.decode(&state.carry).unwrap_or_default();
+    while let Some(chunk) = app.store.read_job_input(&job.tenant_id, &job.id, state.chunk).await? {
+        pending.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
+            let line = &pending[start..start + end];
+            import_line(app, job, &collection, &mut state, line).await?;
+            start += end + 1;
+        }
+        pending.drain(..start);
+        state.chunk += 1;
+        state.carry = URL_SAFE_NO_PAD.encode(&pending);
+        let progress = Progress {
+            done: state.created + state.failed,
+            total: None,
+        };
+        let checkpoint = serde_json::to_value(&state).unwrap_or(Value::Null);
+        save(app, job, owner, checkpoint, progress).await?;
+    }
+    if !pending.is_empty() {
+        // The last line, without its newline.
+        let line = std::mem::take(&mut pending);
+        import_line(app, job, &collection, &mut state, &line).await?;
+    }
+    Ok(json!({
+        "collection": collection.name,
+        "lines": state.line - 1,
+        "created": state.created,
+        "failed": state.failed,
+        "failures": state.failures,
+        "failures_omitted": (state.failed as usize).saturating_sub(state.failures.len()),
+    }))
+}
+
+/// The collection an import writes to, by the name it had (following a
+/// rename); the job fails when it was deleted.
+async fn import_collection(app: &App, job: &Job) -> Result<canon_store::Collection, Step> {
+    let name = job.params["collection"].as_str().unwrap_or_default();
+    let mut lookup = app.store.collection(&job.tenant_id, name).await?;
+    if !matches!(lookup, canon_store::Lookup::Found(_))
+        && let Some(current) = app.store.collection_alias(&job.tenant_id, name).await?
+    {
+        lookup = app.store.collection(&job.tenant_id, &current).await?;
+    }
+    match lookup {
+        canon_store::Lookup::Found(c) if c.id == job.params["collection_id"].as_str().unwrap_or_default() => Ok(c),
+        _ => Err(Step::Failed(Problem::new(
+            ProblemKind::Gone,
+            "The collection was deleted while the import waited or ran.",
+        ))),
+    }
+}
+
+/// Imports one line (numbered `state.line`), counting it as created or
+/// failed.
+async fn import_line(
+    app: &App,
+    job: &Job,
+    collection: &canon_store::Collection,
+    state: &mut ImportState,
+    line: &[u8],
+) -> Result<(), Step> {
+    let number = state.line;
+    state.line += 1;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let data = if line.len() > app.config.max_body_bytes {
+        Err(Problem::new(
+            ProblemKind::ContentTooLarge,
+            format!("The line is larger than {} bytes.", app.config.max_body_bytes),
+        ))
+    } else {
+        crate::json::parse(line).map_err(|e| crate::input::json_problem(&e))
+    };
+    let outcome = match data {
+        Ok(data) => match crate::resources::records::validate(app, collection, &data) {
+            Ok(()) => {
+                let id = format!("{}-{number}", job.id);
+                match app.store.put_record(collection, &id, data, Expect::Absent, "job").await {
+                    // Created now, or by an attempt before a crash.
+                    Ok(_) | Err(StoreError::ExpectationFailed) => Ok(()),
+                    Err(e @ StoreError::Conflict { .. }) => Err(crate::error::store_problem(e)),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(problem) => Err(problem),
+        },
+        Err(problem) => Err(problem),
+    };
+    match outcome {
+        Ok(()) => state.created += 1,
+        Err(problem) => {
+            state.failed += 1;
+            if state.failures.len() < MAX_REPORTED_FAILURES {
+                let body = problem.to_body("", "");
+                let pointer = body["errors"][0]["pointer"].as_str().unwrap_or("").to_owned();
+                state.failures.push(json!({
+                    "line": number,
+                    "pointer": pointer,
+                    "problem": {"type": body["type"], "title": body["title"], "status": body["status"], "detail": body["detail"], "errors": body.get("errors")},
+                }));
+            }
+        }
+    }
+    Ok(())
 }

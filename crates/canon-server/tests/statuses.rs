@@ -334,27 +334,15 @@ async fn status_501_unknown_and_planned_methods() {
         .await;
     assert_problem(r, 501, "not-implemented").await;
     let r = s
-        .call(
-            Method::POST,
-            "/v1/tenants/acme/collections/devices/imports",
-            &w.editor,
-            Some(json!({})),
-        )
+        .call(Method::POST, "/v1/tenants/acme/devices", &w.editor, Some(json!({})))
         .await;
     assert_problem(r, 501, "not-implemented").await;
-    assert!(imports_are_left_out_of_allow(&s, &w.editor).await);
+    assert!(planned_methods_are_left_out_of_allow(&s, &w.editor).await);
 }
 
 /// A planned method stays out of `Allow` until it is built.
-async fn imports_are_left_out_of_allow(s: &Server, token: &str) -> bool {
-    let r = s
-        .call(
-            Method::OPTIONS,
-            "/v1/tenants/acme/collections/devices/imports",
-            token,
-            None,
-        )
-        .await;
+async fn planned_methods_are_left_out_of_allow(s: &Server, token: &str) -> bool {
+    let r = s.call(Method::OPTIONS, "/v1/tenants/acme/devices", token, None).await;
     header(&r, "allow") == "OPTIONS"
 }
 

@@ -65,6 +65,9 @@ struct ServeArgs {
     /// Jobs this process runs at once [default: 2].
     #[arg(long, env = "CANON_JOB_WORKERS")]
     job_workers: Option<usize>,
+    /// Milliseconds a job's claim lasts without a checkpoint [default: 30000].
+    #[arg(long, env = "CANON_JOB_LEASE_MS")]
+    job_lease_ms: Option<u64>,
     /// Days a deleted resource answers 410 before 404 [default: 30].
     #[arg(long, env = "CANON_TOMBSTONE_DAYS")]
     tombstone_days: Option<u64>,
@@ -85,6 +88,7 @@ struct FileConfig {
     max_import_bytes: Option<u64>,
     max_in_flight: Option<usize>,
     job_workers: Option<usize>,
+    job_lease_ms: Option<u64>,
     tombstone_days: Option<u64>,
     bootstrap_token: Option<String>,
 }
@@ -116,6 +120,11 @@ fn resolve(args: ServeArgs) -> Result<Config, String> {
             .unwrap_or(d.max_import_bytes),
         max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight),
         job_workers: args.job_workers.or(file.job_workers).unwrap_or(d.job_workers),
+        job_lease: args
+            .job_lease_ms
+            .or(file.job_lease_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(d.job_lease),
         tombstone_retention: args
             .tombstone_days
             .or(file.tombstone_days)

@@ -6,8 +6,9 @@ mod batch;
 mod collections;
 mod docs;
 mod health;
+mod imports;
 pub mod jobs;
-mod records;
+pub(crate) mod records;
 pub mod service;
 mod tenants;
 mod users;
@@ -174,6 +175,7 @@ pub fn for_route(
         name::TENANT_OPENAPI => Box::new(docs::TenantOpenApi::new(cx)),
         name::USERS => Box::new(users::Users::new(cx)),
         name::JOBS => Box::new(jobs::Jobs::new(cx)),
+        name::IMPORTS => Box::new(imports::Imports::new(cx)),
         name::JOB => Box::new(jobs::OneJob::new(cx)),
         name::JOB_RESULT => Box::new(jobs::JobResult::new(cx)),
         name::USER => Box::new(users::OneUser::new(cx)),

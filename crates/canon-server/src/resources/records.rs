@@ -23,7 +23,8 @@ use crate::{listing, render};
 
 /// Checks record data: a JSON object that satisfies the collection's schema.
 /// Every failure is listed, each with a pointer into the record envelope.
-fn validate(app: &App, collection: &Collection, data: &Value) -> Result<(), Problem> {
+/// Checks `data` against `collection`'s schema (400 `schema-violation`).
+pub(crate) fn validate(app: &App, collection: &Collection, data: &Value) -> Result<(), Problem> {
     let validator = app.validator(collection)?;
     check_data(&validator, &collection.name, data).map_err(rejected_problem)
 }

@@ -1,0 +1,130 @@
+//! Imports: an NDJSON upload, streamed into the store, run as a job (202);
+//! each line succeeds or fails on its own, in the report.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const IMPORTS: &str = "/v1/tenants/acme/collections/devices/imports";
+const RECORDS: &str = "/v1/tenants/acme/collections/devices/records";
+
+async fn upload(s: &Server, token: &str, body: &'static str) -> reqwest::Response {
+    s.req(Method::POST, IMPORTS, Some(token))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Follows a job's monitor to its result.
+async fn result_of(s: &Server, token: &str, location: &str) -> Value {
+    for _ in 0..400 {
+        let r = s.call(Method::GET, location, token, None).await;
+        if r.status() == 303 {
+            let result = header(&r, "location").to_owned();
+            return s.ok_json(Method::GET, &result, token, None).await;
+        }
+        assert_eq!(r.status(), 200);
+        let job: Value = r.json().await.unwrap();
+        assert!(job["status"] == "queued" || job["status"] == "running", "{job}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the import did not finish");
+}
+
+#[tokio::test]
+async fn imports_run_as_a_job_and_report_each_failed_line() {
+    let s = Server::start().await;
+    let w = world(&s, "acme").await;
+    // devices: {"port": integer} required, "serial" unique.
+    let body = "{\"port\":1,\"serial\":\"A\"}\n\
+                {\"port\":2}\n\
+                not json\n\
+                \n\
+                {\"port\":\"three\"}\n\
+                {\"port\":4,\"serial\":\"A\"}\n\
+                [1,2]\n\
+                {\"port\":5}";
+    let r = upload(&s, &w.editor, body).await;
+    assert_eq!(r.status(), 202);
+    let location = header(&r, "location").to_owned();
+    assert!(header(&r, "retry-after").parse::<u64>().is_ok());
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["kind"], "import");
+    let report = result_of(&s, &w.viewer, &location).await;
+    assert_eq!(report["created"], 3, "{report}");
+    assert_eq!(report["failed"], 4, "{report}");
+    assert_eq!(report["lines"], 8, "{report}");
+    let failures = report["failures"].as_array().unwrap();
+    let lines: Vec<u64> = failures.iter().map(|f| f["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [3, 5, 6, 7]);
+    assert_eq!(failures[0]["problem"]["type"], "/problems/malformed-body");
+    assert_eq!(failures[1]["problem"]["type"], "/problems/schema-violation");
+    assert_eq!(failures[1]["pointer"], "/data/port");
+    assert_eq!(failures[2]["problem"]["type"], "/problems/unique-conflict");
+    assert_eq!(failures[3]["problem"]["type"], "/problems/schema-violation");
+    // Every good line is a record, exactly once.
+    let list = s.ok_json(Method::GET, RECORDS, &w.viewer, None).await;
+    let mut ports: Vec<i64> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["data"]["port"].as_i64().unwrap())
+        .collect();
+    ports.sort();
+    assert_eq!(ports, [1, 2, 5]);
+}
+
+#[tokio::test]
+async fn imports_an_empty_upload_is_a_job_of_nothing() {
+    let s = Server::start().await;
+    let w = world(&s, "acme").await;
+    let r = upload(&s, &w.editor, "").await;
+    assert_eq!(r.status(), 202);
+    let location = header(&r, "location").to_owned();
+    let report = result_of(&s, &w.editor, &location).await;
+    assert_eq!(report["created"], 0);
+    assert_eq!(report["failed"], 0);
+}
+
+#[tokio::test]
+async fn imports_refuse_at_once_what_can_be_refused_at_once() {
+    let mut config = config();
+    config.max_import_bytes = 16;
+    let s = Server::start_with(config, |r| r).await;
+    let w = world(&s, "acme").await;
+    // Too large (declared): 413 before any job exists.
+    let r = upload(&s, &w.editor, "{\"port\":1}\n{\"port\":2}\n").await;
+    assert_problem(r, 413, "content-too-large").await;
+    // Not NDJSON: 415. A viewer: 403. Unknown collection: 404.
+    let r = s
+        .req(Method::POST, IMPORTS, Some(&w.editor))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 415, "unsupported-media-type").await;
+    let r = upload(&s, &w.viewer, "{}").await;
+    assert_problem(r, 403, "forbidden").await;
+    let r = s
+        .req(
+            Method::POST,
+            "/v1/tenants/acme/collections/nosuch/imports",
+            Some(&w.editor),
+        )
+        .header("content-type", "application/x-ndjson")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 404, "not-found").await;
+    // No job was created by any of them.
+    let list = s.ok_json(Method::GET, "/v1/tenants/acme/jobs", &w.viewer, None).await;
+    assert_eq!(list["items"], json!([]));
+}

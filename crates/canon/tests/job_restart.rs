@@ -1,0 +1,181 @@
+//! A job survives `kill -9` of its process: a new process takes it over
+//! once its lease runs out, resumes from its checkpoint, and every record
+//! of the import is there exactly once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const TOKEN: &str = "job-restart-operator";
+const LINES: usize = 3000;
+
+fn spawn(db: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database"])
+        .arg(format!("sqlite://{}", db.display()))
+        .env("CANON_BOOTSTRAP_TOKEN", TOKEN)
+        .env("CANON_LOG", "warn")
+        // One worker, and a short lease so the restarted process takes the
+        // job over quickly.
+        .env("CANON_JOB_WORKERS", "1")
+        .env("CANON_JOB_LEASE_MS", "1500")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn canon")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("canon did not become ready");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every record id of the collection, all pages.
+async fn record_ids(client: &reqwest::Client, base: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut url = format!("{base}/v1/tenants/acme/collections/c/records?limit=1000");
+    loop {
+        let page: Value = client
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => url = format!("{base}/v1/tenants/acme/collections/c/records?limit=1000&cursor={cursor}"),
+            None => return ids,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_survives_kill_9_and_applies_every_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("canon.db");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut child = spawn(&db, port);
+    wait_ready(&client, &base).await;
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    assert!(
+        post("/v1/tenants", json!({"name": "acme"}))
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+    assert!(
+        post(
+            "/v1/tenants/acme/collections",
+            json!({"name": "c", "schema": schema, "unique": ["n"]})
+        )
+        .await
+        .unwrap()
+        .status()
+        .is_success()
+    );
+    let body: String = (0..LINES).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let r = client
+        .post(format!("{base}/v1/tenants/acme/collections/c/imports"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+
+    // Kill the process while the import is half done.
+    let start = Instant::now();
+    loop {
+        let n = record_ids(&client, &base).await.len();
+        if n > 0 && n < LINES {
+            break;
+        }
+        assert!(n < LINES, "the import finished before it could be interrupted");
+        assert!(start.elapsed() < Duration::from_secs(60), "the import never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A new process on the same store takes the job over and finishes it.
+    let mut child = spawn(&db, port);
+    wait_ready(&client, &base).await;
+    let interrupted = record_ids(&client, &base).await.len();
+    assert!(interrupted < LINES, "{interrupted} records already");
+    let start = Instant::now();
+    let report: Value = loop {
+        let r = client
+            .get(format!("{base}{location}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        // reqwest follows the 303 to the result.
+        let body: Value = r.json().await.unwrap();
+        if body.get("created").is_some() {
+            break body;
+        }
+        assert!(body["status"] == "queued" || body["status"] == "running", "{body}");
+        assert!(start.elapsed() < Duration::from_secs(120), "the job was not resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(report["failed"], 0, "{report}");
+    let mut ids = record_ids(&client, &base).await;
+    assert_eq!(ids.len(), LINES, "every line once");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), LINES, "no record twice");
+    let job: Value = client
+        .get(format!("{base}/v1/tenants/acme/jobs"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(job["items"][0]["status"] == "succeeded", "{job}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
