@@ -5,8 +5,9 @@
 
 scripts/conformance runs it against a Canon it started; any running Canon
 will do. It downloads BASE_URL/openapi.json, generates a Python client with
-openapi-python-client (`--fail-on-warning`: a warning means the document
-lost something on the way to a client), imports it and, only through it
+openapi-python-client (a warning means the document lost something on the
+way to a client, and fails the run; the one exception is the NDJSON upload
+of `POST …/imports`, which the generator cannot send), imports it and, only through it
 (`AuthenticatedClient` and each operation's `sync_detailed`):
 
   create a tenant, an admin user and an API key (as the operator), then with
@@ -101,10 +102,18 @@ def generate(base, work):
     package = "canon_client"
     argv = [generator(), "generate",
             "--path", spec, "--output-path", os.path.join(work, package), "--meta", "none",
-            "--config", config, "--fail-on-warning"]
+            "--config", config]
     out = subprocess.run(argv, check=False, capture_output=True, text=True)
     text = (out.stdout + out.stderr).strip()
-    if out.returncode != 0 or re.search(r"warning", text, re.IGNORECASE):
+    # Every warning is a failure but one: the generator cannot send an
+    # NDJSON body (`POST …/imports`), a limit of the tool, not of the
+    # document (docs/decisions.md, "Peers' test suites").
+    skipped = re.findall(r"WARNING parsing (\w+) (\S+) within \w+\. Endpoint will not be generated\.\s+"
+                         r"Unsupported content type ([^\s]+)", text)
+    expected = {("POST", "/v1/tenants/{tenant}/collections/{collection}/imports", "application/x-ndjson")}
+    unexpected = [w for w in skipped if w not in expected]
+    warned = len(re.findall(r"WARNING", text)) != len(skipped) or unexpected
+    if out.returncode != 0 or warned:
         print(text)
         fail(f"openapi-python-client {'failed' if out.returncode else 'warned'} "
              f"(exit {out.returncode}); its output is above")
@@ -234,7 +243,9 @@ def main():
     modules = operations(package, work)
     print(f"generated {package} from {base}/openapi.json: {len(modules)} operations "
           f"of {len(ids)} in the document ({work})")
-    missing = sorted(f"{m.upper()} {p} ({ids[(m, p)]})" for m, p in set(ids) - set(modules))
+    # The NDJSON upload is the one operation the generator cannot make.
+    uploads = {("post", shape("/v1/tenants/{tenant}/collections/{collection}/imports"))}
+    missing = sorted(f"{m.upper()} {p} ({ids[(m, p)]})" for m, p in set(ids) - set(modules) - uploads)
     if missing:
         fail(f"the generator skipped operations: {'; '.join(missing)}")
     s = Scenario(base, operator, package, ids, modules)

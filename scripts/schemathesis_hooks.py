@@ -65,3 +65,13 @@ def filter_failure(ctx, failure, case, response):
         k.lower() for k in response.headers
     }
     return not (bare and len(target) > HYPER_MAX_TARGET)
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson(ctx, value):
+    """An NDJSON body (`POST …/imports`): one JSON value per line (a list
+    gives one line per item)."""
+    import json
+
+    items = value if isinstance(value, list) else [value]
+    return "".join(json.dumps(item) + "\n" for item in items).encode()

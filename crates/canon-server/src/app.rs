@@ -202,5 +202,16 @@ async fn purge_expired(app: Arc<App>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "purge of expired rows failed"),
         }
+        // Finished jobs past their retention leave a tombstone (410) kept
+        // as long as any other; abandoned uploads go without one.
+        match app
+            .store
+            .purge_expired_jobs(canon_store::now_millis(), app.config.tombstone_retention)
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "expired jobs removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purge of expired jobs failed"),
+        }
     }
 }

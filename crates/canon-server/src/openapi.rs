@@ -498,6 +498,12 @@ fn operation_object(site: &Site, scope: &Scope<'_>, spec: &MethodSpec, schema: &
         for media in spec.accepts {
             let body_schema = match media {
                 MediaType::JsonPatch => schema("JsonPatch"),
+                // Any bytes are an upload: each line is judged on its own,
+                // in the job's report (OpenAPI 3.1 has no per-line schema).
+                MediaType::Ndjson => json!({
+                    "contentMediaType": "application/x-ndjson",
+                    "description": "One record's data (a JSON object) per line.",
+                }),
                 _ => spec.request.map_or_else(|| json!({}), schema),
             };
             content.insert(media.essence().into(), json!({"schema": body_schema}));
