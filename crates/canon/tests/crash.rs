@@ -1,47 +1,14 @@
 //! Durability: every write answered 2xx survives `kill -9` of the server.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{free_port, wait_ready};
 
 use serde_json::{Value, json};
 
 const TOKEN: &str = "crash-test-operator";
-
-fn spawn(db: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_canon"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database"])
-        .arg(format!("sqlite://{}", db.display()))
-        .env("CANON_BOOTSTRAP_TOKEN", TOKEN)
-        .env("CANON_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn canon")
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("canon did not become ready");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
@@ -50,7 +17,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut child = spawn(&db, port);
+    let mut child = common::spawn(&db, port, TOKEN, &[]);
     wait_ready(&client, &base).await;
 
     let post = |path: &str, body: Value| {
@@ -116,7 +83,7 @@ async fn acknowledged_writes_survive_kill_9() {
         acknowledged.len()
     );
 
-    let mut child = spawn(&db, port);
+    let mut child = common::spawn(&db, port, TOKEN, &[]);
     wait_ready(&client, &base).await;
     for id in &acknowledged {
         let r = client

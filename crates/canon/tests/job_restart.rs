@@ -2,53 +2,19 @@
 //! once its lease runs out, resumes from its checkpoint, and every record
 //! of the import is there exactly once.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{free_port, wait_ready};
 
 use serde_json::{Value, json};
 
 const TOKEN: &str = "job-restart-operator";
 const LINES: usize = 3000;
 
-fn spawn(db: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_canon"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database"])
-        .arg(format!("sqlite://{}", db.display()))
-        .env("CANON_BOOTSTRAP_TOKEN", TOKEN)
-        .env("CANON_LOG", "warn")
-        // One worker, and a short lease so the restarted process takes the
-        // job over quickly.
-        .env("CANON_JOB_WORKERS", "1")
-        .env("CANON_JOB_LEASE_MS", "1500")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn canon")
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("canon did not become ready");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// One worker, and a short lease so a restarted process takes the job over quickly.
+const JOBS: &[(&str, &str)] = &[("CANON_JOB_WORKERS", "1"), ("CANON_JOB_LEASE_MS", "1500")];
 
 /// Every record id of the collection, all pages.
 async fn record_ids(client: &reqwest::Client, base: &str) -> Vec<String> {
@@ -85,7 +51,7 @@ async fn an_import_survives_kill_9_and_applies_every_line_once() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut child = spawn(&db, port);
+    let mut child = common::spawn(&db, port, TOKEN, JOBS);
     wait_ready(&client, &base).await;
     let post = |path: &str, body: Value| {
         client
@@ -139,7 +105,7 @@ async fn an_import_survives_kill_9_and_applies_every_line_once() {
     child.wait().unwrap();
 
     // A new process on the same store takes the job over and finishes it.
-    let mut child = spawn(&db, port);
+    let mut child = common::spawn(&db, port, TOKEN, JOBS);
     wait_ready(&client, &base).await;
     let interrupted = record_ids(&client, &base).await.len();
     assert!(interrupted < LINES, "{interrupted} records already");

@@ -1,0 +1,47 @@
+//! Helpers for tests that run the `canon` binary as its own process.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts `canon serve` on `port` over the SQLite file `db`, with the
+/// operator token `token` and the extra environment `env`.
+pub fn spawn(db: &std::path::Path, port: u16, token: &str, env: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_canon"));
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database"])
+        .arg(format!("sqlite://{}", db.display()))
+        .env("CANON_BOOTSTRAP_TOKEN", token)
+        .env("CANON_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().expect("spawn canon")
+}
+
+/// Waits until `/readyz` answers 2xx (at most 20 s).
+pub async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("canon did not become ready");
+}
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
