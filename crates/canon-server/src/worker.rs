@@ -197,6 +197,26 @@ async fn delete_collection(app: &App, job: &Job, owner: &str) -> Result<Value, S
     }
 }
 
+/// Lines imported between two checkpoints inside one input chunk: bounds
+/// both the work a crash repeats and how long a cancel takes to stop it.
+const LINES_PER_CHECKPOINT: usize = 200;
+
+/// An import's checkpoint: its state with `carry`, the start of a line
+/// cut by the end of the chunk before `state.chunk`.
+fn import_checkpoint(state: &ImportState, carry: &[u8]) -> Value {
+    use base64::Engine as _;
+    let mut value = serde_json::to_value(state).unwrap_or(Value::Null);
+    value["carry"] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(carry).into();
+    value
+}
+
+fn import_progress(state: &ImportState) -> Progress {
+    Progress {
+        done: state.created + state.failed,
+        total: None,
+    }
+}
+
 /// Failed lines kept in an import's report (the rest are only counted).
 const MAX_REPORTED_FAILURES: usize = 1000;
 
@@ -206,8 +226,11 @@ const MAX_REPORTED_FAILURES: usize = 1000;
 struct ImportState {
     /// The next input chunk to read.
     chunk: i64,
-    /// The start of a line cut by the end of the last chunk (base64url).
+    /// The start of a line cut by the end of the chunk before `chunk`
+    /// (base64url).
     carry: String,
+    /// Lines of chunk `chunk` already done (a checkpoint inside a chunk).
+    skip: usize,
     /// The number of the next line (1-based).
     line: u64,
     /// Records created.
@@ -239,22 +262,44 @@ async fn import(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
     let collection = import_collection(app, job).await?;
     let mut pending = URL_SAFE_NO_PAD.decode(&state.carry).unwrap_or_default();
     while let Some(chunk) = app.store.read_job_input(&job.tenant_id, &job.id, state.chunk).await? {
+        // `pending` is the carried start of a line, then this chunk; the
+        // first `state.skip` of its lines were done before a checkpoint.
+        let carry = std::mem::take(&mut pending);
+        pending = carry.clone();
         pending.extend_from_slice(&chunk);
         let mut start = 0;
+        let mut index = 0;
         while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
-            let line = &pending[start..start + end];
-            import_line(app, job, &collection, &mut state, line).await?;
+            if index >= state.skip {
+                let line = &pending[start..start + end];
+                import_line(app, job, &collection, &mut state, line).await?;
+                if (index + 1) % LINES_PER_CHECKPOINT == 0 {
+                    // Mid-chunk: resume at this chunk, past these lines.
+                    state.skip = index + 1;
+                    save(
+                        app,
+                        job,
+                        owner,
+                        import_checkpoint(&state, &carry),
+                        import_progress(&state),
+                    )
+                    .await?;
+                }
+            }
+            index += 1;
             start += end + 1;
         }
         pending.drain(..start);
         state.chunk += 1;
-        state.carry = URL_SAFE_NO_PAD.encode(&pending);
-        let progress = Progress {
-            done: state.created + state.failed,
-            total: None,
-        };
-        let checkpoint = serde_json::to_value(&state).unwrap_or(Value::Null);
-        save(app, job, owner, checkpoint, progress).await?;
+        state.skip = 0;
+        save(
+            app,
+            job,
+            owner,
+            import_checkpoint(&state, &pending),
+            import_progress(&state),
+        )
+        .await?;
     }
     if !pending.is_empty() {
         // The last line, without its newline.

@@ -128,3 +128,62 @@ async fn imports_refuse_at_once_what_can_be_refused_at_once() {
     let list = s.ok_json(Method::GET, "/v1/tenants/acme/jobs", &w.viewer, None).await;
     assert_eq!(list["items"], json!([]));
 }
+
+#[tokio::test]
+async fn imports_a_canceled_job_stops_and_keeps_what_it_did() {
+    let s = Server::start().await;
+    let w = world(&s, "acme").await;
+    let body: String = (0..3000).map(|n| format!("{{\"port\":{n}}}\n")).collect();
+    let r = s
+        .req(Method::POST, IMPORTS, Some(&w.editor))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = header(&r, "location").to_owned();
+    // Cancel it once it has started writing.
+    let mut canceled = None;
+    for _ in 0..400 {
+        let list = s
+            .ok_json(Method::GET, &format!("{RECORDS}?limit=1"), &w.viewer, None)
+            .await;
+        if !list["items"].as_array().unwrap().is_empty() {
+            let r = s.call(Method::DELETE, &location, &w.editor, None).await;
+            if r.status() == 200 {
+                canceled = Some(r.json::<Value>().await.unwrap());
+            } else {
+                // Finished first: a clear 409, and nothing to test here.
+                assert_problem(r, 409, "state-conflict").await;
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let Some(job) = canceled else { return };
+    assert_eq!(job["status"], "canceled");
+    assert!(job["finished_at"].is_string());
+    // The monitor keeps answering 200 (canceled is not success: no 303).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = s.call(Method::GET, &location, &w.viewer, None).await;
+    assert_eq!(r.status(), 200);
+    let later: Value = r.json().await.unwrap();
+    assert_eq!(later["status"], "canceled");
+    // What was imported stays; nothing more arrives.
+    let count = |list: Value| list["items"].as_array().unwrap().len();
+    let first = count(
+        s.ok_json(Method::GET, &format!("{RECORDS}?limit=1000"), &w.viewer, None)
+            .await,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = count(
+        s.ok_json(Method::GET, &format!("{RECORDS}?limit=1000"), &w.viewer, None)
+            .await,
+    );
+    assert_eq!(first, second);
+    assert!(first > 0);
+    // Canceling again is a conflict.
+    let r = s.call(Method::DELETE, &location, &w.editor, None).await;
+    assert_problem(r, 409, "state-conflict").await;
+}
