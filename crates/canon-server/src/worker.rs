@@ -261,6 +261,7 @@ async fn import(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
         });
     let collection = import_collection(app, job).await?;
     let mut pending = URL_SAFE_NO_PAD.decode(&state.carry).unwrap_or_default();
+    let mut batch = Vec::with_capacity(LINES_PER_CHECKPOINT);
     while let Some(chunk) = app.store.read_job_input(&job.tenant_id, &job.id, state.chunk).await? {
         // `pending` is the carried start of a line, then this chunk; the
         // first `state.skip` of its lines were done before a checkpoint.
@@ -272,9 +273,10 @@ async fn import(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
         while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
             if index >= state.skip {
                 let line = &pending[start..start + end];
-                import_line(app, job, &collection, &mut state, line).await?;
+                read_line(app, job, &collection, &mut state, line, &mut batch);
                 if (index + 1) % LINES_PER_CHECKPOINT == 0 {
                     // Mid-chunk: resume at this chunk, past these lines.
+                    write_lines(app, &collection, &mut state, &mut batch).await?;
                     state.skip = index + 1;
                     save(
                         app,
@@ -290,6 +292,7 @@ async fn import(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
             start += end + 1;
         }
         pending.drain(..start);
+        write_lines(app, &collection, &mut state, &mut batch).await?;
         state.chunk += 1;
         state.skip = 0;
         save(
@@ -304,8 +307,10 @@ async fn import(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
     if !pending.is_empty() {
         // The last line, without its newline.
         let line = std::mem::take(&mut pending);
-        import_line(app, job, &collection, &mut state, &line).await?;
+        read_line(app, job, &collection, &mut state, &line, &mut batch);
+        write_lines(app, &collection, &mut state, &mut batch).await?;
     }
+    state.failures.sort_by_key(|f| f["line"].as_u64());
     Ok(json!({
         "collection": collection.name,
         "lines": state.line - 1,
@@ -335,58 +340,89 @@ async fn import_collection(app: &App, job: &Job) -> Result<canon_store::Collecti
     }
 }
 
-/// Imports one line (numbered `state.line`), counting it as created or
-/// failed.
-async fn import_line(
+/// A line that passed its checks, waiting to be written with its batch.
+struct ReadLine {
+    number: u64,
+    id: String,
+    data: Value,
+}
+
+/// Reads one line (numbered `state.line`): blank lines are skipped, a line
+/// that is too long, not JSON or fails the schema is a failure at once, a
+/// good one joins `batch` under the id `{job}-{line}`.
+fn read_line(
     app: &App,
     job: &Job,
     collection: &canon_store::Collection,
     state: &mut ImportState,
     line: &[u8],
-) -> Result<(), Step> {
+    batch: &mut Vec<ReadLine>,
+) {
     let number = state.line;
     state.line += 1;
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
+        return;
     }
-    let data = if line.len() > app.config.max_body_bytes {
+    let checked = if line.len() > app.config.max_body_bytes {
         Err(Problem::new(
             ProblemKind::ContentTooLarge,
             format!("The line is larger than {} bytes.", app.config.max_body_bytes),
         ))
     } else {
-        crate::json::parse(line).map_err(|e| crate::input::json_problem(&e))
+        crate::json::parse(line)
+            .map_err(|e| crate::input::json_problem(&e))
+            .and_then(|data| crate::resources::records::validate(app, collection, &data).map(|()| data))
     };
-    let outcome = match data {
-        Ok(data) => match crate::resources::records::validate(app, collection, &data) {
-            Ok(()) => {
-                let id = format!("{}-{number}", job.id);
-                match app.store.put_record(collection, &id, data, Expect::Absent, "job").await {
-                    // Created now, or by an attempt before a crash.
-                    Ok(_) | Err(StoreError::ExpectationFailed) => Ok(()),
-                    Err(e @ StoreError::Conflict { .. }) => Err(crate::error::store_problem(e)),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Err(problem) => Err(problem),
-        },
-        Err(problem) => Err(problem),
-    };
-    match outcome {
-        Ok(()) => state.created += 1,
-        Err(problem) => {
-            state.failed += 1;
-            if state.failures.len() < MAX_REPORTED_FAILURES {
-                let body = problem.to_body("", "");
-                let pointer = body["errors"][0]["pointer"].as_str().unwrap_or("").to_owned();
-                state.failures.push(json!({
-                    "line": number,
-                    "pointer": pointer,
-                    "problem": {"type": body["type"], "title": body["title"], "status": body["status"], "detail": body["detail"], "errors": body.get("errors")},
-                }));
-            }
+    match checked {
+        Ok(data) => batch.push(ReadLine {
+            number,
+            id: format!("{}-{number}", job.id),
+            data,
+        }),
+        Err(problem) => fail_line(state, number, &problem),
+    }
+}
+
+/// Writes `batch` in one transaction: a record that exists already was
+/// written by an attempt before a crash (created, not again); a unique
+/// collision fails its line.
+async fn write_lines(
+    app: &App,
+    collection: &canon_store::Collection,
+    state: &mut ImportState,
+    batch: &mut Vec<ReadLine>,
+) -> Result<(), Step> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let lines = std::mem::take(batch);
+    let numbers: Vec<u64> = lines.iter().map(|l| l.number).collect();
+    let results = app
+        .store
+        .create_absent_records(collection, lines.into_iter().map(|l| (l.id, l.data)).collect())
+        .await?;
+    for (number, result) in numbers.into_iter().zip(results) {
+        match result {
+            Ok(()) | Err(StoreError::ExpectationFailed) => state.created += 1,
+            Err(e @ StoreError::Conflict { .. }) => fail_line(state, number, &crate::error::store_problem(e)),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
+}
+
+/// Counts line `number` as failed with `problem`, listed while the report
+/// has room.
+fn fail_line(state: &mut ImportState, number: u64, problem: &Problem) {
+    state.failed += 1;
+    if state.failures.len() < MAX_REPORTED_FAILURES {
+        let body = problem.to_body("", "");
+        let pointer = body["errors"][0]["pointer"].as_str().unwrap_or("").to_owned();
+        state.failures.push(json!({
+            "line": number,
+            "pointer": pointer,
+            "problem": {"type": body["type"], "title": body["title"], "status": body["status"], "detail": body["detail"], "errors": body.get("errors")},
+        }));
+    }
 }

@@ -212,6 +212,18 @@ pub trait RecordStore: Send + Sync {
     async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>>;
     /// A page of records.
     async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>>;
+    /// Creates each of `records` (id, data) that does not exist yet, all in
+    /// one write transaction (one commit for the lot: bulk work such as an
+    /// import). Each record succeeds or fails on its own, in order:
+    /// [`StoreError::ExpectationFailed`] when it already exists,
+    /// [`StoreError::Conflict`] when it collides on a unique field; a failed
+    /// one leaves nothing behind. Fails as a whole only when the collection
+    /// is gone or the store fails.
+    async fn create_absent_records(
+        &self,
+        collection: &Collection,
+        records: Vec<(String, Value)>,
+    ) -> StoreResult<Vec<StoreResult<()>>>;
     /// Replaces a record's data, or creates it at `id`, as `actor`. Returns
     /// the record and whether it was created. Fails with
     /// [`StoreError::ExpectationFailed`] when `expect` does not hold and with

@@ -313,6 +313,51 @@ impl RecordStore for SqliteStore {
         self.engine.read(move |c| list_records(c, &collection_id, &query)).await
     }
 
+    async fn create_absent_records(
+        &self,
+        collection: &Collection,
+        records: Vec<(String, Value)>,
+    ) -> StoreResult<Vec<StoreResult<()>>> {
+        let collection = collection.clone();
+        self.engine
+            .write(move |c| {
+                collection_exists(c, &collection.id)?;
+                let mut out = Vec::with_capacity(records.len());
+                for (id, data) in records {
+                    // Each record in a savepoint of its own: a failed one
+                    // rolls back alone, the others stay in the transaction.
+                    c.execute_batch("SAVEPOINT one_record").map_err(db_error)?;
+                    let one = (|| {
+                        if load_record(c, &collection.id, &id)?.is_some() {
+                            return Err(StoreError::ExpectationFailed);
+                        }
+                        let now = now_millis();
+                        let r = Record {
+                            id,
+                            collection_id: collection.id.clone(),
+                            data,
+                            version: 1,
+                            etag: new_etag(),
+                            created_at: now,
+                            updated_at: now,
+                        };
+                        insert_record(c, &r)?;
+                        clear_tombstone(c, kind::RECORD, &r.collection_id, &r.id).map_err(db_error)?;
+                        index_unique(c, &collection, &r.id, &r.data)
+                    })();
+                    let end = if one.is_ok() {
+                        "RELEASE one_record"
+                    } else {
+                        "ROLLBACK TO one_record; RELEASE one_record"
+                    };
+                    c.execute_batch(end).map_err(db_error)?;
+                    out.push(one);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     async fn put_record(
         &self,
         collection: &Collection,

@@ -689,6 +689,47 @@ fn set_field(i: usize) -> ApplyPatch {
     })
 }
 
+pub async fn absent_records_are_created_together_each_on_its_own(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = collection(&*store, &t, "devices", &["serial"]).await;
+    store
+        .put_record(&c, "old", json!({"serial": "A"}), Expect::Absent, ACTOR)
+        .await
+        .unwrap();
+    let results = store
+        .create_absent_records(
+            &c,
+            vec![
+                ("new-1".into(), json!({"serial": "B"})),
+                ("old".into(), json!({"serial": "Z"})),
+                ("new-2".into(), json!({"serial": "A"})),
+                ("new-3".into(), json!({"serial": "C"})),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
+    assert!(matches!(results[1], Err(StoreError::ExpectationFailed)));
+    assert!(matches!(results[2], Err(StoreError::Conflict { .. })));
+    assert!(results[3].is_ok());
+    // The failed ones left nothing; the others are there, once.
+    assert!(store.record(&c.id, "new-2").await.unwrap().found().is_none());
+    assert_eq!(
+        store.record(&c.id, "old").await.unwrap().found().unwrap().data["serial"],
+        "A"
+    );
+    assert_eq!(
+        store.record(&c.id, "new-3").await.unwrap().found().unwrap().data["serial"],
+        "C"
+    );
+    // "B" is taken now: the unique index saw new-1.
+    let again = store
+        .create_absent_records(&c, vec![("new-4".into(), json!({"serial": "B"}))])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], Err(StoreError::Conflict { .. })));
+}
+
 pub async fn patches_apply_inside_the_write(store: Arc<dyn Store>) {
     let t = tenant(&*store, "acme").await;
     let c = Arc::new(collection(&*store, &t, "devices", &["serial"]).await);
@@ -1629,6 +1670,7 @@ macro_rules! conformance_tests {
             renamed_collections_leave_redirects,
             idempotency_keys_claim_replay_and_expire,
             patches_apply_inside_the_write,
+            absent_records_are_created_together_each_on_its_own,
             concurrent_deletes_have_one_winner,
             versions_guard_every_entity,
             tenants_keep_their_last_admin,
