@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, wait_ready};
+use common::wait_ready;
 
 use serde_json::{Value, json};
 
@@ -14,33 +14,10 @@ const TOKEN: &str = "crash-test-operator";
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("canon.db");
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let mut child = common::spawn(&db, port, TOKEN, &[]);
-    wait_ready(&client, &base).await;
-
-    let post = |path: &str, body: Value| {
-        client
-            .post(format!("{base}{path}"))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-    };
-    assert!(
-        post("/v1/tenants", json!({"name": "acme"}))
-            .await
-            .unwrap()
-            .status()
-            .is_success()
-    );
-    assert!(
-        post("/v1/tenants/acme/collections", json!({"name": "c"}))
-            .await
-            .unwrap()
-            .status()
-            .is_success()
-    );
+    let node = common::Node::start(&db, TOKEN, &[]).await;
+    node.post_ok("/v1/tenants", json!({"name": "acme"})).await;
+    node.post_ok("/v1/tenants/acme/collections", json!({"name": "c"})).await;
+    let (mut child, port, base, client) = (node.child, node.port, node.base, node.client);
 
     // Writers create records until the server dies; it is killed while
     // they are in full flow.

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, wait_ready};
+use common::wait_ready;
 
 use serde_json::{Value, json};
 
@@ -48,36 +48,15 @@ async fn record_ids(client: &reqwest::Client, base: &str) -> Vec<String> {
 async fn an_import_survives_kill_9_and_applies_every_line_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("canon.db");
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let mut child = common::spawn(&db, port, TOKEN, JOBS);
-    wait_ready(&client, &base).await;
-    let post = |path: &str, body: Value| {
-        client
-            .post(format!("{base}{path}"))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-    };
-    assert!(
-        post("/v1/tenants", json!({"name": "acme"}))
-            .await
-            .unwrap()
-            .status()
-            .is_success()
-    );
+    let node = common::Node::start(&db, TOKEN, JOBS).await;
     let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
-    assert!(
-        post(
-            "/v1/tenants/acme/collections",
-            json!({"name": "c", "schema": schema, "unique": ["n"]})
-        )
-        .await
-        .unwrap()
-        .status()
-        .is_success()
-    );
+    node.post_ok("/v1/tenants", json!({"name": "acme"})).await;
+    node.post_ok(
+        "/v1/tenants/acme/collections",
+        json!({"name": "c", "schema": schema, "unique": ["n"]}),
+    )
+    .await;
+    let (mut child, port, base, client) = (node.child, node.port, node.base, node.client);
     let body: String = (0..LINES).map(|n| format!("{{\"n\":{n}}}\n")).collect();
     let r = client
         .post(format!("{base}/v1/tenants/acme/collections/c/imports"))

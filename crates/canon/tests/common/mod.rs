@@ -45,3 +45,47 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A `canon` process on a free port, and a client for it.
+pub struct Node {
+    /// The process.
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The port.
+    pub port: u16,
+    /// A client.
+    pub client: reqwest::Client,
+    token: String,
+}
+
+impl Node {
+    /// Starts `canon serve` over `db` (see [`spawn`]) and waits until it is ready.
+    pub async fn start(db: &std::path::Path, token: &str, env: &[(&str, &str)]) -> Node {
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let child = spawn(db, port, token, env);
+        wait_ready(&client, &base).await;
+        Node {
+            child,
+            base,
+            port,
+            client,
+            token: token.to_owned(),
+        }
+    }
+
+    /// POSTs `body` as JSON to `path` with the operator token; panics unless 2xx.
+    pub async fn post_ok(&self, path: &str, body: serde_json::Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "POST {path}: {}", r.status());
+    }
+}
