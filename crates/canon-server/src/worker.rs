@@ -203,11 +203,10 @@ const LINES_PER_CHECKPOINT: usize = 200;
 
 /// An import's checkpoint: its state with `carry`, the start of a line
 /// cut by the end of the chunk before `state.chunk`.
-fn import_checkpoint(state: &ImportState, carry: &[u8]) -> Value {
+fn import_checkpoint(state: &mut ImportState, carry: &[u8]) -> Value {
     use base64::Engine as _;
-    let mut value = serde_json::to_value(state).unwrap_or(Value::Null);
-    value["carry"] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(carry).into();
-    value
+    state.carry = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(carry);
+    serde_json::to_value(&*state).unwrap_or(Value::Null)
 }
 
 fn import_progress(state: &ImportState) -> Progress {
@@ -282,7 +281,7 @@ async fn import(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
                         app,
                         job,
                         owner,
-                        import_checkpoint(&state, &carry),
+                        import_checkpoint(&mut state, &carry),
                         import_progress(&state),
                     )
                     .await?;
@@ -299,7 +298,7 @@ async fn import(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
             app,
             job,
             owner,
-            import_checkpoint(&state, &pending),
+            import_checkpoint(&mut state, &pending),
             import_progress(&state),
         )
         .await?;

@@ -8,7 +8,6 @@
 //! finished, then answers 410.
 
 use canon_http::Problem;
-use canon_http::catalogue::ProblemKind;
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
 use canon_store::{JOB_RESULT_RETENTION, Job, JobStatus, Lookup, Tenant, now_millis};
@@ -98,16 +97,7 @@ impl Resource for OneJob {
                     .store
                     .cancel_job(&tenant.id, &job.id, now_millis(), JOB_RESULT_RETENTION)
                     .await
-                    .map_err(|e| match e {
-                        canon_store::StoreError::JobFinished(status) => Problem::new(
-                            ProblemKind::StateConflict,
-                            format!(
-                                "This job already {}; only queued or running work can be canceled.",
-                                status.as_str()
-                            ),
-                        ),
-                        other => store_problem(other),
-                    })?;
+                    .map_err(store_problem)?;
                 return Ok(Success::Ok(job_representation(&canceled)));
             }
             Ok(Success::Ok(job_representation(&job)))

@@ -16,6 +16,29 @@ use crate::model::*;
 use crate::prelude::*;
 use crate::{ApplyPatch, StoreError, StoreResult};
 
+/// A record's first version, as of now.
+fn first_version(collection_id: &str, id: String, data: Value) -> Record {
+    let now = now_millis();
+    Record {
+        id,
+        collection_id: collection_id.to_owned(),
+        data,
+        version: 1,
+        etag: new_etag(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Creates a record at an id the client chose, clearing the tombstone a
+/// deleted record of that id left (a PUT re-creates it).
+fn create_at(c: &Connection, collection_id: &str, id: String, data: Value) -> StoreResult<Record> {
+    let r = first_version(collection_id, id, data);
+    insert_record(c, &r)?;
+    clear_tombstone(c, kind::RECORD, &r.collection_id, &r.id).map_err(db_error)?;
+    Ok(r)
+}
+
 /// Replaces `current`'s data: the next version, a new tag, now as its
 /// modification time. The caller re-indexes its unique values.
 pub(super) fn replace_record(conn: &Connection, current: Record, data: Value) -> StoreResult<Record> {
@@ -281,16 +304,7 @@ impl RecordStore for SqliteStore {
         self.engine
             .write(move |c| {
                 collection_exists(c, &collection.id)?;
-                let now = now_millis();
-                let r = Record {
-                    id: new_id(),
-                    collection_id: collection.id.clone(),
-                    data,
-                    version: 1,
-                    etag: new_etag(),
-                    created_at: now,
-                    updated_at: now,
-                };
+                let r = first_version(&collection.id, new_id(), data);
                 insert_record(c, &r)?;
                 index_unique(c, &collection, &r.id, &r.data)?;
                 Ok(r)
@@ -331,18 +345,7 @@ impl RecordStore for SqliteStore {
                         if load_record(c, &collection.id, &id)?.is_some() {
                             return Err(StoreError::ExpectationFailed);
                         }
-                        let now = now_millis();
-                        let r = Record {
-                            id,
-                            collection_id: collection.id.clone(),
-                            data,
-                            version: 1,
-                            etag: new_etag(),
-                            created_at: now,
-                            updated_at: now,
-                        };
-                        insert_record(c, &r)?;
-                        clear_tombstone(c, kind::RECORD, &r.collection_id, &r.id).map_err(db_error)?;
+                        let r = create_at(c, &collection.id, id, data)?;
                         index_unique(c, &collection, &r.id, &r.data)
                     })();
                     let end = if one.is_ok() {
@@ -373,23 +376,9 @@ impl RecordStore for SqliteStore {
                 let current = load_record(c, &collection.id, &id)?;
                 check_expectation(current.as_ref(), &expect)?;
                 check_lease(c, &collection.id, &id, &actor)?;
-                let now = now_millis();
                 let (record, created) = match current {
                     Some(cur) => (replace_record(c, cur, data)?, false),
-                    None => {
-                        let r = Record {
-                            id,
-                            collection_id: collection.id.clone(),
-                            data,
-                            version: 1,
-                            etag: new_etag(),
-                            created_at: now,
-                            updated_at: now,
-                        };
-                        insert_record(c, &r)?;
-                        clear_tombstone(c, kind::RECORD, &r.collection_id, &r.id).map_err(db_error)?;
-                        (r, true)
-                    }
+                    None => (create_at(c, &collection.id, id, data)?, true),
                 };
                 index_unique(c, &collection, &record.id, &record.data)?;
                 Ok((record, created))
