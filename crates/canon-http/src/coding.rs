@@ -14,6 +14,9 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING};
 
+use crate::body::{ChunkSource, StreamError};
+use crate::flow::BoxFuture;
+
 /// The value of `Accept-Encoding` on a 415 for an unsupported coding.
 pub const ACCEPTED_CODINGS: &str = "gzip, identity";
 
@@ -115,6 +118,60 @@ pub fn gzip(body: &[u8]) -> Bytes {
     // Writing into a Vec cannot fail.
     let _ = encoder.write_all(body);
     Bytes::from(encoder.finish().unwrap_or_default())
+}
+
+/// gzip-codes a streamed body chunk by chunk: each source chunk is
+/// compressed and flushed as it arrives (a sync flush), so memory stays at
+/// one chunk whatever the body's size and the client sees data as soon as
+/// it exists. The coded length is not known in advance.
+pub struct GzipChunks {
+    source: Box<dyn ChunkSource>,
+    encoder: Option<flate2::write::GzEncoder<Vec<u8>>>,
+}
+
+impl GzipChunks {
+    /// Codes `source`.
+    pub fn new(source: Box<dyn ChunkSource>) -> Self {
+        Self {
+            source,
+            encoder: Some(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast())),
+        }
+    }
+}
+
+impl ChunkSource for GzipChunks {
+    fn next_chunk(&mut self) -> BoxFuture<'_, Option<Result<Bytes, StreamError>>> {
+        Box::pin(async move {
+            loop {
+                let encoder = self.encoder.as_mut()?;
+                match self.source.next_chunk().await {
+                    Some(Ok(chunk)) => {
+                        let written = encoder.write_all(&chunk).and_then(|()| encoder.flush());
+                        if let Err(e) = written {
+                            return Some(Err(StreamError(e.to_string())));
+                        }
+                        let coded = std::mem::take(encoder.get_mut());
+                        if !coded.is_empty() {
+                            return Some(Ok(Bytes::from(coded)));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        self.encoder = None;
+                        return Some(Err(e));
+                    }
+                    None => {
+                        let encoder = self.encoder.take()?;
+                        return Some(
+                            encoder
+                                .finish()
+                                .map(Bytes::from)
+                                .map_err(|e| StreamError(e.to_string())),
+                        );
+                    }
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use http::{Method, Response, StatusCode};
 use serde_json::Value;
 
 use crate::access::{Access, Principal, authorize};
+use crate::body::{Body, Streamed};
 use crate::catalogue::ProblemKind;
 use crate::coding::{self, DecodeError, RequestCoding};
 use crate::media::{self, ContentTypeError, MediaType};
@@ -385,6 +386,11 @@ pub struct Found {
     /// The `Cache-Control` its representation carries, repeated on a 304
     /// (RFC 9110 §15.4.5); `None` means `private, no-cache`.
     pub cache_control: Option<&'static str>,
+    /// The one media type this resource is available in, when only loading
+    /// it tells (a job's result is JSON, CSV or NDJSON by the job): the flow
+    /// answers 406 when `Accept` refuses it, and produces it otherwise.
+    /// `None`: the route's `produces` list decides alone.
+    pub media: Option<MediaType>,
 }
 
 /// A lock held by someone other than the caller.
@@ -439,12 +445,12 @@ pub enum Existence {
 }
 
 /// A representation to send.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Representation {
     /// Its media type.
     pub media: MediaType,
-    /// The encoded body.
-    pub body: Bytes,
+    /// The encoded body: whole, or streamed (see [`crate::body`]).
+    pub body: Body,
     /// Validators of the representation.
     pub validators: Validators,
     /// `Cache-Control`, when the representation carries one.
@@ -459,6 +465,8 @@ pub struct Representation {
     pub content_security_policy: Option<&'static str>,
     /// `Retry-After` in seconds: when to look again (a job still running).
     pub retry_after: Option<u64>,
+    /// `Content-Disposition`, for a file meant to be saved (an export).
+    pub content_disposition: Option<String>,
 }
 
 impl Representation {
@@ -472,6 +480,16 @@ impl Representation {
 
     /// A representation of `body` as `media`.
     pub fn new(media: MediaType, body: Bytes) -> Self {
+        Self::of(media, Body::Full(body))
+    }
+
+    /// A representation streamed from `body` as `media`: sent as it is
+    /// produced, never held whole (exports, job results).
+    pub fn streamed(media: MediaType, body: Streamed) -> Self {
+        Self::of(media, Body::Streamed(body))
+    }
+
+    fn of(media: MediaType, body: Body) -> Self {
         Self {
             media,
             body,
@@ -482,6 +500,7 @@ impl Representation {
             vary: None,
             content_security_policy: None,
             retry_after: None,
+            content_disposition: None,
         }
     }
 
@@ -511,7 +530,7 @@ impl Representation {
 pub const NO_STORE: &str = "no-store";
 
 /// How an action succeeded. The variant fixes the 2xx status.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Success {
     /// 200 with a representation.
     Ok(Representation),
@@ -540,7 +559,7 @@ pub enum Success {
 #[derive(Debug)]
 pub struct Decision {
     /// The response to send (the server adds `X-Request-Id`).
-    pub response: Response<Bytes>,
+    pub response: Response<Body>,
     /// The nodes passed, in order; the last one decided.
     pub trace: Vec<Node>,
 }
@@ -627,18 +646,14 @@ pub async fn run(service: &dyn Service, head: &Parts, body: Box<dyn BodySource>,
 }
 
 /// The response for a flow outcome.
-fn respond(head: &Parts, request_id: &str, outcome: Result<Response<Bytes>, Halt>) -> Response<Bytes> {
+fn respond(head: &Parts, request_id: &str, outcome: Result<Response<Body>, Halt>) -> Response<Body> {
     match outcome {
         Ok(response) => response,
-        Err(halt) => problem_response(&halt.problem, head.uri.path(), request_id, &halt.headers),
+        Err(halt) => problem_response(&halt.problem, head.uri.path(), request_id, &halt.headers).map(Body::Full),
     }
 }
 
-async fn decide(
-    service: &dyn Service,
-    walk: &mut Walk<'_>,
-    body: Box<dyn BodySource>,
-) -> Result<Response<Bytes>, Halt> {
+async fn decide(service: &dyn Service, walk: &mut Walk<'_>, body: Box<dyn BodySource>) -> Result<Response<Body>, Halt> {
     let head = walk.head;
     let limits = service.limits();
 
@@ -797,14 +812,29 @@ async fn decide(
         }
         KeyState::Completed(mut response) => {
             set(&mut response, IDEMPOTENT_REPLAYED, "true");
-            return Ok(response);
+            return Ok(response.map(Body::Full));
         }
     }
     let outcome = act(walk, resource, spec, &conditions, produce, streamed).await;
     let response = respond(head, walk.request_id, outcome);
-    let keep = is_replayable(response.status()).then_some(&response);
-    service.settle_key(keyed, keep).await;
+    // A streamed answer cannot be kept for replay: its key is freed.
+    let keep = replayable_copy(&response);
+    service.settle_key(keyed, keep.as_ref()).await;
     Ok(response)
+}
+
+/// A copy of `response` for the idempotency ledger, when it is whole and
+/// its status is one a retry would get again ([`is_replayable`]).
+fn replayable_copy(response: &Response<Body>) -> Option<Response<Bytes>> {
+    let bytes = response.body().as_full()?;
+    if !is_replayable(response.status()) {
+        return None;
+    }
+    let mut copy = Response::new(bytes.clone());
+    *copy.status_mut() = response.status();
+    *copy.version_mut() = response.version();
+    *copy.headers_mut() = response.headers().clone();
+    Some(copy)
 }
 
 /// The nodes from existence to the action: what the resource's state decides.
@@ -815,7 +845,7 @@ async fn act(
     conditions: &Conditions,
     produce: Option<MediaType>,
     streamed: Option<StreamedBody>,
-) -> Result<Response<Bytes>, Halt> {
+) -> Result<Response<Body>, Halt> {
     let head = walk.head;
     let path = head.uri.path();
     walk.visit(Node::Exists);
@@ -845,6 +875,10 @@ async fn act(
             return Ok(empty(StatusCode::SEE_OTHER, &[(header::LOCATION, location)]));
         }
         Existence::SeeOther(_) => Some(Found::default()),
+    };
+    let produce = match found.as_ref().and_then(|f| f.media) {
+        Some(media) => Some(variant_acceptable(head, media)?),
+        None => produce,
     };
 
     walk.visit(Node::Preconditions);
@@ -959,7 +993,7 @@ fn has_dot_segment(path: &str) -> bool {
 
 /// The 204 to `OPTIONS` on a route: `Allow`, and which bodies POST and
 /// PATCH take (`Accept-Post`, RFC 9110 §B; `Accept-Patch`, RFC 5789 §3.1).
-fn options(route: &RouteSpec) -> Response<Bytes> {
+fn options(route: &RouteSpec) -> Response<Body> {
     let mut headers = vec![(header::ALLOW, route.allow())];
     for (method, name) in [(Method::POST, "accept-post"), (Method::PATCH, "accept-patch")] {
         if let Some(spec) = route.method(&method).filter(|s| !s.accepts.is_empty()) {
@@ -1011,7 +1045,7 @@ fn authorized(
 /// `Vary: Accept` on 2xx, 304 and 406, and for 2xx and 304 the content
 /// coding: gzip when the client accepts it, with the coded bytes' own
 /// strong tag (RFC 9110 §8.8.3) and `Vary: Accept-Encoding`.
-fn negotiated(head: &Parts, response: &mut Response<Bytes>) {
+fn negotiated(head: &Parts, response: &mut Response<Body>) {
     let status = response.status();
     if status == StatusCode::NOT_ACCEPTABLE {
         add_vary(response, "Accept");
@@ -1026,10 +1060,20 @@ fn negotiated(head: &Parts, response: &mut Response<Bytes>) {
     if !codable || !coding::accepts_gzip(&head.headers) {
         return;
     }
-    if !response.body().is_empty() {
-        let coded = coding::gzip(response.body());
-        *response.body_mut() = coded;
-        set(response, header::CONTENT_ENCODING, "gzip");
+    match std::mem::take(response.body_mut()) {
+        Body::Full(bytes) if bytes.is_empty() => {}
+        Body::Full(bytes) => {
+            *response.body_mut() = Body::Full(coding::gzip(&bytes));
+            set(response, header::CONTENT_ENCODING, "gzip");
+        }
+        Body::Streamed(streamed) => {
+            *response.body_mut() = Body::Streamed(Streamed {
+                chunks: Box::new(coding::GzipChunks::new(streamed.chunks)),
+                length: None,
+            });
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+            set(response, header::CONTENT_ENCODING, "gzip");
+        }
     }
     let tag = response
         .headers()
@@ -1042,7 +1086,7 @@ fn negotiated(head: &Parts, response: &mut Response<Bytes>) {
 }
 
 /// Adds `token` to `Vary` unless it is there already, keeping one line.
-fn add_vary(response: &mut Response<Bytes>, token: &str) {
+fn add_vary<B>(response: &mut Response<B>, token: &str) {
     let mut tokens: Vec<String> = response
         .headers()
         .get_all(header::VARY)
@@ -1272,6 +1316,27 @@ fn acceptable(head: &Parts, spec: &MethodSpec) -> Result<Option<MediaType>, Halt
     }
 }
 
+/// The loaded resource's one media type, when `Accept` takes it (406
+/// otherwise, naming it).
+fn variant_acceptable(head: &Parts, media: MediaType) -> Result<MediaType, Halt> {
+    let values = head
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    media::negotiate(values, std::slice::from_ref(&media)).ok_or_else(|| {
+        Problem::new(
+            ProblemKind::NotAcceptable,
+            format!(
+                "This resource is available only as {}, which Accept refuses.",
+                media.essence()
+            ),
+        )
+        .with("acceptable", [media.essence()])
+        .into()
+    })
+}
+
 fn is_safe(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
@@ -1280,8 +1345,8 @@ fn not_found(path: &str) -> Problem {
     Problem::new(ProblemKind::NotFound, format!("No resource lives at {path}."))
 }
 
-fn empty(status: StatusCode, headers: &[(HeaderName, String)]) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::new());
+fn empty(status: StatusCode, headers: &[(HeaderName, String)]) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     for (name, value) in headers {
         if let Ok(v) = HeaderValue::from_str(value) {
@@ -1291,13 +1356,13 @@ fn empty(status: StatusCode, headers: &[(HeaderName, String)]) -> Response<Bytes
     response
 }
 
-fn set(response: &mut Response<Bytes>, name: HeaderName, value: &str) {
+fn set<B>(response: &mut Response<B>, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         response.headers_mut().insert(name, v);
     }
 }
 
-fn set_validators(response: &mut Response<Bytes>, v: &Validators) {
+fn set_validators<B>(response: &mut Response<B>, v: &Validators) {
     if let Some(etag) = &v.etag {
         set(response, header::ETAG, &etag.to_string());
     }
@@ -1306,7 +1371,7 @@ fn set_validators(response: &mut Response<Bytes>, v: &Validators) {
     }
 }
 
-fn not_modified(found: Option<&Found>, spec: &MethodSpec) -> Response<Bytes> {
+fn not_modified(found: Option<&Found>, spec: &MethodSpec) -> Response<Body> {
     let mut response = empty(StatusCode::NOT_MODIFIED, &[]);
     if let Some(found) = found {
         set_validators(&mut response, &found.validators);
@@ -1319,9 +1384,15 @@ fn not_modified(found: Option<&Found>, spec: &MethodSpec) -> Response<Bytes> {
     response
 }
 
-fn representation_response(status: StatusCode, rep: Representation) -> Response<Bytes> {
+fn representation_response(status: StatusCode, rep: Representation) -> Response<Body> {
     let mut response = Response::new(rep.body);
     *response.status_mut() = status;
+    // A whole body's length is the server's to set; a stream's is known
+    // only to its source.
+    if let Body::Streamed(Streamed { length: Some(n), .. }) = response.body() {
+        let n = n.to_string();
+        set(&mut response, header::CONTENT_LENGTH, &n);
+    }
     set(&mut response, header::CONTENT_TYPE, rep.media.content_type());
     set_validators(&mut response, &rep.validators);
     if let Some(cc) = rep.cache_control {
@@ -1339,6 +1410,9 @@ fn representation_response(status: StatusCode, rep: Representation) -> Response<
     if let Some(seconds) = rep.retry_after {
         set(&mut response, header::RETRY_AFTER, &seconds.to_string());
     }
+    if let Some(disposition) = &rep.content_disposition {
+        set(&mut response, header::CONTENT_DISPOSITION, disposition);
+    }
     for link in &rep.links {
         if let Ok(v) = HeaderValue::from_str(link) {
             response.headers_mut().append(header::LINK, v);
@@ -1350,7 +1424,7 @@ fn representation_response(status: StatusCode, rep: Representation) -> Response<
 /// The 2xx response for `success`. With `minimal` (`Prefer: return=minimal`
 /// on a write) the body is left out: 200 becomes 204, 201 stays 201; the
 /// validators and locations stay.
-fn success_response(success: Success, minimal: bool) -> Response<Bytes> {
+fn success_response(success: Success, minimal: bool) -> Response<Body> {
     // A secret shown once keeps its body whatever the client prefers.
     let minimal = minimal
         && match &success {
@@ -1362,7 +1436,7 @@ fn success_response(success: Success, minimal: bool) -> Response<Bytes> {
     let mut response = match success {
         Success::Ok(rep) if minimal => {
             let mut response = representation_response(StatusCode::NO_CONTENT, rep);
-            *response.body_mut() = Bytes::new();
+            *response.body_mut() = Body::empty();
             response.headers_mut().remove(header::CONTENT_TYPE);
             response
         }
@@ -1374,7 +1448,7 @@ fn success_response(success: Success, minimal: bool) -> Response<Bytes> {
             let mut response = representation_response(StatusCode::CREATED, representation);
             set(&mut response, header::LOCATION, &location);
             if minimal {
-                *response.body_mut() = Bytes::new();
+                *response.body_mut() = Body::empty();
                 response.headers_mut().remove(header::CONTENT_TYPE);
             }
             response

@@ -82,7 +82,6 @@ static ROUTES: &[RouteSpec] = &[
 ];
 
 /// The facts a test controls.
-#[derive(Clone)]
 struct Facts {
     availability: Availability,
     principal: Option<Principal>,
@@ -92,6 +91,59 @@ struct Facts {
     limits: Limits,
     /// What the idempotency ledger answers for a key.
     key_state: fn() -> KeyState,
+    /// When set, `execute` answers 200 with these chunks, streamed.
+    stream: Option<&'static [&'static str]>,
+}
+
+impl Clone for Facts {
+    fn clone(&self) -> Self {
+        Self {
+            availability: self.availability.clone(),
+            principal: self.principal.clone(),
+            existence: self.existence.clone(),
+            parse_error: self.parse_error.clone(),
+            execute: self.execute.as_ref().map(copy_success).map_err(Clone::clone),
+            limits: self.limits,
+            key_state: self.key_state,
+            stream: self.stream,
+        }
+    }
+}
+
+/// A copy of `success`, whose representations are whole (a streamed body
+/// cannot be copied; these tests use none).
+fn copy_success(success: &Success) -> Success {
+    let copy = |rep: &Representation| Representation {
+        media: rep.media,
+        body: crate::body::Body::Full(rep.body.as_full().cloned().expect("a whole body")),
+        validators: rep.validators.clone(),
+        cache_control: rep.cache_control,
+        content_location: rep.content_location.clone(),
+        links: rep.links.clone(),
+        vary: rep.vary,
+        content_security_policy: rep.content_security_policy,
+        retry_after: rep.retry_after,
+        content_disposition: rep.content_disposition.clone(),
+    };
+    match success {
+        Success::Ok(rep) => Success::Ok(copy(rep)),
+        Success::Created {
+            location,
+            representation,
+        } => Success::Created {
+            location: location.clone(),
+            representation: copy(representation),
+        },
+        Success::NoContent => Success::NoContent,
+        Success::MultiStatus(rep) => Success::MultiStatus(copy(rep)),
+        Success::Accepted {
+            location,
+            representation,
+        } => Success::Accepted {
+            location: location.clone(),
+            representation: copy(representation),
+        },
+    }
 }
 
 impl Default for Facts {
@@ -107,6 +159,7 @@ impl Default for Facts {
             execute: Ok(Success::Ok(Representation::json(&serde_json::json!({"ok": true})))),
             limits: Limits::default(),
             key_state: || KeyState::Fresh,
+            stream: None,
         }
     }
 }
@@ -186,7 +239,22 @@ impl Resource for StubResource {
         Box::pin(async move { Ok(e) })
     }
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
-        let r = self.facts.execute.clone();
+        let r = match self.facts.stream {
+            Some(chunks) => {
+                let length = chunks.iter().map(|c| c.len() as u64).sum();
+                let source = StaticChunks(chunks.iter().map(|c| Bytes::from_static(c.as_bytes())).collect());
+                let streamed = crate::body::Streamed {
+                    chunks: Box::new(source),
+                    length: Some(length),
+                };
+                let validators =
+                    Validators::new(EntityTag::strong("file"), UNIX_EPOCH + Duration::from_secs(1_000_000));
+                Ok(Success::Ok(
+                    Representation::streamed(MediaType::Ndjson, streamed).with_validators(validators),
+                ))
+            }
+            None => self.facts.execute.as_ref().map(copy_success).map_err(Clone::clone),
+        };
         // A streamed body is read here, in the action, as a real resource
         // would; what it read is what it "saw".
         let streamed = self.streamed.take();
@@ -205,6 +273,83 @@ impl Resource for StubResource {
     fn take_body(&mut self, body: StreamedBody) {
         self.streamed = Some(body);
     }
+}
+
+/// A streamed body made of fixed chunks.
+struct StaticChunks(std::collections::VecDeque<Bytes>);
+
+impl crate::body::ChunkSource for StaticChunks {
+    fn next_chunk(&mut self) -> BoxFuture<'_, Option<Result<Bytes, crate::body::StreamError>>> {
+        let next = self.0.pop_front().map(Ok);
+        Box::pin(async move { next })
+    }
+}
+
+/// Every chunk of `body`, in order.
+async fn drain(body: crate::body::Body) -> Vec<u8> {
+    match body {
+        crate::body::Body::Full(bytes) => bytes.to_vec(),
+        crate::body::Body::Streamed(mut s) => {
+            let mut all = Vec::new();
+            while let Some(chunk) = s.chunks.next_chunk().await {
+                all.extend_from_slice(&chunk.unwrap());
+            }
+            all
+        }
+    }
+}
+
+/// Runs `req` and returns the response with its body as the flow left it.
+async fn run_body(facts: Facts, req: Request<Bytes>) -> http::Response<crate::body::Body> {
+    let stub = Stub {
+        facts,
+        table: RouteTable::new(ROUTES).unwrap(),
+        seen_body: Default::default(),
+        settled: Default::default(),
+    };
+    let (head, body) = req.into_parts();
+    run(&stub, &head, Box::new(body), "rid").await.response
+}
+
+#[tokio::test]
+async fn a_streamed_representation_is_sent_as_produced_with_its_length() {
+    let facts = Facts {
+        stream: Some(&["{\"a\":1}\n", "{\"a\":2}\n"]),
+        ..Facts::default()
+    };
+    let r = run_body(facts.clone(), req(Method::GET, ITEM).body(Bytes::new()).unwrap()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[header::CONTENT_LENGTH], "16");
+    assert_eq!(r.headers()[header::ETAG], "\"file\"");
+    assert!(r.body().as_full().is_none(), "the body stays a stream");
+    assert_eq!(drain(r.into_body()).await, b"{\"a\":1}\n{\"a\":2}\n");
+
+    // gzip: coded as it streams; the length is no longer known, the tag is the coded one's.
+    let r = run_body(
+        facts,
+        req(Method::GET, ITEM)
+            .header("accept-encoding", "gzip")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+    assert!(r.headers().get(header::CONTENT_LENGTH).is_none());
+    assert_eq!(r.headers()[header::ETAG], "\"file-gzip\"");
+    let coded = drain(r.into_body()).await;
+    let plain = crate::coding::decode(crate::coding::RequestCoding::Gzip, Bytes::from(coded), 1 << 20).unwrap();
+    assert_eq!(&plain[..], b"{\"a\":1}\n{\"a\":2}\n");
+}
+
+#[tokio::test]
+async fn a_streamed_answer_to_a_keyed_post_frees_its_key() {
+    let facts = Facts {
+        stream: Some(&["x"]),
+        ..Facts::default()
+    };
+    let r = run_with(facts, post_keyed("\"k-1\"")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.settled, vec![("k-1".to_owned(), None)]);
 }
 
 struct Run {
@@ -249,6 +394,8 @@ async fn run_raw(facts: Facts, req: Request<Bytes>) -> Run {
     let (head, body) = req.into_parts();
     let decision = run(&stub, &head, Box::new(body), "rid").await;
     let (parts, body) = decision.response.into_parts();
+    // A streamed body reads as none here (see `run_body` for streams).
+    let body = body.as_full().cloned().unwrap_or_default();
     let body = if body.is_empty() {
         Value::Null
     } else {
@@ -1293,7 +1440,10 @@ async fn run_bytes(facts: Facts, req: Request<Bytes>) -> http::Response<Bytes> {
         settled: Default::default(),
     };
     let (head, body) = req.into_parts();
-    run(&stub, &head, Box::new(body), "rid").await.response
+    run(&stub, &head, Box::new(body), "rid")
+        .await
+        .response
+        .map(|b| b.as_full().cloned().expect("a whole body"))
 }
 
 #[tokio::test]
@@ -1547,4 +1697,36 @@ async fn n13_finished_work_is_303_for_reads_only() {
     // resource's own answer).
     let r = run_with(facts, req(Method::DELETE, ITEM).body(Bytes::new()).unwrap()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_resource_with_one_media_type_known_once_loaded_is_406_when_accept_refuses_it() {
+    let facts = Facts {
+        existence: Existence::Found(Found {
+            media: Some(MediaType::Csv),
+            ..Found::default()
+        }),
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts.clone(),
+        req(Method::GET, ITEM)
+            .header("accept", "application/json")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE);
+    assert_eq!(r.body["acceptable"], serde_json::json!(["text/csv"]));
+    assert!(r.trace.contains(&Node::Exists));
+
+    let r = run_with(
+        facts,
+        req(Method::GET, ITEM)
+            .header("accept", "text/csv, application/json;q=0.1")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
 }

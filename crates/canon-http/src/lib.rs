@@ -11,6 +11,7 @@
 //! with its own [`flow::Service`] and [`flow::Resource`] implementations.
 
 pub mod access;
+pub mod body;
 pub mod catalogue;
 pub mod coding;
 pub mod flow;

@@ -113,7 +113,7 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             Body::from_stream(futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>()),
         );
     }
-    Response::from_parts(parts, Body::from(bytes))
+    Response::from_parts(parts, crate::body::outgoing(bytes))
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then finishes the

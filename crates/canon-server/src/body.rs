@@ -95,3 +95,23 @@ impl BodySource for ReadyBody {
         Box::new(Some(self.0))
     }
 }
+
+/// The body hyper sends for a flow's response body: a whole body as is, a
+/// streamed one chunk by chunk as its source yields them. A source that
+/// fails mid-way ends the body with an error, and hyper cuts the
+/// connection: the client sees a truncated body, never a complete-looking
+/// wrong one (the status was already sent).
+pub fn outgoing(body: canon_http::body::Body) -> Body {
+    match body {
+        canon_http::body::Body::Full(bytes) => Body::from(bytes),
+        canon_http::body::Body::Streamed(streamed) => {
+            Body::from_stream(futures_util::stream::unfold(streamed.chunks, |mut chunks| async move {
+                let chunk = chunks.next_chunk().await?;
+                if let Err(e) = &chunk {
+                    tracing::warn!(error = %e, "a streamed body failed after its status was sent; cutting the connection");
+                }
+                Some((chunk, chunks))
+            }))
+        }
+    }
+}

@@ -22,40 +22,88 @@ const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 /// appearance), then the members of a `data` object as `data.<field>`
 /// columns (sorted). An empty list is an empty body.
 pub fn write(items: &[Value]) -> Vec<u8> {
-    let mut columns: Vec<String> = Vec::new();
-    let mut data_columns: std::collections::BTreeSet<String> = Default::default();
+    let mut columns = Columns::default();
     for item in items {
-        for (k, v) in item.as_object().into_iter().flatten() {
-            if k == "data" && v.is_object() {
-                data_columns.extend(v.as_object().into_iter().flatten().map(|(f, _)| format!("data.{f}")));
-            } else if !columns.contains(k) {
-                columns.push(k.clone());
-            }
-        }
+        columns.add(item);
     }
-    columns.extend(data_columns);
-    let mut out = String::new();
     if columns.is_empty() {
         return Vec::new();
     }
-    let header: Vec<String> = columns.iter().map(|c| text_cell(c)).collect();
-    line(&mut out, &header);
-    let empty = Map::new();
+    let mut out = columns.header();
     for item in items {
-        let obj = item.as_object().unwrap_or(&empty);
-        let row: Vec<String> = columns
+        columns.write_row(&mut out, item);
+    }
+    out.into_bytes()
+}
+
+/// The columns of a CSV file, found by looking at its items one by one
+/// ([`Columns::add`]): what [`write`] does for a page, and an export for a
+/// whole collection, in a first pass before the rows.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Columns {
+    /// Top-level members other than `data`, in order of first appearance.
+    top: Vec<String>,
+    /// Members of `data` objects, sorted.
+    data: std::collections::BTreeSet<String>,
+}
+
+impl Columns {
+    /// Adds the columns `item` has.
+    pub fn add(&mut self, item: &Value) {
+        for (k, v) in item.as_object().into_iter().flatten() {
+            if k == "data" && v.is_object() {
+                for f in v.as_object().into_iter().flatten().map(|(f, _)| f) {
+                    if !self.data.contains(f) {
+                        self.data.insert(f.clone());
+                    }
+                }
+            } else if !self.top.contains(k) {
+                self.top.push(k.clone());
+            }
+        }
+    }
+
+    /// How many columns there are.
+    pub fn len(&self) -> usize {
+        self.top.len() + self.data.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn names(&self) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+        self.top
             .iter()
+            .map(|c| std::borrow::Cow::Borrowed(c.as_str()))
+            .chain(self.data.iter().map(|f| std::borrow::Cow::Owned(format!("data.{f}"))))
+    }
+
+    /// The header line.
+    pub fn header(&self) -> String {
+        let mut out = String::new();
+        let header: Vec<String> = self.names().map(|c| text_cell(&c)).collect();
+        line(&mut out, &header);
+        out
+    }
+
+    /// Appends `item`'s line to `out`.
+    pub fn write_row(&self, out: &mut String, item: &Value) {
+        let empty = Map::new();
+        let obj = item.as_object().unwrap_or(&empty);
+        let row: Vec<String> = self
+            .names()
             .map(|c| {
                 let v = match c.strip_prefix("data.") {
-                    Some(f) if !obj.contains_key(c) => obj.get("data").and_then(|d| d.get(f)),
-                    _ => obj.get(c),
+                    Some(f) if !obj.contains_key(c.as_ref()) => obj.get("data").and_then(|d| d.get(f)),
+                    _ => obj.get(c.as_ref()),
                 };
                 cell(v)
             })
             .collect();
-        line(&mut out, &row);
+        line(out, &row);
     }
-    out.into_bytes()
 }
 
 fn line(out: &mut String, cells: &[String]) {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod csv_export;
 pub mod cursor;
 pub mod error;
+pub mod export;
 pub mod idempotency;
 pub mod input;
 pub mod json;

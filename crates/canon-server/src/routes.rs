@@ -23,6 +23,9 @@ const JAVASCRIPT: &[MediaType] = &[MediaType::JavaScript];
 const TEXT: &[MediaType] = &[MediaType::Text];
 const NONE: &[MediaType] = &[];
 const NDJSON: &[MediaType] = &[MediaType::Ndjson];
+/// A job's result: a JSON report, or an export's file. Each result has one
+/// of these, known once the job is loaded (`Found::media`).
+const RESULT_TYPES: &[MediaType] = &[Json, MediaType::Ndjson, MediaType::Csv];
 
 const fn role(r: Role) -> Guard {
     Guard::Role(r)
@@ -82,6 +85,7 @@ pub mod name {
     pub const LOCK: &str = "lock";
     pub const BATCH: &str = "batch";
     pub const IMPORTS: &str = "imports";
+    pub const EXPORTS: &str = "exports";
     pub const JOBS: &str = "jobs";
     pub const JOB: &str = "job";
     pub const JOB_RESULT: &str = "job-result";
@@ -364,12 +368,15 @@ pub static ROUTES: &[RouteSpec] = &[
         states: IN_COLLECTION,
     },
     RouteSpec {
-        name: name::PLANNED,
+        name: name::EXPORTS,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/exports",
-        methods: &[],
-        planned: &[Method::POST],
-        summary: "Exports (planned).",
-        states: IN_TENANT,
+        methods: &[MethodSpec::write(Method::POST, role(Viewer), JSON, JSON)
+            .answering(&[Outcome::Accepted])
+            .bodies(Some("ExportRequest"), Some("Job"))],
+        planned: &[],
+        summary: "Exports: the collection's records (optionally filtered) into an NDJSON or CSV file, written by a \
+                  job (202); the job's result is the file.",
+        states: IN_COLLECTION,
     },
     RouteSpec {
         name: name::JOBS,
@@ -396,7 +403,7 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::JOB_RESULT,
         pattern: "/v1/tenants/{tenant}/jobs/{job}/result",
-        methods: &[get(role(Viewer), JSON)],
+        methods: &[get(role(Viewer), RESULT_TYPES)],
         planned: &[],
         summary: "What a succeeded job produced.",
         states: BELOW_DELETABLE,

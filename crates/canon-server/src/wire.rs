@@ -469,6 +469,30 @@ pub struct BatchResult {
     pub body: Option<Value>,
 }
 
+/// The body of `POST …/collections/{collection}/exports`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// The file's format: one record per line (`ndjson`), or CSV with a
+    /// header row and `data.<field>` columns (`csv`).
+    pub format: ExportFormat,
+    /// Only records whose top-level data fields equal these JSON scalars
+    /// (combined with AND), as `filter[field]` does on the record list.
+    #[serde(default)]
+    #[schemars(extend("maxProperties" = 16, "propertyNames" = {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"}))]
+    pub filter: serde_json::Map<String, Value>,
+}
+
+/// The format of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// `application/x-ndjson`: each record as the record list shows it, one per line.
+    Ndjson,
+    /// `text/csv`: RFC 4180 with a header row, as the record list's CSV.
+    Csv,
+}
+
 /// A job: work accepted with 202, followed at its monitor
 /// (`…/jobs/{job}`: 200 while it is unfinished, failed or canceled, 303 to
 /// its result once it succeeded).
@@ -547,6 +571,7 @@ pub fn schemas(generator: &mut SchemaGenerator) -> Vec<(&'static str, Schema)> {
         "Problem" => ProblemBody,
         "BatchRequest" => BatchRequest,
         "BatchResults" => BatchResults,
+        "ExportRequest" => ExportRequest,
         "Job" => Job,
         "JobPage" => Page<Job>,
     }

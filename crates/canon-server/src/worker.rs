@@ -61,6 +61,7 @@ async fn work(app: &App, job: Job, owner: &str) {
         match job.kind {
             JobKind::DeleteCollection => delete_collection(app, &job, owner).await,
             JobKind::Import => import(app, &job, owner).await,
+            JobKind::Export => crate::export::run(app, &job, owner).await,
             other => Err(Step::Failed(Problem::new(
                 ProblemKind::NotImplemented,
                 format!("Jobs of kind {} are not implemented yet.", other.as_str()),
@@ -94,7 +95,7 @@ async fn work(app: &App, job: Job, owner: &str) {
 
 /// Stores a step's checkpoint and renews the lease for another
 /// `job_lease`: both fail once the lease is lost (canceled, taken over).
-async fn save(app: &App, job: &Job, owner: &str, checkpoint: Value, progress: Progress) -> Result<(), Step> {
+pub(crate) async fn save(app: &App, job: &Job, owner: &str, checkpoint: Value, progress: Progress) -> Result<(), Step> {
     let now = now_millis();
     app.store
         .checkpoint(&job.tenant_id, &job.id, owner, checkpoint, progress, now)
@@ -107,7 +108,7 @@ async fn save(app: &App, job: &Job, owner: &str, checkpoint: Value, progress: Pr
 }
 
 /// Why a job stopped before finishing.
-enum Step {
+pub(crate) enum Step {
     /// It failed, with this problem.
     Failed(Problem),
     /// Its lease is gone (canceled, or another worker has it).

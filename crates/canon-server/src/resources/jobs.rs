@@ -8,9 +8,11 @@
 //! finished, then answers 410.
 
 use canon_http::Problem;
+use canon_http::body::{ChunkSource, StreamError, Streamed};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
-use canon_store::{JOB_RESULT_RETENTION, Job, JobStatus, Lookup, Tenant, now_millis};
+use canon_http::validators::{EntityTag, Validators};
+use canon_store::{JOB_RESULT_RETENTION, Job, JobKind, JobStatus, Lookup, Tenant, now_millis};
 use http::Method;
 
 use super::{Cx, Stop, settle, still_there, tenants};
@@ -18,6 +20,7 @@ use crate::error::store_problem;
 use crate::input::Query;
 use crate::listing::{self, Listed};
 use crate::render;
+use crate::wire::ExportFormat;
 
 /// How long a client should wait before looking at unfinished work again.
 pub const POLL_SECONDS: u64 = 1;
@@ -106,17 +109,26 @@ impl Resource for OneJob {
 }
 
 /// `GET /v1/tenants/{tenant}/jobs/{job}/result`: what a succeeded job
-/// produced (404 while it has not succeeded).
+/// produced (404 while it has not succeeded): an export's file, streamed
+/// from the store chunk by chunk, or a JSON report. Either never changes
+/// once the job succeeded, so its tag is the job's and the result's length.
 pub struct JobResult {
     cx: Cx,
-    result: Option<serde_json::Value>,
+    job: Option<Job>,
 }
 
 impl JobResult {
     /// For `cx`.
     pub fn new(cx: Cx) -> Self {
-        Self { cx, result: None }
+        Self { cx, job: None }
     }
+}
+
+/// The file an export job wrote, when `job` is one: its format.
+fn export_format(job: &Job) -> Option<ExportFormat> {
+    (job.kind == JobKind::Export)
+        .then(|| serde_json::from_value(job.params["format"].clone()).ok())
+        .flatten()
 }
 
 impl Resource for JobResult {
@@ -133,8 +145,15 @@ impl Resource for JobResult {
                     if job.status != JobStatus::Succeeded {
                         return Ok(Existence::Missing);
                     }
-                    self.result = Some(job.result.unwrap_or_else(|| serde_json::json!({})));
-                    Ok(Existence::Found(Found::default()))
+                    let media = export_format(&job).map_or(MediaType::Json, |f| crate::export::file_type(f).0);
+                    let found = Found {
+                        validators: result_validators(&job),
+                        media: Some(media),
+                        cache_control: Some(RESULT_CACHE),
+                        ..Found::default()
+                    };
+                    self.job = Some(job);
+                    Ok(Existence::Found(found))
                 }
                 .await,
             )
@@ -143,10 +162,80 @@ impl Resource for JobResult {
 
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
-            let result = still_there(self.result.take())?;
-            let mut rep = Representation::json(&result);
-            rep.cache_control = Some("private, max-age=3600");
+            let job = still_there(self.job.take())?;
+            let validators = result_validators(&job);
+            let mut rep = match export_format(&job) {
+                Some(format) => {
+                    let (media, extension) = crate::export::file_type(format);
+                    let collection = job.params["collection"].as_str().unwrap_or("export");
+                    let chunks = ResultChunks {
+                        store: self.cx.app.store.clone(),
+                        tenant_id: job.tenant_id.clone(),
+                        job_id: job.id.clone(),
+                        seq: 0,
+                        chunks: job.result_chunks,
+                    };
+                    let streamed = Streamed {
+                        chunks: Box::new(chunks),
+                        length: u64::try_from(job.result_bytes).ok(),
+                    };
+                    let mut rep = Representation::streamed(media, streamed);
+                    rep.content_disposition =
+                        Some(format!("attachment; filename=\"{collection}-{}.{extension}\"", job.id));
+                    rep
+                }
+                None => Representation::json(&job.result.unwrap_or_else(|| serde_json::json!({}))),
+            };
+            rep.validators = validators;
+            rep.cache_control = Some(RESULT_CACHE);
             Ok(Success::Ok(rep))
+        })
+    }
+}
+
+/// A result's validators: it never changes once the job succeeded, so the
+/// job's id and the result's length name it for good.
+fn result_validators(job: &Job) -> Validators {
+    Validators::new(
+        EntityTag::strong(format!("{}.{}", job.id, job.result_bytes)),
+        render::system_time(job.finished_at.unwrap_or(job.created_at)),
+    )
+}
+
+/// A result never changes, and is the caller's own.
+const RESULT_CACHE: &str = "private, max-age=3600";
+
+/// A job's result chunks, read from the store one at a time as the client
+/// takes them: memory holds one chunk whatever the file's size.
+struct ResultChunks {
+    store: std::sync::Arc<dyn canon_store::Store>,
+    tenant_id: String,
+    job_id: String,
+    seq: i64,
+    chunks: i64,
+}
+
+impl ChunkSource for ResultChunks {
+    fn next_chunk(&mut self) -> BoxFuture<'_, Option<Result<bytes::Bytes, StreamError>>> {
+        Box::pin(async move {
+            if self.seq >= self.chunks {
+                return None;
+            }
+            let read = self
+                .store
+                .read_job_result(&self.tenant_id, &self.job_id, self.seq)
+                .await;
+            self.seq += 1;
+            Some(match read {
+                Ok(Some(chunk)) => Ok(bytes::Bytes::from(chunk)),
+                // Purged while it was being sent.
+                Ok(None) => Err(StreamError(format!(
+                    "result chunk {} of job {} is gone",
+                    self.seq - 1,
+                    self.job_id
+                ))),
+                Err(e) => Err(StreamError(e.to_string())),
+            })
         })
     }
 }

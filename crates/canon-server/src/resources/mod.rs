@@ -5,6 +5,7 @@
 mod batch;
 mod collections;
 mod docs;
+mod exports;
 mod health;
 mod imports;
 pub mod jobs;
@@ -176,6 +177,7 @@ pub fn for_route(
         name::USERS => Box::new(users::Users::new(cx)),
         name::JOBS => Box::new(jobs::Jobs::new(cx)),
         name::IMPORTS => Box::new(imports::Imports::new(cx)),
+        name::EXPORTS => Box::new(exports::Exports::new(cx)),
         name::JOB => Box::new(jobs::OneJob::new(cx)),
         name::JOB_RESULT => Box::new(jobs::JobResult::new(cx)),
         name::USER => Box::new(users::OneUser::new(cx)),

@@ -100,7 +100,9 @@ pub async fn run_within(
     request_id: &str,
 ) -> http::Response<Bytes> {
     let exchange = Exchange { app, overloaded: false };
+    // Record routes answer whole bodies; a stream would read as empty.
     flow::run(&exchange, head, Box::new(crate::body::ReadyBody(body)), request_id)
         .await
         .response
+        .map(|body| body.as_full().cloned().unwrap_or_default())
 }

@@ -1,0 +1,241 @@
+//! The export job: a collection's records, in id order, into a file stored
+//! as the job's result chunks (NDJSON or CSV), in constant memory.
+//!
+//! The records are read a page at a time by id (keyset paging), so a record
+//! appears at most once even while others are written; a record created or
+//! changed during the export may or may not be in it (an export is not a
+//! snapshot; docs/jobs.md). Each result chunk is stored with a checkpoint
+//! naming the last id it holds and the next chunk's number, so a retry after
+//! a crash resumes there and rewrites only the chunks after it.
+//!
+//! CSV needs its columns before its first row: a first pass over the same
+//! records collects them (the `data` fields any record has), then the rows
+//! follow in a second pass. The columns are part of the checkpoint.
+
+use canon_http::Problem;
+use canon_http::catalogue::ProblemKind;
+use canon_store::{Cursor, Job, MAX_JOB_CHUNK_BYTES, PageRequest, Progress, Record, RecordQuery, SortOrder};
+use serde_json::{Value, json};
+
+use crate::csv_export::Columns;
+use crate::render;
+use crate::state::App;
+use crate::wire::ExportFormat;
+use crate::worker::{Step, save};
+
+/// Records read per store call.
+const PAGE: usize = 1000;
+/// The most columns a CSV export has; a collection whose records have more
+/// distinct fields is exported as NDJSON instead.
+pub const MAX_CSV_COLUMNS: usize = 1024;
+/// Pages of the CSV column pass between two lease renewals.
+const PAGES_PER_RENEWAL: usize = 20;
+
+/// Where an export stands: its checkpoint.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ExportState {
+    /// CSV: the columns, once the first pass found them.
+    columns: Option<Columns>,
+    /// The last id in the chunks stored so far.
+    after: Option<String>,
+    /// The next result chunk's number.
+    seq: i64,
+    /// Records in the chunks stored so far.
+    written: i64,
+    /// Bytes in the chunks stored so far.
+    bytes: i64,
+}
+
+/// What an export job was asked for, as its resource stored it.
+struct ExportParams {
+    collection_id: String,
+    collection: String,
+    format: ExportFormat,
+    filters: Vec<(String, Value)>,
+}
+
+impl ExportParams {
+    fn of(job: &Job) -> Result<Self, Step> {
+        let p = &job.params;
+        let format = serde_json::from_value(p["format"].clone()).map_err(|_| {
+            Step::Failed(Problem::new(
+                ProblemKind::Internal,
+                "The export's format is unreadable.",
+            ))
+        })?;
+        let mut filters: Vec<(String, Value)> = p["filter"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        filters.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            collection_id: p["collection_id"].as_str().unwrap_or_default().to_owned(),
+            collection: p["collection"].as_str().unwrap_or_default().to_owned(),
+            format,
+            filters,
+        })
+    }
+
+    /// The page of matching records after `after`.
+    async fn page(&self, app: &App, after: Option<&str>) -> Result<canon_store::Page<Record>, Step> {
+        let query = RecordQuery {
+            page: PageRequest {
+                limit: PAGE,
+                after: after.map(|id| Cursor {
+                    id: id.to_owned(),
+                    sort_value: None,
+                }),
+            },
+            filters: self.filters.clone(),
+            sort: SortOrder::Id,
+        };
+        Ok(app.store.list_records(&self.collection_id, query).await?)
+    }
+}
+
+/// The media type and file extension of an export in `format`.
+pub fn file_type(format: ExportFormat) -> (canon_http::media::MediaType, &'static str) {
+    match format {
+        ExportFormat::Ndjson => (canon_http::media::MediaType::Ndjson, "ndjson"),
+        ExportFormat::Csv => (canon_http::media::MediaType::Csv, "csv"),
+    }
+}
+
+/// Runs the export `job` under `owner`; its result summary names the
+/// collection, format, records and bytes.
+pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
+    let params = ExportParams::of(job)?;
+    let mut state: ExportState = job
+        .checkpoint
+        .clone()
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or_default();
+    if params.format == ExportFormat::Csv && state.columns.is_none() {
+        state.columns = Some(csv_columns(app, job, owner, &params, &state).await?);
+    }
+    let mut buffer: Vec<u8> = Vec::new();
+    if let Some(columns) = state.columns.as_ref().filter(|c| state.seq == 0 && !c.is_empty()) {
+        buffer.extend_from_slice(columns.header().as_bytes());
+    }
+    // Paging runs ahead of `state`, which moves only when a chunk is stored.
+    let mut cursor = state.after.clone();
+    let mut pending = 0;
+    let mut line = String::new();
+    loop {
+        let page = params.page(app, cursor.as_deref()).await?;
+        for record in &page.items {
+            line.clear();
+            encode(&mut line, record, state.columns.as_ref());
+            if buffer.len() + line.len() > MAX_JOB_CHUNK_BYTES && !buffer.is_empty() {
+                store_chunk(app, job, owner, &mut state, &mut buffer, cursor.clone(), pending).await?;
+                pending = 0;
+            }
+            buffer.extend_from_slice(line.as_bytes());
+            cursor = Some(record.id.clone());
+            pending += 1;
+        }
+        if page.next.is_none() {
+            break;
+        }
+    }
+    if !buffer.is_empty() || pending > 0 {
+        store_chunk(app, job, owner, &mut state, &mut buffer, cursor, pending).await?;
+    }
+    let (media, _) = file_type(params.format);
+    Ok(json!({
+        "collection": params.collection,
+        "format": params.format,
+        "media_type": media.essence(),
+        "records": state.written,
+        "bytes": state.bytes,
+    }))
+}
+
+/// Appends `record`'s line to `out`: its JSON as the record list shows it,
+/// or its CSV row under `columns`.
+fn encode(out: &mut String, record: &Record, columns: Option<&Columns>) {
+    let item = render::record(record);
+    match columns {
+        Some(columns) => columns.write_row(out, &item),
+        None => {
+            out.push_str(&item.to_string());
+            out.push('\n');
+        }
+    }
+}
+
+/// Stores `buffer` as the next result chunk and checkpoints past it:
+/// `after` is the last id it holds, `records` how many it holds.
+async fn store_chunk(
+    app: &App,
+    job: &Job,
+    owner: &str,
+    state: &mut ExportState,
+    buffer: &mut Vec<u8>,
+    after: Option<String>,
+    records: i64,
+) -> Result<(), Step> {
+    let chunk = std::mem::take(buffer);
+    let len = chunk.len() as i64;
+    app.store
+        .append_job_result(
+            &job.tenant_id,
+            &job.id,
+            owner,
+            state.seq,
+            chunk,
+            canon_store::now_millis(),
+        )
+        .await?;
+    state.seq += 1;
+    state.bytes += len;
+    state.written += records;
+    state.after = after;
+    let progress = Progress {
+        done: state.written,
+        total: None,
+    };
+    save(app, job, owner, checkpoint(state), progress).await
+}
+
+fn checkpoint(state: &ExportState) -> Value {
+    serde_json::to_value(state).unwrap_or(Value::Null)
+}
+
+/// The CSV columns of every matching record (the first pass), renewing the
+/// lease as it goes; more than [`MAX_CSV_COLUMNS`] fails the job.
+async fn csv_columns(
+    app: &App,
+    job: &Job,
+    owner: &str,
+    params: &ExportParams,
+    state: &ExportState,
+) -> Result<Columns, Step> {
+    let mut columns = Columns::default();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = params.page(app, cursor.as_deref()).await?;
+        for record in &page.items {
+            columns.add(&render::record(record));
+        }
+        if columns.len() > MAX_CSV_COLUMNS {
+            return Err(Step::Failed(Problem::new(
+                ProblemKind::StateConflict,
+                format!(
+                    "The records have more than {MAX_CSV_COLUMNS} distinct fields, too many for CSV columns; \
+                     export as NDJSON instead."
+                ),
+            )));
+        }
+        cursor = page.items.last().map(|r| r.id.clone()).or(cursor);
+        pages += 1;
+        if pages % PAGES_PER_RENEWAL == 0 {
+            let progress = Progress { done: 0, total: None };
+            save(app, job, owner, checkpoint(state), progress).await?;
+        }
+        if page.next.is_none() {
+            return Ok(columns);
+        }
+    }
+}
