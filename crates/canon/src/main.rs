@@ -2,7 +2,10 @@
 //!
 //! `canon serve` reads flags, then `CANON_*` environment variables, then the
 //! `--config` TOML file (same keys, snake_case), then defaults, in that order
-//! of precedence.
+//! of precedence. `canon import` and `canon export` are clients of a running
+//! server (`transfer`).
+
+mod transfer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +37,12 @@ enum Command {
     Serve(ServeArgs),
     /// Print the OpenAPI 3.1 description (what `/openapi.json` serves).
     Openapi,
+    /// Import an NDJSON file into a collection of a running server, as a job.
+    #[command(after_help = transfer::EXIT_STATUS_HELP)]
+    Import(transfer::import::ImportArgs),
+    /// Export a collection of a running server to a file (NDJSON or CSV), as a job.
+    #[command(after_help = transfer::EXIT_STATUS_HELP)]
+    Export(transfer::export::ExportArgs),
 }
 
 #[derive(Args, Default)]
@@ -195,37 +204,41 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    if let Command::Openapi = cli.command {
-        let doc = canon_server::openapi::document();
-        return match serde_json::to_string_pretty(&doc) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| eprintln!("canon: cannot start the runtime: {e}"))
+    };
+    match cli.command {
+        Command::Openapi => {
+            let doc = canon_server::openapi::document();
+            match serde_json::to_string_pretty(&doc) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("canon: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
+        }
+        Command::Serve(args) => match runtime().map(|rt| rt.block_on(serve(args))) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => {
                 eprintln!("canon: {e}");
                 ExitCode::FAILURE
             }
-        };
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("canon: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Openapi => Ok(()),
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("canon: {e}");
-            ExitCode::FAILURE
-        }
+            Err(()) => ExitCode::FAILURE,
+        },
+        Command::Import(args) => match runtime() {
+            Ok(rt) => transfer::finish(rt.block_on(transfer::import::run(args))),
+            Err(()) => transfer::Exit::Broken.into(),
+        },
+        Command::Export(args) => match runtime() {
+            Ok(rt) => transfer::finish(rt.block_on(transfer::export::run(args))),
+            Err(()) => transfer::Exit::Broken.into(),
+        },
     }
 }

@@ -1,0 +1,215 @@
+//! `canon export --output FILE`: `POST …/collections/{c}/exports`, follows
+//! the job, downloads its result into a temporary file beside `FILE` and
+//! renames it into place only once all of it arrived and is on disk.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use reqwest::{Method, StatusCode};
+use tokio::io::AsyncWriteExt;
+
+use super::api::{self, Api};
+use super::progress::{Reporter, Unit};
+use super::{Exit, Target, TransferError, job};
+
+/// The export's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One record per line, as JSON.
+    Ndjson,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+}
+
+impl Format {
+    /// The name the server knows it by.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Ndjson => "ndjson",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// `canon export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Where it comes from.
+    #[command(flatten)]
+    pub target: Target,
+    /// The file's format.
+    #[arg(long, value_enum, default_value_t = Format::Ndjson)]
+    pub format: Format,
+    /// Only the records this filter selects (the list route's filter
+    /// syntax), sent to the server as it is.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// The file to write. It is replaced only once the whole export has
+    /// arrived; until then the data goes to a hidden `.part` file beside it.
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+/// Runs `canon export`: 0 once the file is in place.
+pub async fn run(args: ExportArgs) -> Result<Exit, TransferError> {
+    let reporter = Reporter::new(args.target.progress);
+    let api = Api::new(&args.target)?;
+    // The partial file first: an output nobody can write fails before the
+    // server does any work.
+    let partial = partial_file(&args.output)?;
+
+    let mut order = serde_json::json!({"format": args.format.as_str()});
+    if let Some(filter) = &args.filter {
+        order["filter"] = filter.clone().into();
+    }
+    let mut url = api.collection_url(&args.target, "exports");
+    let mut hops = 0;
+    let response = loop {
+        let response = api
+            .small_request(Method::POST, url.clone())
+            .json(&order)
+            .send()
+            .await
+            .map_err(TransferError::http(format!("asking {url} for an export")))?;
+        if !api::repeats_elsewhere(response.status()) || hops == api::MAX_REDIRECTS {
+            break response;
+        }
+        // A renamed collection: the same request, at its new name.
+        hops += 1;
+        let next = api::location(&response)?;
+        reporter.note(&format!("{url} moved to {next}: asking there"));
+        url = next;
+    };
+    let accepted = api::accepted("the export", response).await?;
+    reporter.note(&format!(
+        "export accepted: job {} ({})",
+        accepted.job.id, accepted.monitor
+    ));
+
+    let progress = reporter.phase("export", Unit::Items("records"), accepted.job.progress.total);
+    let result = match job::follow(&api, accepted, &progress, None).await {
+        Ok(result) => result,
+        Err(e) => {
+            progress.abandon();
+            return Err(e);
+        }
+    };
+    progress.finish();
+
+    let bytes = download(&api, &reporter, result, &partial).await?;
+    partial
+        .persist(&args.output)
+        .map_err(|e| TransferError::file(&args.output)(e.error))?;
+    println!(
+        "export of {} written to {} ({} bytes, {})",
+        args.target.collection,
+        args.output.display(),
+        bytes,
+        args.format.as_str()
+    );
+    Ok(Exit::Done)
+}
+
+/// A new hidden file beside `output` (same directory, so the final rename
+/// stays on one file system and is atomic); removed if dropped unpersisted.
+fn partial_file(output: &Path) -> Result<tempfile::NamedTempFile, TransferError> {
+    let dir = match output.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = output
+        .file_name()
+        .ok_or_else(|| TransferError::Unexpected(format!("--output {}: names no file", output.display())))?;
+    tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(TransferError::file(dir))
+}
+
+/// Streams the result at `url` into `partial`, synced to disk; returns its
+/// length.
+async fn download(
+    api: &Api,
+    reporter: &Reporter,
+    url: reqwest::Url,
+    partial: &tempfile::NamedTempFile,
+) -> Result<u64, TransferError> {
+    let mut response = api
+        .request(Method::GET, url.clone())
+        .send()
+        .await
+        .map_err(TransferError::http(format!("downloading {url}")))?;
+    if response.status() != StatusCode::OK {
+        if response.status().is_client_error() || response.status().is_server_error() {
+            return Err(api::refusal("the download of the export", response).await);
+        }
+        return Err(TransferError::Unexpected(format!(
+            "the export's result {url} answered {}",
+            response.status()
+        )));
+    }
+    let expected = response.content_length();
+    let path = partial.path().to_owned();
+    let std_file = partial.as_file().try_clone().map_err(TransferError::file(&path))?;
+    let mut file = tokio::fs::File::from_std(std_file);
+    let phase = reporter.phase("download", Unit::Bytes, expected);
+    let mut written = 0u64;
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                phase.abandon();
+                return Err(TransferError::http(format!("downloading {url}"))(e));
+            }
+        };
+        if let Err(e) = file.write_all(&chunk).await {
+            phase.abandon();
+            return Err(TransferError::file(&path)(e));
+        }
+        written += chunk.len() as u64;
+        phase.inc(chunk.len() as u64);
+    }
+    if let Some(expected) = expected
+        && expected != written
+    {
+        phase.abandon();
+        return Err(TransferError::Unexpected(format!(
+            "the export at {url} announced {expected} bytes and sent {written}"
+        )));
+    }
+    // On disk before it takes the final name: a crash right after the
+    // rename must not leave an empty or torn file under that name.
+    file.flush().await.map_err(TransferError::file(&path))?;
+    file.sync_all().await.map_err(TransferError::file(&path))?;
+    phase.finish();
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_partial_file_is_hidden_beside_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = partial_file(&dir.path().join("out.ndjson")).unwrap();
+        assert_eq!(partial.path().parent(), Some(dir.path()));
+        let name = partial.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".out.ndjson.") && name.ends_with(".part"), "{name}");
+        drop(partial);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "removed when dropped"
+        );
+    }
+
+    #[test]
+    fn an_output_in_a_missing_directory_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = partial_file(&dir.path().join("nosuch/out.csv")).unwrap_err();
+        assert_eq!(error.exit(), Exit::Broken);
+    }
+}
