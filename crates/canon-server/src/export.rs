@@ -44,6 +44,9 @@ struct ExportState {
     written: i64,
     /// Bytes in the chunks stored so far.
     bytes: i64,
+    /// The matching records when the export started (its progress total;
+    /// records written meanwhile may change what it finds).
+    total: Option<i64>,
 }
 
 /// What an export job was asked for, as its resource stored it.
@@ -110,6 +113,13 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
         .clone()
         .and_then(|c| serde_json::from_value(c).ok())
         .unwrap_or_default();
+    if state.total.is_none() {
+        let count = app
+            .store
+            .count_records(&params.collection_id, params.filters.clone())
+            .await?;
+        state.total = Some(i64::try_from(count).unwrap_or(i64::MAX));
+    }
     if params.format == ExportFormat::Csv && state.columns.is_none() {
         state.columns = Some(csv_columns(app, job, owner, &params, &state).await?);
     }
@@ -193,7 +203,7 @@ async fn store_chunk(
     state.after = after;
     let progress = Progress {
         done: state.written,
-        total: None,
+        total: state.total,
     };
     save(app, job, owner, checkpoint(state), progress).await
 }
@@ -231,7 +241,10 @@ async fn csv_columns(
         cursor = page.items.last().map(|r| r.id.clone()).or(cursor);
         pages += 1;
         if pages % PAGES_PER_RENEWAL == 0 {
-            let progress = Progress { done: 0, total: None };
+            let progress = Progress {
+                done: 0,
+                total: state.total,
+            };
             save(app, job, owner, checkpoint(state), progress).await?;
         }
         if page.next.is_none() {

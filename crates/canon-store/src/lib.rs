@@ -212,6 +212,8 @@ pub trait RecordStore: Send + Sync {
     async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>>;
     /// A page of records.
     async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>>;
+    /// How many records match `filters` (as in [`RecordQuery::filters`]).
+    async fn count_records(&self, collection_id: &str, filters: Vec<(String, Value)>) -> StoreResult<u64>;
     /// Creates each of `records` (id, data) that does not exist yet, all in
     /// one write transaction (one commit for the lot: bulk work such as an
     /// import). Each record succeeds or fails on its own, in order:

@@ -200,19 +200,10 @@ pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-pub(super) fn list_records(conn: &Connection, collection_id: &str, q: &RecordQuery) -> StoreResult<Page<Record>> {
-    let mut sql = format!("SELECT {RECORD_COLS}");
-    let mut args: Vec<SqlValue> = vec![SqlValue::Text(collection_id.to_owned())];
-    let sort = match &q.sort {
-        SortOrder::Id => None,
-        SortOrder::Field { field, descending } => Some((format!("$.\"{field}\""), *descending)),
-    };
-    if let Some((path, _)) = &sort {
-        args.push(SqlValue::Text(path.clone()));
-        sql.push_str(", canon_sort_key(json_extract(data, ?2)) AS sort_value");
-    }
-    sql.push_str(" FROM records WHERE collection_id = ?1");
-    for (field, value) in &q.filters {
+/// Appends the `AND …` conditions of `filters` to `sql` (whose `?1` is the
+/// collection id), their values to `args`.
+fn push_filters(sql: &mut String, args: &mut Vec<SqlValue>, filters: &[(String, Value)]) {
+    for (field, value) in filters {
         args.push(SqlValue::Text(format!("$.\"{field}\"")));
         let p = args.len();
         let types = json_types(value)
@@ -240,6 +231,32 @@ pub(super) fn list_records(conn: &Connection, collection_id: &str, q: &RecordQue
             ));
         }
     }
+}
+
+/// How many records of a collection match `filters`.
+pub(super) fn count_records(conn: &Connection, collection_id: &str, filters: &[(String, Value)]) -> StoreResult<u64> {
+    let mut sql = "SELECT COUNT(*) FROM records WHERE collection_id = ?1".to_owned();
+    let mut args: Vec<SqlValue> = vec![SqlValue::Text(collection_id.to_owned())];
+    push_filters(&mut sql, &mut args, filters);
+    let count: i64 = conn
+        .query_row(&sql, rusqlite::params_from_iter(args), |r| r.get(0))
+        .map_err(db_error)?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+pub(super) fn list_records(conn: &Connection, collection_id: &str, q: &RecordQuery) -> StoreResult<Page<Record>> {
+    let mut sql = format!("SELECT {RECORD_COLS}");
+    let mut args: Vec<SqlValue> = vec![SqlValue::Text(collection_id.to_owned())];
+    let sort = match &q.sort {
+        SortOrder::Id => None,
+        SortOrder::Field { field, descending } => Some((format!("$.\"{field}\""), *descending)),
+    };
+    if let Some((path, _)) = &sort {
+        args.push(SqlValue::Text(path.clone()));
+        sql.push_str(", canon_sort_key(json_extract(data, ?2)) AS sort_value");
+    }
+    sql.push_str(" FROM records WHERE collection_id = ?1");
+    push_filters(&mut sql, &mut args, &q.filters);
     if let Some(after) = &q.page.after {
         args.push(SqlValue::Text(after.id.clone()));
         let id_p = args.len();
@@ -325,6 +342,13 @@ impl RecordStore for SqliteStore {
     async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>> {
         let collection_id = collection_id.to_owned();
         self.engine.read(move |c| list_records(c, &collection_id, &query)).await
+    }
+
+    async fn count_records(&self, collection_id: &str, filters: Vec<(String, Value)>) -> StoreResult<u64> {
+        let collection_id = collection_id.to_owned();
+        self.engine
+            .read(move |c| count_records(c, &collection_id, &filters))
+            .await
     }
 
     async fn create_absent_records(

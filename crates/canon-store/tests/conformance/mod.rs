@@ -331,6 +331,14 @@ pub async fn record_lists_filter_sort_and_page(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(names(&up), ["d", "c"]);
+    // Counting takes the same filters.
+    let count = |filters: Vec<(&str, serde_json::Value)>| {
+        store.count_records(&c.id, filters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    };
+    assert_eq!(count(vec![]).await.unwrap(), 5);
+    assert_eq!(count(vec![("port", json!(80))]).await.unwrap(), 2);
+    assert_eq!(count(vec![("port", json!("80"))]).await.unwrap(), 1);
+    assert_eq!(count(vec![("port", json!(80)), ("name", json!("c"))]).await.unwrap(), 1);
 
     let sort = SortOrder::Field {
         field: "name".into(),

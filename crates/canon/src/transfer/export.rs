@@ -40,14 +40,29 @@ pub struct ExportArgs {
     /// The file's format.
     #[arg(long, value_enum, default_value_t = Format::Ndjson)]
     pub format: Format,
-    /// Only the records this filter selects (the list route's filter
-    /// syntax), sent to the server as it is.
-    #[arg(long)]
-    pub filter: Option<String>,
+    /// Only the records whose top-level field equals a value:
+    /// `--filter port=22` (repeat for AND). The value reads as the list
+    /// route's `filter[field]` does: a number, `true`, `false` or `null` is
+    /// that JSON scalar, `"…"` a JSON string, anything else the text itself.
+    #[arg(long, value_name = "FIELD=VALUE", value_parser = parse_filter)]
+    pub filter: Vec<(String, serde_json::Value)>,
     /// The file to write. It is replaced only once the whole export has
     /// arrived; until then the data goes to a hidden `.part` file beside it.
     #[arg(long, short)]
     pub output: PathBuf,
+}
+
+/// `FIELD=VALUE` as a filter: the field and the JSON scalar it must equal.
+fn parse_filter(arg: &str) -> Result<(String, serde_json::Value), String> {
+    let (field, raw) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("`{arg}` is not FIELD=VALUE"))?;
+    let value = match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_) | serde_json::Value::Null)) => v,
+        Ok(v @ serde_json::Value::String(_)) if raw.starts_with('"') => v,
+        _ => serde_json::Value::String(raw.to_owned()),
+    };
+    Ok((field.to_owned(), value))
 }
 
 /// Runs `canon export`: 0 once the file is in place.
@@ -59,8 +74,8 @@ pub async fn run(args: ExportArgs) -> Result<Exit, TransferError> {
     let partial = partial_file(&args.output)?;
 
     let mut order = serde_json::json!({"format": args.format.as_str()});
-    if let Some(filter) = &args.filter {
-        order["filter"] = filter.clone().into();
+    if !args.filter.is_empty() {
+        order["filter"] = args.filter.iter().cloned().collect::<serde_json::Map<_, _>>().into();
     }
     let mut url = api.collection_url(&args.target, "exports");
     let mut hops = 0;
