@@ -97,12 +97,9 @@ async fn work(app: &App, job: Job, owner: &str) {
 /// `job_lease`: both fail once the lease is lost (canceled, taken over).
 pub(crate) async fn save(app: &App, job: &Job, owner: &str, checkpoint: Value, progress: Progress) -> Result<(), Step> {
     let now = now_millis();
-    app.store
-        .checkpoint(&job.tenant_id, &job.id, owner, checkpoint, progress, now)
-        .await?;
     let lease = i64::try_from(app.config.job_lease.as_millis()).unwrap_or(i64::MAX);
     app.store
-        .heartbeat(&job.tenant_id, &job.id, owner, now.saturating_add(lease), now)
+        .checkpoint(&job.tenant_id, &job.id, owner, checkpoint, progress, now.saturating_add(lease), now)
         .await?;
     Ok(())
 }

@@ -367,7 +367,10 @@ pub trait JobStore: Send + Sync {
         lease_until: Millis,
         now: Millis,
     ) -> StoreResult<Job>;
-    /// Stores where the job got to: a retry resumes from `checkpoint`.
+    /// Stores where the job got to (a retry resumes from `checkpoint`) and
+    /// extends the lease to `lease_until`, in one write: a step's progress
+    /// and its lease renewal cost one commit.
+    #[allow(clippy::too_many_arguments)]
     async fn checkpoint(
         &self,
         tenant_id: &str,
@@ -375,6 +378,7 @@ pub trait JobStore: Send + Sync {
         owner: &str,
         checkpoint: Value,
         progress: Progress,
+        lease_until: Millis,
         now: Millis,
     ) -> StoreResult<Job>;
     /// Stores chunk `seq` of the result of a job `owner` holds; numbering and

@@ -245,6 +245,7 @@ impl JobStore for SqliteStore {
         owner: &str,
         checkpoint: Value,
         progress: Progress,
+        lease_until: Millis,
         now: Millis,
     ) -> StoreResult<Job> {
         let (tenant_id, job_id, owner) = (tenant_id.to_owned(), job_id.to_owned(), owner.to_owned());
@@ -252,8 +253,9 @@ impl JobStore for SqliteStore {
             .write(move |c| {
                 held_job(c, &tenant_id, &job_id, &owner, now)?;
                 c.execute(
-                    "UPDATE jobs SET checkpoint = ?1, progress_done = ?2, progress_total = ?3 WHERE tenant_id = ?4 AND id = ?5",
-                    params![checkpoint.to_string(), progress.done, progress.total, tenant_id, job_id],
+                    "UPDATE jobs SET checkpoint = ?1, progress_done = ?2, progress_total = ?3, lease_until = ?4 \
+                     WHERE tenant_id = ?5 AND id = ?6",
+                    params![checkpoint.to_string(), progress.done, progress.total, lease_until, tenant_id, job_id],
                 )
                 .map_err(db_error)?;
                 job_or_vanished(c, &tenant_id, &job_id)
