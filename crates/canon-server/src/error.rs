@@ -35,6 +35,11 @@ pub fn store_problem(e: StoreError) -> Problem {
             ProblemKind::NotFound,
             "The resource was deleted while this request was handled.",
         ),
+        StoreError::ExpectationRequired => Problem::new(
+            ProblemKind::PreconditionRequired,
+            "This collection requires conditional writes: name the record's current entity tag (`*` does not count).",
+        ),
+        StoreError::AtWrite { index, cause } => batch_write_problem(index, *cause),
         StoreError::JobFinished(status) => Problem::new(
             ProblemKind::StateConflict,
             format!("The job already {}; it can no longer be canceled.", status.as_str()),
@@ -57,6 +62,56 @@ pub fn store_problem(e: StoreError) -> Problem {
             internal()
         }
     }
+}
+
+/// The problem for an atomic batch whose operation `index` failed with
+/// `cause`: the problem `cause` maps to (its type and status, its extension
+/// members), its detail saying which operation failed, its field errors
+/// moved under `/operations/{index}` (one error at `/operations/{index}`
+/// when it had none), so a client finds the operation to fix.
+fn batch_write_problem(index: usize, cause: StoreError) -> Problem {
+    let at = format!("/operations/{index}");
+    // The single-write details speak of races; in a batch these are plain
+    // facts about the operation's target.
+    let what = match &cause {
+        StoreError::ExpectationFailed => Some(
+            "Its precondition does not hold: `if_match` does not name the record's current entity tag, \
+             or the id a create names is taken.",
+        ),
+        StoreError::Vanished => Some("No record has this id."),
+        StoreError::Gone => Some("The record was deleted."),
+        _ => None,
+    };
+    let single = store_problem(cause);
+    let detail = what.unwrap_or_else(|| single.detail());
+    let mut problem = Problem::new(
+        single.kind(),
+        format!("Operation {index} failed, so nothing of the atomic batch was applied. {detail}"),
+    );
+    let body = single.to_body("", "");
+    let relocated: Vec<FieldError> = body["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            FieldError::new(
+                format!("{at}{}", e["pointer"].as_str().unwrap_or_default()),
+                e["detail"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    problem = if relocated.is_empty() {
+        problem.with_errors(vec![FieldError::new(&at, detail)])
+    } else {
+        problem.with_errors(relocated)
+    };
+    // Standard members are refused by `with`; `errors` is set above.
+    for (name, value) in body.as_object().into_iter().flatten() {
+        if name != "errors" {
+            problem = problem.with(name, value.clone());
+        }
+    }
+    problem
 }
 
 /// The problem for data a write's computation refused: a failed patch

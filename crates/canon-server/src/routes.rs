@@ -3,8 +3,8 @@
 //! reads it for 404/405/415/406/403 and `Allow`; `/docs` and tests read it too.
 
 use canon_http::ProblemKind::{
-    Gone, InvalidField, LastAdmin, Locked, NotFound, NotImplemented, PatchTestFailed, PreconditionFailed,
-    PreconditionRequired, SchemaViolation, StateConflict, UniqueConflict,
+    Gone, InvalidField, LastAdmin, Locked, NotFound, PatchTestFailed, PreconditionFailed, PreconditionRequired,
+    SchemaViolation, StateConflict, UniqueConflict,
 };
 use canon_http::access::Role;
 use canon_http::media::MediaType::{self, Html, Json, JsonPatch, MergePatch};
@@ -322,7 +322,6 @@ pub static ROUTES: &[RouteSpec] = &[
         summary: "A record's lock: a lease that keeps other callers from writing it.",
         states: IN_COLLECTION.lockable(),
     },
-    // Named by the contract, built by later work: they answer 501.
     // `batch` is a reserved word, never a record id: PUT (the only method
     // that names a new record by its path) answers 400 saying so, rather
     // than a 405 that would suggest records cannot be put at all.
@@ -344,7 +343,6 @@ pub static ROUTES: &[RouteSpec] = &[
                     Locked,
                     NotFound,
                     Gone,
-                    NotImplemented,
                 ]),
             put(role(Editor))
                 .bodies(Some("RecordData"), None)
@@ -352,7 +350,9 @@ pub static ROUTES: &[RouteSpec] = &[
                 .raising(&[InvalidField]),
         ],
         planned: &[],
-        summary: "Batch writes: each operation decided like its own request (207), or the most critical status. \
+        summary: "Batch writes: each operation decided like its own request (207), or the most critical status; \
+                  with `\"atomic\": true`, all or nothing in one transaction (200 with every result, or the first \
+                  failing operation's status with `errors` at `/operations/{i}`, and nothing applied). \
                   PUT answers 400: `batch` is reserved, not a record id.",
         states: IN_COLLECTION,
     },
@@ -367,6 +367,7 @@ pub static ROUTES: &[RouteSpec] = &[
         summary: "Imports: an NDJSON upload of records (streamed, up to CANON_MAX_IMPORT_BYTES), run as a job (202).",
         states: IN_COLLECTION,
     },
+    // Named by the contract, built by later work: it answers 501.
     RouteSpec {
         name: name::EXPORTS,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/exports",

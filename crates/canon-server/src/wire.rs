@@ -392,7 +392,9 @@ pub struct BatchRequest {
     /// The operations, applied in order.
     #[schemars(length(min = 1, max = 1000))]
     pub operations: Vec<BatchOperation>,
-    /// All or nothing in one transaction (not built yet: 501).
+    /// All or nothing in one transaction: 200 with every result, or the
+    /// first failing operation's status and problem (its `errors` pointing
+    /// at `/operations/{i}`), with nothing applied.
     #[serde(default)]
     pub atomic: bool,
 }
@@ -442,7 +444,9 @@ pub enum BatchOperation {
     },
 }
 
-/// The answer to a batch: one result per operation, in request order.
+/// The answer to a batch (207, or 200 when atomic or reported
+/// `most-critical` and every operation succeeded): one result per
+/// operation, in request order.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct BatchResults {
     /// The results.

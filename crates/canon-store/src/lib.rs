@@ -70,6 +70,24 @@ pub enum StoreError {
     /// cannot be canceled (HTTP 409).
     #[error("the job already finished: {}", .0.as_str())]
     JobFinished(JobStatus),
+    /// The collection demands that a write of an existing record name the
+    /// entity tag it expects (`require_if_match`), and this one did not
+    /// ([`Expect::Etag`] or [`Expect::OneOf`]; [`Expect::Exists`] does not
+    /// count: it holds for any version). Checked only by
+    /// [`RecordStore::apply_atomically`]; single writes leave it to the
+    /// server's decision flow (HTTP 428).
+    #[error("the collection requires the write to name the record's entity tag")]
+    ExpectationRequired,
+    /// Write `index` (counted from 0) of an atomic batch failed with
+    /// `cause`; nothing of the batch was written.
+    #[error("write {index} of the batch failed: {cause}")]
+    AtWrite {
+        /// Which write failed.
+        index: usize,
+        /// Why it failed (never another [`StoreError::AtWrite`]).
+        #[source]
+        cause: Box<StoreError>,
+    },
     /// The database cannot be reached or is failing.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -81,6 +99,63 @@ pub enum StoreError {
 /// Computes a record's new data from its current data inside the write's
 /// transaction (see [`RecordStore::patch_record`]).
 pub type ApplyPatch = Box<dyn FnOnce(&Value) -> Result<Value, RejectedWrite> + Send>;
+
+/// The new data of a create or replace in an atomic batch, as the caller
+/// checked it before the transaction (against the collection's schema, off
+/// the writer): `Err` is the caller's refusal, reported as
+/// [`StoreError::Rejected`] when the transaction reaches this write, after
+/// its existence, expectation and lease checks, so a batch fails at the same
+/// write, with the same error, as one write after another would.
+pub type CheckedData = Result<Value, RejectedWrite>;
+
+/// One write of an atomic batch ([`RecordStore::apply_atomically`]): what a
+/// single record write would be, with the same checks, in the same order.
+pub enum RecordWrite {
+    /// Creates a record at a new id (as [`RecordStore::create_record`]).
+    Create {
+        /// Its data.
+        data: CheckedData,
+    },
+    /// Replaces the record at `id`, or creates it there (as
+    /// [`RecordStore::put_record`]); [`Expect::Absent`] makes it create-only.
+    Put {
+        /// The record.
+        id: String,
+        /// Its new data.
+        data: CheckedData,
+        /// What the record must be.
+        expect: Expect,
+    },
+    /// Computes the existing record's new data from its current data (as
+    /// [`RecordStore::patch_record`]), seeing the batch's earlier writes.
+    Patch {
+        /// The record.
+        id: String,
+        /// The computation (patch, then schema).
+        apply: ApplyPatch,
+        /// What the record must be.
+        expect: Expect,
+    },
+    /// Deletes the existing record, leaving a tombstone (as
+    /// [`RecordStore::delete_record`]).
+    Delete {
+        /// The record.
+        id: String,
+        /// What the record must be.
+        expect: Expect,
+    },
+}
+
+/// What one write of an atomic batch did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordWritten {
+    /// A new record.
+    Created(Record),
+    /// The record's next version.
+    Updated(Record),
+    /// The record is deleted (a tombstone).
+    Deleted,
+}
 
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -254,6 +329,28 @@ pub trait RecordStore: Send + Sync {
         expect: Expect,
         actor: &str,
     ) -> StoreResult<Record>;
+    /// Applies every write of `writes` in order, as `actor`, all or nothing
+    /// in one write transaction: each write sees the earlier ones (create then
+    /// patch one id works; two writes taking one unique value conflict).
+    /// Every write is checked inside the transaction in the order its single
+    /// write checks: the record's existence ([`StoreError::Gone`],
+    /// [`StoreError::Vanished`] for patches and deletes), `expect`
+    /// ([`StoreError::ExpectationFailed`]), the collection's demand for a tag
+    /// when the record exists ([`StoreError::ExpectationRequired`], when
+    /// `collection.require_if_match`), leases ([`StoreError::Locked`]), the
+    /// data ([`StoreError::Rejected`]) and unique fields
+    /// ([`StoreError::Conflict`]). The first write that fails rolls the whole
+    /// batch back: the error is [`StoreError::AtWrite`] naming it, and nothing
+    /// was written. A missing collection or a failing store fails the batch
+    /// as a whole (not `AtWrite`). Deletes leave tombstones kept for
+    /// `retention`. Returns what each write did, in order.
+    async fn apply_atomically(
+        &self,
+        collection: &Collection,
+        writes: Vec<RecordWrite>,
+        actor: &str,
+        retention: Duration,
+    ) -> StoreResult<Vec<RecordWritten>>;
     /// Deletes a record as `actor`, leaving a tombstone and dropping its lease.
     /// [`StoreError::Gone`] (tombstone: someone else deleted it first) or
     /// [`StoreError::Vanished`] when it is not there; checks `expect` and

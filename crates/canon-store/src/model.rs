@@ -255,6 +255,20 @@ pub enum Expect {
     Version(i64),
     /// The record does not exist.
     Absent,
+    /// The record exists, whatever its tag (`If-Match: *`).
+    Exists,
+    /// The record exists with one of these entity tags (`If-Match` naming
+    /// several; an empty list never holds).
+    OneOf(Vec<String>),
+}
+
+impl Expect {
+    /// Whether the expectation names the entity tag(s) the writer read:
+    /// what a collection with `require_if_match` demands of every write to
+    /// an existing record.
+    pub fn names_a_tag(&self) -> bool {
+        matches!(self, Expect::Etag(_) | Expect::OneOf(_) | Expect::Version(_))
+    }
 }
 
 /// A lease on a record: while it is live, only its holder may write the record.

@@ -9,18 +9,32 @@
 //! The batch answers 207 with every result in request order, or, with
 //! `?report=most-critical`, one status: the most severe of the operations
 //! (see [`severity`]) with the successes in `partialSuccessResponses`.
+//!
+//! An atomic batch (`"atomic": true`) is all or nothing: its operations are
+//! checked as their requests' parse would check them (ids, `if_match`), their
+//! data against the schema, and then applied in one store transaction
+//! ([`canon_store::RecordStore::apply_atomically`]) that checks, for each in
+//! turn, what the flow checks of its request (existence, `if_match`, the
+//! collection's demand for it, leases, unique fields). 200 with every result,
+//! or the first failing operation's problem (through `store_problem`, so the
+//! same status its request would get) and nothing applied.
 
 use bytes::Bytes;
 use canon_http::catalogue::{PROBLEMS, ProblemKind};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
+use canon_http::validators::TagCondition;
 use canon_http::{FieldError, Problem};
+use canon_store::{CheckedData, Collection, Expect, RecordWrite, RecordWritten};
 use http::{HeaderValue, Method, header};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::collections::load_collection;
+use super::records::{actor, check_data, merge_patch_computation};
 use super::{Cx, settle, still_there};
-use crate::input::{Query, decode, invalid_query, json_body, record_id};
+use crate::error::store_problem;
+use crate::input::{Query, decode, invalid_field, invalid_query, json_body, record_id};
+use crate::render;
 use crate::wire::{BatchOperation, BatchRequest, BatchResult, BatchResults};
 
 /// How a batch reports its results.
@@ -32,13 +46,45 @@ enum Report {
     MostCritical,
 }
 
+/// How a batch's operations are applied.
+enum Plan {
+    /// Each on its own, through the flow as its own request.
+    EachOnItsOwn(Vec<BatchOperation>),
+    /// All or nothing, in one store transaction.
+    Atomic(Vec<AtomicOp>),
+}
+
+/// An operation of an atomic batch once the checks its request makes before
+/// reading anything (its id, its `If-Match`) passed: what remains is decided
+/// against the store, inside the transaction.
+enum AtomicOp {
+    /// `POST …/records`: a new record at an id Canon chooses.
+    Create(Map<String, Value>),
+    /// `PUT …/records/{id}`: create-only ([`Expect::Absent`]) for a `create`
+    /// with an id, else a replace (or create) under its `if_match`.
+    Put {
+        id: String,
+        data: Map<String, Value>,
+        expect: Expect,
+    },
+    /// `PATCH …/records/{id}` with a merge patch.
+    Patch {
+        id: String,
+        patch: Map<String, Value>,
+        expect: Expect,
+    },
+    /// `DELETE …/records/{id}`.
+    Delete { id: String, expect: Expect },
+}
+
 /// `POST …/records/batch`.
 pub struct Batch {
     cx: Cx,
-    request: Option<BatchRequest>,
+    plan: Option<Plan>,
     report: Report,
     authorization: Option<HeaderValue>,
     records: String,
+    collection: Option<Collection>,
 }
 
 impl Batch {
@@ -46,10 +92,11 @@ impl Batch {
     pub fn new(cx: Cx) -> Self {
         Self {
             cx,
-            request: None,
+            plan: None,
             report: Report::All,
             authorization: None,
             records: String::new(),
+            collection: None,
         }
     }
 }
@@ -122,7 +169,11 @@ impl Resource for Batch {
             .strip_suffix("/batch")
             .unwrap_or_default()
             .to_owned();
-        self.request = Some(request);
+        self.plan = Some(if request.atomic {
+            Plan::Atomic(prepare_atomic(request.operations)?)
+        } else {
+            Plan::EachOnItsOwn(request.operations)
+        });
         Ok(())
     }
 
@@ -130,7 +181,8 @@ impl Resource for Batch {
         Box::pin(async move {
             settle(
                 async {
-                    load_collection(&self.cx).await?;
+                    let (_, collection) = load_collection(&self.cx).await?;
+                    self.collection = Some(collection);
                     Ok(Existence::Found(Found::default()))
                 }
                 .await,
@@ -140,16 +192,23 @@ impl Resource for Batch {
 
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
-            let request = still_there(self.request.take())?;
-            if request.atomic {
-                return Err(Problem::new(
-                    ProblemKind::NotImplemented,
-                    "Atomic batches (all or nothing) are part of the contract but not implemented yet; \
-                     send the batch without `atomic` to apply each operation on its own.",
-                ));
-            }
-            let mut results = Vec::with_capacity(request.operations.len());
-            for (i, op) in request.operations.into_iter().enumerate() {
+            let operations = match still_there(self.plan.take())? {
+                Plan::EachOnItsOwn(operations) => operations,
+                Plan::Atomic(ops) => {
+                    let collection = still_there(self.collection.take())?;
+                    return match self.apply_atomically(&collection, ops).await {
+                        Ok(results) => Ok(Success::Ok(Representation::json(&to_json(&BatchResults { results })))),
+                        // Only one operation can fail, and it undid the
+                        // others: nothing succeeded to list.
+                        Err(problem) if self.report == Report::MostCritical => {
+                            Err(problem.with("partialSuccessResponses", Value::Array(Vec::new())))
+                        }
+                        Err(problem) => Err(problem),
+                    };
+                }
+            };
+            let mut results = Vec::with_capacity(operations.len());
+            for (i, op) in operations.into_iter().enumerate() {
                 results.push(self.run(i, op).await);
             }
             match self.report {
@@ -159,6 +218,136 @@ impl Resource for Batch {
                 Report::MostCritical => most_critical(results),
             }
         })
+    }
+}
+
+/// The operations of an atomic batch, each checked as its request's parse
+/// would check it before anything is read: a record id (400 at
+/// `/operations/{i}/id`, for every operation that names one, since no
+/// record can have an invalid id) and `if_match` (400 at
+/// `/operations/{i}/if_match`). One malformed operation makes the batch
+/// malformed, whatever the store holds.
+fn prepare_atomic(operations: Vec<BatchOperation>) -> Result<Vec<AtomicOp>, Problem> {
+    let mut prepared = Vec::with_capacity(operations.len());
+    for (i, op) in operations.into_iter().enumerate() {
+        let id = |id: String| record_id(&id, &format!("/operations/{i}/id")).map(|()| id);
+        let expect = |tags: Option<String>| expectation(tags.as_deref(), &format!("/operations/{i}/if_match"));
+        prepared.push(match op {
+            BatchOperation::Create { id: None, data } => AtomicOp::Create(data.0),
+            BatchOperation::Create { id: Some(at), data } => AtomicOp::Put {
+                id: id(at)?,
+                data: data.0,
+                expect: Expect::Absent,
+            },
+            BatchOperation::Replace { id: at, data, if_match } => AtomicOp::Put {
+                id: id(at)?,
+                data: data.0,
+                expect: expect(if_match)?,
+            },
+            BatchOperation::Patch { id: at, data, if_match } => AtomicOp::Patch {
+                id: id(at)?,
+                patch: data.0,
+                expect: expect(if_match)?,
+            },
+            BatchOperation::Delete { id: at, if_match } => AtomicOp::Delete {
+                id: id(at)?,
+                expect: expect(if_match)?,
+            },
+        });
+    }
+    Ok(prepared)
+}
+
+/// What an operation's `if_match` asks of its record, read as the flow reads
+/// an `If-Match` header (RFC 9110 §13.1.1: `*`, or a list of tags compared
+/// strongly, so a weak tag never matches; empty list elements are ignored,
+/// and a list of none is no condition).
+fn expectation(if_match: Option<&str>, pointer: &str) -> Result<Expect, Problem> {
+    let Some(value) = if_match else {
+        return Ok(Expect::Anything);
+    };
+    let refused = || invalid_field(pointer, "must be `*` or a list of entity tags, such as \"a1b2\"");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(header::IF_MATCH, HeaderValue::from_str(value).map_err(|_| refused())?);
+    Ok(
+        match TagCondition::from_headers(&headers, &header::IF_MATCH).map_err(|_| refused())? {
+            None => Expect::Anything,
+            Some(TagCondition::Any) => Expect::Exists,
+            Some(TagCondition::Tags(tags)) => Expect::OneOf(
+                tags.iter()
+                    .filter(|t| !t.is_weak())
+                    .map(|t| t.to_string().trim_matches('"').to_owned())
+                    .collect(),
+            ),
+        },
+    )
+}
+
+impl Batch {
+    /// Applies an atomic batch: schema checks of the new data first (on this
+    /// task, not the store's writer), then every operation in one store
+    /// transaction. The results are what each operation's own request would
+    /// have answered.
+    async fn apply_atomically(&self, collection: &Collection, ops: Vec<AtomicOp>) -> Result<Vec<BatchResult>, Problem> {
+        let app = &self.cx.app;
+        // Fetched only when an operation writes data: deleting needs no schema.
+        let mut validator = None;
+        let mut writes = Vec::with_capacity(ops.len());
+        for op in ops {
+            if !matches!(op, AtomicOp::Delete { .. }) && validator.is_none() {
+                validator = Some(app.validator(collection)?);
+            }
+            let checked = |data: Map<String, Value>| -> CheckedData {
+                let data = Value::Object(data);
+                match &validator {
+                    Some(v) => check_data(v, &collection.name, &data).map(|()| data),
+                    None => Ok(data),
+                }
+            };
+            writes.push(match op {
+                AtomicOp::Create(data) => RecordWrite::Create { data: checked(data) },
+                AtomicOp::Put { id, data, expect } => RecordWrite::Put {
+                    id,
+                    data: checked(data),
+                    expect,
+                },
+                AtomicOp::Patch { id, patch, expect } => RecordWrite::Patch {
+                    id,
+                    apply: merge_patch_computation(
+                        Value::Object(patch),
+                        validator.clone().ok_or_else(crate::error::internal)?,
+                        collection.name.clone(),
+                    ),
+                    expect,
+                },
+                AtomicOp::Delete { id, expect } => RecordWrite::Delete { id, expect },
+            });
+        }
+        let written = app
+            .store
+            .apply_atomically(collection, writes, actor(&self.cx), self.cx.retention())
+            .await
+            .map_err(store_problem)?;
+        Ok(written.into_iter().map(|w| self.result_of(w)).collect())
+    }
+
+    /// The result an atomic operation's own request would have answered:
+    /// 201 with `Location`, 200, or 204; the record's tag and representation.
+    fn result_of(&self, written: RecordWritten) -> BatchResult {
+        let (status, location, record) = match written {
+            RecordWritten::Created(r) => (201, Some(format!("{}/{}", self.records, r.id)), Some(r)),
+            RecordWritten::Updated(r) => (200, None, Some(r)),
+            RecordWritten::Deleted => (204, None, None),
+        };
+        BatchResult {
+            status,
+            location,
+            etag: record
+                .as_ref()
+                .and_then(|r| render::record_validators(r).etag)
+                .map(|t| t.to_string()),
+            body: record.as_ref().map(render::record),
+        }
     }
 }
 

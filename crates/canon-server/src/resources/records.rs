@@ -12,6 +12,7 @@ use canon_store::{
 use http::Method;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 use super::collections::load_collection;
 use super::{Cx, settle, still_there};
@@ -30,8 +31,13 @@ pub(crate) fn validate(app: &App, collection: &Collection, data: &Value) -> Resu
 }
 
 /// [`validate`] with a compiled `validator`, as a write's computation
-/// reports it (so it can run inside the store's write transaction).
-fn check_data(validator: &jsonschema::Validator, collection: &str, data: &Value) -> Result<(), RejectedWrite> {
+/// reports it (so it can run inside the store's write transaction, or be
+/// handed to it: an atomic batch's creates and replaces).
+pub(crate) fn check_data(
+    validator: &jsonschema::Validator,
+    collection: &str,
+    data: &Value,
+) -> Result<(), RejectedWrite> {
     if !data.is_object() {
         return Err(RejectedWrite::Invalid {
             detail: "A record's data must be a JSON object.".into(),
@@ -323,6 +329,26 @@ impl PatchDocument {
     }
 }
 
+/// The computation a patch runs inside the store's write transaction: the
+/// patch applied to the current data, then the collection's schema.
+fn patch_computation(doc: PatchDocument, validator: Arc<jsonschema::Validator>, collection: String) -> ApplyPatch {
+    Box::new(move |current| {
+        let data = doc.apply(current)?;
+        check_data(&validator, &collection, &data)?;
+        Ok(data)
+    })
+}
+
+/// [`patch_computation`] for a merge patch (RFC 7396): a batch's `patch`
+/// operation, computed exactly as its `PATCH` request would be.
+pub(crate) fn merge_patch_computation(
+    patch: Value,
+    validator: Arc<jsonschema::Validator>,
+    collection: String,
+) -> ApplyPatch {
+    patch_computation(PatchDocument::Merge(patch), validator, collection)
+}
+
 /// The lease on a record that blocks `cx`'s caller, if any.
 async fn blocking_lease(cx: &Cx, collection_id: &str, id: &str) -> Result<Option<LockInfo>, Problem> {
     let lease = cx.app.store.lease(collection_id, id).await.map_err(store_problem)?;
@@ -332,7 +358,7 @@ async fn blocking_lease(cx: &Cx, collection_id: &str, id: &str) -> Result<Option
 }
 
 /// The caller's identity for leases (`anonymous` never writes: writes are guarded).
-fn actor(cx: &Cx) -> &str {
+pub(crate) fn actor(cx: &Cx) -> &str {
     cx.principal.as_ref().map_or("anonymous", Principal::actor)
 }
 
@@ -402,12 +428,7 @@ impl OneRecord {
     async fn patch(&mut self, collection: &Collection) -> Result<Success, Problem> {
         let doc = self.patch.take().ok_or_else(crate::error::internal)?;
         let validator = self.cx.app.validator(collection)?;
-        let name = collection.name.clone();
-        let apply: ApplyPatch = Box::new(move |current| {
-            let data = doc.apply(current)?;
-            check_data(&validator, &name, &data)?;
-            Ok(data)
-        });
+        let apply = patch_computation(doc, validator, collection.name.clone());
         let r = self
             .cx
             .app

@@ -14,7 +14,7 @@ use super::leases::check_lease;
 use super::rows::*;
 use crate::model::*;
 use crate::prelude::*;
-use crate::{ApplyPatch, StoreError, StoreResult};
+use crate::{ApplyPatch, CheckedData, RecordWrite, RecordWritten, StoreError, StoreResult};
 
 /// A record's first version, as of now.
 fn first_version(collection_id: &str, id: String, data: Value) -> Record {
@@ -101,6 +101,130 @@ pub(super) fn check_expectation(current: Option<&Record>, expect: &Expect) -> St
         Some(r) => check_existing(expect, r.version, Some(&r.etag)),
         None if matches!(expect, Expect::Anything | Expect::Absent) => Ok(()),
         None => Err(StoreError::ExpectationFailed),
+    }
+}
+
+/// Whether a write of a record may go on, checked inside its transaction
+/// in the order of the decision flow: `expect` (412), then, when the record
+/// exists and `require_tag` (the collection's `require_if_match`, enforced
+/// here only for atomic batches), an expectation that names a tag (428),
+/// then `actor`'s right past a lease (423).
+fn check_write(
+    c: &Connection,
+    collection_id: &str,
+    id: &str,
+    current: Option<&Record>,
+    expect: &Expect,
+    require_tag: bool,
+    actor: &str,
+) -> StoreResult<()> {
+    check_expectation(current, expect)?;
+    if require_tag && current.is_some() && !expect.names_a_tag() {
+        return Err(StoreError::ExpectationRequired);
+    }
+    check_lease(c, collection_id, id, actor)
+}
+
+/// One write of a record's data at `id` (PUT): replaces it, or creates it
+/// (clearing a tombstone). Returns the record and whether it was created.
+fn put_one(
+    c: &Connection,
+    collection: &Collection,
+    id: String,
+    data: CheckedData,
+    expect: &Expect,
+    require_tag: bool,
+    actor: &str,
+) -> StoreResult<(Record, bool)> {
+    let current = load_record(c, &collection.id, &id)?;
+    check_write(c, &collection.id, &id, current.as_ref(), expect, require_tag, actor)?;
+    let data = data.map_err(StoreError::Rejected)?;
+    let (record, created) = match current {
+        Some(cur) => (replace_record(c, cur, data)?, false),
+        None => (create_at(c, &collection.id, id, data)?, true),
+    };
+    index_unique(c, collection, &record.id, &record.data)?;
+    Ok((record, created))
+}
+
+/// One patch of the existing record at `id`: `apply` computes its new
+/// data from the current data.
+fn patch_one(
+    c: &Connection,
+    collection: &Collection,
+    id: &str,
+    apply: ApplyPatch,
+    expect: &Expect,
+    require_tag: bool,
+    actor: &str,
+) -> StoreResult<Record> {
+    let Some(current) = load_record(c, &collection.id, id)? else {
+        return Err(not_there(c, kind::RECORD, &collection.id, id));
+    };
+    check_write(c, &collection.id, id, Some(&current), expect, require_tag, actor)?;
+    let data = apply(&current.data).map_err(StoreError::Rejected)?;
+    let r = replace_record(c, current, data)?;
+    index_unique(c, collection, &r.id, &r.data)?;
+    Ok(r)
+}
+
+/// One delete of the existing record at `id`: its lease and unique values
+/// go with it, and a tombstone kept for `retention` stays.
+fn delete_one(
+    c: &Connection,
+    collection_id: &str,
+    id: &str,
+    expect: &Expect,
+    require_tag: bool,
+    actor: &str,
+    retention: Duration,
+) -> StoreResult<()> {
+    let Some(current) = load_record(c, collection_id, id)? else {
+        return Err(not_there(c, kind::RECORD, collection_id, id));
+    };
+    check_write(c, collection_id, id, Some(&current), expect, require_tag, actor)?;
+    for table in [
+        "DELETE FROM locks WHERE collection_id = ?1 AND record_id = ?2",
+        "DELETE FROM records WHERE collection_id = ?1 AND id = ?2",
+        "DELETE FROM unique_values WHERE collection_id = ?1 AND record_id = ?2",
+    ] {
+        c.execute(table, [collection_id, id]).map_err(db_error)?;
+    }
+    put_tombstone(c, kind::RECORD, collection_id, id, retention).map_err(db_error)
+}
+
+/// One write of an atomic batch, with the collection's demand for tags.
+fn apply_one(
+    c: &Connection,
+    collection: &Collection,
+    write: RecordWrite,
+    actor: &str,
+    retention: Duration,
+) -> StoreResult<RecordWritten> {
+    let require_tag = collection.require_if_match;
+    match write {
+        RecordWrite::Create { data } => {
+            let data = data.map_err(StoreError::Rejected)?;
+            let r = first_version(&collection.id, new_id(), data);
+            insert_record(c, &r)?;
+            index_unique(c, collection, &r.id, &r.data)?;
+            Ok(RecordWritten::Created(r))
+        }
+        RecordWrite::Put { id, data, expect } => {
+            let (r, created) = put_one(c, collection, id, data, &expect, require_tag, actor)?;
+            Ok(if created {
+                RecordWritten::Created(r)
+            } else {
+                RecordWritten::Updated(r)
+            })
+        }
+        RecordWrite::Patch { id, apply, expect } => {
+            patch_one(c, collection, &id, apply, &expect, require_tag, actor).map(RecordWritten::Updated)
+        }
+        RecordWrite::Delete { id, expect } => {
+            delete_one(c, &collection.id, &id, &expect, require_tag, actor, retention)?;
+            Ok(RecordWritten::Deleted)
+        }
     }
 }
 
@@ -397,15 +521,7 @@ impl RecordStore for SqliteStore {
         self.engine
             .write(move |c| {
                 collection_exists(c, &collection.id)?;
-                let current = load_record(c, &collection.id, &id)?;
-                check_expectation(current.as_ref(), &expect)?;
-                check_lease(c, &collection.id, &id, &actor)?;
-                let (record, created) = match current {
-                    Some(cur) => (replace_record(c, cur, data)?, false),
-                    None => (create_at(c, &collection.id, id, data)?, true),
-                };
-                index_unique(c, &collection, &record.id, &record.data)?;
-                Ok((record, created))
+                put_one(c, &collection, id, Ok(data), &expect, false, &actor)
             })
             .await
     }
@@ -422,15 +538,37 @@ impl RecordStore for SqliteStore {
         self.engine
             .write(move |c| {
                 collection_exists(c, &collection.id)?;
-                let Some(current) = load_record(c, &collection.id, &id)? else {
-                    return Err(not_there(c, kind::RECORD, &collection.id, &id));
-                };
-                check_expectation(Some(&current), &expect)?;
-                check_lease(c, &collection.id, &id, &actor)?;
-                let data = apply(&current.data).map_err(StoreError::Rejected)?;
-                let r = replace_record(c, current, data)?;
-                index_unique(c, &collection, &r.id, &r.data)?;
-                Ok(r)
+                patch_one(c, &collection, &id, apply, &expect, false, &actor)
+            })
+            .await
+    }
+
+    async fn apply_atomically(
+        &self,
+        collection: &Collection,
+        writes: Vec<RecordWrite>,
+        actor: &str,
+        retention: Duration,
+    ) -> StoreResult<Vec<RecordWritten>> {
+        let (collection, actor) = (collection.clone(), actor.to_owned());
+        // One write job: the engine runs it in one savepoint and rolls all of
+        // it back when it fails, so the first failing write undoes the others.
+        self.engine
+            .write(move |c| {
+                collection_exists(c, &collection.id)?;
+                let mut done = Vec::with_capacity(writes.len());
+                for (index, write) in writes.into_iter().enumerate() {
+                    let written = apply_one(c, &collection, write, &actor, retention).map_err(|cause| match cause {
+                        // The store itself failing is not this write's fault.
+                        e @ (StoreError::Unavailable(_) | StoreError::Internal(_)) => e,
+                        cause => StoreError::AtWrite {
+                            index,
+                            cause: Box::new(cause),
+                        },
+                    })?;
+                    done.push(written);
+                }
+                Ok(done)
             })
             .await
     }
@@ -445,30 +583,7 @@ impl RecordStore for SqliteStore {
     ) -> StoreResult<()> {
         let (collection_id, id, actor) = (collection_id.to_owned(), id.to_owned(), actor.to_owned());
         self.engine
-            .write(move |c| {
-                let Some(current) = load_record(c, &collection_id, &id)? else {
-                    return Err(not_there(c, kind::RECORD, &collection_id, &id));
-                };
-                check_expectation(Some(&current), &expect)?;
-                check_lease(c, &collection_id, &id, &actor)?;
-                c.execute(
-                    "DELETE FROM locks WHERE collection_id = ?1 AND record_id = ?2",
-                    [&collection_id, &id],
-                )
-                .map_err(db_error)?;
-                c.execute(
-                    "DELETE FROM records WHERE collection_id = ?1 AND id = ?2",
-                    [&collection_id, &id],
-                )
-                .map_err(db_error)?;
-                c.execute(
-                    "DELETE FROM unique_values WHERE collection_id = ?1 AND record_id = ?2",
-                    [&collection_id, &id],
-                )
-                .map_err(db_error)?;
-                put_tombstone(c, kind::RECORD, &collection_id, &id, retention).map_err(db_error)?;
-                Ok(())
-            })
+            .write(move |c| delete_one(c, &collection_id, &id, &expect, false, &actor, retention))
             .await
     }
 }

@@ -111,6 +111,8 @@ pub(super) fn check_existing(expect: &Expect, version: i64, etag: Option<&str>) 
         Expect::Etag(tag) => etag == Some(tag.as_str()),
         Expect::Version(v) => *v == version,
         Expect::Absent => false,
+        Expect::Exists => true,
+        Expect::OneOf(tags) => etag.is_some_and(|e| tags.iter().any(|t| t == e)),
     };
     if holds {
         Ok(())

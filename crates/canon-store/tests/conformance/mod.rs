@@ -821,6 +821,359 @@ pub async fn patches_apply_inside_the_write(store: Arc<dyn Store>) {
     ));
 }
 
+/// The index and cause of an atomic batch that failed at one write.
+fn failed_write(result: StoreResult<Vec<RecordWritten>>) -> (usize, StoreError) {
+    match result {
+        Err(StoreError::AtWrite { index, cause }) => (index, *cause),
+        other => panic!("expected one write to fail, got {other:?}"),
+    }
+}
+
+/// A replace (or create) at `id` with data that passed the caller's checks.
+fn put_write(id: &str, data: serde_json::Value, expect: Expect) -> RecordWrite {
+    RecordWrite::Put {
+        id: id.into(),
+        data: Ok(data),
+        expect,
+    }
+}
+
+pub async fn atomic_writes_apply_in_order_all_together(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = collection(&*store, &t, "devices", &["serial"]).await;
+    let (keep, _) = store
+        .put_record(&c, "keep", json!({"serial": "K"}), Expect::Absent, ACTOR)
+        .await
+        .unwrap();
+    store
+        .put_record(&c, "doomed", json!({"serial": "D"}), Expect::Absent, ACTOR)
+        .await
+        .unwrap();
+
+    // Each write sees the earlier ones: create at an id, then patch it; a
+    // value freed by one write is free for the next.
+    let done = store
+        .apply_atomically(
+            &c,
+            vec![
+                RecordWrite::Create {
+                    data: Ok(json!({"serial": "N"})),
+                },
+                put_write("made", json!({"serial": "M"}), Expect::Absent),
+                RecordWrite::Patch {
+                    id: "made".into(),
+                    apply: set_field(1),
+                    expect: Expect::Anything,
+                },
+                put_write(
+                    "keep",
+                    json!({"serial": "K2"}),
+                    Expect::OneOf(vec!["stale".into(), keep.etag.clone()]),
+                ),
+                RecordWrite::Delete {
+                    id: "doomed".into(),
+                    expect: Expect::Exists,
+                },
+                put_write("took-d", json!({"serial": "D"}), Expect::Anything),
+            ],
+            ACTOR,
+            KEEP,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 6);
+    let RecordWritten::Created(new) = &done[0] else {
+        panic!("{:?}", done[0])
+    };
+    assert_eq!((new.version, &new.data), (1, &json!({"serial": "N"})));
+    assert!(matches!(&done[1], RecordWritten::Created(r) if r.id == "made" && r.version == 1));
+    let RecordWritten::Updated(made) = &done[2] else {
+        panic!("{:?}", done[2])
+    };
+    assert_eq!((made.version, &made.data), (2, &json!({"serial": "M", "f1": 1})));
+    assert!(matches!(&done[3], RecordWritten::Updated(r) if r.version == 2 && r.data["serial"] == "K2"));
+    assert_eq!(done[4], RecordWritten::Deleted);
+    assert!(matches!(&done[5], RecordWritten::Created(r) if r.id == "took-d"));
+
+    // What the results say is what the store holds.
+    assert_eq!(store.record(&c.id, "made").await.unwrap(), Lookup::Found(made.clone()));
+    assert_eq!(store.record(&c.id, &new.id).await.unwrap(), Lookup::Found(new.clone()));
+    assert_eq!(store.record(&c.id, "doomed").await.unwrap(), Lookup::Gone);
+    assert!(matches!(
+        store.create_record(&c, json!({"serial": "K2"})).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    store
+        .create_record(&c, json!({"serial": "K"}))
+        .await
+        .expect("K was freed");
+}
+
+pub async fn atomic_writes_roll_back_entirely_at_the_first_failure(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = collection(&*store, &t, "devices", &["serial"]).await;
+    let (keep, _) = store
+        .put_record(&c, "keep", json!({"serial": "K"}), Expect::Absent, ACTOR)
+        .await
+        .unwrap();
+    let (other, _) = store
+        .put_record(&c, "other", json!({"serial": "O"}), Expect::Absent, ACTOR)
+        .await
+        .unwrap();
+    let all = |store: Arc<dyn Store>, collection_id: String| async move {
+        let query = RecordQuery {
+            page: first_page(100),
+            filters: Vec::new(),
+            sort: SortOrder::Id,
+        };
+        store.list_records(&collection_id, query).await.unwrap().items
+    };
+    let before = all(store.clone(), c.id.clone()).await;
+
+    // Four writes succeed, the fifth fails its expectation: nothing stays.
+    let failed = store
+        .apply_atomically(
+            &c,
+            vec![
+                RecordWrite::Create {
+                    data: Ok(json!({"serial": "X1"})),
+                },
+                put_write("new", json!({"serial": "X2"}), Expect::Absent),
+                RecordWrite::Delete {
+                    id: "other".into(),
+                    expect: Expect::Etag(other.etag.clone()),
+                },
+                RecordWrite::Patch {
+                    id: "keep".into(),
+                    apply: set_field(7),
+                    expect: Expect::Anything,
+                },
+                put_write("keep", json!({}), Expect::Etag(keep.etag.clone())),
+                RecordWrite::Create { data: Ok(json!({})) },
+            ],
+            ACTOR,
+            KEEP,
+        )
+        .await;
+    // The patch (write 3) moved `keep` on, so write 4's tag is stale there.
+    let (index, cause) = failed_write(failed);
+    assert_eq!(index, 4);
+    assert!(matches!(cause, StoreError::ExpectationFailed), "{cause:?}");
+    assert_eq!(
+        all(store.clone(), c.id.clone()).await,
+        before,
+        "nothing of the batch was written"
+    );
+    assert_eq!(
+        store.record(&c.id, "other").await.unwrap(),
+        Lookup::Found(other.clone())
+    );
+    assert_eq!(
+        store.record(&c.id, "new").await.unwrap(),
+        Lookup::Missing,
+        "no tombstone either"
+    );
+    for serial in ["X1", "X2"] {
+        store
+            .create_record(&c, json!({"serial": serial}))
+            .await
+            .expect("unique values of a failed batch are free");
+    }
+
+    // Two writes of the batch taking one unique value: the second conflicts.
+    let failed = store
+        .apply_atomically(
+            &c,
+            vec![
+                RecordWrite::Create {
+                    data: Ok(json!({"serial": "U"})),
+                },
+                put_write("u2", json!({"serial": "U"}), Expect::Anything),
+            ],
+            ACTOR,
+            KEEP,
+        )
+        .await;
+    let (index, cause) = failed_write(failed);
+    assert_eq!(index, 1);
+    assert!(
+        matches!(cause, StoreError::Conflict { ref pointer } if pointer == "/data/serial"),
+        "{cause:?}"
+    );
+    store
+        .create_record(&c, json!({"serial": "U"}))
+        .await
+        .expect("U is free");
+
+    // A refusal of the caller's checks is reported at its write, after the
+    // write's own checks: an id taken comes before bad data.
+    let refusal = || RejectedWrite::Invalid {
+        detail: "bad".into(),
+        errors: vec![("/data/x".into(), "bad".into())],
+    };
+    let failed = store
+        .apply_atomically(
+            &c,
+            vec![
+                put_write("fresh", json!({}), Expect::Absent),
+                RecordWrite::Put {
+                    id: "keep".into(),
+                    data: Err(refusal()),
+                    expect: Expect::Absent,
+                },
+            ],
+            ACTOR,
+            KEEP,
+        )
+        .await;
+    assert!(matches!(failed_write(failed), (1, StoreError::ExpectationFailed)));
+    let failed = store
+        .apply_atomically(
+            &c,
+            vec![
+                put_write("fresh", json!({}), Expect::Absent),
+                RecordWrite::Create { data: Err(refusal()) },
+            ],
+            ACTOR,
+            KEEP,
+        )
+        .await;
+    assert!(matches!(
+        failed_write(failed),
+        (1, StoreError::Rejected(RejectedWrite::Invalid { .. }))
+    ));
+    assert_eq!(store.record(&c.id, "fresh").await.unwrap(), Lookup::Missing);
+}
+
+pub async fn atomic_writes_check_existence_leases_and_required_tags(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = store
+        .create_collection(
+            &t.id,
+            NewCollection {
+                name: "strict".into(),
+                schema: json!({"type": "object"}),
+                unique: Vec::new(),
+                require_if_match: true,
+            },
+        )
+        .await
+        .unwrap();
+    let apply = |writes: Vec<RecordWrite>, actor: &'static str| {
+        let (store, c) = (store.clone(), c.clone());
+        async move { store.apply_atomically(&c, writes, actor, KEEP).await }
+    };
+
+    // Creating needs no tag; writing an existing record does, and `*` is not one.
+    apply(vec![put_write("r", json!({"n": 0}), Expect::Anything)], ACTOR)
+        .await
+        .expect("a create names no tag");
+    let r = store.record(&c.id, "r").await.unwrap().found().unwrap();
+    for expect in [Expect::Anything, Expect::Exists] {
+        let failed = apply(vec![put_write("r", json!({"n": 1}), expect)], ACTOR).await;
+        assert!(matches!(failed_write(failed), (0, StoreError::ExpectationRequired)));
+    }
+    // A stale tag is 412 before the demand for a tag is considered.
+    let failed = apply(vec![put_write("r", json!({"n": 1}), Expect::OneOf(Vec::new()))], ACTOR).await;
+    assert!(matches!(failed_write(failed), (0, StoreError::ExpectationFailed)));
+
+    // Someone else's lease blocks the write, at its index; the holder's passes.
+    store.acquire_lease(&c.id, "r", "alice", KEEP).await.unwrap();
+    let tagged = || Expect::Etag(r.etag.clone());
+    let failed = apply(
+        vec![
+            put_write("s", json!({}), Expect::Absent),
+            RecordWrite::Patch {
+                id: "r".into(),
+                apply: set_field(0),
+                expect: tagged(),
+            },
+        ],
+        "bob",
+    )
+    .await;
+    assert!(matches!(failed_write(failed), (1, StoreError::Locked(l)) if l.holder == "alice"));
+    assert_eq!(store.record(&c.id, "s").await.unwrap(), Lookup::Missing);
+    let done = apply(
+        vec![RecordWrite::Delete {
+            id: "r".into(),
+            expect: tagged(),
+        }],
+        "alice",
+    )
+    .await
+    .unwrap();
+    assert_eq!(done, [RecordWritten::Deleted]);
+    assert_eq!(
+        store.lease(&c.id, "r").await.unwrap(),
+        None,
+        "the lease went with the record"
+    );
+
+    // Patches and deletes need the record: a tombstone is Gone, nothing is Vanished.
+    for (id, expected) in [("r", "gone"), ("never", "vanished")] {
+        for write in [
+            RecordWrite::Patch {
+                id: id.into(),
+                apply: set_field(0),
+                expect: Expect::Anything,
+            },
+            RecordWrite::Delete {
+                id: id.into(),
+                expect: Expect::Anything,
+            },
+        ] {
+            let (index, cause) = failed_write(apply(vec![write], ACTOR).await);
+            assert_eq!(index, 0);
+            match (expected, cause) {
+                ("gone", StoreError::Gone) | ("vanished", StoreError::Vanished) => {}
+                (_, cause) => panic!("{id}: {cause:?}"),
+            }
+        }
+    }
+    // A write earlier in the batch decides what a later one finds: a delete
+    // then a patch of the same record is Gone at the patch.
+    apply(vec![put_write("t", json!({}), Expect::Absent)], ACTOR)
+        .await
+        .unwrap();
+    let t_tag = store.record(&c.id, "t").await.unwrap().found().unwrap().etag;
+    let failed = apply(
+        vec![
+            RecordWrite::Delete {
+                id: "t".into(),
+                expect: Expect::Etag(t_tag),
+            },
+            RecordWrite::Patch {
+                id: "t".into(),
+                apply: set_field(0),
+                expect: Expect::Anything,
+            },
+        ],
+        ACTOR,
+    )
+    .await;
+    assert!(matches!(failed_write(failed), (1, StoreError::Gone)));
+    assert!(store.record(&c.id, "t").await.unwrap().found().is_some());
+    // A replace of a deleted record re-creates it, unless it names a tag.
+    let failed = apply(vec![put_write("r", json!({}), Expect::Etag(r.etag.clone()))], ACTOR).await;
+    assert!(matches!(failed_write(failed), (0, StoreError::ExpectationFailed)));
+    let done = apply(vec![put_write("r", json!({}), Expect::Anything)], ACTOR)
+        .await
+        .unwrap();
+    assert!(matches!(&done[0], RecordWritten::Created(again) if again.version == 1));
+
+    // A collection that is not there fails the batch as a whole.
+    let empty = collection(&*store, &t, "empty", &[]).await;
+    store
+        .delete_collection(&t.id, "empty", Expect::Anything, KEEP)
+        .await
+        .unwrap();
+    let gone = store
+        .apply_atomically(&empty, vec![RecordWrite::Create { data: Ok(json!({})) }], ACTOR, KEEP)
+        .await;
+    assert!(matches!(gone, Err(StoreError::Vanished)), "{gone:?}");
+}
+
 /// Runs `n` copies of `delete` at once; asserts exactly one succeeds and
 /// every other sees the tombstone.
 async fn one_delete_wins<F, Fut>(what: &str, n: usize, delete: F)
@@ -1680,6 +2033,9 @@ macro_rules! conformance_tests {
             idempotency_keys_claim_replay_and_expire,
             patches_apply_inside_the_write,
             absent_records_are_created_together_each_on_its_own,
+            atomic_writes_apply_in_order_all_together,
+            atomic_writes_roll_back_entirely_at_the_first_failure,
+            atomic_writes_check_existence_leases_and_required_tags,
             concurrent_deletes_have_one_winner,
             versions_guard_every_entity,
             tenants_keep_their_last_admin,
