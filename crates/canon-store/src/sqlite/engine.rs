@@ -48,6 +48,8 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
         conn.pragma_update(None, "synchronous", "FULL")?;
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Room for every statement a bulk write repeats (see `rows::exec`).
+    conn.set_prepared_statement_cache_capacity(128);
     super::register_functions(&conn)?;
     Ok(conn)
 }

@@ -49,7 +49,8 @@ pub(super) fn replace_record(conn: &Connection, current: Record, data: Value) ->
         updated_at: now_millis(),
         ..current
     };
-    conn.execute(
+    exec(
+        conn,
         "UPDATE records SET data = ?1, version = ?2, etag = ?3, updated_at = ?4 WHERE collection_id = ?5 AND id = ?6",
         params![
             r.data.to_string(),
@@ -188,7 +189,7 @@ fn delete_one(
         "DELETE FROM records WHERE collection_id = ?1 AND id = ?2",
         "DELETE FROM unique_values WHERE collection_id = ?1 AND record_id = ?2",
     ] {
-        c.execute(table, [collection_id, id]).map_err(db_error)?;
+        exec(c, table, [collection_id, id]).map_err(db_error)?;
     }
     put_tombstone(c, kind::RECORD, collection_id, id, retention).map_err(db_error)
 }
@@ -233,7 +234,8 @@ pub(super) fn index_unique(conn: &Connection, collection: &Collection, id: &str,
     if collection.unique.is_empty() {
         return Ok(());
     }
-    conn.execute(
+    exec(
+        conn,
         "DELETE FROM unique_values WHERE collection_id = ?1 AND record_id = ?2",
         params![collection.id, id],
     )
@@ -242,7 +244,8 @@ pub(super) fn index_unique(conn: &Connection, collection: &Collection, id: &str,
         let Some(value) = data.get(field).filter(|v| !v.is_null()) else {
             continue;
         };
-        conn.execute(
+        exec(
+            conn,
             "INSERT INTO unique_values (collection_id, field, value, record_id) VALUES (?1, ?2, ?3, ?4)",
             params![collection.id, field, value.to_string(), id],
         )
@@ -488,7 +491,7 @@ impl RecordStore for SqliteStore {
                 for (id, data) in records {
                     // Each record in a savepoint of its own: a failed one
                     // rolls back alone, the others stay in the transaction.
-                    c.execute_batch("SAVEPOINT one_record").map_err(db_error)?;
+                    exec(c, "SAVEPOINT one_record", []).map_err(db_error)?;
                     let one = (|| {
                         if load_record(c, &collection.id, &id)?.is_some() {
                             return Err(StoreError::ExpectationFailed);
@@ -496,12 +499,10 @@ impl RecordStore for SqliteStore {
                         let r = create_at(c, &collection.id, id, data)?;
                         index_unique(c, &collection, &r.id, &r.data)
                     })();
-                    let end = if one.is_ok() {
-                        "RELEASE one_record"
-                    } else {
-                        "ROLLBACK TO one_record; RELEASE one_record"
-                    };
-                    c.execute_batch(end).map_err(db_error)?;
+                    if one.is_err() {
+                        exec(c, "ROLLBACK TO one_record", []).map_err(db_error)?;
+                    }
+                    exec(c, "RELEASE one_record", []).map_err(db_error)?;
                     out.push(one);
                 }
                 Ok(out)

@@ -63,7 +63,8 @@ pub(super) fn put_tombstone(
     retention: Duration,
 ) -> rusqlite::Result<()> {
     let now = now_millis();
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO tombstones (kind, scope, key, deleted_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (kind, scope, key) DO UPDATE SET deleted_at = excluded.deleted_at, expires_at = excluded.expires_at",
         params![kind, scope, key, now, now.saturating_add(retention_ms(retention))],
@@ -72,7 +73,8 @@ pub(super) fn put_tombstone(
 }
 
 pub(super) fn clear_tombstone(conn: &Connection, kind: &str, scope: &str, key: &str) -> rusqlite::Result<()> {
-    conn.execute(
+    exec(
+        conn,
         "DELETE FROM tombstones WHERE kind = ?1 AND scope = ?2 AND key = ?3",
         params![kind, scope, key],
     )?;
@@ -297,3 +299,10 @@ pub(super) fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
 pub(super) const JOB_COLS: &str = "tenant_id, id, kind, status, params, progress_done, progress_total, checkpoint, \
     result, problem, attempts, owner, lease_until, input_chunks, input_bytes, result_chunks, result_bytes, \
     created_at, queued_at, started_at, finished_at, result_expires_at";
+
+/// Runs `sql` through the connection's statement cache: a statement run
+/// for every record of a bulk write is parsed once, not each time
+/// (`Connection::execute` prepares anew on every call).
+pub(super) fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
