@@ -13,6 +13,15 @@ pub fn store_problem(e: StoreError) -> Problem {
             format!("The value at {pointer} is already taken."),
         )
         .with_errors(vec![FieldError::new(pointer, "already taken")]),
+        StoreError::HeldByDeletion { pointer } => Problem::new(
+            ProblemKind::UniqueConflict,
+            format!(
+                "The value at {pointer} still belongs to a deleted tenant: it is free again once that tenant's \
+                 deletion has finished and its job has expired (a day after it finished). If the deletion \
+                 stopped, send DELETE for that tenant again to finish it."
+            ),
+        )
+        .with_errors(vec![FieldError::new(pointer, "held by a tenant being deleted")]),
         StoreError::NotEmpty => Problem::new(
             ProblemKind::StateConflict,
             "The collection still has records. Delete them first, or send DELETE with ?force=true.",

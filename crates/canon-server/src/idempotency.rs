@@ -50,7 +50,16 @@ pub fn ledger_request(request: &Keyed<'_>) -> IdempotencyRequest {
 /// Whose key it is: the caller, within its tenant.
 fn scope(request: &Keyed<'_>) -> String {
     let principal = request.principal;
-    format!("{}/{}", principal.tenant().unwrap_or("-"), principal.actor())
+    match principal.tenant() {
+        Some(tenant) => format!("{}{}", tenant_scope_prefix(tenant), principal.actor()),
+        None => format!("-/{}", principal.actor()),
+    }
+}
+
+/// The start every scope of `tenant`'s members shares: a tenant's deletion
+/// drops their entries by it (the operator's, `-/operator`, expire alone).
+pub fn tenant_scope_prefix(tenant: &str) -> String {
+    format!("{tenant}/")
 }
 
 /// Claims the key of `request`.

@@ -647,7 +647,7 @@ fn response_object(status: u16, spec: &MethodSpec, schema: &dyn Fn(&str) -> Valu
     headers.insert("X-Request-Id".into(), header_ref("X-Request-Id"));
     let mut response = Map::new();
     response.insert("description".into(), describe(status).into());
-    let produces_body = matches!(status, 200 | 201) && !spec.produces.is_empty();
+    let produces_body = (200..=202).contains(&status) && !spec.produces.is_empty();
     match status {
         200 | 201 => {
             if !spec.produces.contains(&MediaType::Html) {
@@ -665,6 +665,12 @@ fn response_object(status: u16, spec: &MethodSpec, schema: &dyn Fn(&str) -> Valu
             if produces_body {
                 headers.insert("Vary".into(), header_ref("Vary"));
             }
+        }
+        // Work accepted as a job: where to follow it, when to look, and the
+        // job itself as the body.
+        202 => {
+            headers.insert("Location".into(), header_ref("Location"));
+            headers.insert("Retry-After".into(), header_ref("Retry-After"));
         }
         204 if spec.outcomes.contains(&Outcome::Ok) || spec.outcomes.contains(&Outcome::Created) => {
             headers.insert("Preference-Applied".into(), header_ref("Preference-Applied"));
@@ -833,7 +839,7 @@ fn headers() -> Value {
             json!({"type": "string", "format": "http-date", "maxLength": 29}),
         ),
         "Location": h(
-            "The created resource, or the redirect target.",
+            "The created resource, the redirect target, or (202) the monitor of the accepted job.",
             json!({"type": "string", "format": "uri-reference", "maxLength": 8192}),
         ),
         "Link": h(

@@ -49,10 +49,12 @@ const fn delete(g: Guard) -> MethodSpec {
     MethodSpec::write(Method::DELETE, g, NONE, NONE).answering(&[Outcome::NoContent])
 }
 
-/// What a path under a tenant can meet: a missing tenant (or parent), and
-/// `/v1/tenants/current` redirecting to the caller's own.
-const IN_TENANT: States = States::FIXED.missing().current();
-/// Below a deletable parent (a user, a collection): tombstones too.
+/// What a path under a tenant can meet: a missing tenant (or parent), a
+/// deleted tenant (410: its tombstone), and `/v1/tenants/current`
+/// redirecting to the caller's own.
+const IN_TENANT: States = States::FIXED.missing().gone().current();
+/// Below a deletable parent (a user, a collection): its tombstone too
+/// (already among a tenant's states, now that tenants are deleted).
 const BELOW_DELETABLE: States = IN_TENANT.gone();
 /// Below a collection: tombstones and old names.
 const IN_COLLECTION: States = BELOW_DELETABLE.moved();
@@ -182,9 +184,18 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec {
         name: name::TENANT,
         pattern: "/v1/tenants/{tenant}",
-        methods: &[get(role(Viewer), JSON).bodies(None, Some("Tenant"))],
-        planned: &[Method::PATCH, Method::DELETE],
-        summary: "One tenant.",
+        methods: &[
+            get(role(Viewer), JSON).bodies(None, Some("Tenant")),
+            // Deletion is long work: 202 and a job, followed by the operator
+            // at `/v1/tenants/{tenant}/jobs/{job}` while the tenant is 410.
+            MethodSpec::write(Method::DELETE, role(Operator), NONE, JSON)
+                .answering(&[Outcome::Accepted])
+                .bodies(None, Some("Job")),
+        ],
+        planned: &[Method::PATCH],
+        summary: "One tenant. DELETE (operator only) answers 202 with the job that deletes everything in it: from \
+                  then on the tenant answers 410 and its keys 401; the operator follows the job at \
+                  /v1/tenants/{tenant}/jobs/{job}, which stays reachable until the job expires.",
         states: IN_TENANT,
     },
     RouteSpec {
@@ -398,7 +409,8 @@ pub static ROUTES: &[RouteSpec] = &[
         ],
         planned: &[],
         summary: "A job's monitor: 200 while unfinished (Retry-After), failed or canceled; 303 to its result once \
-                  it succeeded. DELETE cancels.",
+                  it succeeded. DELETE cancels. Under a deleted tenant (410), the operator still follows the \
+                  tenant's deletion job here, and its result, until the job expires.",
         states: BELOW_DELETABLE.see_other(),
     },
     RouteSpec {

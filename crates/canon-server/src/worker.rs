@@ -60,12 +60,9 @@ async fn work(app: &App, job: Job, owner: &str) {
     } else {
         match job.kind {
             JobKind::DeleteCollection => delete_collection(app, &job, owner).await,
+            JobKind::DeleteTenant => delete_tenant(app, &job, owner).await,
             JobKind::Import => import(app, &job, owner).await,
             JobKind::Export => crate::export::run(app, &job, owner).await,
-            other => Err(Step::Failed(Problem::new(
-                ProblemKind::NotImplemented,
-                format!("Jobs of kind {} are not implemented yet.", other.as_str()),
-            ))),
         }
     };
     let outcome = match outcome {
@@ -192,6 +189,37 @@ async fn delete_collection(app: &App, job: &Job, owner: &str) -> Result<Value, S
             "Records were added to the collection while it was being deleted; delete it again.",
         ))),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// `DELETE /v1/tenants/{tenant}`: the tenant is a tombstone since the 202;
+/// this empties it in steps of [`DELETE_STEP`] rows, as a collection's
+/// deletion does. Each step is one store transaction that also stores the
+/// counts as the checkpoint, checked against the lease: a step is never
+/// applied or counted twice, and a retry after a crash resumes where the
+/// last committed step left off. The result counts what went, by kind.
+async fn delete_tenant(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
+    let tenant = job.params["tenant"].as_str().unwrap_or_default().to_owned();
+    if tenant.is_empty() {
+        return Err(Step::Failed(Problem::new(
+            ProblemKind::Internal,
+            "The deletion job does not name its tenant.",
+        )));
+    }
+    let scopes = crate::idempotency::tenant_scope_prefix(&tenant);
+    let lease = i64::try_from(app.config.job_lease.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        let now = now_millis();
+        let step = app
+            .store
+            .delete_tenant_step(&job.tenant_id, &job.id, owner, &scopes, DELETE_STEP, now)
+            .await?;
+        if step.finished {
+            return Ok(json!({"tenant": tenant, "deleted": step.deleted}));
+        }
+        app.store
+            .heartbeat(&job.tenant_id, &job.id, owner, now.saturating_add(lease), now)
+            .await?;
     }
 }
 

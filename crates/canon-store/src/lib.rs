@@ -37,6 +37,15 @@ pub enum StoreError {
         /// The conflicting field.
         pointer: String,
     },
+    /// A unique value is still held by something being deleted: a deleted
+    /// tenant's name stays taken until its deletion finished and its job
+    /// expired ([`TenantDeletion`]). `pointer` names the field, as for
+    /// [`StoreError::Conflict`].
+    #[error("{pointer} is held by something being deleted")]
+    HeldByDeletion {
+        /// The field whose value is held.
+        pointer: String,
+    },
     /// A collection still has records.
     #[error("the collection still has records")]
     NotEmpty,
@@ -191,8 +200,10 @@ pub trait Store:
     /// Checks the database answers.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Deletes what expired: tombstones, leases, idempotency keys. Returns how
-    /// many rows went.
+    /// Deletes what expired: tombstones, leases, idempotency keys, and the
+    /// rows of deleted tenants that were emptied and whose deletion job was
+    /// purged (their tombstone stays, their name is free). Returns how many
+    /// rows went.
     async fn purge_expired(&self) -> StoreResult<u64>;
 }
 
@@ -204,13 +215,62 @@ pub trait TenantStore: Send + Sync {
     async fn bootstrap_operator(&self, token_hash: &str) -> StoreResult<bool>;
     /// Who holds the key whose token hashes to `token_hash`.
     async fn key_owner(&self, token_hash: &str) -> StoreResult<Option<KeyOwner>>;
-    /// Creates a tenant.
+    /// Creates a tenant. [`StoreError::Conflict`] when a tenant has the name,
+    /// [`StoreError::HeldByDeletion`] when a deleted tenant still holds it
+    /// ([`TenantDeletion`]). A name whose tenant was deleted and purged is
+    /// free again: its tombstone goes.
     async fn create_tenant(&self, name: &str) -> StoreResult<Tenant>;
-    /// A tenant by name.
+    /// A tenant by name: `Gone` from the moment its deletion started.
     async fn tenant(&self, name: &str) -> StoreResult<Lookup<Tenant>>;
-    /// Tenants by id.
+    /// Tenants by id (deleted ones left out).
     async fn list_tenants(&self, page: PageRequest) -> StoreResult<Page<Tenant>>;
-    /// Creates a user.
+    /// Starts deleting the tenant called `name` at `now`, in one write
+    /// transaction: the tenant becomes a tombstone (kept for `retention`
+    /// once its name is released) and a queued [`JobKind::DeleteTenant`] job,
+    /// keyed by the tenant's id with params `{"tenant", "tenant_id"}`, is
+    /// returned, to remove its contents step by step
+    /// ([`TenantStore::delete_tenant_step`]). From the commit on, the tenant
+    /// answers `Gone`, its keys stop authenticating, nothing can be added to
+    /// it (writes that would answer [`StoreError::Gone`]) and its name stays
+    /// taken. `expect` is checked against the live tenant's version.
+    ///
+    /// A tenant whose deletion stopped ([`TenantDeletion::stopped`]) gets a
+    /// new job. [`StoreError::Gone`] when its deletion is under way or done,
+    /// [`StoreError::Vanished`] when no tenant has that name.
+    async fn delete_tenant(&self, name: &str, expect: Expect, retention: Duration, now: Millis) -> StoreResult<Job>;
+    /// The deletion of the tenant called `name`, while the deleted tenant
+    /// still holds its name; `None` for a live tenant or an unknown name.
+    async fn tenant_deletion(&self, name: &str) -> StoreResult<Option<TenantDeletion>>;
+    /// One bounded step of a tenant's deletion, run by `owner`, the holder
+    /// of the lease on `job_id` (the tenant's current deletion job), at
+    /// `now`. Removes at most about `limit` rows, in this order: cancels the
+    /// tenant's other queued and running jobs; deletes each collection
+    /// (leases, records, unique values and tombstones below it first); each
+    /// user with its API keys; the tombstones kept under the tenant; the
+    /// idempotency entries whose scope starts with `idempotency_scope` (the
+    /// server's scope prefix for the tenant's members, never empty); the
+    /// tenant's other jobs with their inputs and results. Deletes leave no
+    /// tombstones of their own: the tenant's tombstone answers for all of
+    /// them.
+    ///
+    /// The step, its counts and the job's checkpoint and progress commit in
+    /// one write transaction, checked against the lease: a step is never
+    /// applied or counted twice, and a worker that lost its lease
+    /// ([`StoreError::LeaseLost`]) changes nothing. Once the tenant is empty
+    /// the step says `finished` and records it; the deleted tenant's row
+    /// then goes when `purge_expired` finds its job expired.
+    async fn delete_tenant_step(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        owner: &str,
+        idempotency_scope: &str,
+        limit: usize,
+        now: Millis,
+    ) -> StoreResult<TenantDeletionStep>;
+    /// Creates a user. [`StoreError::Gone`] when the tenant is being
+    /// deleted (checked inside the write's transaction, like every write
+    /// that adds to a tenant).
     async fn create_user(&self, tenant_id: &str, email: &str, role: TenantRole) -> StoreResult<User>;
     /// A user by id.
     async fn user(&self, tenant_id: &str, id: &str) -> StoreResult<Lookup<User>>;
@@ -226,7 +286,8 @@ pub trait TenantStore: Send + Sync {
     /// Fails like [`TenantStore::set_user_role`] (deleting the last admin is
     /// [`StoreError::LastAdmin`]).
     async fn delete_user(&self, tenant_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()>;
-    /// Creates an API key for a user.
+    /// Creates an API key for a user ([`StoreError::Vanished`] when the user
+    /// is not there, [`StoreError::Gone`] when the tenant is being deleted).
     async fn create_api_key(&self, tenant_id: &str, user_id: &str, name: &str, token_hash: &str)
     -> StoreResult<ApiKey>;
     /// A user's key by id.
@@ -243,7 +304,8 @@ pub trait TenantStore: Send + Sync {
 /// A tenant's collections, their renames (aliases) and deletion.
 #[async_trait]
 pub trait CollectionStore: Send + Sync {
-    /// Creates a collection.
+    /// Creates a collection ([`StoreError::Gone`] when the tenant is being
+    /// deleted).
     async fn create_collection(&self, tenant_id: &str, new: NewCollection) -> StoreResult<Collection>;
     /// A collection by name.
     async fn collection(&self, tenant_id: &str, name: &str) -> StoreResult<Lookup<Collection>>;
@@ -431,19 +493,22 @@ pub trait SecretStore: Send + Sync {
 pub trait JobStore: Send + Sync {
     /// Creates a job at `now`: `Queued` (claimable at once), or `Staged`
     /// when `new.with_input` (claimable only after [`JobStore::enqueue_job`]).
+    /// [`StoreError::Gone`] when the tenant is being deleted.
     async fn create_job(&self, new: NewJob, now: Millis) -> StoreResult<Job>;
     /// Stores chunk `seq` of a staged job's input, durably. Chunks are
     /// numbered 0, 1, 2, …: `seq` must be at most the number stored so far;
     /// a `seq` already stored replaces that chunk and drops every later one
     /// (a retried upload resumes there). [`StoreError::ExpectationFailed`]
     /// when `seq` skips ahead or the job is no longer staged;
-    /// [`StoreError::Vanished`] when there is no such job. At most
+    /// [`StoreError::Vanished`] when there is no such job,
+    /// [`StoreError::Gone`] when the tenant is being deleted. At most
     /// [`MAX_JOB_CHUNK_BYTES`] per chunk.
     async fn append_job_input(&self, tenant_id: &str, job_id: &str, seq: i64, chunk: Vec<u8>) -> StoreResult<()>;
     /// Marks a staged job's input complete and queues it at `now`: from the
     /// commit on, any process may claim it (the server answers 202 then).
     /// [`StoreError::ExpectationFailed`] when it is not staged,
-    /// [`StoreError::Vanished`] when there is no such job.
+    /// [`StoreError::Vanished`] when there is no such job,
+    /// [`StoreError::Gone`] when the tenant is being deleted.
     async fn enqueue_job(&self, tenant_id: &str, job_id: &str, now: Millis) -> StoreResult<Job>;
     /// Input chunk `seq`, or `None` past the last one. Read one chunk at a
     /// time: a large input is never in memory whole.

@@ -39,6 +39,81 @@ pub struct Tenant {
     pub updated_at: Millis,
 }
 
+/// A tenant whose deletion has started ([`crate::TenantStore::delete_tenant`]).
+///
+/// From then on the tenant is a tombstone (its lookup is `Gone`, its keys no
+/// longer authenticate), but its name stays taken and keeps naming its id
+/// until its deletion has emptied it and its job has expired, so the
+/// operator can follow the job under the tenant's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantDeletion {
+    /// The deleted tenant's id (its jobs are keyed by it).
+    pub tenant_id: String,
+    /// Its name.
+    pub name: String,
+    /// The job deleting its contents (the latest one, if it was restarted).
+    pub job_id: String,
+    /// Where that job is; `None` once it was purged.
+    pub job_status: Option<JobStatus>,
+    /// When the tenant became a tombstone.
+    pub deleted_at: Millis,
+    /// When its last contents went (the deletion's last step), if they did.
+    pub emptied_at: Option<Millis>,
+}
+
+impl TenantDeletion {
+    /// Whether the deletion stopped before it finished: its job failed, was
+    /// canceled or is gone. Then a new `DELETE` starts a new job that
+    /// finishes the work; otherwise the deletion is under way (or done).
+    pub fn stopped(&self) -> bool {
+        !matches!(
+            self.job_status,
+            Some(JobStatus::Staged | JobStatus::Queued | JobStatus::Running | JobStatus::Succeeded)
+        )
+    }
+}
+
+/// What a tenant's deletion removed, by kind: the result of its job, and
+/// its checkpoint while it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedContents {
+    /// Collections.
+    pub collections: i64,
+    /// Records of those collections.
+    pub records: i64,
+    /// Leases (locks) on those records.
+    pub leases: i64,
+    /// Users.
+    pub users: i64,
+    /// Their API keys.
+    pub api_keys: i64,
+    /// The tenant's other jobs that were still queued or running, canceled
+    /// by the first step.
+    pub jobs_canceled: i64,
+    /// The tenant's other jobs (the canceled ones included), with their
+    /// inputs and results.
+    pub jobs: i64,
+    /// Entries of the idempotency ledger kept for the tenant's members.
+    pub idempotency_keys: i64,
+}
+
+impl DeletedContents {
+    /// Rows removed in all: the job's progress.
+    pub fn total(&self) -> i64 {
+        self.collections + self.records + self.leases + self.users + self.api_keys + self.jobs + self.idempotency_keys
+    }
+}
+
+/// Where a tenant's deletion stands after one step
+/// ([`crate::TenantStore::delete_tenant_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantDeletionStep {
+    /// What the deletion removed so far, this step included.
+    pub deleted: DeletedContents,
+    /// Whether nothing of the tenant is left but its tombstone and this job.
+    pub finished: bool,
+}
+
 /// A user of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {

@@ -66,7 +66,7 @@ async fn schema_v3_upgrades_a_v2_database_in_place() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 5, "every later migration ran too");
+    assert_eq!(version, 6, "every later migration ran too");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! A job survives `kill -9` of its process: a new process takes it over
 //! once its lease runs out, resumes from its checkpoint, and every record
-//! of the import is there exactly once.
+//! of the import is there exactly once; every record of a deleted tenant
+//! is deleted, and counted, exactly once.
 
 mod common;
 
@@ -121,6 +122,111 @@ async fn an_import_survives_kill_9_and_applies_every_line_once() {
         .await
         .unwrap();
     assert!(job["items"][0]["status"] == "succeeded", "{job}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// GETs `path` as the operator (following a 303 to the result) and returns the body.
+async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> Value {
+    let r = client
+        .get(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_deletion_survives_kill_9_and_counts_every_record_once() {
+    const RECORDS: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("canon.db");
+    let node = common::Node::start(&db, TOKEN, JOBS).await;
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+    node.post_ok("/v1/tenants", json!({"name": "acme"})).await;
+    node.post_ok(
+        "/v1/tenants/acme/collections",
+        json!({"name": "c", "schema": schema, "unique": ["n"]}),
+    )
+    .await;
+    let (mut child, port, base, client) = (node.child, node.port, node.base, node.client);
+    let body: String = (0..RECORDS).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let r = client
+        .post(format!("{base}/v1/tenants/acme/collections/c/imports"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let import = r.headers()["location"].to_str().unwrap().to_owned();
+    let start = Instant::now();
+    while get_json(&client, &base, &import).await.get("created").is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "the import did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let r = client
+        .delete(format!("{base}/v1/tenants/acme"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    // Kill the process once the deletion has committed some steps, not all.
+    let start = Instant::now();
+    loop {
+        let job = get_json(&client, &base, &location).await;
+        assert!(
+            job.get("deleted").is_none(),
+            "the deletion finished before it could be interrupted"
+        );
+        if job["status"] == "running" && job["progress"]["done"].as_i64().unwrap() > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the deletion never started: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A new process takes the job over once the lease ran out and finishes it.
+    let mut child = common::spawn(&db, port, TOKEN, JOBS);
+    wait_ready(&client, &base).await;
+    let interrupted = get_json(&client, &base, &location).await;
+    assert!(interrupted.get("deleted").is_none(), "{interrupted}");
+    let start = Instant::now();
+    let result = loop {
+        let body = get_json(&client, &base, &location).await;
+        if body.get("deleted").is_some() {
+            break body;
+        }
+        assert!(body["status"] == "queued" || body["status"] == "running", "{body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the deletion was not resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deleted = &result["deleted"];
+    assert_eq!(deleted["records"], RECORDS, "every record counted once: {result}");
+    assert_eq!(
+        (deleted["collections"].as_i64(), deleted["jobs"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let r = client
+        .get(format!("{base}/v1/tenants/acme"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410);
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -5,14 +5,17 @@
 //! (with `Retry-After`), failed or canceled, and 303 See Other to its result
 //! once it succeeded; DELETE cancels unfinished work (409 once finished).
 //! A job is kept, result included, for [`JOB_RESULT_RETENTION`] after it
-//! finished, then answers 410.
+//! finished, then answers 410. Under a deleted tenant everything answers
+//! 410 except, for the operator, the tenant's deletion job and its result
+//! (docs/jobs.md, "Tenant deletion").
 
 use canon_http::Problem;
+use canon_http::access::Principal;
 use canon_http::body::{ChunkSource, StreamError, Streamed};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::validators::{EntityTag, Validators};
-use canon_store::{JOB_RESULT_RETENTION, Job, JobKind, JobStatus, Lookup, Tenant, now_millis};
+use canon_store::{JOB_RESULT_RETENTION, Job, JobKind, JobStatus, Lookup, now_millis};
 use http::Method;
 
 use super::{Cx, Stop, settle, still_there, tenants};
@@ -26,9 +29,14 @@ use crate::wire::ExportFormat;
 pub const POLL_SECONDS: u64 = 1;
 
 /// The job named in the path, or the stop it means (404 for another
-/// tenant's or an unknown job, 410 once purged).
-async fn load_job(cx: &Cx) -> Result<(Tenant, Job), Stop> {
-    let tenant = tenants::require(cx).await?;
+/// tenant's or an unknown job, 410 once purged, 410 under a deleted
+/// tenant but for [`deletion_job`]).
+async fn load_job(cx: &Cx) -> Result<Job, Stop> {
+    let tenant = match cx.tenant().await? {
+        Lookup::Found(tenant) => tenant,
+        Lookup::Gone => return deletion_job(cx).await,
+        missing => return Err(super::absent(&missing)),
+    };
     let job = cx
         .app
         .store
@@ -36,9 +44,33 @@ async fn load_job(cx: &Cx) -> Result<(Tenant, Job), Stop> {
         .await
         .map_err(store_problem)?;
     match job {
-        Lookup::Found(job) => Ok((tenant, job)),
+        Lookup::Found(job) => Ok(job),
         Lookup::Gone => Err(Stop::At(Existence::Gone)),
         Lookup::Missing => Err(Stop::At(Existence::Missing)),
+    }
+}
+
+/// The one thing that answers under a deleted tenant: its deletion's job,
+/// for the operator, who started it and follows it here (monitor, result,
+/// cancel) until the job expires and the name is released. Anything else
+/// under the tenant, and anyone else, meets the tenant's tombstone (410);
+/// its members cannot even authenticate any more.
+async fn deletion_job(cx: &Cx) -> Result<Job, Stop> {
+    let gone = Stop::At(Existence::ContainerGone);
+    if !matches!(cx.principal, Some(Principal::Operator { .. })) {
+        return Err(gone);
+    }
+    let store = &cx.app.store;
+    let Some(deletion) = store.tenant_deletion(cx.param("tenant")).await.map_err(store_problem)? else {
+        return Err(gone);
+    };
+    match store
+        .job(&deletion.tenant_id, cx.param("job"))
+        .await
+        .map_err(store_problem)?
+    {
+        Lookup::Found(job) if job.kind == JobKind::DeleteTenant => Ok(job),
+        _ => Err(gone),
     }
 }
 
@@ -56,7 +88,7 @@ pub fn job_representation(job: &Job) -> Representation {
 /// `GET, DELETE /v1/tenants/{tenant}/jobs/{job}`.
 pub struct OneJob {
     cx: Cx,
-    found: Option<(Tenant, Job)>,
+    found: Option<Job>,
 }
 
 impl OneJob {
@@ -76,13 +108,14 @@ impl Resource for OneJob {
         Box::pin(async move {
             settle(
                 async {
-                    let (tenant, job) = load_job(&self.cx).await?;
+                    let job = load_job(&self.cx).await?;
                     let existence = if job.status == JobStatus::Succeeded {
-                        Existence::SeeOther(format!("{}/result", render::job_location(&tenant.name, &job.id)))
+                        let monitor = render::job_location(self.cx.param("tenant"), &job.id);
+                        Existence::SeeOther(format!("{monitor}/result"))
                     } else {
                         Existence::Found(Found::default())
                     };
-                    self.found = Some((tenant, job));
+                    self.found = Some(job);
                     Ok(existence)
                 }
                 .await,
@@ -92,13 +125,13 @@ impl Resource for OneJob {
 
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
-            let (tenant, job) = still_there(self.found.take())?;
+            let job = still_there(self.found.take())?;
             if self.cx.method == Method::DELETE {
                 let canceled = self
                     .cx
                     .app
                     .store
-                    .cancel_job(&tenant.id, &job.id, now_millis(), JOB_RESULT_RETENTION)
+                    .cancel_job(&job.tenant_id, &job.id, now_millis(), JOB_RESULT_RETENTION)
                     .await
                     .map_err(store_problem)?;
                 return Ok(Success::Ok(job_representation(&canceled)));
@@ -141,7 +174,7 @@ impl Resource for JobResult {
         Box::pin(async move {
             settle(
                 async {
-                    let (_, job) = load_job(&self.cx).await?;
+                    let job = load_job(&self.cx).await?;
                     if job.status != JobStatus::Succeeded {
                         return Ok(Existence::Missing);
                     }

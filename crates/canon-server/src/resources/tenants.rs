@@ -4,7 +4,7 @@ use crate::wire::NewTenant;
 use canon_http::Problem;
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
-use canon_store::Tenant;
+use canon_store::{Expect, Lookup, Tenant, now_millis};
 use http::Method;
 
 use super::{Cx, Stop, found_with, still_there};
@@ -88,16 +88,63 @@ impl Resource for Tenants {
     }
 }
 
-/// `GET /v1/tenants/{tenant}`.
+/// `GET, DELETE /v1/tenants/{tenant}`.
+///
+/// DELETE starts the tenant's deletion (operator only, by the route table):
+/// in one store transaction the tenant becomes a tombstone and a job is
+/// queued to delete everything in it, so the answer is 202 with that job.
+/// A tenant whose deletion stopped (its job failed or was canceled) answers
+/// 410 to every read, but a DELETE starts a new job that finishes the work.
 pub struct OneTenant {
     cx: Cx,
     tenant: Option<Tenant>,
+    /// DELETE of a tenant whose earlier deletion stopped.
+    restart: bool,
 }
 
 impl OneTenant {
     /// For `cx`.
     pub fn new(cx: Cx) -> Self {
-        Self { cx, tenant: None }
+        Self {
+            cx,
+            tenant: None,
+            restart: false,
+        }
+    }
+
+    /// Whether the deleted tenant of the path has a deletion that stopped
+    /// before it finished, which a DELETE starts again.
+    async fn deletion_stopped(&self) -> Result<bool, Problem> {
+        let deletion = self
+            .cx
+            .app
+            .store
+            .tenant_deletion(self.cx.param("tenant"))
+            .await
+            .map_err(store_problem)?;
+        Ok(deletion.is_some_and(|d| d.stopped()))
+    }
+
+    /// Starts the deletion: 202, `Location` = the job's monitor, the job.
+    async fn delete(&mut self) -> Result<Success, Problem> {
+        let name = self.cx.param("tenant").to_owned();
+        let expect = if self.restart {
+            Expect::Anything
+        } else {
+            let t = still_there(self.tenant.take())?;
+            self.cx.expect_version(t.version)
+        };
+        let job = self
+            .cx
+            .app
+            .store
+            .delete_tenant(&name, expect, self.cx.retention(), now_millis())
+            .await
+            .map_err(store_problem)?;
+        Ok(Success::Accepted {
+            location: render::job_location(&name, &job.id),
+            representation: super::jobs::job_representation(&job),
+        })
     }
 }
 
@@ -111,7 +158,11 @@ impl Resource for OneTenant {
         Box::pin(async move {
             let lookup = self.cx.tenant().await?;
             let existence = match &lookup {
-                canon_store::Lookup::Found(t) => found_with(render::tenant_validators(t)),
+                Lookup::Found(t) => found_with(render::tenant_validators(t)),
+                Lookup::Gone if self.cx.method == Method::DELETE && self.deletion_stopped().await? => {
+                    self.restart = true;
+                    Existence::Found(Found::default())
+                }
                 other => super::container(other.clone()),
             };
             self.tenant = lookup.found();
@@ -121,6 +172,9 @@ impl Resource for OneTenant {
 
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
+            if self.cx.method == Method::DELETE {
+                return self.delete().await;
+            }
             let t = still_there(self.tenant.take())?;
             Ok(Success::Ok(render::tenant_representation(&t)))
         })

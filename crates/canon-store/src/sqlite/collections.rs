@@ -115,6 +115,7 @@ impl CollectionStore for SqliteStore {
         let tenant_id = tenant_id.to_owned();
         self.engine
             .write(move |c| {
+                live_tenant(c, &tenant_id)?;
                 let now = now_millis();
                 let col = Collection {
                     id: new_id(),

@@ -32,7 +32,7 @@ fn job_or_vanished(conn: &Connection, tenant_id: &str, id: &str) -> StoreResult<
 }
 
 /// The job `owner` holds at `now`, or [`StoreError::LeaseLost`].
-fn held_job(conn: &Connection, tenant_id: &str, id: &str, owner: &str, now: Millis) -> StoreResult<Job> {
+pub(super) fn held_job(conn: &Connection, tenant_id: &str, id: &str, owner: &str, now: Millis) -> StoreResult<Job> {
     match load_job(conn, tenant_id, id)? {
         Some(job)
             if job.status == JobStatus::Running
@@ -107,39 +107,47 @@ fn json_text(v: Option<&Value>) -> Option<String> {
     v.map(Value::to_string)
 }
 
+/// Inserts `new` as created at `now` (staged or queued), inside the
+/// caller's transaction: `create_job`, and a tenant's deletion, whose job
+/// is created with the tenant's tombstone.
+pub(super) fn insert_job(conn: &Connection, new: &NewJob, now: Millis) -> StoreResult<Job> {
+    let (status, queued_at, lease_until) = if new.with_input {
+        (
+            JobStatus::Staged,
+            None,
+            Some(now.saturating_add(retention_ms(JOB_STAGING_TTL))),
+        )
+    } else {
+        (JobStatus::Queued, Some(now), None)
+    };
+    let id = new_id();
+    conn.execute(
+        "INSERT INTO jobs (tenant_id, id, kind, status, params, progress_done, progress_total, attempts,
+           lease_until, created_at, queued_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 0, ?7, ?8, ?9)",
+        params![
+            new.tenant_id,
+            id,
+            new.kind.as_str(),
+            status.as_str(),
+            new.params.to_string(),
+            new.total,
+            lease_until,
+            now,
+            queued_at
+        ],
+    )
+    .map_err(db_error)?;
+    job_or_vanished(conn, &new.tenant_id, &id)
+}
+
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn create_job(&self, new: NewJob, now: Millis) -> StoreResult<Job> {
         self.engine
             .write(move |c| {
-                let (status, queued_at, lease_until) = if new.with_input {
-                    (
-                        JobStatus::Staged,
-                        None,
-                        Some(now.saturating_add(retention_ms(JOB_STAGING_TTL))),
-                    )
-                } else {
-                    (JobStatus::Queued, Some(now), None)
-                };
-                let id = new_id();
-                c.execute(
-                    "INSERT INTO jobs (tenant_id, id, kind, status, params, progress_done, progress_total, attempts,
-                       lease_until, created_at, queued_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 0, ?7, ?8, ?9)",
-                    params![
-                        new.tenant_id,
-                        id,
-                        new.kind.as_str(),
-                        status.as_str(),
-                        new.params.to_string(),
-                        new.total,
-                        lease_until,
-                        now,
-                        queued_at
-                    ],
-                )
-                .map_err(db_error)?;
-                job_or_vanished(c, &new.tenant_id, &id)
+                live_tenant(c, &new.tenant_id)?;
+                insert_job(c, &new, now)
             })
             .await
     }
@@ -148,6 +156,7 @@ impl JobStore for SqliteStore {
         let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.to_owned());
         self.engine
             .write(move |c| {
+                live_tenant(c, &tenant_id)?;
                 let job = job_or_vanished(c, &tenant_id, &job_id)?;
                 if job.status != JobStatus::Staged {
                     return Err(StoreError::ExpectationFailed);
@@ -167,6 +176,7 @@ impl JobStore for SqliteStore {
         let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.to_owned());
         self.engine
             .write(move |c| {
+                live_tenant(c, &tenant_id)?;
                 let job = job_or_vanished(c, &tenant_id, &job_id)?;
                 if job.status != JobStatus::Staged {
                     return Err(StoreError::ExpectationFailed);

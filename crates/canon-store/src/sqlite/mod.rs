@@ -7,8 +7,9 @@
 //! One file per domain, each implementing its trait for [`SqliteStore`]:
 //! `tenants.rs` (tenants, users, keys), `collections.rs`, `records.rs`,
 //! `leases.rs`, `idempotency.rs`, `secrets.rs`, `jobs.rs`; `rows.rs` holds the row
-//! mapping and the helpers they share (errors, tombstones, paging). A
-//! PostgreSQL backend mirrors this layout file for file.
+//! mapping and the helpers they share (errors, tombstones, paging), and
+//! `tenant_deletion.rs` the steps of a tenant's deletion, which span the
+//! domains. A PostgreSQL backend mirrors this layout file for file.
 
 mod collections;
 mod engine;
@@ -18,6 +19,7 @@ mod leases;
 mod records;
 mod rows;
 mod secrets;
+mod tenant_deletion;
 mod tenants;
 
 use std::path::Path;
@@ -41,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
+    include_str!("schema_v6.sql"),
 ];
 
 /// The SQLite store.
@@ -91,6 +94,7 @@ impl Store for SqliteStore {
                 ] {
                     n += c.execute(sql, [now]).map_err(db_error)? as u64;
                 }
+                n += tenant_deletion::release_names(c)?;
                 Ok(n)
             })
             .await

@@ -48,6 +48,8 @@ pub(super) fn retention_ms(d: Duration) -> i64 {
 
 /// Tombstone kinds.
 pub(super) mod kind {
+    /// Scoped by nothing (`""`): tenant names are global.
+    pub const TENANT: &str = "tenant";
     pub const USER: &str = "user";
     pub const API_KEY: &str = "api_key";
     pub const COLLECTION: &str = "collection";
@@ -102,6 +104,23 @@ pub(super) fn not_there(conn: &Connection, kind: &str, scope: &str, key: &str) -
         Ok(Lookup::Gone) => StoreError::Gone,
         Ok(_) => StoreError::Vanished,
         Err(e) => e,
+    }
+}
+
+/// Fails with [`StoreError::Gone`] when the tenant is being deleted and with
+/// [`StoreError::Vanished`] when no tenant has that id. Every write that adds
+/// something to a tenant checks it inside its transaction, so nothing is added
+/// once the tenant's deletion started (a request that loaded the tenant just
+/// before cannot slip a row past the deletion).
+pub(super) fn live_tenant(conn: &Connection, tenant_id: &str) -> StoreResult<()> {
+    let deleted_at: Option<Option<Millis>> = conn
+        .prepare_cached("SELECT deleted_at FROM tenants WHERE id = ?1")
+        .and_then(|mut s| s.query_row([tenant_id], |r| r.get(0)).optional())
+        .map_err(db_error)?;
+    match deleted_at {
+        Some(None) => Ok(()),
+        Some(Some(_)) => Err(StoreError::Gone),
+        None => Err(StoreError::Vanished),
     }
 }
 

@@ -6,10 +6,45 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
+use super::jobs::insert_job;
 use super::rows::*;
+use super::tenant_deletion;
 use crate::model::*;
 use crate::prelude::*;
 use crate::{StoreError, StoreResult};
+
+/// The tenant called `name` and, once its deletion started, when it did.
+fn load_tenant(conn: &Connection, name: &str) -> StoreResult<Option<(Tenant, Option<Millis>)>> {
+    conn.prepare_cached(&format!(
+        "SELECT {TENANT_COLS}, deleted_at FROM tenants WHERE name = ?1"
+    ))
+    .and_then(|mut s| s.query_row([name], |r| Ok((tenant_row(r)?, r.get(5)?))).optional())
+    .map_err(db_error)
+}
+
+/// The deletion of the tenant called `name`, while its row holds the name.
+fn load_deletion(conn: &Connection, name: &str) -> StoreResult<Option<TenantDeletion>> {
+    conn.prepare_cached(
+        "SELECT t.id, t.name, t.deletion_job, j.status, t.deleted_at, t.emptied_at FROM tenants t
+         LEFT JOIN jobs j ON j.tenant_id = t.id AND j.id = t.deletion_job
+         WHERE t.name = ?1 AND t.deleted_at IS NOT NULL",
+    )
+    .and_then(|mut s| {
+        s.query_row([name], |r| {
+            let status: Option<String> = r.get(3)?;
+            Ok(TenantDeletion {
+                tenant_id: r.get(0)?,
+                name: r.get(1)?,
+                job_id: r.get(2)?,
+                job_status: status.as_deref().and_then(JobStatus::parse),
+                deleted_at: r.get(4)?,
+                emptied_at: r.get(5)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(db_error)
+}
 
 pub(super) fn load_user(conn: &Connection, tenant_id: &str, id: &str) -> StoreResult<Option<User>> {
     conn.prepare_cached(&format!(
@@ -75,25 +110,29 @@ impl TenantStore for SqliteStore {
         let hash = token_hash.to_owned();
         self.engine
             .read(move |c| {
+                // Only the operator's key has no tenant. A member's key counts
+                // only while its tenant is live: a deleted tenant's keys stop
+                // authenticating the moment its deletion starts.
                 c.prepare_cached(
-                    "SELECT k.id, k.token_hash, t.name, u.id, u.role FROM api_keys k
+                    "SELECT k.id, k.token_hash, k.tenant_id, t.name, u.id, u.role FROM api_keys k
                      LEFT JOIN users u ON u.id = k.user_id
                      LEFT JOIN tenants t ON t.id = k.tenant_id
-                     WHERE k.token_hash = ?1",
+                     WHERE k.token_hash = ?1
+                       AND (k.tenant_id IS NULL OR (t.id IS NOT NULL AND t.deleted_at IS NULL))",
                 )
                 .and_then(|mut s| {
                     s.query_row([hash], |r| {
                         let key_id: String = r.get(0)?;
                         let token_hash: String = r.get(1)?;
-                        let tenant: Option<String> = r.get(2)?;
-                        Ok(match tenant {
+                        let tenant_id: Option<String> = r.get(2)?;
+                        Ok(match tenant_id {
                             None => KeyOwner::Operator { key_id, token_hash },
-                            Some(tenant) => KeyOwner::Member {
+                            Some(_) => KeyOwner::Member {
                                 key_id,
                                 token_hash,
-                                tenant,
-                                user_id: r.get(3)?,
-                                role: role_from_sql(r.get(4)?)?,
+                                tenant: r.get(3)?,
+                                user_id: r.get(4)?,
+                                role: role_from_sql(r.get(5)?)?,
                             },
                         })
                     })
@@ -108,6 +147,11 @@ impl TenantStore for SqliteStore {
         let name = name.to_owned();
         self.engine
             .write(move |c| {
+                if load_deletion(c, &name)?.is_some() {
+                    return Err(StoreError::HeldByDeletion {
+                        pointer: "/name".into(),
+                    });
+                }
                 let now = now_millis();
                 let t = Tenant {
                     id: new_id(),
@@ -121,6 +165,8 @@ impl TenantStore for SqliteStore {
                     params![t.id, t.name, t.version, t.created_at, t.updated_at],
                 )
                 .map_err(|e| conflict_or_internal(e, "/name"))?;
+                // A name whose deleted tenant was purged is free again.
+                clear_tombstone(c, kind::TENANT, "", &t.name).map_err(db_error)?;
                 Ok(t)
             })
             .await
@@ -129,12 +175,10 @@ impl TenantStore for SqliteStore {
     async fn tenant(&self, name: &str) -> StoreResult<Lookup<Tenant>> {
         let name = name.to_owned();
         self.engine
-            .read(move |c| {
-                let t = c
-                    .prepare_cached(&format!("SELECT {TENANT_COLS} FROM tenants WHERE name = ?1"))
-                    .and_then(|mut s| s.query_row([&name], tenant_row).optional())
-                    .map_err(db_error)?;
-                Ok(t.map_or(Lookup::Missing, Lookup::Found))
+            .read(move |c| match load_tenant(c, &name)? {
+                Some((t, None)) => Ok(Lookup::Found(t)),
+                Some((_, Some(_deleted_at))) => Ok(Lookup::Gone),
+                None => absent(c, kind::TENANT, "", &name),
             })
             .await
     }
@@ -144,7 +188,9 @@ impl TenantStore for SqliteStore {
             .read(move |c| {
                 page(
                     c,
-                    &format!("SELECT {TENANT_COLS} FROM tenants WHERE id > ?1 ORDER BY id LIMIT ?2"),
+                    &format!(
+                        "SELECT {TENANT_COLS} FROM tenants WHERE deleted_at IS NULL AND id > ?1 ORDER BY id LIMIT ?2"
+                    ),
                     None,
                     &p,
                     tenant_row,
@@ -158,6 +204,7 @@ impl TenantStore for SqliteStore {
         let (tenant_id, email) = (tenant_id.to_owned(), email.to_owned());
         self.engine
             .write(move |c| {
+                live_tenant(c, &tenant_id)?;
                 let now = now_millis();
                 let u = User {
                     id: new_id(),
@@ -263,6 +310,7 @@ impl TenantStore for SqliteStore {
         );
         self.engine
             .write(move |c| {
+                live_tenant(c, &tenant_id)?;
                 let exists: Option<i64> = c
                     .query_row(
                         "SELECT 1 FROM users WHERE tenant_id = ?1 AND id = ?2",
@@ -356,5 +404,69 @@ impl TenantStore for SqliteStore {
                 Ok(())
             })
             .await
+    }
+
+    async fn delete_tenant(&self, name: &str, expect: Expect, retention: Duration, now: Millis) -> StoreResult<Job> {
+        let name = name.to_owned();
+        self.engine
+            .write(move |c| {
+                let Some((tenant, deleted_at)) = load_tenant(c, &name)? else {
+                    return Err(not_there(c, kind::TENANT, "", &name));
+                };
+                match deleted_at {
+                    None => check_existing(&expect, tenant.version, None)?,
+                    // Deleted already: only a deletion that stopped starts again.
+                    Some(_) => {
+                        if !load_deletion(c, &name)?.is_some_and(|d| d.stopped()) {
+                            return Err(StoreError::Gone);
+                        }
+                    }
+                }
+                let job = insert_job(
+                    c,
+                    &NewJob {
+                        tenant_id: tenant.id.clone(),
+                        kind: JobKind::DeleteTenant,
+                        params: serde_json::json!({"tenant": tenant.name, "tenant_id": tenant.id}),
+                        total: None,
+                        with_input: false,
+                    },
+                    now,
+                )?;
+                c.execute(
+                    "UPDATE tenants SET deleted_at = COALESCE(deleted_at, ?1), deletion_job = ?2,
+                       version = version + 1, updated_at = ?1
+                     WHERE id = ?3",
+                    params![now, job.id, tenant.id],
+                )
+                .map_err(db_error)?;
+                put_tombstone(c, kind::TENANT, "", &tenant.name, retention).map_err(db_error)?;
+                Ok(job)
+            })
+            .await
+    }
+
+    async fn tenant_deletion(&self, name: &str) -> StoreResult<Option<TenantDeletion>> {
+        let name = name.to_owned();
+        self.engine.read(move |c| load_deletion(c, &name)).await
+    }
+
+    async fn delete_tenant_step(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        owner: &str,
+        idempotency_scope: &str,
+        limit: usize,
+        now: Millis,
+    ) -> StoreResult<TenantDeletionStep> {
+        let deletion = tenant_deletion::Deletion {
+            tenant_id: tenant_id.to_owned(),
+            job_id: job_id.to_owned(),
+            owner: owner.to_owned(),
+            idempotency_scope: idempotency_scope.to_owned(),
+            now,
+        };
+        self.engine.write(move |c| deletion.step(c, limit)).await
     }
 }

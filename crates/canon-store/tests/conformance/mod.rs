@@ -2,11 +2,14 @@
 //! function here with a fresh, empty store; nothing here knows which engine
 //! it talks to.
 
+mod tenant_deletion;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use canon_store::*;
 use serde_json::json;
+pub use tenant_deletion::*;
 
 const KEEP: Duration = Duration::from_secs(3600);
 /// The writer in tests that do not care who writes.
@@ -2048,6 +2051,11 @@ macro_rules! conformance_tests {
             job_inputs_stream_in_chunks_before_enqueue,
             other_tenants_jobs_are_missing,
             purged_jobs_are_gone,
+            deleting_a_tenant_tombstones_it_with_its_job,
+            concurrent_tenant_deletes_have_one_winner,
+            tenant_deletion_steps_empty_the_tenant_and_count_what_went,
+            tenant_deletion_steps_need_the_lease,
+            a_stopped_tenant_deletion_starts_again,
         );
     };
     (@each $make:expr; $($name:ident,)+) => {
