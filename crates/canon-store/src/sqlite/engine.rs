@@ -11,7 +11,8 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -48,6 +49,10 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
         conn.pragma_update(None, "synchronous", "FULL")?;
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Statement journals (for savepoints) and temporary indexes in memory,
+    // not temporary files: nothing in them survives a crash anyway, and on
+    // disk every savepoint's first touch of a page cost a write syscall.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     // Room for every statement a bulk write repeats (see `rows::exec`).
     conn.set_prepared_statement_cache_capacity(128);
     super::register_functions(&conn)?;
@@ -60,6 +65,33 @@ pub struct Engine {
     writes: mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
     read_permits: Semaphore,
+    /// Tells the checkpointer thread to stop.
+    stopping: Arc<AtomicBool>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// WAL pages after which the writer checkpoints by itself, should the
+/// checkpointer fall behind (SQLite's default is 1000).
+const WRITER_CHECKPOINT_PAGES: i64 = 16_000;
+
+/// Copies the WAL into the database file off the writer's thread
+/// (`PRAGMA wal_checkpoint(PASSIVE)` on a connection of its own, which never
+/// blocks the writer): left to the writer, the checkpoint runs inside the
+/// commit that crosses the threshold and stalls every write queued behind it.
+fn checkpointer_loop(conn: Connection, stopping: Arc<AtomicBool>) {
+    while !stopping.load(Ordering::Relaxed) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "a background checkpoint did not run");
+        }
+    }
 }
 
 impl Engine {
@@ -72,6 +104,16 @@ impl Engine {
     ) -> StoreResult<Engine> {
         let mut writer = open(path, false).map_err(internal)?;
         setup(&mut writer)?;
+        writer
+            .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+            .map_err(internal)?;
+        let checkpointer = open(path, false).map_err(internal)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
+        std::thread::Builder::new()
+            .name("canon-sqlite-checkpointer".into())
+            .spawn(move || checkpointer_loop(checkpointer, flag))
+            .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer: {e}")))?;
         let readers = readers.max(1);
         let mut pool = Vec::with_capacity(readers);
         for _ in 0..readers {
@@ -87,6 +129,7 @@ impl Engine {
             writes: tx,
             readers: Mutex::new(pool),
             read_permits: Semaphore::new(readers),
+            stopping,
         })
     }
 

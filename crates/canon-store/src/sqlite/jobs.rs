@@ -265,7 +265,14 @@ impl JobStore for SqliteStore {
                 c.execute(
                     "UPDATE jobs SET checkpoint = ?1, progress_done = ?2, progress_total = ?3, lease_until = ?4 \
                      WHERE tenant_id = ?5 AND id = ?6",
-                    params![checkpoint.to_string(), progress.done, progress.total, lease_until, tenant_id, job_id],
+                    params![
+                        checkpoint.to_string(),
+                        progress.done,
+                        progress.total,
+                        lease_until,
+                        tenant_id,
+                        job_id
+                    ],
                 )
                 .map_err(db_error)?;
                 job_or_vanished(c, &tenant_id, &job_id)

@@ -1547,7 +1547,15 @@ pub async fn expired_leases_pass_the_job_on(store: Arc<dyn Store>) {
         total: Some(10),
     };
     let saved = store
-        .checkpoint(&t.id, &j.id, "w1", json!({"line": 5}), progress, now + LEASE_MS, now + 1)
+        .checkpoint(
+            &t.id,
+            &j.id,
+            "w1",
+            json!({"line": 5}),
+            progress,
+            now + LEASE_MS,
+            now + 1,
+        )
         .await
         .unwrap();
     assert_eq!((saved.checkpoint, saved.progress), (Some(json!({"line": 5})), progress));
@@ -1555,7 +1563,9 @@ pub async fn expired_leases_pass_the_job_on(store: Arc<dyn Store>) {
     let lost = |r: StoreResult<Job>| matches!(r, Err(StoreError::LeaseLost));
     assert!(lost(store.heartbeat(&t.id, &j.id, "w2", now + 99_999, now + 2).await));
     assert!(lost(
-        store.checkpoint(&t.id, &j.id, "w2", json!({}), progress, now + 99_999, now + 2).await
+        store
+            .checkpoint(&t.id, &j.id, "w2", json!({}), progress, now + 99_999, now + 2)
+            .await
     ));
     assert!(lost(
         store
@@ -1603,7 +1613,15 @@ pub async fn expired_leases_pass_the_job_on(store: Arc<dyn Store>) {
     assert_eq!(again.started_at, Some(now), "first start kept");
     assert!(lost(
         store
-            .checkpoint(&t.id, &j.id, "w1", json!({"line": 9}), progress, late + LEASE_MS, late + 1)
+            .checkpoint(
+                &t.id,
+                &j.id,
+                "w1",
+                json!({"line": 9}),
+                progress,
+                late + LEASE_MS,
+                late + 1
+            )
             .await
     ));
     assert!(lost(
