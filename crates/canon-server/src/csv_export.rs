@@ -63,6 +63,23 @@ impl Columns {
         }
     }
 
+    /// Whether every member of `item` has its column (a record that gained
+    /// a field after the columns were chosen does not).
+    pub fn covers(&self, item: &Value) -> bool {
+        item.as_object().into_iter().flatten().all(|(k, v)| {
+            if k == "data" && v.is_object() {
+                v.as_object().into_iter().flatten().all(|(f, _)| self.data.contains(f))
+            } else {
+                self.top.contains(k)
+            }
+        })
+    }
+
+    /// How many `data` fields have a column.
+    pub fn data_fields(&self) -> usize {
+        self.data.len()
+    }
+
     /// How many columns there are.
     pub fn len(&self) -> usize {
         self.top.len() + self.data.len()
@@ -131,7 +148,9 @@ fn text_cell(s: &str) -> String {
         s.to_owned()
     };
     let ambiguous = neutral.is_empty()
-        || matches!(neutral.as_str(), "null" | "true" | "false")
+        || ["null", "true", "false"]
+            .iter()
+            .any(|w| neutral.eq_ignore_ascii_case(w))
         || serde_json::from_str::<serde_json::Number>(&neutral).is_ok();
     if ambiguous || neutral.contains([',', '"', '\r', '\n']) {
         format!("\"{}\"", neutral.replace('"', "\"\""))
@@ -178,6 +197,17 @@ mod tests {
     }
 
     #[test]
+    fn columns_know_whether_they_cover_an_item() {
+        let mut columns = Columns::default();
+        columns.add(&json!({"id": "a", "data": {"x": 1}}));
+        assert!(columns.covers(&json!({"id": "b", "data": {"x": 2}})));
+        assert!(columns.covers(&json!({"id": "b", "data": {}})));
+        assert!(!columns.covers(&json!({"id": "b", "data": {"x": 2, "late": true}})));
+        assert!(!columns.covers(&json!({"id": "b", "extra": 1})));
+        assert_eq!((columns.len(), columns.data_fields()), (2, 1));
+    }
+
+    #[test]
     fn null_absent_and_look_alike_strings_differ() {
         let items = vec![
             json!({"data": {"v": null}}),
@@ -188,10 +218,12 @@ mod tests {
             json!({"data": {"v": 80}}),
             json!({"data": {"v": true}}),
             json!({"data": {"v": "true"}}),
+            json!({"data": {"v": "TRUE"}}),
+            json!({"data": {"v": "Null"}}),
         ];
         assert_eq!(
             csv(&items),
-            "data.v\r\nnull\r\n\r\n\"null\"\r\n\"\"\r\n\"80\"\r\n80\r\ntrue\r\n\"true\"\r\n"
+            "data.v\r\nnull\r\n\r\n\"null\"\r\n\"\"\r\n\"80\"\r\n80\r\ntrue\r\n\"true\"\r\n\"TRUE\"\r\n\"Null\"\r\n"
         );
         assert_eq!(csv(&[]), "");
     }

@@ -25,8 +25,8 @@ use crate::worker::{Step, save};
 
 /// Records read per store call.
 const PAGE: usize = 1000;
-/// The most columns a CSV export has; a collection whose records have more
-/// distinct fields is exported as NDJSON instead.
+/// The most `data.<field>` columns a CSV export has; a collection whose
+/// records have more distinct fields is exported as NDJSON instead.
 pub const MAX_CSV_COLUMNS: usize = 1024;
 /// Pages of the CSV column pass between two lease renewals.
 const PAGES_PER_RENEWAL: usize = 20;
@@ -108,6 +108,9 @@ pub fn file_type(format: ExportFormat) -> (canon_http::media::MediaType, &'stati
 /// collection, format, records and bytes.
 pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
     let params = ExportParams::of(job)?;
+    // Deleted while the export waited: 410, not an empty file that would
+    // read as an empty collection.
+    crate::import::job_collection(app, job).await?;
     let mut state: ExportState = job
         .checkpoint
         .clone()
@@ -135,7 +138,7 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
         let page = params.page(app, cursor.as_deref()).await?;
         for record in &page.items {
             line.clear();
-            encode(&mut line, record, state.columns.as_ref());
+            encode(&mut line, record, state.columns.as_ref())?;
             if buffer.len() + line.len() > MAX_JOB_CHUNK_BYTES && !buffer.is_empty() {
                 store_chunk(app, job, owner, &mut state, &mut buffer, cursor.clone(), pending).await?;
                 pending = 0;
@@ -162,14 +165,28 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
 }
 
 /// Appends `record`'s line to `out`: its JSON as the record list shows it,
-/// or its CSV row under `columns`.
-fn encode(out: &mut String, record: &Record, columns: Option<&Columns>) {
+/// or its CSV row under `columns`. A record with a field the columns do not
+/// have (written after the first pass) fails the export: a row without it
+/// would look complete and lose data.
+fn encode(out: &mut String, record: &Record, columns: Option<&Columns>) -> Result<(), Step> {
     let item = render::record(record);
     match columns {
-        Some(columns) => columns.write_row(out, &item),
+        Some(columns) if !columns.covers(&item) => Err(Step::Failed(Problem::new(
+            ProblemKind::StateConflict,
+            format!(
+                "The record {} gained a field while the CSV export ran, after its columns were chosen; \
+                 export again (or as NDJSON, which has no columns).",
+                record.id
+            ),
+        ))),
+        Some(columns) => {
+            columns.write_row(out, &item);
+            Ok(())
+        }
         None => {
             out.push_str(&item.to_string());
             out.push('\n');
+            Ok(())
         }
     }
 }
@@ -229,12 +246,12 @@ async fn csv_columns(
         for record in &page.items {
             columns.add(&render::record(record));
         }
-        if columns.len() > MAX_CSV_COLUMNS {
+        if columns.data_fields() > MAX_CSV_COLUMNS {
             return Err(Step::Failed(Problem::new(
                 ProblemKind::StateConflict,
                 format!(
-                    "The records have more than {MAX_CSV_COLUMNS} distinct fields, too many for CSV columns; \
-                     export as NDJSON instead."
+                    "The records have more than {MAX_CSV_COLUMNS} distinct data fields, too many for CSV \
+                     columns; export as NDJSON instead."
                 ),
             )));
         }

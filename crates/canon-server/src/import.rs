@@ -42,6 +42,10 @@ struct ImportState {
     carry: String,
     /// Lines of chunk `chunk` already done (a checkpoint inside a chunk).
     skip: usize,
+    /// The rest of an over-long line is being skipped: chunk `chunk` starts
+    /// inside it (its failure is counted already).
+    #[serde(default)]
+    skipping: bool,
     /// The number of the next line (1-based).
     line: u64,
     /// Records created.
@@ -58,6 +62,7 @@ struct ImportState {
 struct Position {
     chunk: i64,
     skip: usize,
+    skipping: bool,
     carry: Vec<u8>,
     line: u64,
 }
@@ -114,9 +119,10 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
             line: 1,
             ..ImportState::default()
         });
-    let collection = import_collection(app, job).await?;
+    let collection = job_collection(app, job).await?;
     let mut pending = URL_SAFE_NO_PAD.decode(&state.carry).unwrap_or_default();
-    let (mut chunk_no, mut skip, mut line_no) = (state.chunk, state.skip, state.line);
+    let (mut chunk_no, mut skip, mut line_no, mut skipping) = (state.chunk, state.skip, state.line, state.skipping);
+    let max_line = app.config.max_body_bytes;
     let mut importer = Importer {
         app,
         job,
@@ -131,7 +137,20 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
         // first `skip` of its lines were done before a checkpoint.
         let carry = std::mem::take(&mut pending);
         pending = carry.clone();
-        pending.extend_from_slice(&chunk);
+        // A retry of this chunk starts in the same state: part of the checkpoint.
+        let skipping_at_start = skipping;
+        let mut chunk = &chunk[..];
+        if skipping {
+            // Inside a line already failed as too long: drop it to its end.
+            match chunk.iter().position(|b| *b == b'\n') {
+                Some(end) => {
+                    chunk = &chunk[end + 1..];
+                    skipping = false;
+                }
+                None => chunk = &[],
+            }
+        }
+        pending.extend_from_slice(chunk);
         let mut start = 0;
         let mut index = 0;
         while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
@@ -143,6 +162,7 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
                     let position = Position {
                         chunk: chunk_no,
                         skip: index + 1,
+                        skipping: skipping_at_start,
                         carry: carry.clone(),
                         line: line_no,
                     };
@@ -153,11 +173,22 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
             start += end + 1;
         }
         pending.drain(..start);
+        if pending.len() > max_line {
+            // A line longer than a record may be, without its end yet: it
+            // fails now, and the rest of it is skipped as it arrives, so
+            // neither memory nor the checkpoint's carry ever holds more
+            // than the limit.
+            importer.fail_too_long(line_no);
+            line_no += 1;
+            pending.clear();
+            skipping = true;
+        }
         chunk_no += 1;
         skip = 0;
         let position = Position {
             chunk: chunk_no,
             skip: 0,
+            skipping,
             carry: pending.clone(),
             line: line_no,
         };
@@ -171,6 +202,7 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
     let position = Position {
         chunk: chunk_no,
         skip: 0,
+        skipping: false,
         carry: Vec::new(),
         line: line_no,
     };
@@ -216,6 +248,17 @@ impl Importer<'_> {
             }),
             Err(problem) => self.batch.failed.push((number, problem)),
         }
+    }
+
+    /// Fails line `number`, longer than a record may be, before its end
+    /// arrived.
+    fn fail_too_long(&mut self, number: u64) {
+        let max = self.app.config.max_body_bytes;
+        let problem = Problem::new(
+            ProblemKind::ContentTooLarge,
+            format!("The line is larger than {max} bytes."),
+        );
+        self.batch.failed.push((number, problem));
     }
 
     /// Cuts the batch read so far at `position`: counts the batch in flight
@@ -303,6 +346,7 @@ impl Importer<'_> {
         let state = &mut self.state;
         state.chunk = at.chunk;
         state.skip = at.skip;
+        state.skipping = at.skipping;
         state.line = at.line;
         state.carry = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&at.carry);
         let progress = Progress {
@@ -329,9 +373,10 @@ impl Importer<'_> {
     }
 }
 
-/// The collection an import writes to, by the name it had (following a
-/// rename); the job fails when it was deleted.
-async fn import_collection(app: &App, job: &Job) -> Result<Collection, Step> {
+/// The collection a job works on (`collection_id` and `collection` in its
+/// params), by the name it had, following a rename; the job fails with 410
+/// when it was deleted.
+pub(crate) async fn job_collection(app: &App, job: &Job) -> Result<Collection, Step> {
     let name = job.params["collection"].as_str().unwrap_or_default();
     let mut lookup = app.store.collection(&job.tenant_id, name).await?;
     if !matches!(lookup, canon_store::Lookup::Found(_))
@@ -343,7 +388,7 @@ async fn import_collection(app: &App, job: &Job) -> Result<Collection, Step> {
         canon_store::Lookup::Found(c) if c.id == job.params["collection_id"].as_str().unwrap_or_default() => Ok(c),
         _ => Err(Step::Failed(Problem::new(
             ProblemKind::Gone,
-            "The collection was deleted while the import waited or ran.",
+            "The collection was deleted while the job waited or ran.",
         ))),
     }
 }

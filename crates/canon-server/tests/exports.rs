@@ -171,6 +171,17 @@ async fn exports_refuse_at_once_what_can_be_refused_at_once() {
         .await;
     let problem = assert_problem(r, 400, "invalid-field").await;
     assert_eq!(problem["errors"][0]["pointer"], "/filter/a-b");
+    // The pointer escapes what RFC 6901 escapes.
+    let r = s
+        .call(
+            Method::POST,
+            EXPORTS,
+            &w.viewer,
+            Some(json!({"format": "csv", "filter": {"a/b~c": 1}})),
+        )
+        .await;
+    let problem = assert_problem(r, 400, "invalid-field").await;
+    assert_eq!(problem["errors"][0]["pointer"], "/filter/a~1b~0c");
     let r = s
         .call(
             Method::POST,

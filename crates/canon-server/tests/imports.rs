@@ -187,3 +187,28 @@ async fn imports_a_canceled_job_stops_and_keeps_what_it_did() {
     let r = s.call(Method::DELETE, &location, &w.editor, None).await;
     assert_problem(r, 409, "state-conflict").await;
 }
+
+#[tokio::test]
+async fn imports_fail_a_line_longer_than_a_record_without_holding_it() {
+    let s = Server::start().await;
+    let w = world(&s, "acme").await;
+    // Line 2 is 5 MiB long (a record may have 1 MiB): it spans several
+    // stored chunks, fails alone, and the lines around it are imported.
+    let long = format!("{{\"port\":2,\"serial\":\"{}\"}}", "y".repeat(5 << 20));
+    let body = format!("{{\"port\":1}}\n{long}\n{{\"port\":3}}\n{{\"port\":4}}");
+    let r = s
+        .req(Method::POST, IMPORTS, Some(&w.editor))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = header(&r, "location").to_owned();
+    let report = result_of(&s, &w.viewer, &location).await;
+    assert_eq!(report["lines"], 4, "{report}");
+    assert_eq!(report["created"], 3, "{report}");
+    assert_eq!(report["failed"], 1, "{report}");
+    assert_eq!(report["failures"][0]["line"], 2, "{report}");
+    assert_eq!(report["failures"][0]["problem"]["status"], 413, "{report}");
+}

@@ -45,8 +45,9 @@ impl Exports {
 /// top-level name, a value that is not a JSON scalar or is too long.
 fn check_filter(request: &ExportRequest) -> Result<(), Problem> {
     let bad = |field: &str, why: String| {
-        Problem::new(ProblemKind::InvalidField, format!("The filter on `{field}` {why}."))
-            .with_errors(vec![FieldError::new(format!("/filter/{field}"), why)])
+        Problem::new(ProblemKind::InvalidField, format!("The filter on `{field}` {why}.")).with_errors(vec![
+            FieldError::new(format!("/filter/{}", field.replace('~', "~0").replace('/', "~1")), why),
+        ])
     };
     if request.filter.len() > MAX_FILTERS {
         return Err(Problem::new(
