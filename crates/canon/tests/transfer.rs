@@ -473,3 +473,257 @@ async fn export_refused_exits_2_and_leaves_no_file() {
     assert!(stderr.contains(problem["detail"].as_str().unwrap()), "{stderr}");
     assert_eq!(names(out.path()), Vec::<String>::new(), "no file, partial or final");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_through_a_symlink_keeps_the_link_and_updates_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("canon.db")).await;
+    let file = dir.path().join("devices.ndjson");
+    std::fs::write(&file, "{\"port\":5}\n").unwrap();
+    assert_eq!(code(&import(&server, &file, "devices").await), 0);
+
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir(out.path().join("data")).unwrap();
+    let real = out.path().join("data/real.ndjson");
+    std::fs::write(&real, "old\n").unwrap();
+    let link = out.path().join("link.ndjson");
+    std::os::unix::fs::symlink("data/real.ndjson", &link).unwrap();
+
+    let output = export(&server, "devices", &link, &[]).await;
+    assert_eq!(code(&output), 0, "{}", text(&output.stderr));
+    assert!(
+        std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+        "the link stays a link"
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("data/real.ndjson"));
+    let written = std::fs::read_to_string(&real).unwrap();
+    let record: Value = serde_json::from_str(written.trim_end()).unwrap();
+    assert_eq!(record["data"]["port"], 5);
+    assert_eq!(names(out.path()), ["data", "link.ndjson"]);
+    assert_eq!(names(&out.path().join("data")), ["real.ndjson"], "no partial file left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_into_a_fifo_writes_to_its_reader_and_keeps_the_fifo() {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("canon.db")).await;
+    let file = dir.path().join("devices.ndjson");
+    let body: String = (0..50).map(|n| format!("{{\"port\":{n}}}\n")).collect();
+    std::fs::write(&file, &body).unwrap();
+    assert_eq!(code(&import(&server, &file, "devices").await), 0);
+
+    let fifo = dir.path().join("out.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(&fifo).unwrap())
+    };
+    let output = export(&server, "devices", &fifo, &[]).await;
+    if !reader.is_finished() {
+        // Should canon never have opened the FIFO, the reader still waits
+        // for a writer: one that closes at once (non-blocking: no hang if
+        // the reader is already gone) lets it end with what it got.
+        const O_NONBLOCK: i32 = 0o4000;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&fifo);
+    }
+    let got = reader.join().unwrap();
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(code(&output), 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stdout, "", "the summary goes to stderr when the data is streamed");
+    assert!(stderr.contains("export of devices written to "), "{stderr}");
+    let mut ports: Vec<i64> = text(&got)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["data"]["port"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ports.sort();
+    assert_eq!(ports, (0..50).collect::<Vec<i64>>());
+    assert!(
+        std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(),
+        "still a FIFO"
+    );
+    assert_eq!(names(dir.path()).iter().filter(|n| n.ends_with(".part")).count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_into_a_directory_exits_3_before_any_job_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("canon.db")).await;
+    let out = tempfile::tempdir().unwrap();
+    let output = export(&server, "devices", out.path(), &[]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(code(&output), 3, "{stderr}");
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    let jobs = server.get("/v1/tenants/acme/jobs").await;
+    assert_eq!(jobs["items"], json!([]), "{jobs}");
+    assert_eq!(names(out.path()), Vec::<String>::new());
+}
+
+/// A fake server on 127.0.0.1 that answers its requests, in order, with
+/// `answers` (raw HTTP/1.1 responses), one connection each; returns its
+/// base URL.
+async fn fake_server(answers: Vec<String>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        for answer in answers {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            // The head, then as much body as it announces.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let _ = socket.write_all(answer.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    base
+}
+
+/// A listener on 127.0.0.1 that records every byte sent to it; returns its
+/// base URL and what it got so far.
+async fn recorder() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::AsyncReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            sink.lock().unwrap().extend_from_slice(b"<connection>");
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                // Up to the end of the head, then hang up: a client that
+                // came here must fail, not wait for an answer.
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                    head.extend_from_slice(&buf[..n]);
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (base, got)
+}
+
+fn answer(status: &str, headers: &[(&str, String)], body: &str) -> String {
+    let mut text = format!(
+        "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_on_another_origin_is_not_followed_with_the_token() {
+    let out = tempfile::tempdir().unwrap();
+    let job = json!({"id": "j1", "status": "queued", "progress": {"done": 0}}).to_string();
+    let exports = "/v1/tenants/acme/collections/devices/exports";
+    for case in ["308 of the request", "202's monitor", "303 to the result"] {
+        let (elsewhere, got) = recorder().await;
+        let answers = match case {
+            "308 of the request" => vec![answer(
+                "308 Permanent Redirect",
+                &[("location", format!("{elsewhere}{exports}"))],
+                "",
+            )],
+            "202's monitor" => vec![answer(
+                "202 Accepted",
+                &[
+                    ("location", format!("{elsewhere}/v1/tenants/acme/jobs/j1")),
+                    ("content-type", "application/json".to_owned()),
+                    ("retry-after", "0".to_owned()),
+                ],
+                &job,
+            )],
+            _ => vec![
+                answer(
+                    "202 Accepted",
+                    &[
+                        ("location", "/v1/tenants/acme/jobs/j1".to_owned()),
+                        ("content-type", "application/json".to_owned()),
+                        ("retry-after", "0".to_owned()),
+                    ],
+                    &job,
+                ),
+                answer(
+                    "303 See Other",
+                    &[("location", format!("{elsewhere}/v1/tenants/acme/jobs/j1/result"))],
+                    "",
+                ),
+            ],
+        };
+        let base = fake_server(answers).await;
+        let target = out.path().join("out.ndjson");
+        let args: Vec<String> = [
+            "export",
+            "--url",
+            &base,
+            "--token",
+            TOKEN,
+            "--tenant",
+            "acme",
+            "--collection",
+            "devices",
+            "--output",
+            &target.display().to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let output = canon(args, Vec::new()).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(code(&output), 3, "{case}: {stderr}");
+        assert!(
+            stderr.contains(&base) && stderr.contains(&elsewhere),
+            "{case}: {stderr}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let got = text(&got.lock().unwrap());
+        assert!(!got.to_ascii_lowercase().contains("authorization"), "{case}: {got}");
+        assert_eq!(got, "", "{case}: the other origin heard nothing");
+        assert_eq!(names(out.path()), Vec::<String>::new(), "{case}");
+    }
+}

@@ -74,14 +74,34 @@ impl Api {
         self.client.request(method, url).bearer_auth(&self.token)
     }
 
+    /// `next` (named by `response`'s `Location`) if it is on the server's
+    /// origin; otherwise the refusal to follow it, naming both origins.
+    fn same_origin(&self, response: &Response, next: Url) -> Result<Url, TransferError> {
+        let (ours, theirs) = (self.base.origin(), next.origin());
+        if ours == theirs {
+            return Ok(next);
+        }
+        Err(TransferError::Unexpected(format!(
+            "{} answered {} with a Location on another origin ({}, not --url's {}): \
+             not followed, it would get the token",
+            response.url(),
+            response.status(),
+            theirs.ascii_serialization(),
+            ours.ascii_serialization()
+        )))
+    }
+
     /// A small request (not an upload or a download): bounded in time.
     pub fn small_request(&self, method: Method, url: Url) -> RequestBuilder {
         self.request(method, url).timeout(SMALL_REQUEST_TIMEOUT)
     }
 }
 
-/// The `Location` of `response`, resolved against the URL it answered.
-pub fn location(response: &Response) -> Result<Url, TransferError> {
+/// The `Location` of `response`, resolved against the URL it answered, and
+/// only if it stays on `--url`'s origin (scheme, host, port): every request
+/// carries the bearer token (an import also the file), so a `Location`
+/// elsewhere is not followed, as curl does without `--location-trusted`.
+pub fn location(api: &Api, response: &Response) -> Result<Url, TransferError> {
     let value = response
         .headers()
         .get(LOCATION)
@@ -93,10 +113,11 @@ pub fn location(response: &Response) -> Result<Url, TransferError> {
                 response.status()
             ))
         })?;
-    response
+    let next = response
         .url()
         .join(value)
-        .map_err(|e| TransferError::Unexpected(format!("{} answered the Location {value:?}: {e}", response.url())))
+        .map_err(|e| TransferError::Unexpected(format!("{} answered the Location {value:?}: {e}", response.url())))?;
+    api.same_origin(response, next)
 }
 
 /// Whether `status` asks for the same request, method and body, at its
@@ -171,7 +192,7 @@ pub struct Accepted {
 
 /// Reads the answer to a request that starts a job: 202 is [`Accepted`],
 /// any other status the refusal of `what`.
-pub async fn accepted(what: &str, response: Response) -> Result<Accepted, TransferError> {
+pub async fn accepted(api: &Api, what: &str, response: Response) -> Result<Accepted, TransferError> {
     if response.status() != StatusCode::ACCEPTED {
         if response.status().is_client_error() || response.status().is_server_error() {
             return Err(refusal(what, response).await);
@@ -181,7 +202,7 @@ pub async fn accepted(what: &str, response: Response) -> Result<Accepted, Transf
             response.status()
         )));
     }
-    let monitor = location(&response)?;
+    let monitor = location(api, &response)?;
     let retry_after = retry_after(response.headers());
     let job = response
         .json::<Job>()

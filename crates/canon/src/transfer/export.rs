@@ -1,14 +1,17 @@
 //! `canon export --output FILE`: `POST …/collections/{c}/exports`, follows
-//! the job, downloads its result into a temporary file beside `FILE` and
-//! renames it into place only once all of it arrived and is on disk.
+//! the job, downloads its result into a temporary file beside `FILE` (the
+//! real file, when `FILE` is a symlink) and renames it into place only once
+//! all of it arrived and is on disk; a FIFO or device `FILE` (`/dev/stdout`)
+//! is written straight into (see [`super::output`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use reqwest::{Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 
 use super::api::{self, Api};
+use super::output::Output;
 use super::progress::{Reporter, Unit};
 use super::{Exit, Target, TransferError, job};
 
@@ -47,7 +50,9 @@ pub struct ExportArgs {
     #[arg(long, value_name = "FIELD=VALUE", value_parser = parse_filter)]
     pub filter: Vec<(String, serde_json::Value)>,
     /// The file to write. It is replaced only once the whole export has
-    /// arrived; until then the data goes to a hidden `.part` file beside it.
+    /// arrived; until then the data goes to a hidden `.part` file beside it
+    /// (beside the file a symlink names: the link stays). A FIFO or a
+    /// device (`/dev/stdout`) is written into as the data arrives.
     #[arg(long, short)]
     pub output: PathBuf,
 }
@@ -69,9 +74,9 @@ fn parse_filter(arg: &str) -> Result<(String, serde_json::Value), String> {
 pub async fn run(args: ExportArgs) -> Result<Exit, TransferError> {
     let reporter = Reporter::new(args.target.progress);
     let api = Api::new(&args.target)?;
-    // The partial file first: an output nobody can write fails before the
-    // server does any work.
-    let partial = partial_file(&args.output)?;
+    // The output first: one nobody can write (or a directory) fails before
+    // the server does any work.
+    let output = Output::open(&args.output)?;
 
     let mut order = serde_json::json!({"format": args.format.as_str()});
     if !args.filter.is_empty() {
@@ -91,11 +96,11 @@ pub async fn run(args: ExportArgs) -> Result<Exit, TransferError> {
         }
         // A renamed collection: the same request, at its new name.
         hops += 1;
-        let next = api::location(&response)?;
+        let next = api::location(&api, &response)?;
         reporter.note(&format!("{url} moved to {next}: asking there"));
         url = next;
     };
-    let accepted = api::accepted("the export", response).await?;
+    let accepted = api::accepted(&api, "the export", response).await?;
     reporter.note(&format!(
         "export accepted: job {} ({})",
         accepted.job.id, accepted.monitor
@@ -111,44 +116,47 @@ pub async fn run(args: ExportArgs) -> Result<Exit, TransferError> {
     };
     progress.finish();
 
-    let bytes = download(&api, &reporter, result, &partial).await?;
-    partial
-        .persist(&args.output)
-        .map_err(|e| TransferError::file(&args.output)(e.error))?;
-    println!(
+    let written_to = output.path().to_owned();
+    let (bytes, streamed) = match output {
+        Output::File { path, partial } => {
+            let file = partial
+                .as_file()
+                .try_clone()
+                .map_err(TransferError::file(partial.path()))?;
+            let bytes = download(&api, &reporter, result, file, partial.path(), true).await?;
+            partial
+                .persist(&path)
+                .map_err(|e| TransferError::file(&path)(e.error))?;
+            (bytes, false)
+        }
+        Output::Stream { path, file } => (download(&api, &reporter, result, file, &path, false).await?, true),
+    };
+    let summary = format!(
         "export of {} written to {} ({} bytes, {})",
         args.target.collection,
-        args.output.display(),
+        written_to.display(),
         bytes,
         args.format.as_str()
     );
+    if streamed {
+        // The data may itself be on stdout (`--output /dev/stdout | jq`).
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
     Ok(Exit::Done)
 }
 
-/// A new hidden file beside `output` (same directory, so the final rename
-/// stays on one file system and is atomic); removed if dropped unpersisted.
-fn partial_file(output: &Path) -> Result<tempfile::NamedTempFile, TransferError> {
-    let dir = match output.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = output
-        .file_name()
-        .ok_or_else(|| TransferError::Unexpected(format!("--output {}: names no file", output.display())))?;
-    tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(TransferError::file(dir))
-}
-
-/// Streams the result at `url` into `partial`, synced to disk; returns its
-/// length.
+/// Streams the result at `url` into `file` (at `path`), synced to disk when
+/// `sync` (a file about to be renamed into place; a FIFO or device is only
+/// flushed); returns its length.
 async fn download(
     api: &Api,
     reporter: &Reporter,
     url: reqwest::Url,
-    partial: &tempfile::NamedTempFile,
+    file: std::fs::File,
+    path: &std::path::Path,
+    sync: bool,
 ) -> Result<u64, TransferError> {
     let mut response = api
         .request(Method::GET, url.clone())
@@ -165,9 +173,7 @@ async fn download(
         )));
     }
     let expected = response.content_length();
-    let path = partial.path().to_owned();
-    let std_file = partial.as_file().try_clone().map_err(TransferError::file(&path))?;
-    let mut file = tokio::fs::File::from_std(std_file);
+    let mut file = tokio::fs::File::from_std(file);
     let phase = reporter.phase("download", Unit::Bytes, expected);
     let mut written = 0u64;
     loop {
@@ -181,7 +187,7 @@ async fn download(
         };
         if let Err(e) = file.write_all(&chunk).await {
             phase.abandon();
-            return Err(TransferError::file(&path)(e));
+            return Err(TransferError::file(path)(e));
         }
         written += chunk.len() as u64;
         phase.inc(chunk.len() as u64);
@@ -196,35 +202,10 @@ async fn download(
     }
     // On disk before it takes the final name: a crash right after the
     // rename must not leave an empty or torn file under that name.
-    file.flush().await.map_err(TransferError::file(&path))?;
-    file.sync_all().await.map_err(TransferError::file(&path))?;
+    file.flush().await.map_err(TransferError::file(path))?;
+    if sync {
+        file.sync_all().await.map_err(TransferError::file(path))?;
+    }
     phase.finish();
     Ok(written)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_partial_file_is_hidden_beside_the_output() {
-        let dir = tempfile::tempdir().unwrap();
-        let partial = partial_file(&dir.path().join("out.ndjson")).unwrap();
-        assert_eq!(partial.path().parent(), Some(dir.path()));
-        let name = partial.path().file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with(".out.ndjson.") && name.ends_with(".part"), "{name}");
-        drop(partial);
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            0,
-            "removed when dropped"
-        );
-    }
-
-    #[test]
-    fn an_output_in_a_missing_directory_fails_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let error = partial_file(&dir.path().join("nosuch/out.csv")).unwrap_err();
-        assert_eq!(error.exit(), Exit::Broken);
-    }
 }

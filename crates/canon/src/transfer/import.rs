@@ -96,11 +96,11 @@ pub async fn run(args: ImportArgs) -> Result<Exit, TransferError> {
         }
         // A renamed collection: the same upload, at its new name.
         hops += 1;
-        let next = api::location(&response)?;
+        let next = api::location(&api, &response)?;
         reporter.note(&format!("{url} moved to {next}: sending the file there"));
         url = next;
     };
-    let accepted = api::accepted("the import", response).await?;
+    let accepted = api::accepted(&api, "the import", response).await?;
     reporter.note(&format!(
         "import accepted: job {} ({})",
         accepted.job.id, accepted.monitor

@@ -61,7 +61,7 @@ pub async fn follow(
             if let Some(total) = local_total.or(job.progress.total) {
                 phase.set_done(total);
             }
-            return api::location(&response);
+            return api::location(api, &response);
         }
         if passing(status) && failures + 1 < PASSING_FAILURES {
             failures += 1;

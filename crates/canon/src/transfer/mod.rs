@@ -12,6 +12,7 @@ pub mod api;
 pub mod export;
 pub mod import;
 pub mod job;
+pub mod output;
 pub mod problem;
 pub mod progress;
 pub mod upload;
