@@ -548,7 +548,8 @@ fn planned_operation(site: &Site, method: &Method) -> Value {
 /// Query and header parameters the flow and the resources read.
 fn operation_parameters(spec: &MethodSpec) -> Vec<Value> {
     let mut out = Vec::new();
-    let list = spec.method == Method::GET && spec.produces.contains(&MediaType::Csv);
+    // A list answers a page (`…Page`); a job's result also comes in CSV but is no list.
+    let list = spec.method == Method::GET && spec.response.is_some_and(|r| r.ends_with("Page"));
     if list {
         out.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 1000}, "description": "Items per page."}));
         out.push(json!({"name": "cursor", "in": "query", "schema": {"type": "string", "format": "canon-cursor", "minLength": 3, "maxLength": crate::cursor::MAX_CURSOR_LEN, "pattern": CURSOR}, "description": "The cursor of the next page, from `Link: rel=\"next\"` or `next_cursor`; bound to this list, its filters and sort (400 when it was not issued for them)."}));

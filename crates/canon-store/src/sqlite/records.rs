@@ -262,18 +262,7 @@ pub(super) fn index_unique(conn: &Connection, collection: &Collection, id: &str,
         params![collection.id, id],
     )
     .map_err(db_error)?;
-    for field in &collection.unique {
-        let Some(value) = data.get(field).filter(|v| !v.is_null()) else {
-            continue;
-        };
-        exec(
-            conn,
-            "INSERT INTO unique_values (collection_id, field, value, record_id) VALUES (?1, ?2, ?3, ?4)",
-            params![collection.id, field, value.to_string(), id],
-        )
-        .map_err(|e| conflict_or_internal(e, &format!("/data/{field}")))?;
-    }
-    Ok(())
+    index_new_unique(conn, collection, id, data)
 }
 
 /// Converts a JSON scalar to the SQL value `json_extract` yields for it.
