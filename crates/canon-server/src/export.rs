@@ -14,7 +14,7 @@
 
 use canon_http::Problem;
 use canon_http::catalogue::ProblemKind;
-use canon_store::{Cursor, Job, MAX_JOB_CHUNK_BYTES, PageRequest, Progress, Record, RecordQuery, SortOrder};
+use canon_store::{Cursor, Job, MAX_JOB_CHUNK_BYTES, PageRequest, Progress, RawRecord, Record, RecordQuery, SortOrder};
 use serde_json::{Value, json};
 
 use crate::csv_export::Columns;
@@ -81,7 +81,19 @@ impl ExportParams {
 
     /// The page of matching records after `after`.
     async fn page(&self, app: &App, after: Option<&str>) -> Result<canon_store::Page<Record>, Step> {
-        let query = RecordQuery {
+        Ok(app.store.list_records(&self.collection_id, self.query(after)).await?)
+    }
+
+    /// The same page, each record's data left as stored JSON text.
+    async fn raw_page(&self, app: &App, after: Option<&str>) -> Result<canon_store::Page<RawRecord>, Step> {
+        Ok(app
+            .store
+            .list_raw_records(&self.collection_id, self.query(after))
+            .await?)
+    }
+
+    fn query(&self, after: Option<&str>) -> RecordQuery {
+        RecordQuery {
             page: PageRequest {
                 limit: PAGE,
                 after: after.map(|id| Cursor {
@@ -91,8 +103,7 @@ impl ExportParams {
             },
             filters: self.filters.clone(),
             sort: SortOrder::Id,
-        };
-        Ok(app.store.list_records(&self.collection_id, query).await?)
+        }
     }
 }
 
@@ -133,21 +144,40 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
     // Paging runs ahead of `state`, which moves only when a chunk is stored.
     let mut cursor = state.after.clone();
     let mut pending = 0;
-    let mut line = String::new();
     loop {
-        let page = params.page(app, cursor.as_deref()).await?;
-        for record in &page.items {
-            line.clear();
-            encode(&mut line, record, state.columns.as_ref())?;
+        // (id, line) of each record of the next page: NDJSON straight from
+        // the stored JSON text, CSV from the parsed data.
+        let (lines, more) = match state.columns.as_ref() {
+            Some(columns) => {
+                let page = params.page(app, cursor.as_deref()).await?;
+                let mut lines = Vec::with_capacity(page.items.len());
+                for record in &page.items {
+                    let mut line = String::new();
+                    csv_row(&mut line, record, columns)?;
+                    lines.push((record.id.clone(), line));
+                }
+                (lines, page.next.is_some())
+            }
+            None => {
+                let page = params.raw_page(app, cursor.as_deref()).await?;
+                let more = page.next.is_some();
+                let lines = page.items.into_iter().map(|r| {
+                    let line = ndjson_line(&r);
+                    (r.id, line)
+                });
+                (lines.collect(), more)
+            }
+        };
+        for (id, line) in lines {
             if buffer.len() + line.len() > MAX_JOB_CHUNK_BYTES && !buffer.is_empty() {
                 store_chunk(app, job, owner, &mut state, &mut buffer, cursor.clone(), pending).await?;
                 pending = 0;
             }
             buffer.extend_from_slice(line.as_bytes());
-            cursor = Some(record.id.clone());
+            cursor = Some(id);
             pending += 1;
         }
-        if page.next.is_none() {
+        if !more {
             break;
         }
     }
@@ -164,31 +194,43 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
     }))
 }
 
-/// Appends `record`'s line to `out`: its JSON as the record list shows it,
-/// or its CSV row under `columns`. A record with a field the columns do not
-/// have (written after the first pass) fails the export: a row without it
-/// would look complete and lose data.
-fn encode(out: &mut String, record: &Record, columns: Option<&Columns>) -> Result<(), Step> {
+/// `record`'s NDJSON line: the record as the record list shows it
+/// ([`render::record`]), written around its stored data text, which is
+/// already compact canonical JSON, instead of parsing and re-writing it.
+fn ndjson_line(record: &RawRecord) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(record.data.len() + 120);
+    out.push_str("{\"id\":");
+    out.push_str(&Value::String(record.id.clone()).to_string());
+    out.push_str(",\"data\":");
+    out.push_str(&record.data);
+    let _ = writeln!(
+        out,
+        ",\"version\":{},\"created_at\":\"{}\",\"updated_at\":\"{}\"}}",
+        record.version,
+        render::timestamp(record.created_at),
+        render::timestamp(record.updated_at)
+    );
+    out
+}
+
+/// Appends `record`'s CSV row under `columns` to `out`. A record with a
+/// field the columns do not have (written after the first pass) fails the
+/// export: a row without it would look complete and lose data.
+fn csv_row(out: &mut String, record: &Record, columns: &Columns) -> Result<(), Step> {
     let item = render::record(record);
-    match columns {
-        Some(columns) if !columns.covers(&item) => Err(Step::Failed(Problem::new(
+    if !columns.covers(&item) {
+        return Err(Step::Failed(Problem::new(
             ProblemKind::StateConflict,
             format!(
                 "The record {} gained a field while the CSV export ran, after its columns were chosen; \
                  export again (or as NDJSON, which has no columns).",
                 record.id
             ),
-        ))),
-        Some(columns) => {
-            columns.write_row(out, &item);
-            Ok(())
-        }
-        None => {
-            out.push_str(&item.to_string());
-            out.push('\n');
-            Ok(())
-        }
+        )));
     }
+    columns.write_row(out, &item);
+    Ok(())
 }
 
 /// Stores `buffer` as the next result chunk and checkpoints past it:
@@ -267,5 +309,33 @@ async fn csv_columns(
         if page.next.is_none() {
             return Ok(columns);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ndjson_line_from_stored_text_is_the_rendered_record() {
+        let data = serde_json::json!({"b": "say \"hi\"\n", "a": [1, 2.5, null], "z": {"é": true}});
+        let record = Record {
+            id: "r-0000000001".into(),
+            collection_id: "c".into(),
+            data: data.clone(),
+            version: 3,
+            etag: "e".into(),
+            created_at: 1_700_000_000_123,
+            updated_at: 1_700_000_999_000,
+        };
+        let raw = RawRecord {
+            id: record.id.clone(),
+            data: data.to_string(),
+            version: 3,
+            etag: "e".into(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        };
+        assert_eq!(ndjson_line(&raw), format!("{}\n", render::record(&record)));
     }
 }

@@ -349,6 +349,10 @@ pub trait RecordStore: Send + Sync {
     async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>>;
     /// A page of records.
     async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>>;
+    /// A page of records as [`RecordStore::list_records`] finds them, each
+    /// with its data still the JSON text the store holds, not parsed: for
+    /// bulk reads that only copy records out (exports).
+    async fn list_raw_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<RawRecord>>;
     /// How many records match `filters` (as in [`RecordQuery::filters`]).
     async fn count_records(&self, collection_id: &str, filters: Vec<(String, Value)>) -> StoreResult<u64>;
     /// Creates each of `records` (id, data) that does not exist yet, all in

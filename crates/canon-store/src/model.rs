@@ -262,6 +262,25 @@ pub struct Cursor {
     pub sort_value: Option<Value>,
 }
 
+/// A record with its data as stored: JSON text, compact and canonical
+/// (what `serde_json` writes for the parsed data, so copying it out equals
+/// parsing and writing it again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Id within the collection.
+    pub id: String,
+    /// The data as JSON text.
+    pub data: String,
+    /// Bumped by every write.
+    pub version: i64,
+    /// Strong entity tag.
+    pub etag: String,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last modification time.
+    pub updated_at: Millis,
+}
+
 /// A page request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PageRequest {

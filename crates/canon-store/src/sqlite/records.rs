@@ -383,6 +383,18 @@ pub(super) fn count_records(conn: &Connection, collection_id: &str, filters: &[(
 }
 
 pub(super) fn list_records(conn: &Connection, collection_id: &str, q: &RecordQuery) -> StoreResult<Page<Record>> {
+    list_rows(conn, collection_id, q, record_row, |r| &r.id)
+}
+
+/// [`list_records`] with each row as `row` makes it (`id_of` names its id,
+/// for the next page's cursor).
+fn list_rows<T>(
+    conn: &Connection,
+    collection_id: &str,
+    q: &RecordQuery,
+    row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    id_of: fn(&T) -> &str,
+) -> StoreResult<Page<T>> {
     let mut sql = format!("SELECT {RECORD_COLS}");
     let mut args: Vec<SqlValue> = vec![SqlValue::Text(collection_id.to_owned())];
     let sort = match &q.sort {
@@ -433,14 +445,14 @@ pub(super) fn list_records(conn: &Connection, collection_id: &str, q: &RecordQue
             } else {
                 None
             };
-            Ok((record_row(r)?, sort_value))
+            Ok((row(r)?, sort_value))
         })
         .map_err(db_error)?;
     let mut items = rows.collect::<Result<Vec<_>, _>>().map_err(db_error)?;
     let next = if items.len() > q.page.limit {
         items.truncate(q.page.limit);
         items.last().map(|(r, v)| Cursor {
-            id: r.id.clone(),
+            id: id_of(r).to_owned(),
             sort_value: v.clone(),
         })
     } else {
@@ -480,6 +492,13 @@ impl RecordStore for SqliteStore {
     async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>> {
         let collection_id = collection_id.to_owned();
         self.engine.read(move |c| list_records(c, &collection_id, &query)).await
+    }
+
+    async fn list_raw_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<RawRecord>> {
+        let collection_id = collection_id.to_owned();
+        self.engine
+            .read(move |c| list_rows(c, &collection_id, &query, raw_record_row, |r| &r.id))
+            .await
     }
 
     async fn count_records(&self, collection_id: &str, filters: Vec<(String, Value)>) -> StoreResult<u64> {

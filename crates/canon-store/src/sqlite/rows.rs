@@ -263,6 +263,17 @@ pub(super) fn record_row(r: &Row<'_>) -> rusqlite::Result<Record> {
         updated_at: r.get(6)?,
     })
 }
+/// A record row with its data left as the JSON text it is stored as.
+pub(super) fn raw_record_row(r: &Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok(RawRecord {
+        id: r.get(1)?,
+        data: r.get(2)?,
+        version: r.get(3)?,
+        etag: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
 pub(super) const RECORD_COLS: &str = "collection_id, id, data, version, etag, created_at, updated_at";
 
 pub(super) fn lease_row(r: &Row<'_>) -> rusqlite::Result<Lease> {

@@ -334,6 +334,20 @@ pub async fn record_lists_filter_sort_and_page(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(names(&up), ["d", "c"]);
+    // The raw page is the same page, its data the stored JSON text.
+    let raw = store
+        .list_raw_records(&c.id, q(vec![("port", json!(80))], SortOrder::Id, 1, None))
+        .await
+        .unwrap();
+    let parsed = store
+        .list_records(&c.id, q(vec![("port", json!(80))], SortOrder::Id, 1, None))
+        .await
+        .unwrap();
+    assert_eq!(raw.next, parsed.next);
+    assert_eq!(raw.items.len(), 1);
+    assert_eq!(raw.items[0].id, parsed.items[0].id);
+    assert_eq!(raw.items[0].data, parsed.items[0].data.to_string());
+    assert_eq!(raw.items[0].etag, parsed.items[0].etag);
     // Counting takes the same filters.
     let count = |filters: Vec<(&str, serde_json::Value)>| {
         store.count_records(&c.id, filters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
