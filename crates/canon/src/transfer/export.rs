@@ -62,12 +62,70 @@ fn parse_filter(arg: &str) -> Result<(String, serde_json::Value), String> {
     let (field, raw) = arg
         .split_once('=')
         .ok_or_else(|| format!("`{arg}` is not FIELD=VALUE"))?;
-    let value = match serde_json::from_str::<serde_json::Value>(raw) {
+    let parsed = serde_json::from_str::<serde_json::Value>(raw);
+    // A number Canon could not store exactly matches nothing; the list's
+    // `filter[field]` refuses it (400), and so does this option.
+    let integer = raw.strip_prefix('-').unwrap_or(raw);
+    let inexact = is_json_number(raw)
+        && (parsed.is_err()
+            || (integer.bytes().all(|b| b.is_ascii_digit())
+                && raw.parse::<i64>().is_err()
+                && raw.parse::<u64>().is_err()));
+    if inexact {
+        return Err(format!("`{raw}` is a number Canon cannot store exactly"));
+    }
+    let value = match parsed {
         Ok(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_) | serde_json::Value::Null)) => v,
         Ok(v @ serde_json::Value::String(_)) if raw.starts_with('"') => v,
         _ => serde_json::Value::String(raw.to_owned()),
     };
     Ok((field.to_owned(), value))
+}
+
+/// Whether `s` is written as a JSON number (RFC 8259 §6).
+fn is_json_number(s: &str) -> bool {
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let (int, rest) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    if int.is_empty() || (int.len() > 1 && int.starts_with('0')) {
+        return false;
+    }
+    let rest = match rest.strip_prefix('.') {
+        Some(r) => {
+            let digits = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+            if digits == 0 {
+                return false;
+            }
+            &r[digits..]
+        }
+        None => rest,
+    };
+    match rest.strip_prefix(['e', 'E']) {
+        Some(exp) => {
+            let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => rest.is_empty(),
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn filter_values_read_as_the_list_reads_them() {
+        let value = |arg: &str| parse_filter(arg).map(|(_, v)| v);
+        assert_eq!(value("port=22"), Ok(json!(22)));
+        assert_eq!(value("port=2.5"), Ok(json!(2.5)));
+        assert_eq!(value("up=true"), Ok(json!(true)));
+        assert_eq!(value("s=\"22\""), Ok(json!("22")));
+        assert_eq!(value("s=SN-1"), Ok(json!("SN-1")));
+        assert_eq!(value("s=0x10"), Ok(json!("0x10")));
+        assert!(value("port=1e400").is_err());
+        assert!(value("port=12345678901234567890123").is_err());
+        assert!(value("no-equals-sign").is_err());
+    }
 }
 
 /// Runs `canon export`: 0 once the file is in place.
