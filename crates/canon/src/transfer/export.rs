@@ -108,26 +108,6 @@ fn is_json_number(s: &str) -> bool {
     }
 }
 
-#[cfg(test)]
-mod filter_tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn filter_values_read_as_the_list_reads_them() {
-        let value = |arg: &str| parse_filter(arg).map(|(_, v)| v);
-        assert_eq!(value("port=22"), Ok(json!(22)));
-        assert_eq!(value("port=2.5"), Ok(json!(2.5)));
-        assert_eq!(value("up=true"), Ok(json!(true)));
-        assert_eq!(value("s=\"22\""), Ok(json!("22")));
-        assert_eq!(value("s=SN-1"), Ok(json!("SN-1")));
-        assert_eq!(value("s=0x10"), Ok(json!("0x10")));
-        assert!(value("port=1e400").is_err());
-        assert!(value("port=12345678901234567890123").is_err());
-        assert!(value("no-equals-sign").is_err());
-    }
-}
-
 /// Runs `canon export`: 0 once the file is in place.
 pub async fn run(args: ExportArgs) -> Result<Exit, TransferError> {
     let reporter = Reporter::new(args.target.progress);
@@ -266,4 +246,24 @@ async fn download(
     }
     phase.finish();
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn filter_values_read_as_the_list_reads_them() {
+        let value = |arg: &str| parse_filter(arg).map(|(_, v)| v);
+        assert_eq!(value("port=22"), Ok(json!(22)));
+        assert_eq!(value("port=2.5"), Ok(json!(2.5)));
+        assert_eq!(value("up=true"), Ok(json!(true)));
+        assert_eq!(value("s=\"22\""), Ok(json!("22")));
+        assert_eq!(value("s=SN-1"), Ok(json!("SN-1")));
+        assert_eq!(value("s=0x10"), Ok(json!("0x10")));
+        assert!(value("port=1e400").is_err());
+        assert!(value("port=12345678901234567890123").is_err());
+        assert!(value("no-equals-sign").is_err());
+    }
 }
