@@ -147,13 +147,14 @@ impl Resource for OneJob {
 /// once the job succeeded, so its tag is the job's and the result's length.
 pub struct JobResult {
     cx: Cx,
-    job: Option<Job>,
+    /// The succeeded job, its result's validators and, for an export, its format.
+    found: Option<(Job, Validators, Option<ExportFormat>)>,
 }
 
 impl JobResult {
     /// For `cx`.
     pub fn new(cx: Cx) -> Self {
-        Self { cx, job: None }
+        Self { cx, found: None }
     }
 }
 
@@ -178,14 +179,15 @@ impl Resource for JobResult {
                     if job.status != JobStatus::Succeeded {
                         return Ok(Existence::Missing);
                     }
-                    let media = export_format(&job).map_or(MediaType::Json, |f| crate::export::file_type(f).0);
+                    let format = export_format(&job);
+                    let validators = result_validators(&job);
                     let found = Found {
-                        validators: result_validators(&job),
-                        media: Some(media),
+                        validators: validators.clone(),
+                        media: Some(format.map_or(MediaType::Json, |f| crate::export::file_type(f).0)),
                         cache_control: Some(RESULT_CACHE),
                         ..Found::default()
                     };
-                    self.job = Some(job);
+                    self.found = Some((job, validators, format));
                     Ok(Existence::Found(found))
                 }
                 .await,
@@ -195,9 +197,8 @@ impl Resource for JobResult {
 
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
-            let job = still_there(self.job.take())?;
-            let validators = result_validators(&job);
-            let mut rep = match export_format(&job) {
+            let (job, validators, format) = still_there(self.found.take())?;
+            let mut rep = match format {
                 Some(format) => {
                     let (media, extension) = crate::export::file_type(format);
                     let collection = job.params["collection"].as_str().unwrap_or("export");

@@ -280,16 +280,7 @@ impl Deletion {
             };
             let (keys, _) = drain(conn, budget, "api_keys", "id", "user_id = ?1", &[&id])?;
             deleted.api_keys += keys;
-            let key_tombstones = &[kind::API_KEY, id.as_str()];
-            let (_, none_left) = drain(
-                conn,
-                budget,
-                "tombstones",
-                "kind, scope, key",
-                "kind = ?1 AND scope = ?2",
-                key_tombstones,
-            )?;
-            if !none_left || budget.left() == 0 {
+            if !drain_key_tombstones(conn, budget, &id)? {
                 return Ok(false);
             }
             conn.execute(
@@ -312,16 +303,7 @@ impl Deletion {
             let Some(user_id) = first(conn, "tombstones", "key", "kind = ?1 AND scope = ?2", user)? else {
                 break;
             };
-            let key_tombstones = &[kind::API_KEY, user_id.as_str()];
-            let (_, none_left) = drain(
-                conn,
-                budget,
-                "tombstones",
-                "kind, scope, key",
-                "kind = ?1 AND scope = ?2",
-                key_tombstones,
-            )?;
-            if !none_left || budget.left() == 0 {
+            if !drain_key_tombstones(conn, budget, &user_id)? {
                 return Ok(false);
             }
             conn.execute(
@@ -423,6 +405,20 @@ pub(super) fn release_names(conn: &Connection) -> StoreResult<u64> {
         )
         .map_err(db_error)?;
     Ok(n as u64)
+}
+
+/// Drains the tombstones of a user's API keys within `budget`: whether they
+/// are all gone with budget left for the user itself.
+fn drain_key_tombstones(conn: &Connection, budget: &mut Budget, user_id: &str) -> StoreResult<bool> {
+    let (_, none_left) = drain(
+        conn,
+        budget,
+        "tombstones",
+        "kind, scope, key",
+        "kind = ?1 AND scope = ?2",
+        &[kind::API_KEY, user_id],
+    )?;
+    Ok(none_left && budget.left() > 0)
 }
 
 #[cfg(test)]
