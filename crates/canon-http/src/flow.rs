@@ -467,6 +467,10 @@ pub struct Representation {
     pub retry_after: Option<u64>,
     /// `Content-Disposition`, for a file meant to be saved (an export).
     pub content_disposition: Option<String>,
+    /// A preference of the request's `Prefer` the resource honoured (RFC
+    /// 7240 §3), such as `wait=5` on a job's monitor; `return=minimal` is
+    /// the flow's own and added beside it.
+    pub preference_applied: Option<String>,
 }
 
 impl Representation {
@@ -501,6 +505,7 @@ impl Representation {
             content_security_policy: None,
             retry_after: None,
             content_disposition: None,
+            preference_applied: None,
         }
     }
 
@@ -1413,6 +1418,9 @@ fn representation_response(status: StatusCode, rep: Representation) -> Response<
     if let Some(disposition) = &rep.content_disposition {
         set(&mut response, header::CONTENT_DISPOSITION, disposition);
     }
+    if let Some(applied) = &rep.preference_applied {
+        set(&mut response, PREFERENCE_APPLIED, applied);
+    }
     for link in &rep.links {
         if let Ok(v) = HeaderValue::from_str(link) {
             response.headers_mut().append(header::LINK, v);
@@ -1467,14 +1475,17 @@ fn success_response(success: Success, minimal: bool) -> Response<Body> {
         }
     };
     if minimal {
-        set(
-            &mut response,
-            HeaderName::from_static("preference-applied"),
-            "return=minimal",
-        );
+        let applied = match response.headers().get(PREFERENCE_APPLIED).and_then(|v| v.to_str().ok()) {
+            Some(other) => format!("{other}, return=minimal"),
+            None => "return=minimal".to_owned(),
+        };
+        set(&mut response, PREFERENCE_APPLIED, &applied);
     }
     response
 }
+
+/// RFC 7240's response header naming the preferences that were honoured.
+pub const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
 /// Builds the `application/problem+json` response for `problem`.
 pub fn problem_response(

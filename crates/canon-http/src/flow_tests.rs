@@ -124,6 +124,7 @@ fn copy_success(success: &Success) -> Success {
         content_security_policy: rep.content_security_policy,
         retry_after: rep.retry_after,
         content_disposition: rep.content_disposition.clone(),
+        preference_applied: rep.preference_applied.clone(),
     };
     match success {
         Success::Ok(rep) => Success::Ok(copy(rep)),

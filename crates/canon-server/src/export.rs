@@ -4,9 +4,11 @@
 //! The records are read a page at a time by id (keyset paging), so a record
 //! appears at most once even while others are written; a record created or
 //! changed during the export may or may not be in it (an export is not a
-//! snapshot; docs/jobs.md). Each result chunk is stored with a checkpoint
+//! snapshot; docs/jobs.md). Each result chunk is followed by a checkpoint
 //! naming the last id it holds and the next chunk's number, so a retry after
-//! a crash resumes there and rewrites only the chunks after it.
+//! a crash resumes there and rewrites only the chunks after it. Chunks are
+//! stored pipelined ([`ChunkWriter`]): chunk *k* and the checkpoint of
+//! chunk *k − 1* share a commit while chunk *k + 1* is being written.
 //!
 //! CSV needs its columns before its first row: a first pass over the same
 //! records collects them (the `data` fields any record has), then the rows
@@ -14,14 +16,16 @@
 
 use canon_http::Problem;
 use canon_http::catalogue::ProblemKind;
-use canon_store::{Cursor, Job, MAX_JOB_CHUNK_BYTES, PageRequest, Progress, RawRecord, Record, RecordQuery, SortOrder};
+use canon_store::{
+    Cursor, Job, MAX_JOB_CHUNK_BYTES, PageRequest, Progress, RawRecord, Record, RecordQuery, SortOrder, StoreError,
+};
 use serde_json::{Value, json};
 
 use crate::csv_export::Columns;
 use crate::render;
 use crate::state::App;
 use crate::wire::ExportFormat;
-use crate::worker::{Step, save};
+use crate::worker::{Step, lease_until, save};
 
 /// Records read per store call.
 const PAGE: usize = 1000;
@@ -137,53 +141,68 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
     if params.format == ExportFormat::Csv && state.columns.is_none() {
         state.columns = Some(csv_columns(app, job, owner, &params, &state).await?);
     }
-    let mut buffer: Vec<u8> = Vec::new();
+    let mut buffer = String::new();
     if let Some(columns) = state.columns.as_ref().filter(|c| state.seq == 0 && !c.is_empty()) {
-        buffer.extend_from_slice(columns.header().as_bytes());
+        buffer.push_str(&columns.header());
     }
     // Paging runs ahead of `state`, which moves only when a chunk is stored.
     let mut cursor = state.after.clone();
     let mut pending = 0;
+    // A copy: `state` (the checkpoint, columns included) changes per chunk.
+    let columns = state.columns.clone();
+    let mut chunks = ChunkWriter {
+        app,
+        job,
+        owner,
+        in_flight: None,
+    };
     loop {
-        // (id, line) of each record of the next page: NDJSON straight from
-        // the stored JSON text, CSV from the parsed data.
-        let (lines, more) = match state.columns.as_ref() {
+        // Each record's line is written straight into the chunk: NDJSON
+        // around the stored JSON text, CSV from the parsed data. A line
+        // that takes the chunk past its size starts the next one.
+        let more = match columns.as_ref() {
             Some(columns) => {
                 let page = params.page(app, cursor.as_deref()).await?;
-                let mut lines = Vec::with_capacity(page.items.len());
-                for record in &page.items {
-                    let mut line = String::new();
-                    csv_row(&mut line, record, columns)?;
-                    lines.push((record.id.clone(), line));
+                for record in page.items {
+                    let mark = buffer.len();
+                    csv_row(&mut buffer, &record, columns)?;
+                    if buffer.len() > MAX_JOB_CHUNK_BYTES && mark > 0 {
+                        let chunk = split_chunk(&mut buffer, mark);
+                        let records = std::mem::take(&mut pending);
+                        chunks.send(&mut state, chunk, cursor.clone(), records).await?;
+                    }
+                    cursor = Some(record.id);
+                    pending += 1;
                 }
-                (lines, page.next.is_some())
+                page.next.is_some()
             }
             None => {
                 let page = params.raw_page(app, cursor.as_deref()).await?;
-                let more = page.next.is_some();
-                let lines = page.items.into_iter().map(|r| {
-                    let line = ndjson_line(&r);
-                    (r.id, line)
-                });
-                (lines.collect(), more)
+                for record in page.items {
+                    let mark = buffer.len();
+                    write_ndjson_line(&mut buffer, &record);
+                    if buffer.len() > MAX_JOB_CHUNK_BYTES && mark > 0 {
+                        let chunk = split_chunk(&mut buffer, mark);
+                        let records = std::mem::take(&mut pending);
+                        chunks.send(&mut state, chunk, cursor.clone(), records).await?;
+                    }
+                    cursor = Some(record.id);
+                    pending += 1;
+                }
+                page.next.is_some()
             }
         };
-        for (id, line) in lines {
-            if buffer.len() + line.len() > MAX_JOB_CHUNK_BYTES && !buffer.is_empty() {
-                store_chunk(app, job, owner, &mut state, &mut buffer, cursor.clone(), pending).await?;
-                pending = 0;
-            }
-            buffer.extend_from_slice(line.as_bytes());
-            cursor = Some(id);
-            pending += 1;
-        }
         if !more {
             break;
         }
     }
     if !buffer.is_empty() || pending > 0 {
-        store_chunk(app, job, owner, &mut state, &mut buffer, cursor, pending).await?;
+        let records = std::mem::take(&mut pending);
+        chunks
+            .send(&mut state, std::mem::take(&mut buffer), cursor, records)
+            .await?;
     }
+    chunks.finish().await?;
     let (media, _) = file_type(params.format);
     Ok(json!({
         "collection": params.collection,
@@ -194,24 +213,37 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
     }))
 }
 
-/// `record`'s NDJSON line: the record as the record list shows it
-/// ([`render::record`]), written around its stored data text, which is
-/// already compact canonical JSON, instead of parsing and re-writing it.
-fn ndjson_line(record: &RawRecord) -> String {
+/// Appends `record`'s NDJSON line to `out`: the record as the record list
+/// shows it ([`render::record`]), written around its stored data text, which
+/// is already compact canonical JSON, instead of parsing and re-writing it.
+fn write_ndjson_line(out: &mut String, record: &RawRecord) {
     use std::fmt::Write as _;
-    let mut out = String::with_capacity(record.data.len() + 120);
     out.push_str("{\"id\":");
-    out.push_str(&Value::String(record.id.clone()).to_string());
+    // Ids are JSON strings as any other: escaped by the JSON writer.
+    let _ = serde_json::to_writer(StringWriter(out), &record.id);
     out.push_str(",\"data\":");
     out.push_str(&record.data);
-    let _ = writeln!(
-        out,
-        ",\"version\":{},\"created_at\":\"{}\",\"updated_at\":\"{}\"}}",
-        record.version,
-        render::timestamp(record.created_at),
-        render::timestamp(record.updated_at)
-    );
-    out
+    let _ = write!(out, ",\"version\":{},\"created_at\":\"", record.version);
+    render::write_timestamp(out, record.created_at);
+    out.push_str("\",\"updated_at\":\"");
+    render::write_timestamp(out, record.updated_at);
+    out.push_str("\"}\n");
+}
+
+/// `io::Write` into a `String`, for serde_json's writer (which writes only
+/// valid UTF-8).
+struct StringWriter<'a>(&'a mut String);
+
+impl std::io::Write for StringWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = std::str::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.0.push_str(text);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Appends `record`'s CSV row under `columns` to `out`. A record with a
@@ -233,38 +265,106 @@ fn csv_row(out: &mut String, record: &Record, columns: &Columns) -> Result<(), S
     Ok(())
 }
 
-/// Stores `buffer` as the next result chunk and checkpoints past it:
-/// `after` is the last id it holds, `records` how many it holds.
-async fn store_chunk(
-    app: &App,
-    job: &Job,
-    owner: &str,
-    state: &mut ExportState,
-    buffer: &mut Vec<u8>,
-    after: Option<String>,
-    records: i64,
-) -> Result<(), Step> {
-    let chunk = std::mem::take(buffer);
-    let len = chunk.len() as i64;
-    app.store
-        .append_job_result(
-            &job.tenant_id,
-            &job.id,
-            owner,
-            state.seq,
-            chunk,
-            canon_store::now_millis(),
-        )
-        .await?;
-    state.seq += 1;
-    state.bytes += len;
-    state.written += records;
-    state.after = after;
-    let progress = Progress {
-        done: state.written,
-        total: state.total,
-    };
-    save(app, job, owner, checkpoint(state), progress).await
+/// The full chunk in `buffer`: everything before `end`, where the line
+/// that took it past the chunk size starts. That line stays in `buffer`
+/// and begins the next chunk.
+fn split_chunk(buffer: &mut String, end: usize) -> String {
+    let next = buffer.split_off(end);
+    std::mem::replace(buffer, next)
+}
+
+/// Stores an export's result chunks, pipelined: chunk *k* goes to the store
+/// together with the checkpoint of chunk *k − 1* (one group commit) while
+/// the job goes on reading and writing chunk *k + 1*. A checkpoint names
+/// only chunks already stored, so a retry rewrites at most the chunk after
+/// it (a stored chunk of the same number is replaced).
+struct ChunkWriter<'a> {
+    app: &'a App,
+    job: &'a Job,
+    owner: &'a str,
+    /// The chunk being stored, and the checkpoint true once it is.
+    in_flight: Option<Storing>,
+}
+
+/// A chunk on its way to the store.
+struct Storing {
+    /// The chunk's write, and the previous chunk's checkpoint.
+    task: tokio::task::JoinHandle<(Result<(), StoreError>, Result<(), StoreError>)>,
+    /// The checkpoint past this chunk, with its progress.
+    checkpoint: (Value, Progress),
+}
+
+impl ChunkWriter<'_> {
+    /// Sends `chunk` (the records up to `after`, `records` of them) to the
+    /// store, once the chunk before it is stored; `state` moves past it.
+    async fn send(
+        &mut self,
+        state: &mut ExportState,
+        chunk: String,
+        after: Option<String>,
+        records: i64,
+    ) -> Result<(), Step> {
+        let previous = self.settle().await?;
+        let chunk = chunk.into_bytes();
+        let seq = state.seq;
+        state.seq += 1;
+        state.bytes += chunk.len() as i64;
+        state.written += records;
+        state.after = after;
+        let past_this = (
+            checkpoint(state),
+            Progress {
+                done: state.written,
+                total: state.total,
+            },
+        );
+        let store = self.app.store.clone();
+        let (tenant_id, job_id, owner) = (self.job.tenant_id.clone(), self.job.id.clone(), self.owner.to_owned());
+        let lease = lease_until(self.app);
+        // Spawned, so both reach the writer's queue at once (one commit)
+        // while this task goes on with the next chunk.
+        let task = tokio::spawn(async move {
+            let now = canon_store::now_millis();
+            let write = store.append_job_result(&tenant_id, &job_id, &owner, seq, chunk, now);
+            let save = async {
+                let Some((value, progress)) = previous else {
+                    return Ok(());
+                };
+                store
+                    .checkpoint(&tenant_id, &job_id, &owner, value, progress, lease, now)
+                    .await
+                    .map(|_| ())
+            };
+            tokio::join!(write, save)
+        });
+        self.in_flight = Some(Storing {
+            task,
+            checkpoint: past_this,
+        });
+        Ok(())
+    }
+
+    /// Waits for the chunk in flight; returns the checkpoint now true.
+    async fn settle(&mut self) -> Result<Option<(Value, Progress)>, Step> {
+        let Some(storing) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let (written, saved) = storing.task.await.map_err(|e| {
+            tracing::error!(error = %e, "an export's write task failed");
+            Step::Failed(Problem::new(ProblemKind::Internal, "The export's write failed."))
+        })?;
+        written?;
+        saved?;
+        Ok(Some(storing.checkpoint))
+    }
+
+    /// Waits for the last chunk and stores its checkpoint.
+    async fn finish(mut self) -> Result<(), Step> {
+        if let Some((value, progress)) = self.settle().await? {
+            save(self.app, self.job, self.owner, value, progress).await?;
+        }
+        Ok(())
+    }
 }
 
 fn checkpoint(state: &ExportState) -> Value {
@@ -336,6 +436,8 @@ mod tests {
             created_at: record.created_at,
             updated_at: record.updated_at,
         };
-        assert_eq!(ndjson_line(&raw), format!("{}\n", render::record(&record)));
+        let mut line = "already there\n".to_owned();
+        write_ndjson_line(&mut line, &raw);
+        assert_eq!(line, format!("already there\n{}\n", render::record(&record)));
     }
 }

@@ -592,7 +592,19 @@ fn operation_parameters(spec: &MethodSpec) -> Vec<Value> {
             "`return=minimal`: leave the body out (200 becomes 204).",
         ));
     }
+    if is_job_monitor_read(spec) {
+        out.push(header_parameter(
+            "Prefer",
+            "`wait=N` (RFC 7240): answer as soon as the job ends, or after at most N seconds (capped at 10) with \
+             the job as it stands; the 200 then says `Preference-Applied: wait=N`.",
+        ));
+    }
     out
+}
+
+/// A `GET` of a job's monitor, which honours `Prefer: wait`.
+fn is_job_monitor_read(spec: &MethodSpec) -> bool {
+    spec.method == Method::GET && spec.response == Some("Job")
 }
 
 fn header_parameter(name: &str, description: &str) -> Value {
@@ -659,6 +671,10 @@ fn response_object(status: u16, spec: &MethodSpec, schema: &dyn Fn(&str) -> Valu
             }
             if status == 201 {
                 headers.insert("Location".into(), header_ref("Location"));
+            }
+            if is_job_monitor_read(spec) {
+                headers.insert("Retry-After".into(), header_ref("Retry-After"));
+                headers.insert("Preference-Applied".into(), header_ref("Preference-Applied"));
             }
             if spec.produces.contains(&MediaType::Csv) {
                 headers.insert("Link".into(), header_ref("Link"));
@@ -852,8 +868,9 @@ fn headers() -> Value {
             json!({"type": "string", "maxLength": 256, "pattern": "^[A-Za-z-]+(, *[A-Za-z-]+)*$"}),
         ),
         "Preference-Applied": h(
-            "`return=minimal` when the body was left out as asked.",
-            json!({"type": "string", "enum": ["return=minimal"]}),
+            "The preferences honoured (RFC 7240): `return=minimal` when the body was left out as asked; \
+             `wait=N` when a job's monitor waited for the job's end.",
+            json!({"type": "string", "maxLength": 64, "pattern": "^(return=minimal|wait=[0-9]{1,2})$"}),
         ),
         "WWW-Authenticate": h(
             "The bearer challenge (RFC 6750).",

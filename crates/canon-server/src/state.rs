@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use canon_http::Problem;
 use canon_http::route::RouteTable;
 use canon_store::{Collection, Store};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Config;
 use crate::error::{internal, store_problem};
@@ -34,6 +34,44 @@ pub struct App {
     /// Slots for requests in flight (beyond them: 503).
     pub(crate) in_flight: Arc<Semaphore>,
     cursor_key: tokio::sync::OnceCell<crate::cursor::CursorKey>,
+    /// Wake-ups for the job workers and the monitors waiting on jobs.
+    pub(crate) jobs: JobSignals,
+}
+
+/// What this process tells its own workers and waiting monitors about
+/// jobs, so neither learns of a change only at its next poll. Only a hint:
+/// a job queued or finished by another process is still found by polling
+/// (workers every 200 ms, monitors every 250 ms).
+#[derive(Debug, Default)]
+pub(crate) struct JobSignals {
+    /// A job became claimable: one idle worker wakes.
+    queued: Notify,
+    /// A job finished, failed or was canceled: every waiting monitor looks.
+    finished: Notify,
+}
+
+impl JobSignals {
+    /// A job was queued: wakes one idle worker (or the next to go idle).
+    pub(crate) fn queued(&self) {
+        self.queued.notify_one();
+    }
+
+    /// Waits for [`JobSignals::queued`].
+    pub(crate) async fn wait_queued(&self) {
+        self.queued.notified().await;
+    }
+
+    /// A job reached its end: wakes every monitor waiting on one.
+    pub(crate) fn finished(&self) {
+        self.finished.notify_waiters();
+    }
+
+    /// What [`JobSignals::finished`] notifies. A waiter takes and enables
+    /// its `notified()` *before* looking at the job, so an end between the
+    /// look and the wait is not missed.
+    pub(crate) fn finish_signal(&self) -> &Notify {
+        &self.finished
+    }
 }
 
 impl App {
@@ -45,6 +83,7 @@ impl App {
             schemas: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             cursor_key: tokio::sync::OnceCell::new(),
+            jobs: JobSignals::default(),
             config,
         }))
     }

@@ -40,7 +40,14 @@ async fn run(app: Arc<App>, n: usize) {
         let owner = format!("worker-{n}-{}", uuid::Uuid::now_v7());
         match app.store.claim_job(&owner, app.config.job_lease, now_millis()).await {
             Ok(Some(job)) => work(&app, job, &owner).await,
-            Ok(None) => tokio::time::sleep(IDLE_POLL).await,
+            // Woken at once by a job this process queues; one queued by
+            // another process is found at the next poll.
+            Ok(None) => {
+                tokio::select! {
+                    () = tokio::time::sleep(IDLE_POLL) => {}
+                    () = app.jobs.wait_queued() => {}
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not claim a job");
                 tokio::time::sleep(IDLE_POLL * 5).await;
@@ -83,10 +90,10 @@ async fn work(app: &App, job: Job, owner: &str) {
             canon_store::JOB_RESULT_RETENTION,
         )
         .await;
-    if let Err(e) = finished
-        && !matches!(e, StoreError::LeaseLost)
-    {
-        tracing::error!(job = %job.id, error = %e, "could not record a job's end");
+    match finished {
+        Ok(_) => app.jobs.finished(),
+        Err(StoreError::LeaseLost) => {}
+        Err(e) => tracing::error!(job = %job.id, error = %e, "could not record a job's end"),
     }
 }
 

@@ -128,3 +128,163 @@ async fn jobs_belong_to_their_tenant() {
     let r = s.call(Method::DELETE, &location, &w.viewer, None).await;
     assert_problem(r, 403, "forbidden").await;
 }
+
+/// A job of `tenant` that the test itself holds as running (claimed under
+/// its own owner, with a lease the server's workers will not take over):
+/// it ends only when the test ends it. Returns its monitor's path.
+async fn job_held_running(s: &Server, tenant: &str) -> (String, String) {
+    let canon_store::Lookup::Found(t) = s.store.tenant(tenant).await.unwrap() else {
+        panic!("no tenant {tenant}");
+    };
+    // The server's workers poll the queue too: should one take the job
+    // between its creation and the test's claim, try again with another.
+    for _ in 0..5 {
+        let job = s
+            .store
+            .create_job(
+                canon_store::NewJob {
+                    tenant_id: t.id.clone(),
+                    kind: canon_store::JobKind::DeleteCollection,
+                    params: json!({"collection_id": "none", "collection": "none"}),
+                    total: None,
+                    with_input: false,
+                },
+                canon_store::now_millis(),
+            )
+            .await
+            .unwrap();
+        let claimed = s
+            .store
+            .claim_job("the-test", Duration::from_secs(600), canon_store::now_millis())
+            .await
+            .unwrap();
+        if claimed.is_some_and(|c| c.id == job.id) {
+            return (format!("/v1/tenants/{tenant}/jobs/{}", job.id), job.id);
+        }
+    }
+    panic!("the server's workers took every job the test made");
+}
+
+#[tokio::test]
+async fn jobs_prefer_wait_holds_the_monitor_until_the_job_ends_or_the_wait_is_over() {
+    let s = Server::start().await;
+    let w = world(&s, "acme").await;
+    let (monitor, _) = job_held_running(&s, "acme").await;
+
+    // Without a preference the monitor answers at once, as before.
+    let started = std::time::Instant::now();
+    let r = s.call(Method::GET, &monitor, &w.viewer, None).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("preference-applied").is_none());
+    assert_eq!(header(&r, "retry-after"), "1");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // `Prefer: wait=1` on a job that does not end: held for the second,
+    // then the job as it stands, saying the wait was applied.
+    let started = std::time::Instant::now();
+    let r = s
+        .req(Method::GET, &monitor, Some(&w.viewer))
+        .header("prefer", "respond-async, wait=1")
+        .send()
+        .await
+        .unwrap();
+    let held = started.elapsed();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "preference-applied"), "wait=1");
+    assert_eq!(header(&r, "cache-control"), "no-store");
+    assert!(held >= Duration::from_millis(950), "answered after {held:?}");
+    assert!(held < Duration::from_secs(3), "answered after {held:?}");
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["status"], "running");
+
+    // A long wait ends as soon as the job does: a cancel from another
+    // client wakes the waiting monitor, which answers with the canceled job.
+    let waiting = {
+        let (client, url, token) = (s.client.clone(), s.url(&monitor), w.viewer.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = client
+                .get(url)
+                .bearer_auth(token)
+                .header("prefer", "wait=9")
+                .send()
+                .await
+                .unwrap();
+            (started.elapsed(), r)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = s.call(Method::DELETE, &monitor, &w.editor, None).await;
+    assert_eq!(r.status(), 200);
+    let (held, r) = waiting.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "preference-applied"), "wait=9");
+    assert!(
+        r.headers().get("retry-after").is_none(),
+        "a finished job needs no second look"
+    );
+    assert!(
+        held < Duration::from_secs(3),
+        "the cancel did not wake the monitor: {held:?}"
+    );
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["status"], "canceled");
+}
+
+#[tokio::test]
+async fn jobs_prefer_wait_sees_an_end_it_was_not_told_of() {
+    // A job ended by another process (here: the store, behind the server's
+    // back) is seen by the waiting monitor's own polling, well before the
+    // wait is over; a succeeded job is then the usual 303.
+    let s = Server::start().await;
+    let w = world(&s, "acme").await;
+    let (monitor, id) = job_held_running(&s, "acme").await;
+    let waiting = {
+        let (client, url, token) = (s.client.clone(), s.url(&monitor), w.viewer.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = client
+                .get(url)
+                .bearer_auth(token)
+                .header("prefer", "wait=8")
+                .send()
+                .await
+                .unwrap();
+            (started.elapsed(), r)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let canon_store::Lookup::Found(t) = s.store.tenant("acme").await.unwrap() else {
+        panic!("no tenant");
+    };
+    s.store
+        .finish_job(
+            &t.id,
+            &id,
+            "the-test",
+            canon_store::JobOutcome::Succeeded {
+                result: Some(json!({"deleted_records": 0})),
+            },
+            canon_store::now_millis(),
+            canon_store::JOB_RESULT_RETENTION,
+        )
+        .await
+        .unwrap();
+    let (held, r) = waiting.await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(header(&r, "location"), format!("{monitor}/result"));
+    assert!(held < Duration::from_secs(2), "answered after {held:?}");
+    // A wait longer than the cap, or malformed, is not an error: the cap
+    // applies, or the preference is ignored (RFC 7240).
+    let r = s
+        .req(Method::GET, &monitor, Some(&w.viewer))
+        .header("prefer", "wait=abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+}

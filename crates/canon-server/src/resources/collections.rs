@@ -314,10 +314,7 @@ impl Resource for OneCollection {
                             )
                             .await
                             .map_err(store_problem)?;
-                        Ok(Success::Accepted {
-                            location: render::job_location(&tenant.name, &job.id),
-                            representation: super::jobs::job_representation(&job),
-                        })
+                        Ok(super::jobs::accepted(&self.cx.app, &tenant.name, &job))
                     }
                     Err(e) => Err(store_problem(e)),
                 },

@@ -17,7 +17,6 @@ use super::records::MAX_FILTER_VALUE_CHARS;
 use super::{Cx, settle, still_there};
 use crate::error::store_problem;
 use crate::input::{Query, decode, json_body};
-use crate::render;
 use crate::wire::ExportRequest;
 
 /// The most filters an export takes (as published in the API description).
@@ -129,10 +128,7 @@ impl Resource for Exports {
                 )
                 .await
                 .map_err(store_problem)?;
-            Ok(Success::Accepted {
-                location: render::job_location(&tenant.name, &job.id),
-                representation: super::jobs::job_representation(&job),
-            })
+            Ok(super::jobs::accepted(&self.cx.app, &tenant.name, &job))
         })
     }
 }

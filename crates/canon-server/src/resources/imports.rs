@@ -19,7 +19,6 @@ use super::collections::load_collection;
 use super::{Cx, settle, still_there};
 use crate::error::store_problem;
 use crate::input::Query;
-use crate::render;
 
 /// The size of the chunks an upload is stored in (the last may be smaller).
 pub const INPUT_CHUNK: usize = 1 << 20;
@@ -99,10 +98,7 @@ impl Resource for Imports {
                 .enqueue_job(&job.tenant_id, &job.id, now_millis())
                 .await
                 .map_err(store_problem)?;
-            Ok(Success::Accepted {
-                location: render::job_location(&tenant.name, &job.id),
-                representation: super::jobs::job_representation(&job),
-            })
+            Ok(super::jobs::accepted(&self.cx.app, &tenant.name, &job))
         })
     }
 }

@@ -28,6 +28,37 @@ use crate::wire::ExportFormat;
 /// How long a client should wait before looking at unfinished work again.
 pub const POLL_SECONDS: u64 = 1;
 
+/// The longest a monitor holds a `GET` that asked `Prefer: wait=N` (RFC
+/// 7240 §4.3): a waiting request holds an in-flight slot, so the wait is
+/// bounded well below any client's or proxy's timeout.
+pub const MAX_WAIT_SECONDS: u64 = 10;
+
+/// How often a waiting monitor looks at the store when no signal comes (a
+/// job another process runs ends without telling this one).
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The seconds of a `Prefer: wait=N` on the request, capped at
+/// [`MAX_WAIT_SECONDS`]; `None` without one. A malformed value is ignored,
+/// as RFC 7240 asks of preferences a server cannot use.
+fn preferred_wait(head: &http::request::Parts) -> Option<u64> {
+    head.headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|preference| {
+            let (name, value) = preference.split(';').next()?.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                return None;
+            }
+            let value = value.trim().trim_matches('"');
+            (!value.is_empty() && value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| value.parse::<u64>().ok())
+                .flatten()
+        })
+        .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
+}
+
 /// The job named in the path, or the stop it means (404 for another
 /// tenant's or an unknown job, 410 once purged, 410 under a deleted
 /// tenant but for [`deletion_job`]).
@@ -74,6 +105,16 @@ async fn deletion_job(cx: &Cx) -> Result<Job, Stop> {
     }
 }
 
+/// The 202 for `job`, just queued under the tenant `tenant`: where to
+/// follow it, and the job. Wakes an idle worker of this process at once.
+pub fn accepted(app: &crate::state::App, tenant: &str, job: &Job) -> Success {
+    app.jobs.queued();
+    Success::Accepted {
+        location: render::job_location(tenant, &job.id),
+        representation: job_representation(job),
+    }
+}
+
 /// A job as the monitor shows it: `Retry-After` while it is unfinished.
 pub fn job_representation(job: &Job) -> Representation {
     let mut rep = Representation::json(&render::job(job));
@@ -86,21 +127,60 @@ pub fn job_representation(job: &Job) -> Representation {
 }
 
 /// `GET, DELETE /v1/tenants/{tenant}/jobs/{job}`.
+///
+/// A `GET` with `Prefer: wait=N` is answered as soon as the job ends, or
+/// after at most N seconds (capped at [`MAX_WAIT_SECONDS`]) with the job as
+/// it stands then, and `Preference-Applied: wait=N`: a client follows a job
+/// without polling on a timer, and learns of its end at once.
 pub struct OneJob {
     cx: Cx,
     found: Option<Job>,
+    /// The wait the client prefers, for a `GET`.
+    wait: Option<u64>,
 }
 
 impl OneJob {
     /// For `cx`.
     pub fn new(cx: Cx) -> Self {
-        Self { cx, found: None }
+        Self {
+            cx,
+            found: None,
+            wait: None,
+        }
+    }
+
+    /// The job, once it ended or the preferred wait is over: looked at
+    /// again on every end this process signals, and every [`WAIT_POLL`].
+    async fn load_waiting(&self) -> Result<Job, Stop> {
+        let deadline = self
+            .wait
+            .map(|seconds| tokio::time::Instant::now() + std::time::Duration::from_secs(seconds));
+        loop {
+            let signal = self.cx.app.jobs.finish_signal().notified();
+            tokio::pin!(signal);
+            signal.as_mut().enable();
+            let job = load_job(&self.cx).await?;
+            let unfinished = matches!(job.status, JobStatus::Queued | JobStatus::Running);
+            match deadline {
+                Some(deadline) if unfinished && tokio::time::Instant::now() < deadline => {
+                    let poll = tokio::time::Instant::now() + WAIT_POLL;
+                    tokio::select! {
+                        () = &mut signal => {}
+                        () = tokio::time::sleep_until(poll.min(deadline)) => {}
+                    }
+                }
+                _ => return Ok(job),
+            }
+        }
     }
 }
 
 impl Resource for OneJob {
     fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
         self.cx.remember(&input);
+        if matches!(input.head.method, Method::GET | Method::HEAD) {
+            self.wait = preferred_wait(input.head);
+        }
         Query::parse(&input.head.uri, &[]).map(|_| ())
     }
 
@@ -108,7 +188,7 @@ impl Resource for OneJob {
         Box::pin(async move {
             settle(
                 async {
-                    let job = load_job(&self.cx).await?;
+                    let job = self.load_waiting().await?;
                     let existence = if job.status == JobStatus::Succeeded {
                         let monitor = render::job_location(self.cx.param("tenant"), &job.id);
                         Existence::SeeOther(format!("{monitor}/result"))
@@ -134,9 +214,12 @@ impl Resource for OneJob {
                     .cancel_job(&job.tenant_id, &job.id, now_millis(), JOB_RESULT_RETENTION)
                     .await
                     .map_err(store_problem)?;
+                self.cx.app.jobs.finished();
                 return Ok(Success::Ok(job_representation(&canceled)));
             }
-            Ok(Success::Ok(job_representation(&job)))
+            let mut rep = job_representation(&job);
+            rep.preference_applied = self.wait.map(|seconds| format!("wait={seconds}"));
+            Ok(Success::Ok(rep))
         })
     }
 }
@@ -327,5 +410,32 @@ impl Resource for Jobs {
             let listed = still_there(self.listed.take())?;
             Ok(Success::Ok(listed.render(media, &self.cx.uri)?))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_of(values: &[&str]) -> Option<u64> {
+        let mut request = http::Request::builder();
+        for value in values {
+            request = request.header("prefer", *value);
+        }
+        preferred_wait(&request.body(()).expect("request").into_parts().0)
+    }
+
+    #[test]
+    fn prefer_wait_is_read_capped_and_ignored_when_malformed() {
+        assert_eq!(wait_of(&[]), None);
+        assert_eq!(wait_of(&["wait=3"]), Some(3));
+        assert_eq!(wait_of(&["respond-async, WAIT = \"2\""]), Some(2));
+        assert_eq!(wait_of(&["return=minimal", "wait=0"]), Some(0));
+        assert_eq!(wait_of(&["wait=3600"]), Some(MAX_WAIT_SECONDS));
+        assert_eq!(wait_of(&["wait=99999999999999999999"]), None);
+        assert_eq!(wait_of(&["wait=-1"]), None);
+        assert_eq!(wait_of(&["wait=1.5"]), None);
+        assert_eq!(wait_of(&["wait"]), None);
+        assert_eq!(wait_of(&["waiting=4"]), None);
     }
 }

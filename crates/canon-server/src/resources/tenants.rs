@@ -141,10 +141,7 @@ impl OneTenant {
             .delete_tenant(&name, expect, self.cx.retention(), now_millis())
             .await
             .map_err(store_problem)?;
-        Ok(Success::Accepted {
-            location: render::job_location(&name, &job.id),
-            representation: super::jobs::job_representation(&job),
-        })
+        Ok(super::jobs::accepted(&self.cx.app, &name, &job))
     }
 }
 

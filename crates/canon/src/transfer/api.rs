@@ -186,8 +186,6 @@ pub struct Accepted {
     pub monitor: Url,
     /// The job as it was accepted.
     pub job: Job,
-    /// When to look first.
-    pub retry_after: Duration,
 }
 
 /// Reads the answer to a request that starts a job: 202 is [`Accepted`],
@@ -203,16 +201,11 @@ pub async fn accepted(api: &Api, what: &str, response: Response) -> Result<Accep
         )));
     }
     let monitor = location(api, &response)?;
-    let retry_after = retry_after(response.headers());
     let job = response
         .json::<Job>()
         .await
         .map_err(TransferError::http(format!("{what}: reading the accepted job")))?;
-    Ok(Accepted {
-        monitor,
-        job,
-        retry_after,
-    })
+    Ok(Accepted { monitor, job })
 }
 
 #[cfg(test)]

@@ -13,6 +13,27 @@ use super::progress::Phase;
 /// on without us, and its URL is in the error.
 const PASSING_FAILURES: u32 = 10;
 
+/// The `Prefer: wait=N` every look at the monitor sends (RFC 7240 §4.3):
+/// the server answers when the job ends, or after this many seconds with
+/// its progress, so the client learns of the end at once and still shows
+/// progress every second.
+const WAIT_SECONDS: u64 = 1;
+
+/// Whether the monitor honoured the wait (`Preference-Applied: wait=…`):
+/// then it already waited, and the next look goes at once.
+fn waited(headers: &reqwest::header::HeaderMap) -> bool {
+    headers
+        .get_all("preference-applied")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.split('=')
+                .next()
+                .is_some_and(|name| name.trim().eq_ignore_ascii_case("wait"))
+        })
+}
+
 /// Follows `accepted`'s monitor, showing the job's progress in `phase`
 /// (of `local_total` units when the server does not know its total), and
 /// returns the result's URL once the job succeeded.
@@ -22,11 +43,10 @@ pub async fn follow(
     phase: &Phase,
     local_total: Option<u64>,
 ) -> Result<Url, TransferError> {
-    let Accepted {
-        monitor,
-        job,
-        retry_after: mut wait,
-    } = accepted;
+    let Accepted { monitor, job } = accepted;
+    // The first look goes at once: it asks the monitor to wait, and a
+    // monitor that does not says when to look again (`Retry-After`).
+    let mut pause = std::time::Duration::ZERO;
     let mut job = job;
     let mut failures = 0;
     loop {
@@ -44,14 +64,20 @@ pub async fn follow(
             "succeeded" => return Ok(result_url(&monitor)),
             _ => {}
         }
-        tokio::time::sleep(wait).await;
-        let response = match api.small_request(Method::GET, monitor.clone()).send().await {
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        let look = api
+            .small_request(Method::GET, monitor.clone())
+            .header("prefer", format!("wait={WAIT_SECONDS}"));
+        let response = match look.send().await {
             Ok(response) => response,
             Err(e) => {
                 failures += 1;
                 if failures >= PASSING_FAILURES {
                     return Err(TransferError::http(format!("following the job at {monitor}"))(e));
                 }
+                pause = api::DEFAULT_POLL;
                 continue;
             }
         };
@@ -65,7 +91,7 @@ pub async fn follow(
         }
         if passing(status) && failures + 1 < PASSING_FAILURES {
             failures += 1;
-            wait = api::retry_after(response.headers());
+            pause = api::retry_after(response.headers());
             continue;
         }
         if status.is_client_error() || status.is_server_error() {
@@ -77,7 +103,11 @@ pub async fn follow(
             )));
         }
         failures = 0;
-        wait = api::retry_after(response.headers());
+        pause = if waited(response.headers()) {
+            std::time::Duration::ZERO
+        } else {
+            api::retry_after(response.headers())
+        };
         job = response
             .json::<Job>()
             .await
