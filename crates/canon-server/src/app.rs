@@ -89,6 +89,7 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let exchange = Exchange {
         app: &app,
         overloaded: permit.is_none() && !probe,
+        maintenance: crate::maintenance::availability(&app.maintenance(), head.uri.path()),
     };
     let body = Box::new(IncomingBody {
         body,
@@ -124,9 +125,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let purge = tokio::spawn(purge_expired(app.clone()));
+    let maintenance = crate::maintenance::watch(&app);
     crate::worker::start(&app, app.config.job_workers);
     serve_router(listener, enveloped(app.router()), shutdown).await;
     purge.abort();
+    maintenance.abort();
     Ok(())
 }
 

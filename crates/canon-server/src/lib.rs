@@ -15,6 +15,7 @@ pub mod import;
 pub mod input;
 pub mod json;
 pub mod listing;
+pub mod maintenance;
 pub mod openapi;
 pub mod render;
 pub mod resources;

@@ -91,6 +91,7 @@ pub mod name {
     pub const JOBS: &str = "jobs";
     pub const JOB: &str = "job";
     pub const JOB_RESULT: &str = "job-result";
+    pub const MAINTENANCE: &str = "maintenance";
     pub const PLANNED: &str = "planned";
 }
 
@@ -438,11 +439,16 @@ pub static ROUTES: &[RouteSpec] = &[
         states: IN_TENANT,
     },
     RouteSpec {
-        name: name::PLANNED,
+        name: name::MAINTENANCE,
         pattern: "/v1/admin/maintenance",
-        methods: &[],
-        planned: &[Method::GET, Method::PUT],
-        summary: "Maintenance mode (planned).",
+        methods: &[
+            get(role(Operator), JSON).bodies(None, Some("Maintenance")),
+            put(role(Operator)).bodies(Some("MaintenanceRequest"), Some("Maintenance")),
+        ],
+        planned: &[],
+        summary: "Maintenance mode. While it is on, every other /v1 request answers 503 with the operator's message and \
+                  Retry-After; this route, the probes and the documentation keep answering. Kept in the store: it \
+                  survives a restart and reaches every node on the database within a second.",
         states: States::FIXED,
     },
 ];

@@ -36,6 +36,8 @@ pub struct App {
     cursor_key: tokio::sync::OnceCell<crate::cursor::CursorKey>,
     /// Wake-ups for the job workers and the monitors waiting on jobs.
     pub(crate) jobs: JobSignals,
+    /// Maintenance mode as last read from the store (`crate::maintenance`).
+    maintenance: std::sync::RwLock<Arc<canon_store::Maintenance>>,
 }
 
 /// What this process tells its own workers and waiting monitors about
@@ -84,19 +86,50 @@ impl App {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             cursor_key: tokio::sync::OnceCell::new(),
             jobs: JobSignals::default(),
+            maintenance: std::sync::RwLock::new(Arc::new(canon_store::Maintenance {
+                enabled: false,
+                retry_after_seconds: crate::wire::DEFAULT_MAINTENANCE_RETRY,
+                message: String::new(),
+                version: 0,
+                updated_at: 0,
+            })),
             config,
         }))
     }
 
-    /// Creates the operator key on an empty store. Returns the token when
-    /// one was generated (the caller prints it once).
+    /// Creates the operator key on an empty store and reads the maintenance
+    /// mode. Returns the token when one was generated (the caller prints it
+    /// once).
     pub async fn bootstrap(&self) -> Result<Option<String>, canon_store::StoreError> {
         let (token, generated) = match &self.config.bootstrap_token {
             Some(t) => (t.clone(), false),
             None => (token::generate(), true),
         };
         let created = self.store.bootstrap_operator(&token::digest(&token)).await?;
+        // Maintenance mode holds from the first request after a restart.
+        self.remember_maintenance(self.store.maintenance().await?);
         Ok((created && generated).then_some(token))
+    }
+
+    /// Maintenance mode as this process last read it from the store: on
+    /// every request, so a lock read, never a store read.
+    pub fn maintenance(&self) -> Arc<canon_store::Maintenance> {
+        match self.maintenance.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Keeps `m` as the current maintenance mode, unless an equal or newer
+    /// version is kept already (a slow refresh never undoes a change).
+    pub fn remember_maintenance(&self, m: canon_store::Maintenance) {
+        let mut kept = match self.maintenance.write() {
+            Ok(kept) => kept,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if m.version > kept.version {
+            *kept = Arc::new(m);
+        }
     }
 
     /// The key list cursors are signed with: the store's shared secret,

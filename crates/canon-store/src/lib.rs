@@ -23,7 +23,8 @@ pub use model::*;
 /// in scope.
 pub mod prelude {
     pub use crate::{
-        CollectionStore, IdempotencyStore, JobStore, LeaseStore, RecordStore, SecretStore, Store, TenantStore,
+        CollectionStore, IdempotencyStore, JobStore, LeaseStore, MaintenanceStore, RecordStore, SecretStore, Store,
+        TenantStore,
     };
 }
 
@@ -193,6 +194,7 @@ pub trait Store:
     + IdempotencyStore
     + SecretStore
     + JobStore
+    + MaintenanceStore
     + Send
     + Sync
     + 'static
@@ -481,6 +483,22 @@ pub trait SecretStore: Send + Sync {
     /// database, and every restart, gets the same secret (the first writer
     /// wins).
     async fn secret(&self, name: &str, candidate: &str) -> StoreResult<String>;
+}
+
+/// Maintenance mode, shared by every node on one database and kept across
+/// restarts (docs/decisions.md, "Maintenance mode").
+#[async_trait]
+pub trait MaintenanceStore: Send + Sync {
+    /// The current setting (off, on a store that was never told otherwise).
+    async fn maintenance(&self) -> StoreResult<Maintenance>;
+    /// Replaces the setting at `now` if `expect` (a version) holds
+    /// ([`StoreError::ExpectationFailed`] otherwise); the version goes up.
+    async fn set_maintenance(
+        &self,
+        setting: MaintenanceSetting,
+        expect: Expect,
+        now: Millis,
+    ) -> StoreResult<Maintenance>;
 }
 
 /// The durable job queue (docs/jobs.md): jobs, their chunked inputs and

@@ -646,3 +646,30 @@ pub const JOB_RESULT_RETENTION: std::time::Duration = std::time::Duration::from_
 /// The largest chunk of a job's input or result, so one write stays small
 /// (uploads stream in chunks of about 1 MiB).
 pub const MAX_JOB_CHUNK_BYTES: usize = 4 << 20;
+
+/// Maintenance mode as the operator set it: while `enabled`, every `/v1`
+/// request except the operator's `/v1/admin/…` calls is answered 503.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Whether it is on.
+    pub enabled: bool,
+    /// What `Retry-After` tells refused clients, in seconds.
+    pub retry_after_seconds: u32,
+    /// The operator's words for refused clients (empty: a standard text).
+    pub message: String,
+    /// Goes up with every change (the entity tag derives from it).
+    pub version: i64,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// What the operator sets (`PUT /v1/admin/maintenance`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceSetting {
+    /// Whether it is on.
+    pub enabled: bool,
+    /// What `Retry-After` tells refused clients, in seconds.
+    pub retry_after_seconds: u32,
+    /// The operator's words for refused clients.
+    pub message: String,
+}

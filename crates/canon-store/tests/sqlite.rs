@@ -29,6 +29,26 @@ async fn data_survives_reopen_and_migrations_are_idempotent() {
 }
 
 #[tokio::test]
+async fn maintenance_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    let set = {
+        let store = SqliteStore::open(&path).unwrap();
+        let setting = canon_store::MaintenanceSetting {
+            enabled: true,
+            retry_after_seconds: 60,
+            message: "back soon".into(),
+        };
+        store
+            .set_maintenance(setting, canon_store::Expect::Anything, 5)
+            .await
+            .unwrap()
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.maintenance().await.unwrap(), set);
+}
+
+#[tokio::test]
 async fn pragmas_are_durable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("canon.db");

@@ -2,6 +2,7 @@
 //! decision flow (does it exist, what are its validators) and performs the
 //! method; none of them chooses a status.
 
+mod admin;
 mod batch;
 mod collections;
 mod docs;
@@ -189,6 +190,7 @@ pub fn for_route(
         name::RECORD => Box::new(records::OneRecord::new(cx)),
         name::LOCK => Box::new(records::RecordLock::new(cx)),
         name::BATCH => Box::new(batch::Batch::new(cx)),
+        name::MAINTENANCE => Box::new(admin::Maintenance::new(cx)),
         // Planned routes have no methods, so the flow answers 501 before
         // asking for a resource; this arm is never reached.
         _ => Box::new(Unreachable),

@@ -23,6 +23,8 @@ pub struct Exchange<'a> {
     /// Whether the in-flight limit was reached (every request but the
     /// probes answers 503).
     pub overloaded: bool,
+    /// Whether maintenance mode refuses this request (`crate::maintenance`).
+    pub maintenance: Availability,
 }
 
 impl Service for Exchange<'_> {
@@ -39,7 +41,9 @@ impl Service for Exchange<'_> {
     }
 
     fn availability(&self) -> Availability {
-        if self.overloaded {
+        if let Availability::Unavailable { .. } = &self.maintenance {
+            self.maintenance.clone()
+        } else if self.overloaded {
             Availability::Unavailable {
                 retry_after: 1,
                 reason: "Canon is serving as many requests as it is allowed to; retry shortly.".into(),
@@ -99,7 +103,12 @@ pub async fn run_within(
     body: Bytes,
     request_id: &str,
 ) -> http::Response<Bytes> {
-    let exchange = Exchange { app, overloaded: false };
+    // The batch's own request passed the availability checks already.
+    let exchange = Exchange {
+        app,
+        overloaded: false,
+        maintenance: Availability::Available,
+    };
     // Record routes answer whole bodies; a stream would read as empty.
     flow::run(&exchange, head, Box::new(crate::body::ReadyBody(body)), request_id)
         .await

@@ -91,6 +91,7 @@ impl Server {
         let app = App::new(config, store.clone()).expect("app");
         app.bootstrap().await.expect("bootstrap");
         canon_server::worker::start(&app, app.config.job_workers);
+        canon_server::maintenance::watch(&app);
         let router = canon_server::enveloped(extend(app.router()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(canon_server::serve_router(listener, router, async move {

@@ -16,6 +16,7 @@ mod engine;
 mod idempotency;
 mod jobs;
 mod leases;
+mod maintenance;
 mod records;
 mod rows;
 mod secrets;
@@ -44,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
     include_str!("schema_v6.sql"),
+    include_str!("schema_v7_maintenance.sql"),
 ];
 
 /// The SQLite store.

@@ -2050,6 +2050,56 @@ pub async fn jobs_survive_reopen(open: impl Fn() -> Arc<dyn Store>) {
 }
 
 /// Runs every conformance test, each on a fresh store from `make`.
+pub async fn maintenance_is_off_until_set_and_versioned(store: Arc<dyn Store>) {
+    let initial = store.maintenance().await.unwrap();
+    assert!(!initial.enabled);
+    assert!(initial.message.is_empty());
+    let on = MaintenanceSetting {
+        enabled: true,
+        retry_after_seconds: 120,
+        message: "Upgrading storage".into(),
+    };
+    let set = store
+        .set_maintenance(on.clone(), Expect::Version(initial.version), 1_000)
+        .await
+        .unwrap();
+    assert!(set.enabled);
+    assert_eq!(
+        (set.retry_after_seconds, set.message.as_str()),
+        (120, "Upgrading storage")
+    );
+    assert_eq!(set.version, initial.version + 1);
+    assert_eq!(set.updated_at, 1_000);
+    assert_eq!(store.maintenance().await.unwrap(), set);
+    // A change made against an older version is refused and changes nothing.
+    let stale = store
+        .set_maintenance(
+            MaintenanceSetting {
+                enabled: false,
+                ..on.clone()
+            },
+            Expect::Version(initial.version),
+            2_000,
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::ExpectationFailed)), "{stale:?}");
+    assert_eq!(store.maintenance().await.unwrap(), set);
+    let off = store
+        .set_maintenance(
+            MaintenanceSetting {
+                enabled: false,
+                retry_after_seconds: 300,
+                message: String::new(),
+            },
+            Expect::Anything,
+            3_000,
+        )
+        .await
+        .unwrap();
+    assert!(!off.enabled);
+    assert_eq!(off.version, set.version + 1);
+}
+
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
@@ -2076,6 +2126,7 @@ macro_rules! conformance_tests {
             tenants_keep_their_last_admin,
             long_sort_values_page_exactly_once,
             secrets_are_created_once,
+            maintenance_is_off_until_set_and_versioned,
             jobs_are_claimed_oldest_first,
             concurrent_claimers_never_share_a_job,
             expired_leases_pass_the_job_on,
