@@ -446,69 +446,104 @@ impl Drop for Held {
     }
 }
 
-/// Per client address that failed to authenticate lately: until when it
-/// counts as failing, and the token digests that worked from it meanwhile.
-/// Those still pass when the address is refused for failed
-/// authentications, so a colleague behind the same NAT keeps working while
-/// a guesser there is stopped. Per node; entries expire with the failures.
-#[derive(Default)]
+/// Per client address: until when it counts as failing to authenticate,
+/// and the tokens that worked from it lately (their SHA-256 digests). When
+/// the address is refused for failed authentications, those tokens still
+/// pass: a colleague behind the same NAT keeps working while a guesser there
+/// is stopped, and the guesser learns nothing (a guess is refused before it
+/// is checked). Per node, in shards; entries expire.
 pub struct KnownGood {
-    addresses: Mutex<HashMap<IpAddr, Failing>>,
+    shards: Vec<Mutex<HashMap<IpAddr, Seen>>>,
+    hasher: RandomState,
+    /// How long a token that worked is remembered.
+    remember: u64,
 }
 
 #[derive(Default)]
-struct Failing {
+struct Seen {
     /// Ns since the epoch when the address stops counting as failing.
-    until: u64,
-    /// Digests of tokens that worked from it while it was failing.
-    tokens: Vec<[u8; 32]>,
+    failing_until: u64,
+    /// Digests of tokens that worked from it, with when they are forgotten.
+    tokens: Vec<([u8; 32], u64)>,
 }
 
-/// Tokens remembered per address.
+impl Seen {
+    fn expired(&self, now: u64) -> bool {
+        self.failing_until <= now && self.tokens.iter().all(|(_, until)| *until <= now)
+    }
+}
+
+/// Tokens remembered per address (the most recent).
 const KNOWN_PER_ADDRESS: usize = 8;
+/// Addresses per shard before expired ones are swept.
+const SWEEP_ADDRESSES: usize = 4096;
+
+impl Default for KnownGood {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            remember: DAY_SECS * NANOS_PER_SEC,
+        }
+    }
+}
 
 impl KnownGood {
-    fn map(&self) -> MutexGuard<'_, HashMap<IpAddr, Failing>> {
-        self.addresses.lock().unwrap_or_else(|p| p.into_inner())
+    fn shard(&self, address: &IpAddr) -> MutexGuard<'_, HashMap<IpAddr, Seen>> {
+        let i = (self.hasher.hash_one(address) as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `address` failed lately.
     pub fn failing(&self, address: IpAddr, now: u64) -> bool {
-        self.map().get(&address).is_some_and(|f| f.until > now)
+        self.shard(&address)
+            .get(&address)
+            .is_some_and(|f| f.failing_until > now)
     }
 
     /// Marks `address` as failing until `until` (ns since the epoch).
     pub fn failed(&self, address: IpAddr, now: u64, until: u64) {
-        let mut map = self.map();
-        if map.len() >= 65_536 && !map.contains_key(&address) {
-            map.retain(|_, f| f.until > now);
+        let mut map = self.shard(&address);
+        if map.len() >= SWEEP_ADDRESSES && !map.contains_key(&address) {
+            map.retain(|_, seen| !seen.expired(now));
         }
-        let entry = map.entry(address).or_default();
-        if entry.until <= now {
-            entry.tokens.clear();
-        }
-        entry.until = entry.until.max(until);
+        let seen = map.entry(address).or_default();
+        seen.failing_until = seen.failing_until.max(until);
     }
 
-    /// Remembers that `digest` worked from `address`, if it is failing.
+    /// Remembers that the token with `digest` worked from `address`.
     pub fn worked(&self, address: IpAddr, digest: [u8; 32], now: u64) {
-        let mut map = self.map();
-        let Some(entry) = map.get_mut(&address).filter(|f| f.until > now) else {
-            return;
-        };
-        if !entry.tokens.contains(&digest) {
-            if entry.tokens.len() >= KNOWN_PER_ADDRESS {
-                entry.tokens.remove(0);
+        let until = now.saturating_add(self.remember);
+        let mut map = self.shard(&address);
+        if let Some(seen) = map.get_mut(&address) {
+            match seen.tokens.iter_mut().find(|(d, _)| *d == digest) {
+                Some(known) => known.1 = until,
+                None => {
+                    if seen.tokens.len() >= KNOWN_PER_ADDRESS {
+                        seen.tokens.remove(0);
+                    }
+                    seen.tokens.push((digest, until));
+                }
             }
-            entry.tokens.push(digest);
+            return;
         }
+        if map.len() >= SWEEP_ADDRESSES {
+            map.retain(|_, seen| !seen.expired(now));
+        }
+        map.insert(
+            address,
+            Seen {
+                failing_until: 0,
+                tokens: vec![(digest, until)],
+            },
+        );
     }
 
-    /// Whether `digest` worked from `address` while it was failing.
+    /// Whether the token with `digest` worked from `address` lately.
     pub fn knows(&self, address: IpAddr, digest: &[u8; 32], now: u64) -> bool {
-        self.map()
+        self.shard(&address)
             .get(&address)
-            .is_some_and(|f| f.until > now && f.tokens.contains(digest))
+            .is_some_and(|f| f.tokens.iter().any(|(d, until)| d == digest && *until > now))
     }
 }
 

@@ -127,8 +127,10 @@ impl Service for Exchange<'_> {
             if principal.is_some()
                 && let Some(client) = self.client
             {
-                let now = epoch_nanos(self.now());
-                if self.app.known_good.failing(client, now) {
+                // Remembered, so that failures of others at this address
+                // never stop this token.
+                if self.auth_failures().is_some() {
+                    let now = epoch_nanos(self.now());
                     self.app
                         .known_good
                         .worked(client, Sha256::digest(token.as_bytes()).into(), now);
