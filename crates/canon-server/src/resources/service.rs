@@ -227,7 +227,19 @@ impl Service for Exchange<'_> {
                     name: LimitName::Daily,
                 });
             }
-            let charges: Vec<Charge<'_>> = charges.into_iter().flatten().collect();
+            // A slice of the charges present, without allocating.
+            let (one, two);
+            let charges: &[Charge<'_>] = match charges {
+                [Some(a), Some(b)] => {
+                    two = [a, b];
+                    &two
+                }
+                [Some(a), None] | [None, Some(a)] => {
+                    one = [a];
+                    &one
+                }
+                [None, None] => &[],
+            };
             let now = self.now();
             let held = self.app.callers_in_flight.enter(key, tenant.map(|(id, _)| id.as_str()));
             let Some(held) = held else {
@@ -236,7 +248,7 @@ impl Service for Exchange<'_> {
                 let standing = self
                     .app
                     .limiter
-                    .acquire(&charges, now, false)
+                    .acquire(charges, now, false)
                     .await
                     .map_err(limiter_problem)?
                     .standing()
@@ -250,7 +262,7 @@ impl Service for Exchange<'_> {
             let verdict = self
                 .app
                 .limiter
-                .acquire(&charges, now, true)
+                .acquire(charges, now, true)
                 .await
                 .map_err(limiter_problem)?;
             if !matches!(verdict, RateVerdict::Refused { .. })
