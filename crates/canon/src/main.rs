@@ -53,7 +53,7 @@ struct ServeArgs {
     /// Database URL: sqlite://PATH [default: sqlite://canon.db].
     #[arg(long = "database", env = "CANON_DATABASE_URL")]
     database_url: Option<String>,
-    /// Redis URL for shared rate-limit state (accepted; used by the traffic-control work).
+    /// Redis URL for shared rate-limit state (accepted; limits are kept per node until the Redis limiter is built).
     #[arg(long = "redis", env = "CANON_REDIS_URL")]
     redis_url: Option<String>,
     /// TOML file with any of these settings.
@@ -142,7 +142,9 @@ fn resolve(args: ServeArgs) -> Result<Config, String> {
     };
     let d = Config::default();
     if args.redis_url.or(file.redis_url).is_some() {
-        tracing::info!("a Redis URL was given; shared rate limits arrive with the traffic-control work");
+        tracing::warn!(
+            "a Redis URL was given, but rate limits are kept per node for now (the Redis limiter is not built)"
+        );
     }
     Ok(Config {
         listen: args.listen.or(file.listen).unwrap_or(d.listen),
