@@ -50,7 +50,7 @@ pub const STATUSES: &[StatusEntry] = &[
     StatusEntry { code: 422, reason: "Unprocessable Content", when: "An Idempotency-Key was reused with a different request body.", headers: &[] },
     StatusEntry { code: 423, reason: "Locked", when: "Another caller holds a lock on the record.", headers: &[] },
     StatusEntry { code: 428, reason: "Precondition Required", when: "The collection requires If-Match on writes and none was sent.", headers: &[] },
-    StatusEntry { code: 429, reason: "Too Many Requests", when: "A rate limit or daily quota is exhausted.", headers: &["Retry-After", "RateLimit", "RateLimit-Policy"] },
+    StatusEntry { code: 429, reason: "Too Many Requests", when: "An API key's rate, a tenant's daily quota (reset at 00:00 UTC), a client address's failed authentications, or a caller's share of the requests in flight is exhausted. Wait Retry-After seconds; nothing was done or counted.", headers: &["Retry-After", "RateLimit", "RateLimit-Policy"] },
     StatusEntry { code: 431, reason: "Request Header Fields Too Large", when: "The request's header section is larger than the limit.", headers: &[] },
     StatusEntry { code: 500, reason: "Internal Server Error", when: "Something unexpected failed; the body carries the request id, never internals.", headers: &[] },
     StatusEntry { code: 501, reason: "Not Implemented", when: "The method is unknown to Canon, or the operation is not implemented yet.", headers: &[] },
@@ -152,9 +152,18 @@ problem_kinds! {
     /// The collection requires If-Match.
     PreconditionRequired => ("precondition-required", 428, "Precondition required",
         "This collection requires conditional writes. Fetch the record, then resend the write with `If-Match` set to its `ETag`."),
-    /// A rate limit or quota is exhausted.
-    TooManyRequests => ("too-many-requests", 429, "Too many requests",
-        "A rate limit or the daily quota is exhausted. Wait for the number of seconds in `Retry-After`."),
+    /// The API key's request rate (its burst) is exhausted.
+    RateLimited => ("rate-limited", 429, "Rate limit exceeded",
+        "This API key sent requests faster than its rate allows and its burst is used up (the `\"burst\"` policy of `RateLimit-Policy`: `q` requests, refilled over `w` seconds). Nothing was done and nothing was counted. Wait the seconds in `Retry-After` (the time until the next request is allowed), then send it again; `RateLimit` says how many are left."),
+    /// The tenant's daily quota is used up.
+    QuotaExhausted => ("quota-exhausted", 429, "Daily quota exhausted",
+        "The tenant has used every request of its daily quota (the `\"daily\"` policy of `RateLimit-Policy`). The quota starts again at 00:00 UTC; `Retry-After` gives the seconds until then. An operator can raise the tenant's quota (`PATCH /v1/tenants/{tenant}`)."),
+    /// Too many failed authentications from one client address.
+    AuthFailuresLimited => ("auth-failures-limited", 429, "Too many failed authentications",
+        "Too many requests from this client address carried a bearer token Canon does not know, so tokens sent from it are not checked for a while. Wait the seconds in `Retry-After`. A token that already worked from this address is still accepted."),
+    /// The caller holds its whole share of the requests in flight.
+    TooManyInFlight => ("too-many-in-flight", 429, "Too many requests in flight",
+        "This API key (or its tenant) already has as many requests in flight as one caller may hold, so that one caller cannot take every slot of the server. Wait for a response before sending more; `Retry-After` says when to retry."),
     /// The request headers are too large.
     HeadersTooLarge => ("headers-too-large", 431, "Request header fields too large",
         "The request's header section (or one header in it) is larger than Canon accepts."),

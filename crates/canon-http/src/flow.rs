@@ -27,6 +27,7 @@ use crate::catalogue::ProblemKind;
 use crate::coding::{self, DecodeError, RequestCoding};
 use crate::media::{self, ContentTypeError, MediaType};
 use crate::problem::Problem;
+use crate::ratelimit::{RATELIMIT, RATELIMIT_POLICY, RateVerdict, Standing};
 use crate::route::{Guard, MethodSpec, Params, RouteSpec, RouteTable};
 use crate::validators::{self, Conditions, EntityTag, PreconditionOutcome, Validators};
 
@@ -261,6 +262,26 @@ pub trait Service: Send + Sync {
     fn claim_key<'a>(&'a self, request: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
         let _ = request;
         Box::pin(async { Ok(KeyState::Fresh) })
+    }
+    /// The `RateLimit` node's fact: takes one request from the limits of
+    /// `principal` (its key's burst, its tenant's daily quota, its share of
+    /// the requests in flight), all or nothing. A refusal takes nothing.
+    /// Without a limiter nothing is limited.
+    fn rate_limit<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Result<RateVerdict, Problem>> {
+        let _ = principal;
+        Box::pin(async { Ok(RateVerdict::Unlimited) })
+    }
+    /// Failed-auth limiting, before `token` is checked: `Refused` when the
+    /// client has failed too often lately and `token` is not one that
+    /// already worked from where it calls. Nothing is taken.
+    fn screen_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, RateVerdict> {
+        let _ = token;
+        Box::pin(async { RateVerdict::Unlimited })
+    }
+    /// Counts a failed authentication (an unknown token) against the
+    /// client; its standing afterwards.
+    fn token_failed(&self) -> BoxFuture<'_, RateVerdict> {
+        Box::pin(async { RateVerdict::Unlimited })
     }
     /// Records the response to replay for a claimed key, or frees the key
     /// when `response` is `None` (the outcome should not be replayed).
@@ -622,6 +643,9 @@ struct Walk<'r> {
     /// The route and method produce a body, so the response depends on
     /// `Accept` and `Accept-Encoding` (set once the flow negotiates).
     negotiated: bool,
+    /// The caller's standing against its limits, once known: its fields
+    /// go on the response, whatever decided it.
+    standing: Option<Standing>,
 }
 
 impl Walk<'_> {
@@ -639,10 +663,16 @@ pub async fn run(service: &dyn Service, head: &Parts, body: Box<dyn BodySource>,
         request_id,
         trace: Vec::with_capacity(20),
         negotiated: false,
+        standing: None,
     };
     let mut response = respond(head, request_id, decide(service, &mut walk, body).await);
     if walk.negotiated {
         negotiated(head, &mut response);
+    }
+    // Here, after every node, so no status can forget them: 2xx, 304, a
+    // replay, every problem decided once the caller is known.
+    if let Some(standing) = &walk.standing {
+        advertise(standing, &mut response);
     }
     Decision {
         response,
@@ -716,12 +746,13 @@ async fn decide(service: &dyn Service, walk: &mut Walk<'_>, body: Box<dyn BodySo
     let matched = service.routes().lookup(path);
     let principal = if requires_credentials(path) {
         walk.visit(Node::Authenticated);
-        Some(authenticate(service, head).await?)
+        let principal = authenticate(service, walk).await?;
+        walk.visit(Node::RateLimit);
+        rate_limit(service, walk, &principal).await?;
+        Some(principal)
     } else {
         None
     };
-
-    // Node::RateLimit (429) goes here with the traffic-control work.
 
     walk.visit(Node::RouteExists);
     let Some((route, params)) = matched else {
@@ -1115,7 +1146,65 @@ fn requires_credentials(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")
 }
 
-async fn authenticate(service: &dyn Service, head: &Parts) -> Result<Principal, Halt> {
+/// The [`Node::RateLimit`] node: 429 when the caller is over one of its
+/// limits, naming the limit, with `Retry-After`.
+async fn rate_limit(service: &dyn Service, walk: &mut Walk<'_>, principal: &Principal) -> Result<(), Halt> {
+    let verdict = service.rate_limit(principal).await?;
+    walk.standing = verdict.standing();
+    refusal(verdict)
+}
+
+/// The 429 for a refused verdict.
+fn refusal(verdict: RateVerdict) -> Result<(), Halt> {
+    let RateVerdict::Refused {
+        standing,
+        limit,
+        retry_after,
+    } = verdict
+    else {
+        return Ok(());
+    };
+    let retry_after = retry_after.max(1);
+    let policy = standing.iter().find(|p| p.name == limit);
+    let detail = match (limit, policy) {
+        (crate::ratelimit::LimitName::Burst, Some(p)) => format!(
+            "This API key's rate limit is exhausted: {} requests per {} s. Retry in {retry_after} s.",
+            p.quota, p.window
+        ),
+        (crate::ratelimit::LimitName::Daily, Some(p)) => format!(
+            "The tenant's daily quota of {} requests is used up; it starts again at 00:00 UTC, in {retry_after} s.",
+            p.quota
+        ),
+        (crate::ratelimit::LimitName::AuthFailures, _) => format!(
+            "Too many unknown tokens were sent from this client address; tokens from it are not checked for {retry_after} s."
+        ),
+        (crate::ratelimit::LimitName::InFlight, _) => {
+            "This caller already has its whole share of the requests in flight; wait for a response, then retry."
+                .to_owned()
+        }
+        (other, None) => format!("The {} limit is exhausted. Retry in {retry_after} s.", other.as_str()),
+    };
+    let mut problem = Problem::new(limit.problem_kind(), detail)
+        .with("limit", limit.as_str())
+        .with("retry_after", retry_after);
+    if let Some(p) = policy {
+        problem = problem.with("quota", p.quota).with("window_seconds", p.window);
+    }
+    Err(Halt::from(problem).with(header::RETRY_AFTER, retry_after.to_string()))
+}
+
+/// Sets `RateLimit-Policy` and `RateLimit` from `standing`.
+fn advertise<B>(standing: &Standing, response: &mut Response<B>) {
+    if let Some(v) = standing.policy_field() {
+        response.headers_mut().insert(RATELIMIT_POLICY, v);
+    }
+    if let Some(v) = standing.limit_field() {
+        response.headers_mut().insert(RATELIMIT, v);
+    }
+}
+
+async fn authenticate(service: &dyn Service, walk: &mut Walk<'_>) -> Result<Principal, Halt> {
+    let head = walk.head;
     let values: Vec<&HeaderValue> = head.headers.get_all(header::AUTHORIZATION).iter().collect();
     // RFC 6750 §3.1: a request without a usable bearer token gets the bare
     // challenge (no error code); a malformed bearer request gets
@@ -1148,14 +1237,30 @@ async fn authenticate(service: &dyn Service, head: &Parts) -> Result<Principal, 
             "The Bearer credentials are empty or malformed: send `Authorization: Bearer <token>`.",
         ));
     }
+    // Failed-auth limiting: a client that sent too many unknown tokens has
+    // the next ones refused before they are checked, so a guess is never
+    // confirmed at speed; a token that worked from there before passes.
+    let screened = service.screen_token(token).await;
+    if let RateVerdict::Refused { .. } = screened {
+        walk.standing = screened.standing();
+        refusal(screened)?;
+    }
     match service.authenticate(token).await? {
         Some(principal) => Ok(principal),
-        None => Err(Halt::from(Problem::new(
-            ProblemKind::InvalidToken,
-            "The token is unknown, revoked or expired.",
-        ))
-        .with(header::WWW_AUTHENTICATE, format!("{REALM}, error=\"invalid_token\""))),
+        None => {
+            walk.standing = service.token_failed().await.standing();
+            Err(invalid_token())
+        }
     }
+}
+
+/// The 401 for a token Canon does not know.
+fn invalid_token() -> Halt {
+    Halt::from(Problem::new(
+        ProblemKind::InvalidToken,
+        "The token is unknown, revoked or expired.",
+    ))
+    .with(header::WWW_AUTHENTICATE, format!("{REALM}, error=\"invalid_token\""))
 }
 
 /// Whether the request carries a body, judged by its framing headers.
@@ -1499,10 +1604,7 @@ pub fn problem_response(
     *response.status_mut() = problem.kind().status();
     set(&mut response, header::CONTENT_TYPE, MediaType::Problem.content_type());
     // 503 and 429 always tell the client when to come back.
-    let needs_retry_after = matches!(
-        problem.kind(),
-        ProblemKind::ServiceUnavailable | ProblemKind::TooManyRequests
-    );
+    let needs_retry_after = matches!(problem.kind().status().as_u16(), 429 | 503);
     if needs_retry_after && !headers.iter().any(|(n, _)| n == header::RETRY_AFTER) {
         let secs = problem.extension("retry_after").and_then(Value::as_u64).unwrap_or(1);
         set(&mut response, header::RETRY_AFTER, &secs.to_string());

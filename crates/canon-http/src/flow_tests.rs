@@ -14,6 +14,7 @@ use crate::access::{Principal, Role, TenantRole};
 use crate::flow::*;
 use crate::media::MediaType;
 use crate::problem::Problem;
+use crate::ratelimit::{LimitName, PolicyStanding, RateVerdict, Standing};
 use crate::route::{Guard, MethodSpec, Params, RouteSpec, RouteTable};
 use crate::validators::{EntityTag, Validators};
 use crate::{FieldError, ProblemKind};
@@ -93,6 +94,12 @@ struct Facts {
     key_state: fn() -> KeyState,
     /// When set, `execute` answers 200 with these chunks, streamed.
     stream: Option<&'static [&'static str]>,
+    /// What the limiter answers at the `RateLimit` node.
+    rate: RateVerdict,
+    /// What failed-auth limiting answers before a token is checked.
+    screen: RateVerdict,
+    /// The client's standing after an unknown token.
+    failed: RateVerdict,
 }
 
 impl Clone for Facts {
@@ -106,6 +113,9 @@ impl Clone for Facts {
             limits: self.limits,
             key_state: self.key_state,
             stream: self.stream,
+            rate: self.rate,
+            screen: self.screen,
+            failed: self.failed,
         }
     }
 }
@@ -161,6 +171,9 @@ impl Default for Facts {
             limits: Limits::default(),
             key_state: || KeyState::Fresh,
             stream: None,
+            rate: RateVerdict::Unlimited,
+            screen: RateVerdict::Unlimited,
+            failed: RateVerdict::Unlimited,
         }
     }
 }
@@ -210,6 +223,18 @@ impl Service for Stub {
             seen_body: self.seen_body.clone(),
             streamed: None,
         })
+    }
+    fn rate_limit<'a>(&'a self, _: &'a Principal) -> BoxFuture<'a, Result<RateVerdict, Problem>> {
+        let verdict = self.facts.rate;
+        Box::pin(async move { Ok(verdict) })
+    }
+    fn screen_token<'a>(&'a self, _: &'a str) -> BoxFuture<'a, RateVerdict> {
+        let verdict = self.facts.screen;
+        Box::pin(async move { verdict })
+    }
+    fn token_failed(&self) -> BoxFuture<'_, RateVerdict> {
+        let verdict = self.facts.failed;
+        Box::pin(async move { verdict })
     }
     fn claim_key<'a>(&'a self, _: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
         let state = (self.facts.key_state)();
@@ -456,6 +481,7 @@ async fn happy_path_visits_every_node_in_order() {
             Node::HeaderSize,
             Node::Target,
             Node::Authenticated,
+            Node::RateLimit,
             Node::RouteExists,
             Node::MethodAllowed,
             Node::Authorized,
@@ -1730,4 +1756,202 @@ async fn a_resource_with_one_media_type_known_once_loaded_is_406_when_accept_ref
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+fn burst(remaining: u64, reset: u64) -> PolicyStanding {
+    PolicyStanding {
+        name: LimitName::Burst,
+        quota: 10,
+        window: 2,
+        remaining,
+        reset,
+    }
+}
+
+fn daily(remaining: u64, reset: u64) -> PolicyStanding {
+    PolicyStanding {
+        name: LimitName::Daily,
+        quota: 1000,
+        window: 86_400,
+        remaining,
+        reset,
+    }
+}
+
+#[tokio::test]
+async fn n05b_rate_limited_is_429_naming_the_limit_with_retry_after() {
+    let facts = Facts {
+        rate: RateVerdict::Refused {
+            standing: Standing::two(burst(0, 2), daily(990, 40_000)),
+            limit: LimitName::Burst,
+            retry_after: 1,
+        },
+        ..Facts::default()
+    };
+    let r = run_with(facts, get(ITEM)).await;
+    assert_problem(&r, 429, "rate-limited");
+    assert_eq!(r.last(), Node::RateLimit);
+    assert_eq!(r.header(header::RETRY_AFTER), "1");
+    assert_eq!(r.body["limit"], "burst");
+    assert_eq!(r.body["retry_after"], 1);
+    assert_eq!(r.body["quota"], 10);
+    assert_eq!(
+        r.header(crate::ratelimit::RATELIMIT_POLICY),
+        "\"burst\";q=10;w=2, \"daily\";q=1000;w=86400"
+    );
+    assert_eq!(r.header(crate::ratelimit::RATELIMIT), "\"burst\";r=0;t=2");
+}
+
+#[tokio::test]
+async fn n05b_daily_quota_is_429_until_midnight() {
+    let facts = Facts {
+        rate: RateVerdict::Refused {
+            standing: Standing::two(burst(9, 1), daily(0, 3_600)),
+            limit: LimitName::Daily,
+            retry_after: 3_600,
+        },
+        ..Facts::default()
+    };
+    let r = run_with(facts, get(ITEM)).await;
+    assert_problem(&r, 429, "quota-exhausted");
+    assert_eq!(r.header(header::RETRY_AFTER), "3600");
+    assert_eq!(r.body["limit"], "daily");
+    assert_eq!(r.header(crate::ratelimit::RATELIMIT), "\"daily\";r=0;t=3600");
+}
+
+#[tokio::test]
+async fn n05b_a_refusal_comes_before_routing_and_is_never_zero_seconds() {
+    // Even a path with no route: the limit is the caller's, not the route's.
+    let facts = Facts {
+        rate: RateVerdict::Refused {
+            standing: Standing::default(),
+            limit: LimitName::InFlight,
+            retry_after: 0,
+        },
+        ..Facts::default()
+    };
+    let r = run_with(facts, get("/v1/tenants/acme/nothing")).await;
+    assert_problem(&r, 429, "too-many-in-flight");
+    assert_eq!(r.header(header::RETRY_AFTER), "1");
+    assert!(!r.trace.contains(&Node::RouteExists));
+}
+
+#[tokio::test]
+async fn n05b_the_fields_go_on_every_response_once_the_caller_is_known() {
+    let allowed = Facts {
+        rate: RateVerdict::Allowed(Standing::two(burst(9, 1), daily(500, 7))),
+        ..Facts::default()
+    };
+    // 200, 404 (no route), 404 (missing), 304, 405: all carry them.
+    let missing = Facts {
+        existence: Existence::Missing,
+        ..allowed.clone()
+    };
+    let cases = [
+        (allowed.clone(), get(ITEM), 200),
+        (allowed.clone(), get("/v1/tenants/acme/nothing"), 404),
+        (missing, get(ITEM), 404),
+        (
+            allowed.clone(),
+            req(Method::GET, ITEM)
+                .header("if-none-match", "\"v1\"")
+                .body(Bytes::new())
+                .unwrap(),
+            304,
+        ),
+        (
+            allowed.clone(),
+            req(Method::POST, ITEM).body(Bytes::new()).unwrap(),
+            405,
+        ),
+    ];
+    for (facts, request, status) in cases {
+        let r = run_with(facts, request).await;
+        assert_eq!(r.status.as_u16(), status);
+        assert_eq!(
+            r.header(crate::ratelimit::RATELIMIT_POLICY),
+            "\"burst\";q=10;w=2, \"daily\";q=1000;w=86400",
+            "{status}"
+        );
+        // 9/10 of the burst vs 500/1000 of the day: the day is closer.
+        assert_eq!(r.header(crate::ratelimit::RATELIMIT), "\"daily\";r=500;t=7");
+    }
+    // Public routes and responses decided before the caller is known carry none.
+    let r = run_with(allowed.clone(), Request::get("/healthz").body(Bytes::new()).unwrap()).await;
+    assert!(r.headers.get(crate::ratelimit::RATELIMIT).is_none());
+    let r = run_with(allowed, Request::get(ITEM).body(Bytes::new()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.headers.get(crate::ratelimit::RATELIMIT_POLICY).is_none());
+}
+
+#[tokio::test]
+async fn n05_failed_auth_limiting_screens_tokens_before_they_are_checked() {
+    let standing = Standing::one(PolicyStanding {
+        name: LimitName::AuthFailures,
+        quota: 5,
+        window: 60,
+        remaining: 0,
+        reset: 12,
+    });
+    // Refused at the screen: 429, and the token is not checked at all (a
+    // good one would otherwise pass: the screen decides).
+    let facts = Facts {
+        screen: RateVerdict::Refused {
+            standing,
+            limit: LimitName::AuthFailures,
+            retry_after: 12,
+        },
+        ..Facts::default()
+    };
+    let r = run_with(facts, get(ITEM)).await;
+    assert_problem(&r, 429, "auth-failures-limited");
+    assert_eq!(r.header(header::RETRY_AFTER), "12");
+    assert_eq!(r.last(), Node::Authenticated);
+    assert_eq!(r.header(crate::ratelimit::RATELIMIT), "\"auth-failures\";r=0;t=12");
+    // A screen that passes, then an unknown token: 401 with the standing.
+    let facts = Facts {
+        screen: RateVerdict::Allowed(Standing::default()),
+        failed: RateVerdict::Allowed(Standing::one(PolicyStanding {
+            remaining: 3,
+            ..standing.policies[0].unwrap()
+        })),
+        ..Facts::default()
+    };
+    let r = run_with(
+        facts.clone(),
+        Request::get(ITEM)
+            .header("authorization", "Bearer bad")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 401, "invalid-token");
+    assert_eq!(r.header(crate::ratelimit::RATELIMIT), "\"auth-failures\";r=3;t=12");
+    // A good token is not counted as a failure.
+    let r = run_with(facts, get(ITEM)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers.get(crate::ratelimit::RATELIMIT).is_none());
+}
+
+#[tokio::test]
+async fn n05b_a_replayed_response_carries_the_current_standing() {
+    fn completed() -> KeyState {
+        let mut r = http::Response::new(Bytes::from_static(b"{}"));
+        *r.status_mut() = StatusCode::CREATED;
+        KeyState::Completed(r)
+    }
+    let facts = Facts {
+        key_state: completed,
+        rate: RateVerdict::Allowed(Standing::one(burst(4, 1))),
+        ..Facts::default()
+    };
+    let r = run_with(facts, post_keyed("\"k-9\"")).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header(IDEMPOTENT_REPLAYED), "true");
+    assert_eq!(r.header(crate::ratelimit::RATELIMIT), "\"burst\";r=4;t=1");
+}
+
+#[test]
+fn a_429_frees_an_idempotency_key() {
+    assert!(!is_replayable(StatusCode::TOO_MANY_REQUESTS));
 }

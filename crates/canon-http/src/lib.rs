@@ -18,6 +18,7 @@ pub mod flow;
 pub mod media;
 pub mod operation;
 pub mod problem;
+pub mod ratelimit;
 pub mod route;
 pub mod validators;
 

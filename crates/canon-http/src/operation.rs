@@ -22,6 +22,7 @@ use crate::flow::{
 };
 use crate::media::MediaType;
 use crate::problem::Problem;
+use crate::ratelimit::{LimitName, RateVerdict, Standing};
 use crate::route::{Guard, MethodSpec, Outcome, Params, RouteSpec, RouteTable};
 use crate::validators::{EntityTag, Validators};
 
@@ -63,9 +64,9 @@ pub fn statuses(route: &RouteSpec, spec: &MethodSpec) -> BTreeSet<u16> {
     out.insert(500);
     let states = route.states;
     let safe = spec.method == Method::GET || spec.method == Method::HEAD;
-    // Authenticated.
+    // Authenticated, RateLimit.
     if needs_credentials(route.pattern) {
-        out.insert(401);
+        out.extend([401, 429]);
     }
     // Authorized: members below the required role (403); members of another
     // tenant never learn that the tenant exists (404).
@@ -135,7 +136,7 @@ pub fn statuses(route: &RouteSpec, spec: &MethodSpec) -> BTreeSet<u16> {
 pub fn planned_statuses(route: &RouteSpec) -> BTreeSet<u16> {
     let mut out: BTreeSet<u16> = EVERYWHERE.iter().copied().collect();
     if needs_credentials(route.pattern) {
-        out.insert(401);
+        out.extend([401, 429]);
     }
     out.insert(501);
     out
@@ -255,6 +256,8 @@ fn concrete_path(pattern: &str) -> String {
 #[derive(Clone)]
 struct Scene {
     available: bool,
+    /// The caller is over a rate limit (429).
+    limited: bool,
     principal: Principal,
     parse_fails: bool,
     existence: Existence,
@@ -274,6 +277,7 @@ impl Scene {
     fn new(spec: &MethodSpec) -> Self {
         Scene {
             available: true,
+            limited: false,
             principal: Principal::Operator { key_id: "op".into() },
             parse_fails: false,
             existence: Existence::Found(found()),
@@ -369,6 +373,15 @@ fn probes(route: &'static RouteSpec, spec: &MethodSpec) -> Vec<ProbeRequest> {
     push(
         request(&|b| b.header(header::AUTHORIZATION, "Bearer bad"), body),
         base.clone(),
+        None,
+        true,
+    );
+    push(
+        request(&same, body),
+        Scene {
+            limited: true,
+            ..base.clone()
+        },
         None,
         true,
     );
@@ -580,6 +593,18 @@ impl Service for Probe {
     fn resource(&self, _: &'static RouteSpec, _: Params, _: Option<Principal>) -> Box<dyn Resource> {
         Box::new(ProbeResource(self.scene.clone(), None))
     }
+    fn rate_limit<'a>(&'a self, _: &'a Principal) -> BoxFuture<'a, Result<RateVerdict, Problem>> {
+        let verdict = if self.scene.limited {
+            RateVerdict::Refused {
+                standing: Standing::default(),
+                limit: LimitName::Burst,
+                retry_after: 1,
+            }
+        } else {
+            RateVerdict::Unlimited
+        };
+        Box::pin(async move { Ok(verdict) })
+    }
     fn claim_key<'a>(&'a self, _: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
         let state = match self.scene.key_state {
             KeyChoice::Fresh => KeyState::Fresh,
@@ -723,26 +748,27 @@ mod tests {
         let [record, things, health] = [&ROUTES[0], &ROUTES[1], &ROUTES[2]];
         assert_eq!(
             statuses(record, &record.methods[0]),
-            set(&[200, 304, 307, 400, 401, 404, 406, 410, 412, 414, 431, 500, 503])
+            set(&[200, 304, 307, 400, 401, 404, 406, 410, 412, 414, 429, 431, 500, 503])
         );
         // A creating PUT creates a missing or deleted resource (201), but
         // its container may be missing (404) or deleted (410).
         assert_eq!(
             statuses(record, &record.methods[1]),
             set(&[
-                200, 201, 204, 307, 400, 401, 403, 404, 406, 408, 409, 410, 412, 413, 414, 415, 423, 428, 431, 500, 503
+                200, 201, 204, 307, 400, 401, 403, 404, 406, 408, 409, 410, 412, 413, 414, 415, 423, 428, 429, 431,
+                500, 503
             ])
         );
         assert_eq!(
             statuses(things, &things.methods[0]),
             set(&[
-                201, 400, 401, 403, 406, 408, 409, 412, 413, 414, 415, 422, 431, 500, 503
+                201, 400, 401, 403, 406, 408, 409, 412, 413, 414, 415, 422, 429, 431, 500, 503
             ])
         );
         assert_eq!(
             statuses(health, &health.methods[0]),
             set(&[200, 304, 400, 406, 412, 414, 431, 500, 503])
         );
-        assert_eq!(planned_statuses(record), set(&[400, 401, 414, 431, 501, 503]));
+        assert_eq!(planned_statuses(record), set(&[400, 401, 414, 429, 431, 501, 503]));
     }
 }

@@ -86,16 +86,21 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
     let permit = app.in_flight.clone().try_acquire_owned().ok();
     let (head, body) = req.into_parts();
-    let exchange = Exchange {
-        app: &app,
-        overloaded: permit.is_none() && !probe,
-        maintenance: crate::maintenance::availability(&app.maintenance(), head.uri.path()),
-    };
+    // The caller's own share of the slots is taken once it is known, at the
+    // flow's RateLimit node (429 beyond it): `Exchange::rate_limit`.
+    let peer = head
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let client = crate::limits::client_address(peer, &head.headers, &app.config.trusted_proxies);
+    let exchange = Exchange::new(&app, permit.is_none() && !probe, client)
+        .with_maintenance(crate::maintenance::availability(&app.maintenance(), head.uri.path()));
     let body = Box::new(IncomingBody {
         body,
         timeout: app.config.body_timeout,
     });
     let decision = flow::run(&exchange, &head, body, &request_id).await;
+    drop(exchange);
     drop(permit);
     tracing::debug!(
         method = %head.method,

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use ipnet::IpNet;
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -29,6 +31,48 @@ pub struct Config {
     pub tombstone_retention: Duration,
     /// The operator token to create on first start (otherwise generated).
     pub bootstrap_token: Option<String>,
+    /// Requests per second each API key may send (GCRA refill rate), unless
+    /// its tenant has its own; 0 turns per-key limiting off.
+    pub rate_limit_per_second: u32,
+    /// Requests each API key may send at once above its rate.
+    pub rate_limit_burst: u32,
+    /// Requests each tenant may send per UTC day, unless it has its own;
+    /// 0 turns quotas off.
+    pub daily_quota: u32,
+    /// Failed authentications (unknown tokens) one client address may
+    /// cause per `auth_failure_window` before its tokens go unchecked (429);
+    /// 0 turns failed-auth limiting off.
+    pub auth_failure_limit: u32,
+    /// The window of `auth_failure_limit`.
+    pub auth_failure_window: Duration,
+    /// Peers whose `X-Forwarded-For` names the client (reverse proxies);
+    /// empty: the peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Requests one API key, or one tenant, may have in flight at once;
+    /// `None`: a quarter of `max_in_flight` (at least 1).
+    pub max_in_flight_per_caller: Option<usize>,
+}
+
+impl Config {
+    /// Requests one caller may have in flight at once.
+    pub fn in_flight_share(&self) -> usize {
+        self.max_in_flight_per_caller
+            .unwrap_or(self.max_in_flight / 4)
+            .clamp(1, self.max_in_flight.max(1))
+    }
+}
+
+/// Parses a comma-separated list of CIDRs or addresses (`10.0.0.0/8, ::1`).
+pub fn parse_trusted_proxies(text: &str) -> Result<Vec<IpNet>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{s:?} is not an address or a CIDR (like 10.0.0.0/8)"))
+        })
+        .collect()
 }
 
 impl Default for Config {
@@ -44,6 +88,13 @@ impl Default for Config {
             job_lease: Duration::from_secs(30),
             tombstone_retention: Duration::from_secs(30 * 86_400),
             bootstrap_token: None,
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
+            daily_quota: 1_000_000,
+            auth_failure_limit: 20,
+            auth_failure_window: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
+            max_in_flight_per_caller: None,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod import;
 pub mod input;
 pub mod json;
+pub mod limits;
 pub mod listing;
 pub mod maintenance;
 pub mod openapi;

@@ -701,6 +701,11 @@ fn response_object(status: u16, spec: &MethodSpec, schema: &dyn Fn(&str) -> Valu
         }
         _ => {}
     }
+    // An authenticated caller's standing against its limits, on every answer.
+    if matches!(spec.guard, canon_http::route::Guard::Role(_)) {
+        headers.insert("RateLimit-Policy".into(), header_ref("RateLimit-Policy"));
+        headers.insert("RateLimit".into(), header_ref("RateLimit"));
+    }
     response.insert("headers".into(), Value::Object(headers));
     if produces_body {
         let mut content = Map::new();
@@ -765,7 +770,12 @@ fn error_response(status: u16) -> Value {
         415 => {
             headers.insert("Accept-Encoding".into(), header_ref("Accept-Encoding"));
         }
-        429 | 503 => {
+        429 => {
+            headers.insert("Retry-After".into(), header_ref("Retry-After"));
+            headers.insert("RateLimit-Policy".into(), header_ref("RateLimit-Policy"));
+            headers.insert("RateLimit".into(), header_ref("RateLimit"));
+        }
+        503 => {
             headers.insert("Retry-After".into(), header_ref("Retry-After"));
         }
         412 => {
@@ -883,6 +893,17 @@ fn headers() -> Value {
         "Retry-After": h(
             "Seconds to wait before retrying.",
             json!({"type": "string", "maxLength": 10, "pattern": "^[0-9]+$"}),
+        ),
+        "RateLimit-Policy": h(
+            "The quota policies that apply to the caller (draft-ietf-httpapi-ratelimit-headers-10): \
+             `\"burst\";q=<burst>;w=<seconds to refill it>` for its API key, `\"daily\";q=<quota>;w=86400` \
+             for its tenant (none for the operator), or `\"auth-failures\"` for a client sending unknown tokens.",
+            json!({"type": "string", "maxLength": 256, "pattern": "^\"[a-z-]+\";q=[0-9]+;w=[0-9]+(, *\"[a-z-]+\";q=[0-9]+;w=[0-9]+)*$"}),
+        ),
+        "RateLimit": h(
+            "The policy closest to exhaustion: requests left (`r`) and seconds until it is whole again (`t`; \
+             for `\"daily\"`, until 00:00 UTC).",
+            json!({"type": "string", "maxLength": 128, "pattern": "^\"[a-z-]+\";r=[0-9]+;t=[0-9]+$"}),
         ),
     })
 }

@@ -60,12 +60,32 @@ pub fn system_time(ms: Millis) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// A tenant.
-pub fn tenant(t: &Tenant) -> Value {
+/// A tenant, with its limits as they apply under `config`'s defaults.
+pub fn tenant(t: &Tenant, config: &crate::Config) -> Value {
+    let own = &t.limits;
+    let on = |n: u32| (n > 0).then_some(n);
+    let per_second = own.rate_limit_per_second.or(on(config.rate_limit_per_second));
+    let mut named = Vec::new();
+    for (name, set) in [
+        ("rate_limit_per_second", own.rate_limit_per_second.is_some()),
+        ("burst", own.burst.is_some()),
+        ("daily_quota", own.daily_quota.is_some()),
+    ] {
+        if set {
+            named.push(name.to_owned());
+        }
+    }
     value(&wire::Tenant {
         name: t.name.clone(),
         created_at: timestamp(t.created_at),
         updated_at: timestamp(t.updated_at),
+        limits: wire::TenantLimits {
+            rate_limit_per_second: per_second,
+            // A burst means something only with a rate.
+            burst: per_second.and(own.burst.or(Some(config.rate_limit_burst.max(1)))),
+            daily_quota: own.daily_quota.or(on(config.daily_quota)),
+            own: named,
+        },
     })
 }
 
@@ -175,8 +195,8 @@ pub fn tenant_validators(t: &Tenant) -> Validators {
 }
 
 /// A tenant as a JSON representation with its validators.
-pub fn tenant_representation(t: &Tenant) -> Representation {
-    Representation::json(&tenant(t)).with_validators(tenant_validators(t))
+pub fn tenant_representation(t: &Tenant, config: &crate::Config) -> Representation {
+    Representation::json(&tenant(t, config)).with_validators(tenant_validators(t))
 }
 
 /// A user's validators: a strong tag from its version, and its modification time.

@@ -187,14 +187,18 @@ pub static ROUTES: &[RouteSpec] = &[
         pattern: "/v1/tenants/{tenant}",
         methods: &[
             get(role(Viewer), JSON).bodies(None, Some("Tenant")),
+            patch(role(Operator))
+                .bodies(Some("TenantLimitsPatch"), Some("Tenant"))
+                .raising(&[InvalidField]),
             // Deletion is long work: 202 and a job, followed by the operator
             // at `/v1/tenants/{tenant}/jobs/{job}` while the tenant is 410.
             MethodSpec::write(Method::DELETE, role(Operator), NONE, JSON)
                 .answering(&[Outcome::Accepted])
                 .bodies(None, Some("Job")),
         ],
-        planned: &[Method::PATCH],
-        summary: "One tenant. DELETE (operator only) answers 202 with the job that deletes everything in it: from \
+        planned: &[],
+        summary: "One tenant and its rate limits (PATCH, operator only: a merge patch of `rate_limit_per_second`, \
+                  `burst` and `daily_quota`; `null` gives one back to the server's default). DELETE (operator only) answers 202 with the job that deletes everything in it: from \
                   then on the tenant answers 410 and its keys 401; the operator follows the job at \
                   /v1/tenants/{tenant}/jobs/{job}, which stays reachable until the job expires.",
         states: IN_TENANT,

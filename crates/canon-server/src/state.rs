@@ -33,6 +33,14 @@ pub struct App {
     schemas: SchemaCache,
     /// Slots for requests in flight (beyond them: 503).
     pub(crate) in_flight: Arc<Semaphore>,
+    /// Each caller's share of those slots (beyond it: 429).
+    pub(crate) callers_in_flight: Arc<crate::limits::InFlight>,
+    /// The counting state of rate limits and quotas.
+    pub(crate) limiter: Arc<dyn crate::limits::RateLimiter>,
+    /// Where limits read the time.
+    pub(crate) clock: Arc<dyn crate::limits::Clock>,
+    /// Addresses failing to authenticate, and the tokens that worked from them.
+    pub(crate) known_good: crate::limits::KnownGood,
     cursor_key: tokio::sync::OnceCell<crate::cursor::CursorKey>,
     /// Wake-ups for the job workers and the monitors waiting on jobs.
     pub(crate) jobs: JobSignals,
@@ -79,11 +87,25 @@ impl JobSignals {
 impl App {
     /// Builds the state over `store`.
     pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
+        Self::with_clock(config, store, Arc::new(crate::limits::SystemClock))
+    }
+
+    /// Builds the state over `store`, with limits read on `clock` (tests
+    /// move it to cross midnight).
+    pub fn with_clock(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn crate::limits::Clock>,
+    ) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
         Ok(Arc::new(App {
             store,
             routes: RouteTable::new(ROUTES)?,
             schemas: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            callers_in_flight: crate::limits::InFlight::new(config.in_flight_share()),
+            limiter: Arc::new(crate::limits::MemoryLimiter::default()),
+            clock,
+            known_good: crate::limits::KnownGood::default(),
             cursor_key: tokio::sync::OnceCell::new(),
             jobs: JobSignals::default(),
             maintenance: std::sync::RwLock::new(Arc::new(canon_store::Maintenance {

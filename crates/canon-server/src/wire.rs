@@ -30,6 +30,45 @@ pub struct Tenant {
     /// When it last changed.
     #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub updated_at: Timestamp,
+    /// Its rate limits as they apply now: its own where an operator set
+    /// them, the server's defaults otherwise.
+    pub limits: TenantLimits,
+}
+
+/// A tenant's effective rate limits (docs/decisions.md, "Rate limits and quotas").
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TenantLimits {
+    /// Requests per second each of its API keys may send; `null`: not limited.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests each of its keys may send at once above that rate.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: Option<u32>,
+    /// Requests the tenant may send per UTC day (reset at 00:00 UTC); `null`: not limited.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub daily_quota: Option<u32>,
+    /// Which of these are the tenant's own (the others follow the server's defaults).
+    #[schemars(
+        length(max = 3),
+        inner(regex(pattern = r"^(rate_limit_per_second|burst|daily_quota)$"), length(max = 21))
+    )]
+    pub own: Vec<String>,
+}
+
+/// The body of `PATCH /v1/tenants/{tenant}`: a merge patch of its limits;
+/// `null` gives a limit back to the server's default.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimitsPatch {
+    /// Requests per second each of its API keys may send: 1 to 1000000.
+    #[schemars(range(min = 1, max = 1_000_000), extend("type" = ["integer", "null"]))]
+    pub rate_limit_per_second: Option<Value>,
+    /// Requests each key may send at once above that rate: 1 to 1000000.
+    #[schemars(range(min = 1, max = 1_000_000), extend("type" = ["integer", "null"]))]
+    pub burst: Option<Value>,
+    /// Requests the tenant may send per UTC day: 1 to 1000000000.
+    #[schemars(range(min = 1, max = 1_000_000_000), extend("type" = ["integer", "null"]))]
+    pub daily_quota: Option<Value>,
 }
 
 /// The body of `POST /v1/tenants`.
@@ -606,6 +645,7 @@ pub fn schemas(generator: &mut SchemaGenerator) -> Vec<(&'static str, Schema)> {
         "Collection" => Collection,
         "NewCollection" => NewCollection,
         "CollectionPatch" => CollectionPatch,
+        "TenantLimitsPatch" => TenantLimitsPatch,
         "CollectionPage" => Page<Collection>,
         "Record" => Record,
         "RecordData" => RecordData,

@@ -192,7 +192,7 @@ async fn only_the_operator_deletes_a_tenant_and_only_one_that_exists() {
     assert_problem(r, 404, "not-found").await;
     s.ok_json(Method::GET, ACME, &w.viewer, None).await;
     let r = s.call(Method::OPTIONS, ACME, OPERATOR, None).await;
-    assert_eq!(header(&r, "allow"), "GET, HEAD, DELETE, OPTIONS");
+    assert_eq!(header(&r, "allow"), "GET, HEAD, PATCH, DELETE, OPTIONS");
     // A stale If-Match is refused before anything happens.
     let r = s
         .send(Method::DELETE, ACME, OPERATOR, &[("if-match", "\"stale\"")], None)

@@ -222,6 +222,12 @@ pub trait TenantStore: Send + Sync {
     /// ([`TenantDeletion`]). A name whose tenant was deleted and purged is
     /// free again: its tombstone goes.
     async fn create_tenant(&self, name: &str) -> StoreResult<Tenant>;
+    /// Sets the rate limits of the tenant called `name` (a new version),
+    /// `expect` checked against its version inside the write's
+    /// transaction. [`StoreError::Gone`] for a deleted tenant,
+    /// [`StoreError::Vanished`] for an unknown name,
+    /// [`StoreError::ExpectationFailed`] when `expect` does not hold.
+    async fn set_tenant_limits(&self, name: &str, limits: TenantLimits, expect: Expect) -> StoreResult<Tenant>;
     /// A tenant by name: `Gone` from the moment its deletion started.
     async fn tenant(&self, name: &str) -> StoreResult<Lookup<Tenant>>;
     /// Tenants by id (deleted ones left out).

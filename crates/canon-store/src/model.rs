@@ -37,6 +37,23 @@ pub struct Tenant {
     pub created_at: Millis,
     /// Last change.
     pub updated_at: Millis,
+    /// Its own rate limits; each `None` is the server's default.
+    pub limits: TenantLimits,
+}
+
+/// A tenant's own rate limits (schema v7). Each `None` stands for the
+/// server's default, so a changed default reaches every tenant that was
+/// never given a value of its own. The store keeps what it is given; the
+/// server checks the ranges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// Requests per second each of its API keys may send (the token
+    /// bucket's refill rate).
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests each of its keys may send at once, above the rate.
+    pub burst: Option<u32>,
+    /// Requests the tenant may send per calendar day (UTC).
+    pub daily_quota: Option<u32>,
 }
 
 /// A tenant whose deletion has started ([`crate::TenantStore::delete_tenant`]).
@@ -172,6 +189,13 @@ pub enum KeyOwner {
         user_id: String,
         /// The user's role.
         role: TenantRole,
+        /// The tenant's id.
+        tenant_id: String,
+        /// The tenant's own rate limits, loaded with the key so that
+        /// limiting costs no read of its own.
+        limits: TenantLimits,
+        /// The tenant's version when the key was read.
+        tenant_version: i64,
     },
 }
 

@@ -53,7 +53,7 @@ struct ServeArgs {
     /// Database URL: sqlite://PATH [default: sqlite://canon.db].
     #[arg(long = "database", env = "CANON_DATABASE_URL")]
     database_url: Option<String>,
-    /// Redis URL for shared rate-limit state (accepted; used by the traffic-control work).
+    /// Redis URL for shared rate-limit state (accepted; limits are kept per node until the Redis limiter is built).
     #[arg(long = "redis", env = "CANON_REDIS_URL")]
     redis_url: Option<String>,
     /// TOML file with any of these settings.
@@ -83,6 +83,29 @@ struct ServeArgs {
     /// Operator token to create on first start [default: generated and printed].
     #[arg(long, env = "CANON_BOOTSTRAP_TOKEN", hide_env_values = true)]
     bootstrap_token: Option<String>,
+    /// Requests per second per API key, unless its tenant has its own; 0: off [default: 100].
+    #[arg(long, env = "CANON_RATE_LIMIT_PER_SECOND")]
+    rate_limit_per_second: Option<u32>,
+    /// Requests an API key may send at once above its rate [default: 200].
+    #[arg(long, env = "CANON_RATE_LIMIT_BURST")]
+    rate_limit_burst: Option<u32>,
+    /// Requests per tenant per UTC day, unless it has its own; 0: off [default: 1000000].
+    #[arg(long, env = "CANON_DAILY_QUOTA")]
+    daily_quota: Option<u32>,
+    /// Unknown tokens one client address may send per window before 429; 0: off [default: 20].
+    #[arg(long, env = "CANON_AUTH_FAILURE_LIMIT")]
+    auth_failure_limit: Option<u32>,
+    /// The window of the failed-auth limit, in seconds [default: 60].
+    #[arg(long, env = "CANON_AUTH_FAILURE_WINDOW_SECS")]
+    auth_failure_window_secs: Option<u64>,
+    /// Reverse proxies whose X-Forwarded-For names the client: CIDRs or addresses,
+    /// comma-separated [default: none, the peer is the client].
+    #[arg(long, env = "CANON_TRUSTED_PROXIES")]
+    trusted_proxies: Option<String>,
+    /// Requests one API key or one tenant may have in flight; beyond it 429
+    /// [default: a quarter of CANON_MAX_IN_FLIGHT].
+    #[arg(long, env = "CANON_MAX_IN_FLIGHT_PER_CALLER")]
+    max_in_flight_per_caller: Option<usize>,
 }
 
 /// The config file: the same settings as the flags.
@@ -100,6 +123,13 @@ struct FileConfig {
     job_lease_ms: Option<u64>,
     tombstone_days: Option<u64>,
     bootstrap_token: Option<String>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    daily_quota: Option<u32>,
+    auth_failure_limit: Option<u32>,
+    auth_failure_window_secs: Option<u64>,
+    trusted_proxies: Option<String>,
+    max_in_flight_per_caller: Option<usize>,
 }
 
 fn resolve(args: ServeArgs) -> Result<Config, String> {
@@ -112,7 +142,9 @@ fn resolve(args: ServeArgs) -> Result<Config, String> {
     };
     let d = Config::default();
     if args.redis_url.or(file.redis_url).is_some() {
-        tracing::info!("a Redis URL was given; shared rate limits arrive with the traffic-control work");
+        tracing::warn!(
+            "a Redis URL was given, but rate limits are kept per node for now (the Redis limiter is not built)"
+        );
     }
     Ok(Config {
         listen: args.listen.or(file.listen).unwrap_or(d.listen),
@@ -140,6 +172,31 @@ fn resolve(args: ServeArgs) -> Result<Config, String> {
             .map(|days| Duration::from_secs(days * 86_400))
             .unwrap_or(d.tombstone_retention),
         bootstrap_token: args.bootstrap_token.or(file.bootstrap_token),
+        rate_limit_per_second: args
+            .rate_limit_per_second
+            .or(file.rate_limit_per_second)
+            .unwrap_or(d.rate_limit_per_second),
+        rate_limit_burst: args
+            .rate_limit_burst
+            .or(file.rate_limit_burst)
+            .unwrap_or(d.rate_limit_burst),
+        daily_quota: args.daily_quota.or(file.daily_quota).unwrap_or(d.daily_quota),
+        auth_failure_limit: args
+            .auth_failure_limit
+            .or(file.auth_failure_limit)
+            .unwrap_or(d.auth_failure_limit),
+        auth_failure_window: args
+            .auth_failure_window_secs
+            .or(file.auth_failure_window_secs)
+            .map(|s| Duration::from_secs(s.max(1)))
+            .unwrap_or(d.auth_failure_window),
+        trusted_proxies: match args.trusted_proxies.or(file.trusted_proxies) {
+            Some(text) => {
+                canon_server::config::parse_trusted_proxies(&text).map_err(|e| format!("trusted proxies: {e}"))?
+            }
+            None => d.trusted_proxies,
+        },
+        max_in_flight_per_caller: args.max_in_flight_per_caller.or(file.max_in_flight_per_caller),
     })
 }
 

@@ -3,16 +3,20 @@
 //! handler (`app.rs`) runs the flow with an [`Exchange`]; so does a batch,
 //! once per operation ([`run_within`]).
 
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use canon_http::Problem;
 use canon_http::access::Principal;
 use canon_http::flow::{self, Availability, BoxFuture, KeyState, Keyed, Limits, Resource, Service};
+use canon_http::ratelimit::{LimitName, RateVerdict};
 use canon_http::route::{Params, RouteSpec, RouteTable};
-use canon_store::KeyOwner;
+use canon_store::{KeyOwner, TenantLimits};
+use sha2::{Digest, Sha256};
 
 use crate::error::store_problem;
+use crate::limits::{Charge, Held, Policy, Scope, epoch_nanos};
 use crate::state::App;
 use crate::{idempotency, token};
 
@@ -25,6 +29,54 @@ pub struct Exchange<'a> {
     pub overloaded: bool,
     /// Whether maintenance mode refuses this request (`crate::maintenance`).
     pub maintenance: Availability,
+    /// The client's address (failed-auth limiting), when known.
+    pub client: Option<IpAddr>,
+    /// A request run inside another (a batch's operations): its limits
+    /// were charged once, for the request that holds it.
+    pub nested: bool,
+    /// The caller's tenant and its limits, loaded with the key.
+    caller: OnceLock<(String, TenantLimits)>,
+    /// The caller's share of the slots in flight, held until the exchange ends.
+    held: Mutex<Option<Held>>,
+}
+
+impl<'a> Exchange<'a> {
+    /// The exchange of one request from `client`.
+    pub fn new(app: &'a Arc<App>, overloaded: bool, client: Option<IpAddr>) -> Self {
+        Self {
+            app,
+            overloaded,
+            maintenance: Availability::Available,
+            client,
+            nested: false,
+            caller: OnceLock::new(),
+            held: Mutex::new(None),
+        }
+    }
+
+    /// The failed-auth policy, when on.
+    fn auth_failures(&self) -> Option<Policy> {
+        let c = &self.app.config;
+        (c.auth_failure_limit > 0).then(|| Policy::Gcra {
+            interval: c.auth_failure_window / c.auth_failure_limit,
+            burst: c.auth_failure_limit,
+        })
+    }
+
+    /// How long an address counts as failing after a failure: until its
+    /// failures have all refilled.
+    fn failing_for(&self) -> u64 {
+        self.app.config.auth_failure_window.as_nanos() as u64
+    }
+
+    fn now(&self) -> std::time::SystemTime {
+        self.app.clock.now()
+    }
+
+    /// This exchange, refused (or not) by maintenance mode.
+    pub fn with_maintenance(self, maintenance: Availability) -> Self {
+        Self { maintenance, ..self }
+    }
 }
 
 impl Service for Exchange<'_> {
@@ -57,7 +109,7 @@ impl Service for Exchange<'_> {
         Box::pin(async move {
             let digest = token::digest(token);
             let owner = self.app.store.key_owner(&digest).await.map_err(store_problem)?;
-            Ok(owner.and_then(|owner| match owner {
+            let principal = owner.and_then(|owner| match owner {
                 KeyOwner::Operator { key_id, token_hash } => {
                     token::digests_match(&token_hash, &digest).then_some(Principal::Operator { key_id })
                 }
@@ -67,13 +119,168 @@ impl Service for Exchange<'_> {
                     tenant,
                     user_id,
                     role,
-                } => token::digests_match(&token_hash, &digest).then_some(Principal::Member {
-                    key_id,
-                    tenant,
-                    user_id,
-                    role,
+                    tenant_id,
+                    limits,
+                    ..
+                } => token::digests_match(&token_hash, &digest).then(|| {
+                    // The tenant's limits come with the key: limiting
+                    // costs no read of its own.
+                    let _ = self.caller.set((tenant_id, limits));
+                    Principal::Member {
+                        key_id,
+                        tenant,
+                        user_id,
+                        role,
+                    }
                 }),
-            }))
+            });
+            if principal.is_some()
+                && let Some(client) = self.client
+            {
+                // Remembered, so that failures of others at this address
+                // never stop this token.
+                if self.auth_failures().is_some() {
+                    let now = epoch_nanos(self.now());
+                    self.app
+                        .known_good
+                        .worked(client, Sha256::digest(token.as_bytes()).into(), now);
+                }
+            }
+            Ok(principal)
+        })
+    }
+
+    fn screen_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, RateVerdict> {
+        Box::pin(async move {
+            let (Some(client), Some(policy)) = (self.client, self.auth_failures()) else {
+                return RateVerdict::Unlimited;
+            };
+            let now = self.now();
+            // Most clients never failed: one look-up, no counting.
+            if !self.app.known_good.failing(client, epoch_nanos(now)) {
+                return RateVerdict::Unlimited;
+            }
+            let key = client.to_string();
+            let charge = [Charge {
+                scope: Scope::Address,
+                key: &key,
+                policy,
+                name: LimitName::AuthFailures,
+            }];
+            match self.app.limiter.acquire(&charge, now, false).await {
+                Ok(verdict @ RateVerdict::Refused { .. }) => {
+                    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                    if self.app.known_good.knows(client, &digest, epoch_nanos(now)) {
+                        RateVerdict::Unlimited
+                    } else {
+                        verdict
+                    }
+                }
+                // A limiter that cannot answer does not lock everyone out.
+                _ => RateVerdict::Unlimited,
+            }
+        })
+    }
+
+    fn token_failed(&self) -> BoxFuture<'_, RateVerdict> {
+        Box::pin(async move {
+            let (Some(client), Some(policy)) = (self.client, self.auth_failures()) else {
+                return RateVerdict::Unlimited;
+            };
+            let now = self.now();
+            let key = client.to_string();
+            let charge = [Charge {
+                scope: Scope::Address,
+                key: &key,
+                policy,
+                name: LimitName::AuthFailures,
+            }];
+            let nanos = epoch_nanos(now);
+            self.app.known_good.failed(client, nanos, nanos + self.failing_for());
+            self.app
+                .limiter
+                .acquire(&charge, now, true)
+                .await
+                .unwrap_or(RateVerdict::Unlimited)
+        })
+    }
+
+    fn rate_limit<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Result<RateVerdict, Problem>> {
+        Box::pin(async move {
+            if self.nested {
+                return Ok(RateVerdict::Unlimited);
+            }
+            let config = &self.app.config;
+            let (key, tenant) = match principal {
+                Principal::Operator { key_id } => (key_id.as_str(), None),
+                Principal::Member { key_id, .. } => (key_id.as_str(), self.caller.get()),
+            };
+            let own = tenant.map(|(_, l)| *l).unwrap_or_default();
+            let per_second = own.rate_limit_per_second.unwrap_or(config.rate_limit_per_second);
+            let burst = own.burst.unwrap_or(config.rate_limit_burst);
+            let quota = own.daily_quota.unwrap_or(config.daily_quota);
+            let mut charges = [None, None];
+            if per_second > 0 {
+                charges[0] = Some(Charge {
+                    scope: Scope::Key,
+                    key,
+                    policy: Policy::per_second(per_second, burst),
+                    name: LimitName::Burst,
+                });
+            }
+            // The operator has no tenant, so no quota: only its key's rate.
+            if let Some((tenant_id, _)) = tenant.filter(|_| quota > 0) {
+                charges[1] = Some(Charge {
+                    scope: Scope::Tenant,
+                    key: tenant_id,
+                    policy: Policy::Daily { quota },
+                    name: LimitName::Daily,
+                });
+            }
+            // A slice of the charges present, without allocating.
+            let (one, two);
+            let charges: &[Charge<'_>] = match charges {
+                [Some(a), Some(b)] => {
+                    two = [a, b];
+                    &two
+                }
+                [Some(a), None] | [None, Some(a)] => {
+                    one = [a];
+                    &one
+                }
+                [None, None] => &[],
+            };
+            let now = self.now();
+            let held = self.app.callers_in_flight.enter(key, tenant.map(|(id, _)| id.as_str()));
+            let Some(held) = held else {
+                // Over its share of the slots: refused, nothing taken; the
+                // fields still say where it stands.
+                let standing = self
+                    .app
+                    .limiter
+                    .acquire(charges, now, false)
+                    .await
+                    .map_err(limiter_problem)?
+                    .standing()
+                    .unwrap_or_default();
+                return Ok(RateVerdict::Refused {
+                    standing,
+                    limit: LimitName::InFlight,
+                    retry_after: 1,
+                });
+            };
+            let verdict = self
+                .app
+                .limiter
+                .acquire(charges, now, true)
+                .await
+                .map_err(limiter_problem)?;
+            if !matches!(verdict, RateVerdict::Refused { .. })
+                && let Ok(mut slot) = self.held.lock()
+            {
+                *slot = Some(held);
+            }
+            Ok(verdict)
         })
     }
 
@@ -105,13 +312,21 @@ pub async fn run_within(
 ) -> http::Response<Bytes> {
     // The batch's own request passed the availability checks already.
     let exchange = Exchange {
-        app,
-        overloaded: false,
-        maintenance: Availability::Available,
+        nested: true,
+        ..Exchange::new(app, false, None)
     };
     // Record routes answer whole bodies; a stream would read as empty.
     flow::run(&exchange, head, Box::new(crate::body::ReadyBody(body)), request_id)
         .await
         .response
         .map(|body| body.as_full().cloned().unwrap_or_default())
+}
+
+/// A limiter that cannot answer: 503, the request is not served unmetered.
+fn limiter_problem(e: crate::limits::LimiterError) -> Problem {
+    tracing::error!(error = %e, "rate limiter unavailable");
+    Problem::new(
+        canon_http::ProblemKind::ServiceUnavailable,
+        "The rate limiter cannot be reached; retry shortly.",
+    )
 }

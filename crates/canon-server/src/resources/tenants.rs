@@ -1,11 +1,12 @@
 //! `/v1/tenants` and `/v1/tenants/{tenant}`.
 
-use crate::wire::NewTenant;
-use canon_http::Problem;
+use crate::wire::{NewTenant, TenantLimitsPatch};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
-use canon_store::{Expect, Lookup, Tenant, now_millis};
+use canon_http::{FieldError, Problem, ProblemKind};
+use canon_store::{Expect, Lookup, Tenant, TenantLimits, now_millis};
 use http::Method;
+use serde_json::Value;
 
 use super::{Cx, Stop, found_with, still_there};
 use crate::error::store_problem;
@@ -61,7 +62,8 @@ impl Resource for Tenants {
             if let Some(paging) = self.page.take() {
                 let (page, cursors) = paging.open(&self.cx.app, &["tenants"]).await?;
                 let page = self.cx.app.store.list_tenants(page).await.map_err(store_problem)?;
-                found = Listed::from_page(page, render::tenant, &cursors).keep(&mut self.listed);
+                let config = &self.cx.app.config;
+                found = Listed::from_page(page, |t| render::tenant(t, config), &cursors).keep(&mut self.listed);
             }
             Ok(Existence::Found(found))
         })
@@ -79,7 +81,7 @@ impl Resource for Tenants {
                     .map_err(store_problem)?;
                 return Ok(Success::Created {
                     location: format!("/v1/tenants/{}", t.name),
-                    representation: render::tenant_representation(&t),
+                    representation: render::tenant_representation(&t, &self.cx.app.config),
                 });
             }
             let listed = self.listed.take().ok_or_else(crate::error::internal)?;
@@ -88,7 +90,73 @@ impl Resource for Tenants {
     }
 }
 
-/// `GET, DELETE /v1/tenants/{tenant}`.
+/// One limit in a merge patch: absent (unchanged), `null` (the server's
+/// default) or a new value.
+type LimitChange = Option<Option<u32>>;
+
+/// A checked merge patch of a tenant's limits.
+#[derive(Debug, Default, Clone, Copy)]
+struct LimitsPatch {
+    rate_limit_per_second: LimitChange,
+    burst: LimitChange,
+    daily_quota: LimitChange,
+}
+
+impl LimitsPatch {
+    /// The limits after the patch.
+    fn apply(&self, to: TenantLimits) -> TenantLimits {
+        TenantLimits {
+            rate_limit_per_second: self.rate_limit_per_second.unwrap_or(to.rate_limit_per_second),
+            burst: self.burst.unwrap_or(to.burst),
+            daily_quota: self.daily_quota.unwrap_or(to.daily_quota),
+        }
+    }
+}
+
+/// The largest rate and burst a tenant may be given: a million requests a
+/// second is beyond what one node serves; anything larger is a typo.
+pub const MAX_RATE: u64 = 1_000_000;
+/// The largest daily quota: a billion requests a day (11,574 a second).
+pub const MAX_DAILY_QUOTA: u64 = 1_000_000_000;
+
+/// Checks a body of `PATCH /v1/tenants/{tenant}`, every field at once.
+fn limits_patch(body: Value) -> Result<LimitsPatch, Problem> {
+    // The shape (an object, no unknown members) as the schema says it; the
+    // values are read from the body itself, where `null` differs from absent.
+    let _: TenantLimitsPatch = decode(body.clone())?;
+    let mut errors = Vec::new();
+    let mut field = |name: &str, max: u64| -> LimitChange {
+        let value = body.get(name)?;
+        if value.is_null() {
+            return Some(None);
+        }
+        let what = match value.as_u64() {
+            Some(0) => "must be at least 1 (0 would refuse every request); null gives back the default".to_owned(),
+            Some(n) if n > max => format!("must be at most {max}"),
+            Some(n) => return Some(u32::try_from(n).ok()),
+            None if value.as_i64().is_some() => "must be a positive integer".to_owned(),
+            None => "must be a whole number (an integer), or null for the server's default".to_owned(),
+        };
+        errors.push(FieldError::new(format!("/{name}"), what));
+        None
+    };
+    let out = LimitsPatch {
+        rate_limit_per_second: field("rate_limit_per_second", MAX_RATE),
+        burst: field("burst", MAX_RATE),
+        daily_quota: field("daily_quota", MAX_DAILY_QUOTA),
+    };
+    if errors.is_empty() {
+        return Ok(out);
+    }
+    let detail = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.pointer, e.detail))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(Problem::new(ProblemKind::InvalidField, detail).with_errors(errors))
+}
+
+/// `GET, PATCH, DELETE /v1/tenants/{tenant}`.
 ///
 /// DELETE starts the tenant's deletion (operator only, by the route table):
 /// in one store transaction the tenant becomes a tombstone and a job is
@@ -100,6 +168,8 @@ pub struct OneTenant {
     tenant: Option<Tenant>,
     /// DELETE of a tenant whose earlier deletion stopped.
     restart: bool,
+    /// PATCH: the change of its limits.
+    patch: Option<LimitsPatch>,
 }
 
 impl OneTenant {
@@ -109,6 +179,7 @@ impl OneTenant {
             cx,
             tenant: None,
             restart: false,
+            patch: None,
         }
     }
 
@@ -148,7 +219,11 @@ impl OneTenant {
 impl Resource for OneTenant {
     fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
         self.cx.remember(&input);
-        Query::parse(&input.head.uri, &[]).map(|_| ())
+        Query::parse(&input.head.uri, &[])?;
+        if self.cx.method == Method::PATCH {
+            self.patch = Some(limits_patch(json_body(input.body.as_ref())?)?);
+        }
+        Ok(())
     }
 
     fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
@@ -172,8 +247,18 @@ impl Resource for OneTenant {
             if self.cx.method == Method::DELETE {
                 return self.delete().await;
             }
-            let t = still_there(self.tenant.take())?;
-            Ok(Success::Ok(render::tenant_representation(&t)))
+            let mut t = still_there(self.tenant.take())?;
+            if let Some(patch) = self.patch.take() {
+                let expect = self.cx.expect_version(t.version);
+                t = self
+                    .cx
+                    .app
+                    .store
+                    .set_tenant_limits(&t.name, patch.apply(t.limits), expect)
+                    .await
+                    .map_err(store_problem)?;
+            }
+            Ok(Success::Ok(render::tenant_representation(&t, &self.cx.app.config)))
         })
     }
 }

@@ -31,9 +31,16 @@ impl Drop for Server {
     }
 }
 
+/// The test servers' configuration. Rate limits, quotas and failed-auth
+/// limiting are off: the other suites send many requests with one key (or
+/// many bad tokens) on purpose; `tests/limits.rs` turns each on.
 pub fn config() -> Config {
     Config {
         bootstrap_token: Some(OPERATOR.into()),
+        rate_limit_per_second: 0,
+        daily_quota: 0,
+        auth_failure_limit: 0,
+        max_in_flight_per_caller: Some(usize::MAX),
         ..Config::default()
     }
 }
@@ -66,29 +73,39 @@ impl Server {
     /// Starts a server with `config`; `extend` may add test-only routes
     /// under the same envelope.
     pub async fn start_with(config: Config, extend: impl FnOnce(Router) -> Router) -> Server {
+        Self::start_clocked(config, Arc::new(canon_server::limits::SystemClock), extend).await
+    }
+
+    /// Starts a server whose limits read `clock` (a test moves it).
+    pub async fn start_clocked(
+        config: Config,
+        clock: Arc<dyn canon_server::limits::Clock>,
+        extend: impl FnOnce(Router) -> Router,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("canon.db");
-        Self::launch(config, &path, Some(dir), extend).await
+        Self::launch(config, &path, Some(dir), clock, extend).await
     }
 
     /// Starts a server on the database file at `path`, which the caller
     /// keeps: two servers on one path are two nodes; dropping one and
     /// starting another is a restart.
     pub async fn start_on(path: &std::path::Path) -> Server {
-        Self::launch(config(), path, None, |r| r).await
+        Self::launch(config(), path, None, Arc::new(canon_server::limits::SystemClock), |r| r).await
     }
 
     async fn launch(
         mut config: Config,
         path: &std::path::Path,
         dir: Option<tempfile::TempDir>,
+        clock: Arc<dyn canon_server::limits::Clock>,
         extend: impl FnOnce(Router) -> Router,
     ) -> Server {
         let store: Arc<dyn canon_store::Store> = Arc::new(SqliteStore::open(path).expect("open store"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         config.listen = addr;
-        let app = App::new(config, store.clone()).expect("app");
+        let app = App::with_clock(config, store.clone(), clock).expect("app");
         app.bootstrap().await.expect("bootstrap");
         canon_server::worker::start(&app, app.config.job_workers);
         canon_server::maintenance::watch(&app);

@@ -45,7 +45,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
     include_str!("schema_v6.sql"),
-    include_str!("schema_v7_maintenance.sql"),
+    include_str!("schema_v7.sql"),
+    include_str!("schema_v8.sql"),
 ];
 
 /// The SQLite store.

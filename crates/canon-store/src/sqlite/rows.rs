@@ -193,9 +193,15 @@ pub(super) fn tenant_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
         version: r.get(2)?,
         created_at: r.get(3)?,
         updated_at: r.get(4)?,
+        limits: TenantLimits {
+            rate_limit_per_second: r.get(5)?,
+            burst: r.get(6)?,
+            daily_quota: r.get(7)?,
+        },
     })
 }
-pub(super) const TENANT_COLS: &str = "id, name, version, created_at, updated_at";
+pub(super) const TENANT_COLS: &str =
+    "id, name, version, created_at, updated_at, rate_limit_per_second, burst, daily_quota";
 
 pub(super) fn role_from_sql(s: String) -> rusqlite::Result<TenantRole> {
     TenantRole::parse(&s).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, s, rusqlite::types::Type::Text))

@@ -18,7 +18,7 @@ fn load_tenant(conn: &Connection, name: &str) -> StoreResult<Option<(Tenant, Opt
     conn.prepare_cached(&format!(
         "SELECT {TENANT_COLS}, deleted_at FROM tenants WHERE name = ?1"
     ))
-    .and_then(|mut s| s.query_row([name], |r| Ok((tenant_row(r)?, r.get(5)?))).optional())
+    .and_then(|mut s| s.query_row([name], |r| Ok((tenant_row(r)?, r.get(8)?))).optional())
     .map_err(db_error)
 }
 
@@ -114,7 +114,8 @@ impl TenantStore for SqliteStore {
                 // only while its tenant is live: a deleted tenant's keys stop
                 // authenticating the moment its deletion starts.
                 c.prepare_cached(
-                    "SELECT k.id, k.token_hash, k.tenant_id, t.name, u.id, u.role FROM api_keys k
+                    "SELECT k.id, k.token_hash, k.tenant_id, t.name, u.id, u.role,
+                            t.rate_limit_per_second, t.burst, t.daily_quota, t.version FROM api_keys k
                      LEFT JOIN users u ON u.id = k.user_id
                      LEFT JOIN tenants t ON t.id = k.tenant_id
                      WHERE k.token_hash = ?1
@@ -127,12 +128,19 @@ impl TenantStore for SqliteStore {
                         let tenant_id: Option<String> = r.get(2)?;
                         Ok(match tenant_id {
                             None => KeyOwner::Operator { key_id, token_hash },
-                            Some(_) => KeyOwner::Member {
+                            Some(tenant_id) => KeyOwner::Member {
                                 key_id,
                                 token_hash,
                                 tenant: r.get(3)?,
                                 user_id: r.get(4)?,
                                 role: role_from_sql(r.get(5)?)?,
+                                tenant_id,
+                                limits: TenantLimits {
+                                    rate_limit_per_second: r.get(6)?,
+                                    burst: r.get(7)?,
+                                    daily_quota: r.get(8)?,
+                                },
+                                tenant_version: r.get(9)?,
                             },
                         })
                     })
@@ -159,14 +167,49 @@ impl TenantStore for SqliteStore {
                     version: 1,
                     created_at: now,
                     updated_at: now,
+                    limits: TenantLimits::default(),
                 };
                 c.execute(
-                    &format!("INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                    "INSERT INTO tenants (id, name, version, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![t.id, t.name, t.version, t.created_at, t.updated_at],
                 )
                 .map_err(|e| conflict_or_internal(e, "/name"))?;
                 // A name whose deleted tenant was purged is free again.
                 clear_tombstone(c, kind::TENANT, "", &t.name).map_err(db_error)?;
+                Ok(t)
+            })
+            .await
+    }
+
+    async fn set_tenant_limits(&self, name: &str, limits: TenantLimits, expect: Expect) -> StoreResult<Tenant> {
+        let name = name.to_owned();
+        self.engine
+            .write(move |c| {
+                let t = match load_tenant(c, &name)? {
+                    Some((t, None)) => t,
+                    Some((_, Some(_))) => return Err(StoreError::Gone),
+                    None => return Err(StoreError::Vanished),
+                };
+                check_existing(&expect, t.version, None)?;
+                let t = Tenant {
+                    version: t.version + 1,
+                    updated_at: now_millis().max(t.updated_at),
+                    limits,
+                    ..t
+                };
+                c.execute(
+                    "UPDATE tenants SET version = ?2, updated_at = ?3, rate_limit_per_second = ?4, burst = ?5,
+                            daily_quota = ?6 WHERE id = ?1",
+                    params![
+                        t.id,
+                        t.version,
+                        t.updated_at,
+                        t.limits.rate_limit_per_second,
+                        t.limits.burst,
+                        t.limits.daily_quota
+                    ],
+                )
+                .map_err(db_error)?;
                 Ok(t)
             })
             .await

@@ -45,6 +45,68 @@ pub async fn tenants_are_unique_by_name(store: Arc<dyn Store>) {
     assert_eq!(store.tenant("nope").await.unwrap(), Lookup::Missing);
 }
 
+pub async fn tenant_limits_are_versioned_and_come_with_the_key(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    assert_eq!(t.limits, TenantLimits::default(), "a new tenant takes the defaults");
+    let u = store
+        .create_user(&t.id, "a@example.com", TenantRole::Admin)
+        .await
+        .unwrap();
+    store.create_api_key(&t.id, &u.id, "ci", "khash").await.unwrap();
+
+    let limits = TenantLimits {
+        rate_limit_per_second: Some(5),
+        burst: Some(20),
+        daily_quota: Some(4_000_000_000),
+    };
+    assert!(matches!(
+        store
+            .set_tenant_limits("acme", limits, Expect::Version(t.version + 1))
+            .await,
+        Err(StoreError::ExpectationFailed)
+    ));
+    let changed = store
+        .set_tenant_limits("acme", limits, Expect::Version(t.version))
+        .await
+        .unwrap();
+    assert_eq!((changed.limits, changed.version), (limits, t.version + 1));
+    assert_eq!(store.tenant("acme").await.unwrap(), Lookup::Found(changed.clone()));
+    match store.key_owner("khash").await.unwrap() {
+        Some(KeyOwner::Member {
+            limits: seen,
+            tenant_id,
+            tenant_version,
+            ..
+        }) => {
+            assert_eq!(
+                (seen, tenant_id.as_str(), tenant_version),
+                (limits, t.id.as_str(), changed.version)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Back to the defaults, one field at a time.
+    let partly = TenantLimits { burst: None, ..limits };
+    let again = store.set_tenant_limits("acme", partly, Expect::Anything).await.unwrap();
+    assert_eq!(again.limits.burst, None);
+    assert_eq!(again.limits.daily_quota, Some(4_000_000_000));
+    let listed = store.list_tenants(first_page(10)).await.unwrap();
+    assert_eq!(listed.items[0].limits, partly);
+
+    assert!(matches!(
+        store.set_tenant_limits("nope", limits, Expect::Anything).await,
+        Err(StoreError::Vanished)
+    ));
+    store
+        .delete_tenant("acme", Expect::Anything, KEEP, now_millis())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.set_tenant_limits("acme", limits, Expect::Anything).await,
+        Err(StoreError::Gone)
+    ));
+}
+
 pub async fn lists_page_by_cursor(store: Arc<dyn Store>) {
     for i in 0..5 {
         tenant(&*store, &format!("t{i}")).await;
@@ -2107,6 +2169,7 @@ macro_rules! conformance_tests {
             tenants_are_unique_by_name,
             lists_page_by_cursor,
             users_keys_and_authentication,
+            tenant_limits_are_versioned_and_come_with_the_key,
             records_crud_versions_and_tombstones,
             unique_fields_conflict_by_pointer,
             collections_delete_only_when_empty,

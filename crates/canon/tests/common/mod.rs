@@ -4,7 +4,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Starts `canon serve` on `port` over the SQLite file `db`, with the
-/// operator token `token` and the extra environment `env`.
+/// operator token `token` and the extra environment `env`. The rate limits
+/// and the daily quota are off unless `env` sets them: these tests load the
+/// server as fast as they can on purpose (tests/limits.rs in canon-server
+/// tests the limits).
 pub fn spawn(db: &std::path::Path, port: u16, token: &str, env: &[(&str, &str)]) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_canon"));
     command
@@ -12,6 +15,8 @@ pub fn spawn(db: &std::path::Path, port: u16, token: &str, env: &[(&str, &str)])
         .arg(format!("sqlite://{}", db.display()))
         .env("CANON_BOOTSTRAP_TOKEN", token)
         .env("CANON_LOG", "warn")
+        .env("CANON_RATE_LIMIT_PER_SECOND", "0")
+        .env("CANON_DAILY_QUOTA", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     for (k, v) in env {

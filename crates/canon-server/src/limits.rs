@@ -1,0 +1,721 @@
+//! Rate limits, daily quotas, failed-auth limiting and each caller's share
+//! of the requests in flight (docs/decisions.md, "Rate limits and quotas").
+//!
+//! The counting state sits behind [`RateLimiter`]: "take one request for
+//! key K under policy P at time T, from every limit or from none". The
+//! in-process [`MemoryLimiter`] holds it now; a later backend can hold the
+//! same state in Redis for several nodes (the call is async for that). Time
+//! comes from a [`Clock`], so a test moves it past midnight instead of
+//! waiting.
+//!
+//! The per-key limit is GCRA (the generic cell rate algorithm: one
+//! "theoretical arrival time" per key), written here rather than taken from
+//! `governor`: each tenant has its own rate and burst (governor's keyed
+//! limiter has one quota for every key), a refusal must take nothing from
+//! any limit (the quota included, so the two are decided together), and the
+//! clock must be the injected one. GCRA is a few lines of arithmetic.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use canon_http::flow::BoxFuture;
+use canon_http::ratelimit::{LimitName, PolicyStanding, RateVerdict, Standing};
+
+/// Where the time comes from.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock moved by hand, for tests (the midnight reset of the daily
+/// quota is tested by setting it, not by waiting).
+#[derive(Debug)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock standing at `at`.
+    pub fn new(at: SystemTime) -> Self {
+        Self(AtomicU64::new(nanos(at)))
+    }
+    /// Moves it to `at`.
+    pub fn set(&self, at: SystemTime) {
+        self.0.store(nanos(at), Ordering::SeqCst);
+    }
+    /// Moves it forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.0.load(Ordering::SeqCst))
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+const DAY_SECS: u64 = 86_400;
+
+/// What a limit is counted per. Each scope has its own key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// An API key (by id).
+    Key = 0,
+    /// A tenant (by id).
+    Tenant = 1,
+    /// A client address (failed authentications).
+    Address = 2,
+}
+
+/// How a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// A token bucket (GCRA): one request every `interval`, up to `burst`
+    /// at once.
+    Gcra {
+        /// Time between two requests at the sustained rate.
+        interval: Duration,
+        /// Requests allowed at once from a full bucket (at least 1).
+        burst: u32,
+    },
+    /// A calendar counter: `quota` requests per UTC day.
+    Daily {
+        /// Requests per day.
+        quota: u32,
+    },
+}
+
+impl Policy {
+    /// `per_second` requests per second with `burst`.
+    pub fn per_second(per_second: u32, burst: u32) -> Self {
+        Policy::Gcra {
+            interval: Duration::from_nanos(NANOS_PER_SEC / u64::from(per_second.max(1))),
+            burst: burst.max(1),
+        }
+    }
+}
+
+/// One limit a request is charged against.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    /// Its key space.
+    pub scope: Scope,
+    /// The key in it.
+    pub key: &'a str,
+    /// How it counts.
+    pub policy: Policy,
+    /// Its name, in headers and problems.
+    pub name: LimitName,
+}
+
+/// Why the limiter could not answer (a shared backend unreachable).
+#[derive(Debug, thiserror::Error)]
+#[error("the rate limiter is unavailable: {0}")]
+pub struct LimiterError(pub String);
+
+/// The counting state of every limit.
+pub trait RateLimiter: Send + Sync {
+    /// At `now`, takes one request from every charge, or from none when
+    /// any of them is exhausted (`take` false: only says where the caller
+    /// stands). Charges are in increasing [`Scope`] order, one per scope.
+    /// A refusal names the exhausted limit that frees last.
+    fn acquire<'a>(
+        &'a self,
+        charges: &'a [Charge<'a>],
+        now: SystemTime,
+        take: bool,
+    ) -> BoxFuture<'a, Result<RateVerdict, LimiterError>>;
+}
+
+/// One key's state.
+#[derive(Debug, Clone, Copy)]
+enum Cell {
+    /// GCRA: the theoretical arrival time, in ns since the epoch.
+    Gcra { tat: u64 },
+    /// The day (since the epoch) and requests counted in it.
+    Daily { day: u64, count: u32 },
+}
+
+impl Cell {
+    /// Whether the cell says nothing a missing one would not (a full
+    /// bucket, another day's count): it can be dropped.
+    fn idle(&self, now: u64) -> bool {
+        match *self {
+            Cell::Gcra { tat } => tat <= now,
+            Cell::Daily { day, .. } => day != now / NANOS_PER_SEC / DAY_SECS,
+        }
+    }
+}
+
+/// The outcome of one charge, before it is applied.
+struct Judged {
+    standing: PolicyStanding,
+    /// The cell after taking one, when allowed.
+    next: Option<Cell>,
+    /// Seconds until it frees, when refused.
+    retry_after: u64,
+}
+
+fn ceil_secs(ns: u64) -> u64 {
+    ns.div_ceil(NANOS_PER_SEC)
+}
+
+fn judge(cell: Option<Cell>, policy: Policy, name: LimitName, now: u64) -> Judged {
+    match policy {
+        Policy::Gcra { interval, burst } => {
+            let t = (interval.as_nanos() as u64).max(1);
+            let capacity = t.saturating_mul(u64::from(burst));
+            let tat = match cell {
+                Some(Cell::Gcra { tat }) => tat.max(now),
+                _ => now,
+            };
+            let window = ceil_secs(capacity).max(1);
+            let quota = u64::from(burst);
+            let after = tat.saturating_add(t);
+            if after - now <= capacity {
+                Judged {
+                    standing: PolicyStanding {
+                        name,
+                        quota,
+                        window,
+                        remaining: (capacity - (after - now)) / t,
+                        reset: ceil_secs(after - now),
+                    },
+                    next: Some(Cell::Gcra { tat: after }),
+                    retry_after: 0,
+                }
+            } else {
+                Judged {
+                    standing: PolicyStanding {
+                        name,
+                        quota,
+                        window,
+                        remaining: capacity.saturating_sub(tat - now) / t,
+                        reset: ceil_secs(tat - now),
+                    },
+                    next: None,
+                    retry_after: ceil_secs(after - now - capacity).max(1),
+                }
+            }
+        }
+        Policy::Daily { quota } => {
+            let secs = now / NANOS_PER_SEC;
+            let day = secs / DAY_SECS;
+            let count = match cell {
+                Some(Cell::Daily { day: d, count }) if d == day => count,
+                _ => 0,
+            };
+            let to_midnight = DAY_SECS - secs % DAY_SECS;
+            let allowed = count < quota;
+            let used = if allowed { count + 1 } else { count };
+            Judged {
+                standing: PolicyStanding {
+                    name,
+                    quota: u64::from(quota),
+                    window: DAY_SECS,
+                    remaining: u64::from(quota.saturating_sub(used)),
+                    reset: to_midnight,
+                },
+                next: allowed.then_some(Cell::Daily { day, count: used }),
+                retry_after: if allowed { 0 } else { to_midnight },
+            }
+        }
+    }
+}
+
+/// Shards per key space: requests of different keys rarely wait for one
+/// another, and no lock is held across an await (the limiter never awaits).
+const SHARDS: usize = 16;
+
+struct Shard {
+    cells: HashMap<Box<str>, Cell>,
+    /// Size at which idle cells are swept out on the next insert.
+    sweep_at: usize,
+}
+
+/// The in-process limiter: per scope, a sharded map of cells. Idle cells
+/// (full buckets, past days) are dropped when a shard grows past twice its
+/// live size, so memory follows the keys active within one window.
+pub struct MemoryLimiter {
+    spaces: [Vec<Mutex<Shard>>; 3],
+    hasher: RandomState,
+}
+
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        let space = || {
+            (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        cells: HashMap::new(),
+                        sweep_at: 1024,
+                    })
+                })
+                .collect()
+        };
+        Self {
+            spaces: [space(), space(), space()],
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl MemoryLimiter {
+    fn shard(&self, scope: Scope, key: &str) -> MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // A poisoned shard holds plain numbers; they are still usable.
+        self.spaces[scope as usize][i]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Cells held, for tests of eviction.
+    pub fn len(&self) -> usize {
+        self.spaces
+            .iter()
+            .flatten()
+            .map(|s| s.lock().map_or(0, |s| s.cells.len()))
+            .sum()
+    }
+
+    /// Whether no cell is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The synchronous body of [`RateLimiter::acquire`].
+    pub fn acquire_now(&self, charges: &[Charge<'_>], now: SystemTime, take: bool) -> RateVerdict {
+        if charges.is_empty() {
+            return RateVerdict::Unlimited;
+        }
+        let now = nanos(now);
+        // Every shard involved is held while the charges are judged and
+        // applied, so "all or none" holds under concurrency. One charge per
+        // scope, locked in scope order: no two requests wait on each other
+        // in a circle.
+        let ordered = charges.windows(2).all(|w| w[0].scope < w[1].scope);
+        let mut guards: Vec<MutexGuard<'_, Shard>> = Vec::with_capacity(charges.len());
+        let mut judged: [Option<Judged>; 3] = [None, None, None];
+        for (i, c) in charges.iter().take(3).enumerate() {
+            let guard = self.shard(c.scope, c.key);
+            judged[i] = Some(judge(guard.cells.get(c.key).copied(), c.policy, c.name, now));
+            if ordered {
+                guards.push(guard);
+            }
+        }
+        let mut standing = Standing::default();
+        let mut refused: Option<(LimitName, u64)> = None;
+        for (slot, j) in judged.iter().flatten().enumerate() {
+            if slot < 2 {
+                standing.policies[slot] = Some(j.standing);
+            }
+            if j.next.is_none() && refused.is_none_or(|(_, r)| j.retry_after > r) {
+                refused = Some((j.standing.name, j.retry_after));
+            }
+        }
+        if let Some((limit, retry_after)) = refused {
+            return RateVerdict::Refused {
+                standing,
+                limit,
+                retry_after,
+            };
+        }
+        if take {
+            for (i, c) in charges.iter().take(3).enumerate() {
+                let Some(next) = judged[i].as_ref().and_then(|j| j.next) else {
+                    continue;
+                };
+                let mut own;
+                let shard: &mut Shard = if ordered {
+                    &mut guards[i]
+                } else {
+                    own = self.shard(c.scope, c.key);
+                    &mut own
+                };
+                match shard.cells.get_mut(c.key) {
+                    Some(cell) => *cell = next,
+                    None => {
+                        if shard.cells.len() >= shard.sweep_at {
+                            shard.cells.retain(|_, cell| !cell.idle(now));
+                            shard.sweep_at = (shard.cells.len() * 2).max(1024);
+                        }
+                        shard.cells.insert(c.key.into(), next);
+                    }
+                }
+            }
+        }
+        RateVerdict::Allowed(standing)
+    }
+}
+
+impl RateLimiter for MemoryLimiter {
+    fn acquire<'a>(
+        &'a self,
+        charges: &'a [Charge<'a>],
+        now: SystemTime,
+        take: bool,
+    ) -> BoxFuture<'a, Result<RateVerdict, LimiterError>> {
+        let verdict = self.acquire_now(charges, now, take);
+        Box::pin(async move { Ok(verdict) })
+    }
+}
+
+/// Requests in flight per API key and per tenant, each held to a share of
+/// the server's slots. A [`Held`] gives its slots back when dropped.
+pub struct InFlight {
+    share: u32,
+    counts: Mutex<HashMap<Box<str>, u32>>,
+}
+
+impl InFlight {
+    /// At most `share` requests in flight per key and per tenant.
+    pub fn new(share: usize) -> Arc<Self> {
+        Arc::new(Self {
+            share: u32::try_from(share.max(1)).unwrap_or(u32::MAX),
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One slot for `key` and one for `tenant` (when there is one), or none
+    /// when either already holds its share.
+    pub fn enter(self: &Arc<Self>, key: &str, tenant: Option<&str>) -> Option<Held> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let full = |k: &str| counts.get(k).is_some_and(|n| *n >= self.share);
+        if full(key) || tenant.is_some_and(full) {
+            return None;
+        }
+        for k in std::iter::once(key).chain(tenant) {
+            match counts.get_mut(k) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(k.into(), 1);
+                }
+            }
+        }
+        Some(Held {
+            owner: self.clone(),
+            key: key.into(),
+            tenant: tenant.map(Into::into),
+        })
+    }
+
+    fn leave(&self, key: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                // Callers with nothing in flight hold no memory.
+                counts.remove(key);
+            }
+        }
+    }
+}
+
+/// Slots held by one request.
+pub struct Held {
+    owner: Arc<InFlight>,
+    key: Box<str>,
+    tenant: Option<Box<str>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.owner.leave(&self.key);
+        if let Some(t) = &self.tenant {
+            self.owner.leave(t);
+        }
+    }
+}
+
+/// Per client address: until when it counts as failing to authenticate,
+/// and the tokens that worked from it lately (their SHA-256 digests). When
+/// the address is refused for failed authentications, those tokens still
+/// pass: a colleague behind the same NAT keeps working while a guesser there
+/// is stopped, and the guesser learns nothing (a guess is refused before it
+/// is checked). Per node, in shards; entries expire.
+pub struct KnownGood {
+    shards: Vec<Mutex<HashMap<IpAddr, Seen>>>,
+    hasher: RandomState,
+    /// How long a token that worked is remembered.
+    remember: u64,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Ns since the epoch when the address stops counting as failing.
+    failing_until: u64,
+    /// Digests of tokens that worked from it, with when they are forgotten.
+    tokens: Vec<([u8; 32], u64)>,
+}
+
+impl Seen {
+    fn expired(&self, now: u64) -> bool {
+        self.failing_until <= now && self.tokens.iter().all(|(_, until)| *until <= now)
+    }
+}
+
+/// Tokens remembered per address (the most recent).
+const KNOWN_PER_ADDRESS: usize = 8;
+/// Addresses per shard before expired ones are swept.
+const SWEEP_ADDRESSES: usize = 4096;
+
+impl Default for KnownGood {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            remember: DAY_SECS * NANOS_PER_SEC,
+        }
+    }
+}
+
+impl KnownGood {
+    fn shard(&self, address: &IpAddr) -> MutexGuard<'_, HashMap<IpAddr, Seen>> {
+        let i = (self.hasher.hash_one(address) as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `address` failed lately.
+    pub fn failing(&self, address: IpAddr, now: u64) -> bool {
+        self.shard(&address)
+            .get(&address)
+            .is_some_and(|f| f.failing_until > now)
+    }
+
+    /// Marks `address` as failing until `until` (ns since the epoch).
+    pub fn failed(&self, address: IpAddr, now: u64, until: u64) {
+        let mut map = self.shard(&address);
+        if map.len() >= SWEEP_ADDRESSES && !map.contains_key(&address) {
+            map.retain(|_, seen| !seen.expired(now));
+        }
+        let seen = map.entry(address).or_default();
+        seen.failing_until = seen.failing_until.max(until);
+    }
+
+    /// Remembers that the token with `digest` worked from `address`.
+    pub fn worked(&self, address: IpAddr, digest: [u8; 32], now: u64) {
+        let until = now.saturating_add(self.remember);
+        let mut map = self.shard(&address);
+        if let Some(seen) = map.get_mut(&address) {
+            match seen.tokens.iter_mut().find(|(d, _)| *d == digest) {
+                Some(known) => known.1 = until,
+                None => {
+                    if seen.tokens.len() >= KNOWN_PER_ADDRESS {
+                        seen.tokens.remove(0);
+                    }
+                    seen.tokens.push((digest, until));
+                }
+            }
+            return;
+        }
+        if map.len() >= SWEEP_ADDRESSES {
+            map.retain(|_, seen| !seen.expired(now));
+        }
+        map.insert(
+            address,
+            Seen {
+                failing_until: 0,
+                tokens: vec![(digest, until)],
+            },
+        );
+    }
+
+    /// Whether the token with `digest` worked from `address` lately.
+    pub fn knows(&self, address: IpAddr, digest: &[u8; 32], now: u64) -> bool {
+        self.shard(&address)
+            .get(&address)
+            .is_some_and(|f| f.tokens.iter().any(|(d, until)| d == digest && *until > now))
+    }
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy,
+/// the nearest address in `X-Forwarded-For` that is not one (read from the
+/// right: each proxy appends the address it was reached from, so only the
+/// entries trusted proxies wrote can be believed; anything left of them is
+/// what the client claimed). An entry that does not parse ends the walk.
+pub fn client_address(peer: Option<IpAddr>, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let mut client = peer?;
+    let is_trusted = |a: &IpAddr| trusted.iter().any(|net| net.contains(a));
+    if trusted.is_empty() || !is_trusted(&client) {
+        return Some(client);
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let Ok(address) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = address;
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+/// Nanoseconds since the epoch of `t`.
+pub fn epoch_nanos(t: SystemTime) -> u64 {
+    nanos(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn burst<'a>(key: &'a str, per_second: u32, burst: u32) -> Charge<'a> {
+        Charge {
+            scope: Scope::Key,
+            key,
+            policy: Policy::per_second(per_second, burst),
+            name: LimitName::Burst,
+        }
+    }
+
+    fn daily(key: &str, quota: u32) -> Charge<'_> {
+        Charge {
+            scope: Scope::Tenant,
+            key,
+            policy: Policy::Daily { quota },
+            name: LimitName::Daily,
+        }
+    }
+
+    #[test]
+    fn gcra_allows_the_burst_then_one_per_interval() {
+        let l = MemoryLimiter::default();
+        let c = [burst("k", 2, 3)];
+        let t0 = at(1_000_000);
+        for left in [2, 1, 0] {
+            match l.acquire_now(&c, t0, true) {
+                RateVerdict::Allowed(s) => assert_eq!(s.policies[0].unwrap().remaining, left),
+                other => panic!("{other:?}"),
+            }
+        }
+        match l.acquire_now(&c, t0, true) {
+            RateVerdict::Refused { limit, retry_after, .. } => assert_eq!((limit, retry_after), (LimitName::Burst, 1)),
+            other => panic!("{other:?}"),
+        }
+        // Half a second later (2/s), one more.
+        assert!(matches!(
+            l.acquire_now(&c, t0 + Duration::from_millis(500), true),
+            RateVerdict::Allowed(_)
+        ));
+        assert!(matches!(
+            l.acquire_now(&c, t0 + Duration::from_millis(500), true),
+            RateVerdict::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn a_refusal_takes_nothing_from_any_limit() {
+        let l = MemoryLimiter::default();
+        let t0 = at(10 * DAY_SECS + 100);
+        let c = [burst("k", 1, 1), daily("t", 5)];
+        assert!(matches!(l.acquire_now(&c, t0, true), RateVerdict::Allowed(_)));
+        // Burst refused: the quota is not counted.
+        for _ in 0..10 {
+            assert!(matches!(l.acquire_now(&c, t0, true), RateVerdict::Refused { .. }));
+        }
+        match l.acquire_now(&c, t0 + Duration::from_secs(1), true) {
+            RateVerdict::Allowed(s) => assert_eq!(s.policies[1].unwrap().remaining, 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_quota_resets_at_midnight_utc() {
+        let l = MemoryLimiter::default();
+        let c = [daily("t", 2)];
+        let before = at(20 * DAY_SECS - 30);
+        assert!(matches!(l.acquire_now(&c, before, true), RateVerdict::Allowed(_)));
+        assert!(matches!(l.acquire_now(&c, before, true), RateVerdict::Allowed(_)));
+        match l.acquire_now(&c, before, true) {
+            RateVerdict::Refused { limit, retry_after, .. } => assert_eq!((limit, retry_after), (LimitName::Daily, 30)),
+            other => panic!("{other:?}"),
+        }
+        match l.acquire_now(&c, at(20 * DAY_SECS), true) {
+            RateVerdict::Allowed(s) => {
+                let p = s.policies[0].unwrap();
+                assert_eq!((p.remaining, p.reset), (1, DAY_SECS));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn peeking_takes_nothing() {
+        let l = MemoryLimiter::default();
+        let c = [burst("k", 1, 1)];
+        for _ in 0..3 {
+            assert!(matches!(l.acquire_now(&c, at(5), false), RateVerdict::Allowed(_)));
+        }
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn idle_cells_are_swept() {
+        let l = MemoryLimiter::default();
+        let keys: Vec<String> = (0..20_000).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            l.acquire_now(&[burst(k, 1000, 10)], at(1), true);
+        }
+        // A second later every bucket is full again: the next inserts sweep them.
+        for k in &keys {
+            l.acquire_now(&[burst(&format!("{k}-new"), 1000, 10)], at(2), true);
+        }
+        assert!(l.len() < 30_000, "{} cells kept", l.len());
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = crate::config::parse_trusted_proxies("10.0.0.0/8, ::1").unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7".parse().unwrap());
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        // From an untrusted peer the header is ignored.
+        assert_eq!(client_address(ip("5.5.5.5"), &h, &trusted), ip("5.5.5.5"));
+        assert_eq!(client_address(ip("10.1.1.1"), &h, &[]), ip("10.1.1.1"));
+        // From a trusted proxy: the nearest untrusted hop, not what the client claimed.
+        assert_eq!(client_address(ip("10.1.1.1"), &h, &trusted), ip("1.2.3.4"));
+        h.insert("x-forwarded-for", "junk".parse().unwrap());
+        assert_eq!(client_address(ip("::1"), &h, &trusted), ip("::1"));
+    }
+
+    #[test]
+    fn in_flight_shares_are_per_key_and_per_tenant() {
+        let f = InFlight::new(2);
+        let a = f.enter("k1", Some("t")).unwrap();
+        let _b = f.enter("k2", Some("t")).unwrap();
+        assert!(f.enter("k3", Some("t")).is_none(), "the tenant holds its share");
+        assert!(f.enter("op", None).is_some());
+        drop(a);
+        assert!(f.enter("k3", Some("t")).is_some());
+    }
+}
