@@ -61,13 +61,13 @@ pub struct TenantLimits {
 #[serde(deny_unknown_fields)]
 pub struct TenantLimitsPatch {
     /// Requests per second each of its API keys may send: 1 to 1000000.
-    #[schemars(range(min = 1, max = 1_000_000), extend("type" = ["integer", "null"]))]
+    #[schemars(extend("type" = ["integer", "null"], "format" = "int64", "minimum" = 1, "maximum" = 1_000_000))]
     pub rate_limit_per_second: Option<Value>,
     /// Requests each key may send at once above that rate: 1 to 1000000.
-    #[schemars(range(min = 1, max = 1_000_000), extend("type" = ["integer", "null"]))]
+    #[schemars(extend("type" = ["integer", "null"], "format" = "int64", "minimum" = 1, "maximum" = 1_000_000))]
     pub burst: Option<Value>,
     /// Requests the tenant may send per UTC day: 1 to 1000000000.
-    #[schemars(range(min = 1, max = 1_000_000_000), extend("type" = ["integer", "null"]))]
+    #[schemars(extend("type" = ["integer", "null"], "format" = "int64", "minimum" = 1, "maximum" = 1_000_000_000))]
     pub daily_quota: Option<Value>,
 }
 
