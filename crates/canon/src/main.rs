@@ -328,6 +328,10 @@ fn serve_config(args: ServeArgs) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `serve` starts logging once its config is read (the file can name the format).
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logs(LogFormat::Text);
+    }
     let runtime = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -336,7 +340,6 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Openapi => {
-            init_logs(LogFormat::Text);
             let doc = canon_server::openapi::document();
             match serde_json::to_string_pretty(&doc) {
                 Ok(text) => {
@@ -361,17 +364,11 @@ fn main() -> ExitCode {
             }
             Ok(Err(())) => ExitCode::FAILURE,
         },
-        Command::Import(args) => match {
-            init_logs(LogFormat::Text);
-            runtime()
-        } {
+        Command::Import(args) => match runtime() {
             Ok(rt) => transfer::finish(rt.block_on(transfer::import::run(args))),
             Err(()) => transfer::Exit::Broken.into(),
         },
-        Command::Export(args) => match {
-            init_logs(LogFormat::Text);
-            runtime()
-        } {
+        Command::Export(args) => match runtime() {
             Ok(rt) => transfer::finish(rt.block_on(transfer::export::run(args))),
             Err(()) => transfer::Exit::Broken.into(),
         },

@@ -81,6 +81,7 @@ fn serve_logged(
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("canon did not start");
 }
 
