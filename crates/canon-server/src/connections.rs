@@ -91,7 +91,11 @@ pub async fn serve_connections(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    // At most u32::MAX, so shutdown can wait for every slot at once.
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(max));
     let (stop, stopping) = watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();

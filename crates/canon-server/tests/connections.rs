@@ -247,12 +247,15 @@ async fn an_answer_from_the_head_reaches_a_client_still_sending_its_body() {
 
 #[tokio::test]
 async fn a_streaming_http_client_gets_the_early_answer() {
-    // What `canon import` does: a large body streamed with reqwest, no
-    // `Expect: 100-continue`, refused from its head.
+    // What `canon import` does: a large body streamed with reqwest at once
+    // (no `Expect: 100-continue`, no wait), refused from its head. 64 MiB:
+    // more than the server's lingering read takes, so the server closes
+    // while the client is still sending; hyper's client reads the answer
+    // as it writes, and reports it rather than the broken pipe.
     let s = Server::start().await;
     let _ = world(&s, "acme").await;
     let chunks = futures_util::stream::iter(
-        (0..256).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'{'; 64 * 1024]))),
+        (0..1024).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'{'; 64 * 1024]))),
     );
     let r = s
         .client

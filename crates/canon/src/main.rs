@@ -176,6 +176,19 @@ fn file_config(args: &ServeArgs) -> Result<FileConfig, String> {
 }
 
 fn resolve(args: ServeArgs, file: FileConfig) -> Result<Config, String> {
+    let config = resolve_unchecked(args, file)?;
+    let zero = [
+        ("header timeout", config.header_timeout.is_zero()),
+        ("idle timeout", config.idle_timeout.is_zero()),
+        ("max connections", config.max_connections == 0),
+    ];
+    match zero.iter().find(|(_, is_zero)| *is_zero) {
+        Some((name, _)) => Err(format!("the {name} must be at least 1")),
+        None => Ok(config),
+    }
+}
+
+fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String> {
     let d = Config::default();
     let millis = |flag: Option<u64>, file: Option<u64>, default: Duration| {
         flag.or(file).map(Duration::from_millis).unwrap_or(default)
