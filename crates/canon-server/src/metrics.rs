@@ -110,7 +110,7 @@ fn describe() {
 }
 
 /// Counts a request refused by the rate limit or quota named `limit`
-/// (`"key-rate"`, `"tenant-daily-quota"`, `"failed-auth"`, …): a fixed,
+/// (`LimitName::as_str`: `burst`, `daily`, `auth-failures`, `in-flight`): a fixed,
 /// small set of names, never a key or tenant.
 pub fn rate_limited(limit: &'static str) {
     metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);

@@ -174,10 +174,10 @@ async fn counters_move_by_route_template_and_tenants_never_appear() {
 async fn rate_limit_refusals_are_counted_by_limit() {
     let s = Server::start().await;
     let (_, before, _) = scrape(&s).await;
-    canon_server::metrics::rate_limited("key-rate");
-    canon_server::metrics::rate_limited("key-rate");
+    canon_server::metrics::rate_limited("burst");
+    canon_server::metrics::rate_limited("burst");
     let (_, after, types) = scrape(&s).await;
     let name = "canon_rate_limited_total";
     assert_eq!(types.get(name).map(String::as_str), Some("counter"));
-    assert!(value(&after, name, &[("limit", "key-rate")]) - value(&before, name, &[("limit", "key-rate")]) >= 2.0);
+    assert!(value(&after, name, &[("limit", "burst")]) - value(&before, name, &[("limit", "burst")]) >= 2.0);
 }
