@@ -588,6 +588,12 @@ pub struct Decision {
     pub response: Response<Body>,
     /// The nodes passed, in order; the last one decided.
     pub trace: Vec<Node>,
+    /// The route's pattern (`/v1/tenants/{tenant}`), when the path matched
+    /// one: what logs and metrics name a request by, never the raw path.
+    pub route: Option<&'static str>,
+    /// The tenant the request acted in, when known: the caller's own, or
+    /// the one an authenticated operator named in the path.
+    pub tenant: Option<String>,
 }
 
 /// Methods Canon implements somewhere; `OPTIONS *` lists them.
@@ -646,6 +652,10 @@ struct Walk<'r> {
     /// The caller's standing against its limits, once known: its fields
     /// go on the response, whatever decided it.
     standing: Option<Standing>,
+    /// See [`Decision::route`].
+    route: Option<&'static str>,
+    /// See [`Decision::tenant`].
+    tenant: Option<String>,
 }
 
 impl Walk<'_> {
@@ -664,6 +674,8 @@ pub async fn run(service: &dyn Service, head: &Parts, body: Box<dyn BodySource>,
         trace: Vec::with_capacity(20),
         negotiated: false,
         standing: None,
+        route: None,
+        tenant: None,
     };
     let mut response = respond(head, request_id, decide(service, &mut walk, body).await);
     if walk.negotiated {
@@ -677,6 +689,8 @@ pub async fn run(service: &dyn Service, head: &Parts, body: Box<dyn BodySource>,
     Decision {
         response,
         trace: walk.trace,
+        route: walk.route,
+        tenant: walk.tenant,
     }
 }
 
@@ -744,6 +758,7 @@ async fn decide(service: &dyn Service, walk: &mut Walk<'_>, body: Box<dyn BodySo
         return Ok(empty(StatusCode::NO_CONTENT, &[(header::ALLOW, methods.join(", "))]));
     }
     let matched = service.routes().lookup(path);
+    walk.route = matched.as_ref().map(|(route, _)| route.pattern);
     let principal = if requires_credentials(path) {
         walk.visit(Node::Authenticated);
         let principal = authenticate(service, walk).await?;
@@ -752,6 +767,15 @@ async fn decide(service: &dyn Service, walk: &mut Walk<'_>, body: Box<dyn BodySo
         Some(principal)
     } else {
         None
+    };
+    walk.tenant = match &principal {
+        Some(Principal::Member { tenant, .. }) => Some(tenant.clone()),
+        Some(Principal::Operator { .. }) => matched
+            .as_ref()
+            .and_then(|(_, params)| params.get("tenant"))
+            .filter(|t| *t != crate::access::CURRENT_TENANT)
+            .map(str::to_owned),
+        None => None,
     };
 
     walk.visit(Node::RouteExists);
@@ -1143,7 +1167,7 @@ fn add_vary<B>(response: &mut Response<B>, token: &str) {
 /// Unknown paths under `/v1` demand credentials too, so anonymous callers
 /// cannot map the API's routes.
 fn requires_credentials(path: &str) -> bool {
-    path == "/v1" || path.starts_with("/v1/")
+    crate::operation::needs_credentials(path)
 }
 
 /// The [`Node::RateLimit`] node: 429 when the caller is over one of its

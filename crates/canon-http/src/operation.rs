@@ -52,9 +52,10 @@ pub fn produced(routes: &[RouteSpec]) -> BTreeSet<u16> {
     out
 }
 
-/// Whether requests to `pattern` must authenticate (the flow's `Authenticated` node).
+/// Whether requests to `pattern` must authenticate (the flow's `Authenticated` node):
+/// the API under `/v1`, and the operator's `/metrics`.
 pub fn needs_credentials(pattern: &str) -> bool {
-    pattern == "/v1" || pattern.starts_with("/v1/")
+    pattern == "/v1" || pattern.starts_with("/v1/") || pattern == "/metrics"
 }
 
 /// Every status the flow can answer for `spec` on `route`, in order.

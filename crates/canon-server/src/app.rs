@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -15,9 +14,9 @@ use canon_http::flow;
 use futures_util::FutureExt;
 use http::HeaderValue;
 use tokio::net::TcpListener;
-use tower::ServiceExt as _;
 
 use crate::body::IncomingBody;
+pub use crate::connections::{Limits, serve_connections};
 use crate::error::internal;
 use crate::resources::service::Exchange;
 pub use crate::state::{ANSWERED_BY_HYPER, App, REQUEST_ID};
@@ -75,6 +74,8 @@ pub fn enveloped(router: Router) -> Router {
 
 /// The API handler: every request goes through the decision flow.
 async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let _in_flight = crate::metrics::InFlight::new();
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -82,8 +83,9 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .unwrap_or_default();
     // Answer 503 at once instead of queueing when the in-flight limit is
     // reached. Probes are never shed: an orchestrator must be able to tell
-    // "busy" from "dead" exactly when the server is busiest.
-    let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
+    // "busy" from "dead" exactly when the server is busiest (and a scrape
+    // of /metrics is how an operator sees it).
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
     let permit = app.in_flight.clone().try_acquire_owned().ok();
     let (head, body) = req.into_parts();
     // The caller's own share of the slots is taken once it is known, at the
@@ -102,13 +104,23 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let decision = flow::run(&exchange, &head, body, &request_id).await;
     drop(exchange);
     drop(permit);
-    tracing::debug!(
+    let status = decision.response.status().as_u16();
+    let elapsed = started.elapsed();
+    let route = decision.route.unwrap_or("unmatched");
+    crate::metrics::request(route, &head.method, status, elapsed);
+    // The one line per request: never a header, a query or a body (tokens
+    // travel in headers; the route is the template, not the path).
+    tracing::info!(
+        target: "canon::request",
         method = %head.method,
-        path = head.uri.path(),
-        status = decision.response.status().as_u16(),
-        trace = ?decision.trace,
-        "decided"
+        route,
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        request_id,
+        tenant = decision.tenant.as_deref(),
+        "request"
     );
+    tracing::debug!(route, trace = ?decision.trace, "decided");
     let (parts, bytes) = decision.response.into_parts();
     if parts.status == http::StatusCode::NOT_MODIFIED {
         // A body of unknown length, so hyper does not invent
@@ -122,8 +134,10 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     Response::from_parts(parts, crate::body::outgoing(bytes))
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then finishes the
-/// requests in flight.
+/// Serves `app` on `listener` until `shutdown` resolves; then stops
+/// accepting, lets the requests in flight finish (up to the shutdown
+/// grace), stops the job workers and closes the store, so every
+/// acknowledged write is in the database file when this returns.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
@@ -131,72 +145,21 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let purge = tokio::spawn(purge_expired(app.clone()));
     let maintenance = crate::maintenance::watch(&app);
-    crate::worker::start(&app, app.config.job_workers);
-    serve_router(listener, enveloped(app.router()), shutdown).await;
+    let workers = crate::worker::start(&app, app.config.job_workers);
+    let limits = Limits::from_config(&app.config);
+    serve_connections(listener, enveloped(app.router()), limits, shutdown).await;
     purge.abort();
     maintenance.abort();
+    workers.stop().await;
+    tracing::info!("job workers stopped; closing the store");
+    app.store.close().await.map_err(std::io::Error::other)?;
+    tracing::info!("store closed");
     Ok(())
 }
 
-/// How long a client may take to send a request's header section. hyper
-/// closes the connection after it (it has no response to send yet).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How many header fields hyper parses before answering 431 itself. Above
-/// hyper's default of 100, so the flow's own limit (on bytes, with a problem
-/// body) decides for any ordinary request; see `docs/decisions.md`.
-const MAX_HEADER_FIELDS: usize = 512;
-
-/// How long shutdown waits for requests in flight.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `router` on every connection `listener` accepts, until `shutdown`
-/// resolves; then stops accepting and waits (up to a bound) for the
-/// connections in flight to finish.
-///
-/// An accept loop of our own rather than `axum::serve`, which sets no hyper
-/// timer: without one hyper's header-read timeout is silently off, and a
-/// client sending its headers a byte at a time could hold a connection
-/// forever. Each request carries the peer address as `ConnectInfo`.
+/// [`serve_connections`] with the default connection limits.
 pub async fn serve_router(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_headers(MAX_HEADER_FIELDS);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors, most likely: back off rather
-                    // than spin, and keep serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().oneshot(req.map(Body::new))
-        });
-        let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-        });
-    }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after the drain timeout; closing them");
-    }
+    serve_connections(listener, router, Limits::default(), shutdown).await;
 }
 
 /// Deletes expired tombstones, leases and idempotency keys every ten

@@ -31,6 +31,18 @@ pub struct Config {
     pub tombstone_retention: Duration,
     /// The operator token to create on first start (otherwise generated).
     pub bootstrap_token: Option<String>,
+    /// How long a client may take to send a header section (also between
+    /// two requests of a keep-alive connection); the connection is closed
+    /// after it, without a response.
+    pub header_timeout: Duration,
+    /// How long a connection may sit with no byte moving while no request
+    /// is handled (or while a response waits for the client to read).
+    pub idle_timeout: Duration,
+    /// Connections open at once; beyond it the server stops accepting
+    /// until one closes.
+    pub max_connections: usize,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
     /// Requests per second each API key may send (GCRA refill rate), unless
     /// its tenant has its own; 0 turns per-key limiting off.
     pub rate_limit_per_second: u32,
@@ -88,6 +100,10 @@ impl Default for Config {
             job_lease: Duration::from_secs(30),
             tombstone_retention: Duration::from_secs(30 * 86_400),
             bootstrap_token: None,
+            header_timeout: Duration::from_millis(10_000),
+            idle_timeout: Duration::from_millis(60_000),
+            max_connections: 4096,
+            shutdown_grace: Duration::from_millis(30_000),
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
             daily_quota: 1_000_000,

@@ -66,6 +66,7 @@ pub mod name {
     #![allow(missing_docs)]
     pub const HEALTH: &str = "health";
     pub const READY: &str = "ready";
+    pub const METRICS: &str = "metrics";
     pub const STATUS_CODES: &str = "status-codes";
     pub const PROBLEM: &str = "problem";
     pub const OPENAPI: &str = "openapi";
@@ -119,6 +120,14 @@ pub static ROUTES: &[RouteSpec] = &[
         methods: &[get(Guard::Public, JSON).bodies(None, Some("Health"))],
         planned: &[],
         summary: "The database answers.",
+        states: States::FIXED,
+    },
+    RouteSpec {
+        name: name::METRICS,
+        pattern: "/metrics",
+        methods: &[get(role(Operator), TEXT)],
+        planned: &[],
+        summary: "Prometheus metrics (text format): requests by route template, method and status, latencies, requests in flight, open connections, rate-limit refusals, store latency and group-commit sizes. The operator's token only.",
         states: States::FIXED,
     },
     RouteSpec {
@@ -477,10 +486,13 @@ mod tests {
 
     #[test]
     fn api_routes_are_guarded_and_others_public() {
+        // A route is guarded exactly when the flow authenticates its
+        // requests: the API under /v1, and /metrics.
         for r in ROUTES {
             for m in r.methods {
                 let public = m.guard == Guard::Public;
-                assert_eq!(public, !r.pattern.starts_with("/v1/"), "{} {}", m.method, r.pattern);
+                let authenticated = canon_http::operation::needs_credentials(r.pattern);
+                assert_eq!(public, !authenticated, "{} {}", m.method, r.pattern);
             }
         }
     }

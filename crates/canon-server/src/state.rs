@@ -97,6 +97,7 @@ impl App {
         store: Arc<dyn Store>,
         clock: Arc<dyn crate::limits::Clock>,
     ) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
+        crate::metrics::install();
         Ok(Arc::new(App {
             store,
             routes: RouteTable::new(ROUTES)?,

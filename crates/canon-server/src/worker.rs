@@ -28,10 +28,50 @@ const DELETE_STEP: usize = 500;
 /// A job claimed this many times without finishing fails.
 const MAX_ATTEMPTS: i64 = 5;
 
-/// Starts `workers` workers for `app`; they run until the process ends.
-pub fn start(app: &Arc<App>, workers: usize) {
-    for n in 0..workers.max(1) {
-        tokio::spawn(run(app.clone(), n));
+/// The running workers. Dropping this leaves them running until the
+/// process ends; [`Workers::stop`] stops them.
+pub struct Workers {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Stops every worker and waits for them: a worker between jobs stops
+    /// at once; a worker in a job stops where it is, as if its process had
+    /// died. Each step is idempotent against its checkpoint, so the job's
+    /// lease runs out and a worker of any node takes it over from there
+    /// (docs/jobs.md).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts `workers` workers for `app`; they run until [`Workers::stop`]
+/// (or the process ends).
+pub fn start(app: &Arc<App>, workers: usize) -> Workers {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let tasks = (0..workers.max(1))
+        .map(|n| {
+            let (app, mut stopping) = (app.clone(), stopping.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = run(app, n) => {}
+                    () = stopped(&mut stopping) => {}
+                }
+            })
+        })
+        .collect();
+    Workers { stop, tasks }
+}
+
+/// Resolves when [`Workers::stop`] is called (never, if its `Workers` was
+/// dropped instead).
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    if stopping.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -8,6 +8,7 @@
 //! Backends: [`sqlite::SqliteStore`] (embedded, the default). PostgreSQL
 //! follows behind the same trait and the same conformance suite.
 
+pub mod metrics;
 pub mod model;
 pub mod sqlite;
 
@@ -207,6 +208,12 @@ pub trait Store:
     /// purged (their tombstone stays, their name is free). Returns how many
     /// rows went.
     async fn purge_expired(&self) -> StoreResult<u64>;
+
+    /// Prepares for the process to end: waits for the writes already
+    /// submitted to commit, refuses later ones ([`StoreError::Unavailable`]),
+    /// and leaves the database complete on its own (SQLite: the WAL copied
+    /// into the database file; a server backend: connections closed).
+    async fn close(&self) -> StoreResult<()>;
 }
 
 /// Tenants, their users and API keys, and authentication by key.

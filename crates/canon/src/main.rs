@@ -106,6 +106,33 @@ struct ServeArgs {
     /// [default: a quarter of CANON_MAX_IN_FLIGHT].
     #[arg(long, env = "CANON_MAX_IN_FLIGHT_PER_CALLER")]
     max_in_flight_per_caller: Option<usize>,
+    /// Milliseconds a client may take to send a header section, also
+    /// between two requests of a connection; then it is closed [default: 10000].
+    #[arg(long, env = "CANON_HEADER_TIMEOUT_MS")]
+    header_timeout_ms: Option<u64>,
+    /// Milliseconds a connection may sit idle before it is closed [default: 60000].
+    #[arg(long, env = "CANON_IDLE_TIMEOUT_MS")]
+    idle_timeout_ms: Option<u64>,
+    /// Connections open at once; beyond it the server stops accepting [default: 4096].
+    #[arg(long, env = "CANON_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Milliseconds shutdown (SIGTERM, SIGINT) waits for requests in flight [default: 30000].
+    #[arg(long, env = "CANON_SHUTDOWN_GRACE_MS")]
+    shutdown_grace_ms: Option<u64>,
+    /// Log lines as `text` or `json` (one object a line) [default: text].
+    #[arg(long, env = "CANON_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line, for a log collector.
+    Json,
 }
 
 /// The config file: the same settings as the flags.
@@ -130,17 +157,42 @@ struct FileConfig {
     auth_failure_window_secs: Option<u64>,
     trusted_proxies: Option<String>,
     max_in_flight_per_caller: Option<usize>,
+    header_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    shutdown_grace_ms: Option<u64>,
+    log_format: Option<LogFormat>,
 }
 
-fn resolve(args: ServeArgs) -> Result<Config, String> {
-    let file: FileConfig = match &args.config {
+/// The config file `--config` names, if any.
+fn file_config(args: &ServeArgs) -> Result<FileConfig, String> {
+    match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
         }
-        None => FileConfig::default(),
-    };
+        None => Ok(FileConfig::default()),
+    }
+}
+
+fn resolve(args: ServeArgs, file: FileConfig) -> Result<Config, String> {
+    let config = resolve_unchecked(args, file)?;
+    let zero = [
+        ("header timeout", config.header_timeout.is_zero()),
+        ("idle timeout", config.idle_timeout.is_zero()),
+        ("max connections", config.max_connections == 0),
+    ];
+    match zero.iter().find(|(_, is_zero)| *is_zero) {
+        Some((name, _)) => Err(format!("the {name} must be at least 1")),
+        None => Ok(config),
+    }
+}
+
+fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String> {
     let d = Config::default();
+    let millis = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+        flag.or(file).map(Duration::from_millis).unwrap_or(default)
+    };
     if args.redis_url.or(file.redis_url).is_some() {
         tracing::warn!(
             "a Redis URL was given, but rate limits are kept per node for now (the Redis limiter is not built)"
@@ -197,6 +249,13 @@ fn resolve(args: ServeArgs) -> Result<Config, String> {
             None => d.trusted_proxies,
         },
         max_in_flight_per_caller: args.max_in_flight_per_caller.or(file.max_in_flight_per_caller),
+        header_timeout: millis(args.header_timeout_ms, file.header_timeout_ms, d.header_timeout),
+        idle_timeout: millis(args.idle_timeout_ms, file.idle_timeout_ms, d.idle_timeout),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(d.max_connections),
+        shutdown_grace: millis(args.shutdown_grace_ms, file.shutdown_grace_ms, d.shutdown_grace),
     })
 }
 
@@ -230,11 +289,10 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
-    let config = resolve(args)?;
+async fn serve(config: Config) -> Result<(), String> {
     let path = sqlite_path(&config.database_url)?;
     let store = SqliteStore::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let app = App::new(config, Arc::new(store)).map_err(|e| e.to_string())?;
@@ -249,18 +307,44 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     eprintln!("canon listening on http://{addr}");
     canon_server::serve(app, listener, shutdown_signal())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("shutdown: {e}"))?;
+    tracing::info!("canon stopped");
+    Ok(())
+}
+
+/// Logs go to stderr, filtered by `CANON_LOG` (default `info`). Each request
+/// is one line (target `canon::request`): method, route template, status,
+/// latency, request id, tenant; never a header, a query or a body.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CANON_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        // Colour only for a person at a terminal: escape codes in a log file
+        // or a collector are noise.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+/// The server's settings, and logging set up in the format they name (the
+/// config file can name it, so logging starts only once it is read).
+fn serve_config(args: ServeArgs) -> Result<Config, String> {
+    let file = file_config(&args)?;
+    let format = args.log_format.or(file.log_format).unwrap_or_default();
+    init_logs(format);
+    resolve(args, file)
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CANON_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: escape codes in a log file
-        // or a collector are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // `serve` starts logging once its config is read (the file can name the format).
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logs(LogFormat::Text);
+    }
     let runtime = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -281,13 +365,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve(args) => match runtime().map(|rt| rt.block_on(serve(args))) {
-            Ok(Ok(())) => ExitCode::SUCCESS,
-            Ok(Err(e)) => {
+        Command::Serve(args) => match serve_config(args).map(|config| runtime().map(|rt| rt.block_on(serve(config)))) {
+            Err(e) => {
                 eprintln!("canon: {e}");
                 ExitCode::FAILURE
             }
-            Err(()) => ExitCode::FAILURE,
+            Ok(Ok(Ok(()))) => ExitCode::SUCCESS,
+            Ok(Ok(Err(e))) => {
+                eprintln!("canon: {e}");
+                ExitCode::FAILURE
+            }
+            Ok(Err(())) => ExitCode::FAILURE,
         },
         Command::Import(args) => match runtime() {
             Ok(rt) => transfer::finish(rt.block_on(transfer::import::run(args))),

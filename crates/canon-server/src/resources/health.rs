@@ -1,4 +1,4 @@
-//! `/healthz` and `/readyz`.
+//! `/healthz`, `/readyz` and `/metrics`.
 
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
@@ -45,6 +45,28 @@ impl Resource for Ready {
                     )
                 }
             }
+        })
+    }
+}
+
+/// `GET /metrics`: the process's metrics in Prometheus's text format
+/// (`crate::metrics`).
+pub struct Metrics;
+
+impl Resource for Metrics {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        Query::parse(&input.head.uri, &[]).map(|_| ())
+    }
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async { Ok(Existence::Found(Found::default())) })
+    }
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async {
+            // Rendering walks every series: off the async workers.
+            let text = tokio::task::spawn_blocking(crate::metrics::render)
+                .await
+                .map_err(|_| crate::error::internal())?;
+            Ok(Success::Ok(Representation::new(MediaType::Text, text.into())))
         })
     }
 }

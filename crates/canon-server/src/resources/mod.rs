@@ -165,6 +165,7 @@ pub fn for_route(
     match route.name {
         name::HEALTH => Box::new(health::Health),
         name::READY => Box::new(health::Ready(cx)),
+        name::METRICS => Box::new(health::Metrics),
         name::STATUS_CODES => Box::new(docs::StatusCodes),
         name::OPENAPI => Box::new(docs::OpenApi),
         name::INDEX => Box::new(docs::Index),

@@ -173,7 +173,7 @@ impl Service for Exchange<'_> {
                     if self.app.known_good.knows(client, &digest, epoch_nanos(now)) {
                         RateVerdict::Unlimited
                     } else {
-                        verdict
+                        counted(verdict)
                     }
                 }
                 // A limiter that cannot answer does not lock everyone out.
@@ -263,11 +263,11 @@ impl Service for Exchange<'_> {
                     .map_err(limiter_problem)?
                     .standing()
                     .unwrap_or_default();
-                return Ok(RateVerdict::Refused {
+                return Ok(counted(RateVerdict::Refused {
                     standing,
                     limit: LimitName::InFlight,
                     retry_after: 1,
-                });
+                }));
             };
             let verdict = self
                 .app
@@ -280,7 +280,7 @@ impl Service for Exchange<'_> {
             {
                 *slot = Some(held);
             }
-            Ok(verdict)
+            Ok(counted(verdict))
         })
     }
 
@@ -329,4 +329,13 @@ fn limiter_problem(e: crate::limits::LimiterError) -> Problem {
         canon_http::ProblemKind::ServiceUnavailable,
         "The rate limiter cannot be reached; retry shortly.",
     )
+}
+
+/// Counts a refusal in `canon_rate_limited_total` by the limit's name (a
+/// fixed word: never a key, a tenant or an address).
+fn counted(verdict: RateVerdict) -> RateVerdict {
+    if let RateVerdict::Refused { limit, .. } = &verdict {
+        crate::metrics::rate_limited(limit.as_str());
+    }
+    verdict
 }

@@ -111,7 +111,8 @@ impl Server {
         canon_server::maintenance::watch(&app);
         let router = canon_server::enveloped(extend(app.router()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(canon_server::serve_router(listener, router, async move {
+        let limits = canon_server::Limits::from_config(&app.config);
+        tokio::spawn(canon_server::serve_connections(listener, router, limits, async move {
             let _ = rx.await;
         }));
         let client = Client::builder()

@@ -67,6 +67,8 @@ pub struct Engine {
     read_permits: Semaphore,
     /// Tells the checkpointer thread to stop.
     stopping: Arc<AtomicBool>,
+    /// Set by [`Engine::close`]: later writes are refused.
+    closed: AtomicBool,
 }
 
 impl Drop for Engine {
@@ -130,12 +132,46 @@ impl Engine {
             readers: Mutex::new(pool),
             read_permits: Semaphore::new(readers),
             stopping,
+            closed: AtomicBool::new(false),
         })
     }
 
     /// Runs `op` in the next group commit. Resolves once the commit is
     /// durable (or failed).
     pub async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        let started = std::time::Instant::now();
+        let written = self.enqueue(op).await;
+        metrics::histogram!(crate::metrics::STORE_SECONDS, "op" => "write").record(started.elapsed().as_secs_f64());
+        written
+    }
+
+    /// Finishes every write queued so far, refuses later ones, and copies
+    /// the WAL into the database file (`wal_checkpoint(TRUNCATE)`), so the
+    /// file is complete on its own when the process ends.
+    pub async fn close(&self) -> StoreResult<()> {
+        self.closed.store(true, Ordering::Release);
+        // The queue is first in, first out: once this no-op has committed,
+        // so has every write queued before it.
+        self.enqueue(|_| Ok(())).await?;
+        self.stopping.store(true, Ordering::Relaxed);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open(&path, false).map_err(internal)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(internal)
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    async fn enqueue<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -163,6 +199,17 @@ impl Engine {
 
     /// Runs `op` on a read-only connection, on the blocking pool.
     pub async fn read<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let started = std::time::Instant::now();
+        let result = self.read_now(op).await;
+        metrics::histogram!(crate::metrics::STORE_SECONDS, "op" => "read").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn read_now<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -207,6 +254,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        metrics::histogram!(crate::metrics::COMMIT_BATCH).record(batch.len() as f64);
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Dropping the jobs drops their senders: each caller gets an error.
             tracing::error!(error = %e, writes = batch.len(), "cannot begin a write transaction");

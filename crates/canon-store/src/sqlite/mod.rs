@@ -85,6 +85,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn close(&self) -> StoreResult<()> {
+        self.engine.close().await
+    }
+
     async fn purge_expired(&self) -> StoreResult<u64> {
         self.engine
             .write(|c| {

@@ -2111,6 +2111,39 @@ pub async fn jobs_survive_reopen(open: impl Fn() -> Arc<dyn Store>) {
     );
 }
 
+/// `close` lets every write submitted before it commit, answers each, and
+/// refuses writes after it; what was acknowledged can still be read.
+pub async fn close_finishes_submitted_writes_and_refuses_later_ones(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(
+            async move { (i, store.create_tenant(&format!("t{i}")).await) },
+        ));
+    }
+    tokio::task::yield_now().await;
+    store.close().await.expect("close");
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        let (i, created) = task.await.expect("task");
+        match created {
+            Ok(_) => acknowledged.push(i),
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("a write before close failed otherwise: {e}"),
+        }
+    }
+    for i in acknowledged {
+        assert!(matches!(
+            store.tenant(&format!("t{i}")).await.expect("read"),
+            Lookup::Found(_)
+        ));
+    }
+    assert!(matches!(
+        store.create_tenant("later").await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
 /// Runs every conformance test, each on a fresh store from `make`.
 pub async fn maintenance_is_off_until_set_and_versioned(store: Arc<dyn Store>) {
     let initial = store.maintenance().await.unwrap();
@@ -2202,6 +2235,7 @@ macro_rules! conformance_tests {
             tenant_deletion_steps_empty_the_tenant_and_count_what_went,
             tenant_deletion_steps_need_the_lease,
             a_stopped_tenant_deletion_starts_again,
+            close_finishes_submitted_writes_and_refuses_later_ones,
         );
     };
     (@each $make:expr; $($name:ident,)+) => {

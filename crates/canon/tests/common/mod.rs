@@ -1,5 +1,7 @@
 //! Helpers for tests that run the `canon` binary as its own process.
 
+#![allow(dead_code)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

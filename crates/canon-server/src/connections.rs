@@ -1,0 +1,384 @@
+//! The accept loop and the life of a connection: how long a client may take
+//! to send a header section, how long a connection may sit idle, how many
+//! may be open at once, how an early answer reaches a client still sending
+//! its body, and how connections end when the server shuts down
+//! (docs/http.md, "Connections").
+//!
+//! An accept loop of our own over hyper's HTTP/1 builder rather than
+//! `axum::serve`, which sets no hyper timer: without one hyper's
+//! header-read timeout is silently off, and a client sending its headers a
+//! byte at a time could hold a connection forever.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt as _;
+
+use crate::config::Config;
+
+/// How many header fields hyper parses before answering 431 itself. Above
+/// hyper's default of 100, so the flow's own limit (on bytes, with a problem
+/// body) decides for any ordinary request; see `docs/decisions.md`.
+const MAX_HEADER_FIELDS: usize = 512;
+
+/// After an answer that left the request body unread (a 401, 403, 404, 413,
+/// 415… decided from the head), the server half-closes the connection and
+/// reads and discards what the client is still sending, for at most this
+/// long and this many bytes, before closing. Closing at once, with unread
+/// bytes in the socket, makes the kernel send a reset that can destroy the
+/// answer before the client reads it: the client sees a broken pipe instead
+/// of the problem (Apache's and nginx's "lingering close").
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// See [`LINGER_TIME`].
+pub const LINGER_BYTES: u64 = 16 << 20;
+
+/// The connection settings of [`serve_connections`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A header section not complete this long after the server starts
+    /// waiting for it (a new connection, or the end of the previous
+    /// response) closes the connection, without a response.
+    pub header_timeout: Duration,
+    /// A connection on which no byte moves in either direction this long,
+    /// while no request is being handled (or while a response waits for the
+    /// client to read it), is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once; beyond it the server stops accepting until
+    /// one closes (the kernel's listen backlog holds the next few).
+    pub max_connections: usize,
+    /// How long shutdown waits for requests in flight before closing their
+    /// connections.
+    pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    /// The limits `config` names.
+    pub fn from_config(config: &Config) -> Limits {
+        Limits {
+            header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections,
+            shutdown_grace: config.shutdown_grace,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_config(&Config::default())
+    }
+}
+
+/// Runs `router` on every connection `listener` accepts, until `shutdown`
+/// resolves; then stops accepting (the listener is closed, so new
+/// connections are refused), lets every connection finish the request it is
+/// serving (keep-alive off) and waits for them, up to
+/// [`Limits::shutdown_grace`]. Each request carries the peer address as
+/// `ConnectInfo`.
+pub async fn serve_connections(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    // At most u32::MAX, so shutdown can wait for every slot at once.
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize);
+    let slots = Arc::new(Semaphore::new(max));
+    let (stop, stopping) = watch::channel(false);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(MAX_HEADER_FIELDS);
+    tokio::pin!(shutdown);
+    loop {
+        // A slot first, then a connection: at the limit the loop waits here
+        // and new connections queue in the kernel's backlog, costing no file
+        // descriptor of ours until a slot frees.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off rather
+                    // than spin, and keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            stream,
+            peer,
+            router: router.clone(),
+            builder: builder.clone(),
+            idle_timeout: limits.idle_timeout,
+            stopping: stopping.clone(),
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _open = crate::metrics::OpenConnection::new();
+            connection.run().await;
+        });
+    }
+    drop(listener);
+    tracing::info!("no longer accepting connections; finishing requests in flight");
+    let _ = stop.send(true);
+    // Every connection holds a slot until it ends: all slots free means all
+    // connections ended.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.shutdown_grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = max - slots.available_permits(),
+            "connections still open after the shutdown grace; closing them"
+        );
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    router: Router,
+    builder: hyper::server::conn::http1::Builder,
+    idle_timeout: Duration,
+    stopping: watch::Receiver<bool>,
+}
+
+/// The response future of one request, boxed so the connection is `Unpin`
+/// (hyper hands the socket back only from an `Unpin` connection).
+type Responding = Pin<Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>>;
+
+impl Connection {
+    async fn run(self) {
+        let Connection {
+            stream,
+            peer,
+            router,
+            builder,
+            idle_timeout,
+            mut stopping,
+        } = self;
+        let activity = Arc::new(Activity::new());
+        let seen = activity.clone();
+        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let busy = Busy::new(seen.clone());
+            let response = router.clone().oneshot(req.map(Body::new));
+            Box::pin(async move {
+                let response = response.await;
+                drop(busy);
+                response
+            }) as Responding
+        });
+        let io = hyper_util::rt::TokioIo::new(Watched {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let mut conn = builder.serve_connection(io, service);
+        let mut shutting_down = *stopping.borrow();
+        if shutting_down {
+            Pin::new(&mut conn).graceful_shutdown();
+        }
+        let ended = loop {
+            tokio::select! {
+                ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break Some(ended),
+                changed = stopping.changed(), if !shutting_down => {
+                    // The sender gone without a word also means: stop.
+                    if changed.is_err() || *stopping.borrow() {
+                        shutting_down = true;
+                        Pin::new(&mut conn).graceful_shutdown();
+                    }
+                }
+                () = idle(&activity, idle_timeout) => break None,
+            }
+        };
+        match ended {
+            Some(Ok(())) => {
+                let stream = conn.into_parts().io.into_inner().inner;
+                linger(stream).await;
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+            None => tracing::debug!(%peer, "idle connection closed"),
+        }
+    }
+}
+
+/// Sends what is left (the answer is written already), half-closes, then
+/// reads and discards what the client still sends, within [`LINGER_TIME`]
+/// and [`LINGER_BYTES`], so the answer is read before the socket closes.
+/// A client that closes its end first (the usual case) ends this at once.
+async fn linger(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n as u64),
+            _ => break,
+        }
+    }
+}
+
+/// Resolves once the connection has been idle for `timeout`: no byte read
+/// or written for that long, while no request is being handled or while a
+/// write waits for the client to read.
+async fn idle(activity: &Activity, timeout: Duration) {
+    loop {
+        let quiet = activity.quiet_for();
+        if quiet >= timeout && (activity.busy.load(Ordering::Relaxed) == 0 || activity.write_blocked()) {
+            return;
+        }
+        // A handler busy without IO (a long store call) is not idle: look
+        // again a little later.
+        let wait = timeout
+            .saturating_sub(quiet)
+            .max(timeout / 4)
+            .max(Duration::from_millis(10));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// What moved on a connection, and when.
+struct Activity {
+    start: Instant,
+    /// Milliseconds after `start` of the last byte read or written.
+    last: AtomicU64,
+    /// Requests being handled (their handler has not answered yet).
+    busy: AtomicUsize,
+    /// The last write found the socket's buffer full.
+    write_pending: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            write_pending: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+
+    fn write_blocked(&self) -> bool {
+        self.write_pending.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as being handled while it lives.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: Arc<Activity>) -> Busy {
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        Busy(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A socket that records its [`Activity`].
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Watched {
+    fn note_write(&self, polled: &Poll<std::io::Result<usize>>) {
+        match polled {
+            Poll::Pending => self.activity.write_pending.store(true, Ordering::Relaxed),
+            Poll::Ready(written) => {
+                self.activity.write_pending.store(false, Ordering::Relaxed);
+                if matches!(written, Ok(n) if *n > 0) {
+                    self.activity.touch();
+                }
+            }
+        }
+    }
+}

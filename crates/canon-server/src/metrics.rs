@@ -1,0 +1,213 @@
+//! Prometheus metrics (`GET /metrics`, docs/operations.md).
+//!
+//! The `metrics` facade records; the Prometheus exporter's recorder is
+//! installed once per process ([`install`], called by `App::new`) and
+//! rendered by the `/metrics` resource. One recorder per process, not per
+//! [`crate::App`]: the facade has one global recorder, and tests that start
+//! many servers in one process share it (they compare counters before and
+//! after, never absolute values).
+//!
+//! Labels are bounded sets of `&'static str`: a route's *template* (never
+//! the path), the method, the status, a limit's name. No tenant name or id
+//! ever becomes a label value (unbounded cardinality), and recording a
+//! request allocates no label string.
+
+use std::sync::{LazyLock, OnceLock};
+use std::time::Duration;
+
+use http::Method;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by `route`, `method`, `status`.
+pub const REQUESTS: &str = "canon_http_requests_total";
+/// Seconds from a request's head to its response's head, by `route`,
+/// `method` (a histogram).
+pub const REQUEST_SECONDS: &str = "canon_http_request_duration_seconds";
+/// Requests being handled now.
+pub const IN_FLIGHT: &str = "canon_http_requests_in_flight";
+/// Connections open now.
+pub const OPEN_CONNECTIONS: &str = "canon_open_connections";
+/// Requests refused by a rate limit or quota, by `limit` ([`rate_limited`]).
+pub const RATE_LIMITED: &str = "canon_rate_limited_total";
+/// Store calls' seconds, by `op` (`read`, `write`): recorded by canon-store.
+pub const STORE_SECONDS: &str = canon_store::metrics::STORE_SECONDS;
+/// Writes per group commit: recorded by canon-store.
+pub const COMMIT_BATCH: &str = canon_store::metrics::COMMIT_BATCH;
+
+/// Latency buckets, in seconds: 0.5 ms to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Batch-size buckets: powers of two up to the engine's largest batch.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// How often the exporter's upkeep runs (drains histogram samples, so
+/// memory stays bounded between scrapes).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's global recorder (once;
+/// later calls return the same handle) and starts its upkeep thread.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH.into()), BATCH_BUCKETS));
+        let builder = match builder {
+            Ok(b) => b,
+            // Only an empty bucket list is refused: not ours.
+            Err(e) => {
+                tracing::error!(error = %e, "metric buckets refused; histograms become summaries");
+                PrometheusBuilder::new()
+            }
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            // Someone embedding Canon installed their own recorder: ours
+            // then renders only what is recorded through it (nothing).
+            tracing::warn!("a metrics recorder was installed already; /metrics stays empty");
+        }
+        describe();
+        let upkeep = handle.clone();
+        let started = std::thread::Builder::new()
+            .name("canon-metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+        }
+        handle
+    })
+}
+
+/// The metrics in Prometheus's text format.
+pub fn render() -> String {
+    install().render()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(REQUESTS, "Requests answered, by route template, method and status.");
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time from a request's head to its response's head, by route template and method."
+    );
+    describe_gauge!(IN_FLIGHT, "Requests being handled now.");
+    describe_gauge!(OPEN_CONNECTIONS, "Connections open now.");
+    describe_counter!(RATE_LIMITED, "Requests refused by a rate limit or quota, by limit.");
+    describe_histogram!(
+        STORE_SECONDS,
+        Unit::Seconds,
+        "Store calls' latency, by op (read, write)."
+    );
+    describe_histogram!(COMMIT_BATCH, "Writes committed together by one group commit.");
+}
+
+/// Counts a request refused by the rate limit or quota named `limit`
+/// (`LimitName::as_str`: `burst`, `daily`, `auth-failures`, `in-flight`): a fixed,
+/// small set of names, never a key or tenant.
+pub fn rate_limited(limit: &'static str) {
+    metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
+}
+
+/// Records one answered request.
+pub fn request(route: &'static str, method: &Method, status: u16, elapsed: Duration) {
+    let method = method_label(method);
+    metrics::counter!(REQUESTS, "route" => route, "method" => method, "status" => status_label(status)).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method).record(elapsed.as_secs_f64());
+}
+
+/// Counts a request as in flight while it lives.
+pub struct InFlight(());
+
+impl InFlight {
+    /// A request starts.
+    pub fn new() -> InFlight {
+        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        InFlight(())
+    }
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight::new()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// Counts a connection as open while it lives.
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    /// A connection was accepted.
+    pub fn new() -> OpenConnection {
+        metrics::gauge!(OPEN_CONNECTIONS).increment(1.0);
+        OpenConnection(())
+    }
+}
+
+impl Default for OpenConnection {
+    fn default() -> Self {
+        OpenConnection::new()
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(OPEN_CONNECTIONS).decrement(1.0);
+    }
+}
+
+/// The label of a method: the registered ones by name, anything else
+/// `OTHER` (a client may send any token as a method).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+/// Every status's label, made once.
+static STATUS_LABELS: LazyLock<Vec<String>> = LazyLock::new(|| (100..600).map(|c: u16| c.to_string()).collect());
+
+/// The label of a status, without allocating.
+pub fn status_label(status: u16) -> &'static str {
+    match status.checked_sub(100).and_then(|i| STATUS_LABELS.get(usize::from(i))) {
+        Some(label) => label.as_str(),
+        None => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_static_and_bounded() {
+        assert_eq!(status_label(200), "200");
+        assert_eq!(status_label(599), "599");
+        assert_eq!(status_label(42), "other");
+        assert_eq!(status_label(600), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"FOO").unwrap()), "OTHER");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+    }
+}

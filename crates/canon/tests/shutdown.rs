@@ -1,0 +1,160 @@
+//! SIGTERM under write load: the process stops accepting, finishes the
+//! requests in flight, closes the store and exits 0 within its grace; every
+//! write it acknowledged is there after a restart.
+
+mod common;
+
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const TOKEN: &str = "shutdown-operator";
+const WRITERS: usize = 24;
+const GRACE_MS: u64 = 5000;
+
+/// Sends `signal` (`TERM`, `INT`) to `child`.
+fn signal(child: &Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// Waits for `child` to exit, at most `limit`.
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("canon did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_write_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("canon.db");
+    let grace = GRACE_MS.to_string();
+    let env = [("CANON_SHUTDOWN_GRACE_MS", grace.as_str())];
+    let node = common::Node::start(&db, TOKEN, &env).await;
+    node.post_ok("/v1/tenants", json!({"name": "acme"})).await;
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+    node.post_ok("/v1/tenants/acme/collections", json!({"name": "c", "schema": schema}))
+        .await;
+    let records = format!("{}/v1/tenants/acme/collections/c/records", node.base);
+
+    // Writers create records as fast as they can, each remembering the ids
+    // it was answered 201 for, until the server stops answering.
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(Mutex::new(Vec::<u16>::new()));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (client, url) = (node.client.clone(), records.clone());
+        let (acknowledged, refused) = (acknowledged.clone(), refused.clone());
+        writers.push(tokio::spawn(async move {
+            for n in 0.. {
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"n": w * 1_000_000 + n}))
+                    .send()
+                    .await;
+                let Ok(r) = sent else { return };
+                let status = r.status().as_u16();
+                if status == 201 {
+                    let Ok(body) = r.json::<Value>().await else { return };
+                    acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(body["id"].as_str().unwrap().to_owned());
+                } else {
+                    refused.lock().unwrap().push(status);
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut child = node.child;
+    let before = acknowledged.lock().unwrap().len();
+    assert!(before > 0, "writes were acknowledged before the signal");
+    let signalled = Instant::now();
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = wait_exit(&mut child, Duration::from_millis(GRACE_MS + 5000));
+        (status, child)
+    })
+    .await
+    .unwrap();
+    let (status, _child) = status;
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took < Duration::from_millis(GRACE_MS),
+        "exited within the grace: {took:?}"
+    );
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let refused = refused.lock().unwrap().clone();
+    assert!(refused.iter().all(|s| *s == 503), "only 503s besides 201s: {refused:?}");
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    // The WAL was copied into the database file: nothing waits in it.
+    let wal = dir.path().join("canon.db-wal");
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(wal_len, 0, "the WAL is empty after a clean shutdown");
+
+    // Restart: every acknowledged record is there.
+    let node = common::Node::start(&db, TOKEN, &[]).await;
+    let mut missing = Vec::new();
+    for id in &acknowledged {
+        let r = node
+            .client
+            .get(format!("{}/v1/tenants/acme/collections/c/records/{id}", node.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 200 {
+            missing.push(id.clone());
+        }
+    }
+    let mut child = node.child;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged records missing",
+        missing.len(),
+        acknowledged.len()
+    );
+    eprintln!(
+        "{} records acknowledged ({before} before SIGTERM); exit 0 after {took:?}",
+        acknowledged.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_an_idle_server_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(&dir.path().join("canon.db"), TOKEN, &[]).await;
+    let mut child = node.child;
+    let signalled = Instant::now();
+    signal(&child, "INT");
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        signalled.elapsed()
+    );
+}
