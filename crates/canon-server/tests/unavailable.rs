@@ -175,3 +175,91 @@ async fn a_database_moved_away_answers_503_to_reads_and_writes_and_recovers_when
         .unwrap();
     assert_eq!(n, 2);
 }
+
+/// A job whose step meets an unavailable database is not failed: its worker
+/// backs off and resumes it from its checkpoint once the database answers,
+/// under the same lease (no new attempt). The lease is long here, so only
+/// that resumption, not a takeover after the lease, finishes it in time.
+#[tokio::test]
+async fn a_job_meeting_an_unavailable_database_waits_and_resumes() {
+    const RECORDS_N: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    let s = Server::start_with_on(
+        canon_server::Config {
+            job_lease: Duration::from_secs(120),
+            ..config()
+        },
+        &path,
+    )
+    .await;
+    let w = world(&s, "acme").await;
+    for chunk in 0..RECORDS_N / 500 {
+        let operations: Vec<Value> = (0..500)
+            .map(|i| json!({"op": "create", "data": {"port": chunk * 500 + i}}))
+            .collect();
+        let r = s
+            .call(
+                Method::POST,
+                &format!("{RECORDS}/batch"),
+                &w.editor,
+                Some(json!({"operations": operations})),
+            )
+            .await;
+        assert_eq!(r.status(), 207);
+    }
+    let r = s
+        .call(
+            Method::DELETE,
+            "/v1/tenants/acme/collections/devices?force=true",
+            &w.admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let monitor = header(&r, "location").to_owned();
+    // Once the job has done its first step, another connection takes the
+    // write lock for several timeouts: the job's next writes fail.
+    loop {
+        let job = s.ok_json(Method::GET, &monitor, &w.viewer, None).await;
+        assert!(
+            job["status"] == "queued" || job["status"] == "running",
+            "the job ended before the lock: {job}"
+        );
+        if job["progress"]["done"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (status, done): (String, i64) = other
+        .query_row("SELECT status, progress_done FROM jobs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(status, "running");
+    assert!(done < RECORDS_N as i64, "{done}");
+    tokio::time::sleep(DB_TIMEOUT * 3).await;
+    other.execute_batch("ROLLBACK").unwrap();
+
+    // It finishes (the monitor's 303), well within its lease, claimed once.
+    let started = Instant::now();
+    loop {
+        let r = s.call(Method::GET, &monitor, &w.viewer, None).await;
+        if r.status() == 303 {
+            break;
+        }
+        let job: Value = r.json().await.unwrap();
+        assert_eq!(job["status"], "running", "{job}");
+        assert!(started.elapsed() < Duration::from_secs(20), "still running: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("finished {:?} after the lock went", started.elapsed());
+    let result = s
+        .ok_json(Method::GET, &format!("{monitor}/result"), &w.viewer, None)
+        .await;
+    assert_eq!(result["deleted_records"], RECORDS_N, "{result}");
+    let attempts: i64 = other.query_row("SELECT attempts FROM jobs", [], |r| r.get(0)).unwrap();
+    assert_eq!(attempts, 1);
+}
