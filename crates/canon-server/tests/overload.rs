@@ -18,13 +18,9 @@ const RECORDS: &str = "/v1/tenants/acme/collections/devices/records";
 const MAX_IN_FLIGHT: usize = 4;
 const BODY: &[u8] = br#"{"port": 7}"#;
 
-/// A POST whose body trickles in a byte at a time: it holds its in-flight
-/// slot until told to send the last byte.
-async fn trickling_upload(
-    addr: std::net::SocketAddr,
-    token: String,
-    mut finish: tokio::sync::watch::Receiver<bool>,
-) -> String {
+/// Opens a POST whose body is still to come and returns its socket once
+/// the server holds it (no answer within a moment: it waits for the body).
+async fn held_upload(addr: std::net::SocketAddr, token: &str) -> TcpStream {
     let mut sock = TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST {RECORDS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
@@ -32,8 +28,18 @@ async fn trickling_upload(
         BODY.len()
     );
     sock.write_all(head.as_bytes()).await.unwrap();
-    let (start, last) = BODY.split_at(BODY.len() - 1);
-    for byte in start {
+    sock.write_all(&BODY[..1]).await.unwrap();
+    let mut byte = [0u8; 1];
+    let answered = tokio::time::timeout(Duration::from_millis(100), sock.read(&mut byte)).await;
+    assert!(answered.is_err(), "the upload was answered before its body");
+    sock
+}
+
+/// Trickles the rest of the body in, a byte every 50 ms, holding back the
+/// last byte until `finish`; returns the server's answer.
+async fn trickle(mut sock: TcpStream, mut finish: tokio::sync::watch::Receiver<bool>) -> String {
+    let (middle, last) = BODY[1..].split_at(BODY.len() - 2);
+    for byte in middle {
         sock.write_all(&[*byte]).await.unwrap();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -61,17 +67,10 @@ async fn overload_sheds_excess_at_once_never_the_probes_and_recovers() {
 
     // Every slot held by an upload whose body trickles in.
     let (finish, finishing) = tokio::sync::watch::channel(false);
-    let uploads: Vec<_> = (0..MAX_IN_FLIGHT)
-        .map(|_| tokio::spawn(trickling_upload(s.addr, w.editor.clone(), finishing.clone())))
-        .collect();
-    let started = Instant::now();
-    loop {
-        let r = s.call(Method::GET, &record, &w.viewer, None).await;
-        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "the slots never filled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut uploads = Vec::new();
+    for _ in 0..MAX_IN_FLIGHT {
+        let sock = held_upload(s.addr, &w.editor).await;
+        uploads.push(tokio::spawn(trickle(sock, finishing.clone())));
     }
 
     // Excess load, all at once: every request is answered 503 immediately
