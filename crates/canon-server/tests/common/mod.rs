@@ -97,7 +97,7 @@ impl Server {
     /// Starts a server with `config` on the database file at `path`, which
     /// the caller keeps (and may lock, move or remove).
     pub async fn start_with_on(config: Config, path: &std::path::Path) -> Server {
-        Self::launch(config, path, None, |r| r).await
+        Self::launch(config, path, None, Arc::new(canon_server::limits::SystemClock), |r| r).await
     }
 
     async fn launch(
