@@ -84,9 +84,14 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     // Answer 503 at once instead of queueing when the in-flight limit is
     // reached. Probes are never shed: an orchestrator must be able to tell
     // "busy" from "dead" exactly when the server is busiest (and a scrape
-    // of /metrics is how an operator sees it).
+    // of /metrics is how an operator sees it). Nor do they take a slot: a
+    // probe must not shed a request.
     let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
-    let permit = app.in_flight.clone().try_acquire_owned().ok();
+    let permit = if probe {
+        None
+    } else {
+        app.in_flight.clone().try_acquire_owned().ok()
+    };
     let (head, body) = req.into_parts();
     // The caller's own share of the slots is taken once it is known, at the
     // flow's RateLimit node (429 beyond it): `Exchange::rate_limit`.

@@ -22,6 +22,10 @@ pub struct Config {
     pub max_import_bytes: u64,
     /// Requests served at once; beyond it 503 at once.
     pub max_in_flight: usize,
+    /// How long a store call waits for the database (a lock another process
+    /// holds, a free reader, a place in the writer's queue) before it fails
+    /// with 503 (docs/decisions.md, "When the database is unavailable").
+    pub db_timeout: Duration,
     /// Jobs run at once by this process (workers claiming from the queue).
     pub job_workers: usize,
     /// How long a worker's claim on a job lasts without a checkpoint; a job
@@ -96,6 +100,7 @@ impl Default for Config {
             body_timeout: Duration::from_millis(10_000),
             max_import_bytes: 10 << 30,
             max_in_flight: 1024,
+            db_timeout: canon_store::sqlite::DEFAULT_TIMEOUT,
             job_workers: 2,
             job_lease: Duration::from_secs(30),
             tombstone_retention: Duration::from_secs(30 * 86_400),

@@ -8,6 +8,12 @@
 //! running when its process died is claimed again after its lease expires
 //! and resumes from its checkpoint: every step is idempotent with respect to
 //! it, so nothing is applied twice.
+//!
+//! A step that meets an unavailable database ([`StoreError::Unavailable`])
+//! does not fail the job: the worker backs off and, once the database
+//! answers again and its lease still holds, resumes from the stored
+//! checkpoint; a lease that ran out meanwhile lets any worker claim the job
+//! (docs/jobs.md, "When the database is unavailable").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +33,11 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 const DELETE_STEP: usize = 500;
 /// A job claimed this many times without finishing fails.
 const MAX_ATTEMPTS: i64 = 5;
+/// First pause after a step met an unavailable database; doubled on every
+/// further failure, up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between two tries of an unavailable database.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The running workers. Dropping this leaves them running until the
 /// process ends; [`Workers::stop`] stops them.
@@ -97,44 +108,101 @@ async fn run(app: Arc<App>, n: usize) {
 }
 
 /// Runs `job` under `owner` and records how it ended, unless the lease was
-/// lost (canceled, or taken over): then whoever holds it now decides.
-async fn work(app: &App, job: Job, owner: &str) {
-    let outcome = if job.attempts > MAX_ATTEMPTS {
-        Err(Step::Failed(Problem::new(
-            ProblemKind::Internal,
-            format!("The job was started {MAX_ATTEMPTS} times without finishing."),
-        )))
-    } else {
-        match job.kind {
-            JobKind::DeleteCollection => delete_collection(app, &job, owner).await,
-            JobKind::DeleteTenant => delete_tenant(app, &job, owner).await,
-            JobKind::Import => crate::import::run(app, &job, owner).await,
-            JobKind::Export => crate::export::run(app, &job, owner).await,
+/// lost (canceled, or taken over): then whoever holds it now decides. While
+/// the database is unavailable the job waits (see the module's docs).
+async fn work(app: &App, mut job: Job, owner: &str) {
+    let mut pause = BACKOFF_MIN;
+    let outcome = loop {
+        match attempt(app, &job, owner).await {
+            Ok(result) => break JobOutcome::Succeeded { result: Some(result) },
+            Err(Step::Failed(problem)) => {
+                break JobOutcome::Failed {
+                    problem: problem.to_body("", ""),
+                };
+            }
+            Err(Step::LeaseLost) => return,
+            Err(Step::Unavailable(why)) => {
+                tracing::warn!(job = %job.id, error = %why, "the database is unavailable; the job waits to resume");
+                match resume(app, &job, owner, &mut pause).await {
+                    Some(stored) => job = stored,
+                    None => return,
+                }
+            }
         }
     };
-    let outcome = match outcome {
-        Ok(result) => JobOutcome::Succeeded { result: Some(result) },
-        Err(Step::Failed(problem)) => JobOutcome::Failed {
-            problem: problem.to_body("", ""),
-        },
-        Err(Step::LeaseLost) => return,
-    };
-    let finished = app
-        .store
-        .finish_job(
-            &job.tenant_id,
-            &job.id,
-            owner,
-            outcome,
-            now_millis(),
-            canon_store::JOB_RESULT_RETENTION,
-        )
-        .await;
-    match finished {
-        Ok(_) => app.jobs.finished(),
-        Err(StoreError::LeaseLost) => {}
-        Err(e) => tracing::error!(job = %job.id, error = %e, "could not record a job's end"),
+    loop {
+        let finished = app
+            .store
+            .finish_job(
+                &job.tenant_id,
+                &job.id,
+                owner,
+                outcome.clone(),
+                now_millis(),
+                canon_store::JOB_RESULT_RETENTION,
+            )
+            .await;
+        match finished {
+            Ok(_) => return app.jobs.finished(),
+            Err(StoreError::LeaseLost) => return,
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(job = %job.id, error = %why, "the database is unavailable; the job's end waits to be recorded");
+                tokio::time::sleep(next_pause(&mut pause)).await;
+            }
+            Err(e) => return tracing::error!(job = %job.id, error = %e, "could not record a job's end"),
+        }
     }
+}
+
+/// One run of `job` from its checkpoint.
+async fn attempt(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
+    if job.attempts > MAX_ATTEMPTS {
+        return Err(Step::Failed(Problem::new(
+            ProblemKind::Internal,
+            format!("The job was started {MAX_ATTEMPTS} times without finishing."),
+        )));
+    }
+    match job.kind {
+        JobKind::DeleteCollection => delete_collection(app, job, owner).await,
+        JobKind::DeleteTenant => delete_tenant(app, job, owner).await,
+        JobKind::Import => crate::import::run(app, job, owner).await,
+        JobKind::Export => crate::export::run(app, job, owner).await,
+    }
+}
+
+/// Waits, backing off, until the database renews `job`'s lease, and returns
+/// the job as stored (its last checkpoint), to resume from there without a
+/// new attempt. `None` once the lease is lost: it ran out during the outage
+/// (the job is claimed again, as after a crash) or the job was canceled.
+async fn resume(app: &App, job: &Job, owner: &str, pause: &mut Duration) -> Option<Job> {
+    loop {
+        tokio::time::sleep(next_pause(pause)).await;
+        let now = now_millis();
+        match app
+            .store
+            .heartbeat(&job.tenant_id, &job.id, owner, lease_until(app), now)
+            .await
+        {
+            Ok(stored) => {
+                tracing::info!(job = %job.id, "the database answers again; the job resumes from its checkpoint");
+                *pause = BACKOFF_MIN;
+                return Some(stored);
+            }
+            Err(StoreError::Unavailable(_)) => {}
+            Err(StoreError::LeaseLost) => return None,
+            Err(e) => {
+                tracing::error!(job = %job.id, error = %e, "could not resume a job");
+                return None;
+            }
+        }
+    }
+}
+
+/// The pause to take now; doubles the next one, up to [`BACKOFF_MAX`].
+fn next_pause(pause: &mut Duration) -> Duration {
+    let now = *pause;
+    *pause = (*pause * 2).min(BACKOFF_MAX);
+    now
 }
 
 /// Stores a step's checkpoint and renews the lease for another
@@ -167,12 +235,16 @@ pub(crate) enum Step {
     Failed(Problem),
     /// Its lease is gone (canceled, or another worker has it).
     LeaseLost,
+    /// The database is unavailable: the job is not over; it resumes once
+    /// the database answers.
+    Unavailable(String),
 }
 
 impl From<StoreError> for Step {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::LeaseLost => Step::LeaseLost,
+            StoreError::Unavailable(why) => Step::Unavailable(why),
             other => {
                 tracing::error!(error = %other, "a job step failed in the store");
                 Step::Failed(Problem::new(ProblemKind::Internal, "The store failed during the job."))

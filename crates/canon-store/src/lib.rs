@@ -200,7 +200,11 @@ pub trait Store:
     + Sync
     + 'static
 {
-    /// Checks the database answers.
+    /// Proves the database answers reads and writes: a read transaction
+    /// that reads from the database itself (not a constant), and a write
+    /// transaction begun and committed (it need write nothing). Fails with
+    /// [`StoreError::Unavailable`] within the backend's timeout when either
+    /// cannot be had (readiness answers 503 then).
     async fn ping(&self) -> StoreResult<()>;
 
     /// Deletes what expired: tombstones, leases, idempotency keys, and the

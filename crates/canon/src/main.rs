@@ -71,6 +71,10 @@ struct ServeArgs {
     /// Requests served at once; beyond it 503 [default: 1024].
     #[arg(long, env = "CANON_MAX_IN_FLIGHT")]
     max_in_flight: Option<usize>,
+    /// Milliseconds a store call waits for the database (a lock held
+    /// elsewhere, a free reader, the writer's queue) before 503 [default: 1000].
+    #[arg(long, env = "CANON_DB_TIMEOUT_MS")]
+    db_timeout_ms: Option<u64>,
     /// Jobs this process runs at once [default: 2].
     #[arg(long, env = "CANON_JOB_WORKERS")]
     job_workers: Option<usize>,
@@ -146,6 +150,7 @@ struct FileConfig {
     body_timeout_ms: Option<u64>,
     max_import_bytes: Option<u64>,
     max_in_flight: Option<usize>,
+    db_timeout_ms: Option<u64>,
     job_workers: Option<usize>,
     job_lease_ms: Option<u64>,
     tombstone_days: Option<u64>,
@@ -212,6 +217,11 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
             .or(file.max_import_bytes)
             .unwrap_or(d.max_import_bytes),
         max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight),
+        db_timeout: args
+            .db_timeout_ms
+            .or(file.db_timeout_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(d.db_timeout),
         job_workers: args.job_workers.or(file.job_workers).unwrap_or(d.job_workers),
         job_lease: args
             .job_lease_ms
@@ -294,7 +304,8 @@ async fn shutdown_signal() {
 
 async fn serve(config: Config) -> Result<(), String> {
     let path = sqlite_path(&config.database_url)?;
-    let store = SqliteStore::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let store = SqliteStore::open_with_timeout(&path, config.db_timeout)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let app = App::new(config, Arc::new(store)).map_err(|e| e.to_string())?;
     if let Some(token) = app.bootstrap().await.map_err(|e| e.to_string())? {
         eprintln!("Created the operator token (shown once, store it now):\n\n    {token}\n");

@@ -94,6 +94,12 @@ impl Server {
         Self::launch(config(), path, None, Arc::new(canon_server::limits::SystemClock), |r| r).await
     }
 
+    /// Starts a server with `config` on the database file at `path`, which
+    /// the caller keeps (and may lock, move or remove).
+    pub async fn start_with_on(config: Config, path: &std::path::Path) -> Server {
+        Self::launch(config, path, None, Arc::new(canon_server::limits::SystemClock), |r| r).await
+    }
+
     async fn launch(
         mut config: Config,
         path: &std::path::Path,
@@ -101,7 +107,8 @@ impl Server {
         clock: Arc<dyn canon_server::limits::Clock>,
         extend: impl FnOnce(Router) -> Router,
     ) -> Server {
-        let store: Arc<dyn canon_store::Store> = Arc::new(SqliteStore::open(path).expect("open store"));
+        let store: Arc<dyn canon_store::Store> =
+            Arc::new(SqliteStore::open_with_timeout(path, config.db_timeout).expect("open store"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         config.listen = addr;

@@ -8,11 +8,21 @@
 //! transaction, commits once, and only then answers each caller. A write that
 //! fails rolls back to its savepoint and leaves the others untouched; if the
 //! commit itself fails, every write of the batch reports the failure.
+//!
+//! Every wait for the database is bounded by the engine's `timeout`
+//! (docs/decisions.md, "When the database is unavailable"): SQLite's busy
+//! timeout (a lock held by another process), the wait for a free reader and
+//! for a place in the writer's queue. Past it a call fails with
+//! [`StoreError::Unavailable`] (HTTP 503) instead of hanging. A database file
+//! that was moved, removed or replaced under the open connections is noticed
+//! by the checkpointer thread; every call then fails at once, until the file
+//! is back.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -24,14 +34,21 @@ pub const MAX_BATCH: usize = 512;
 /// Writes waiting for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 4096;
 
+/// How long a store call waits for the database by default (see
+/// [`Engine::start`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+
 /// Delivers one write's result once the batch's commit outcome is known.
 type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 /// One queued write: runs on the writer's connection, says whether it
-/// succeeded, and hands back its completion.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+/// succeeded, and hands back its completion. Given an error instead of the
+/// connection (the transaction could not begin), it answers its caller with
+/// that error at once and does not run.
+type Job = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Completion) + Send>;
 
-/// Opens a connection with Canon's pragmas.
-fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+/// Opens a connection with Canon's pragmas; `busy` bounds how long a
+/// statement waits for a lock another connection holds.
+fn open(path: &Path, read_only: bool, busy: Duration) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
     } else {
@@ -41,7 +58,7 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_URI
     };
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(busy)?;
     if !read_only {
         // WAL lets readers run beside the writer; FULL syncs the WAL on every
         // commit, so a committed write survives power loss and kill -9.
@@ -69,6 +86,11 @@ pub struct Engine {
     stopping: Arc<AtomicBool>,
     /// Set by [`Engine::close`]: later writes are refused.
     closed: AtomicBool,
+    /// Set while the file at `path` is not the one the connections have
+    /// open (moved, removed, replaced); kept up to date by the checkpointer.
+    detached: Arc<AtomicBool>,
+    /// The bound on every wait for the database.
+    timeout: Duration,
 }
 
 impl Drop for Engine {
@@ -77,8 +99,9 @@ impl Drop for Engine {
     }
 }
 
-/// How often the checkpointer copies the WAL into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often the checkpointer copies the WAL into the database (and checks
+/// that the database file is still the one open).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// WAL pages after which the writer checkpoints by itself, should the
 /// checkpointer fall behind (SQLite's default is 1000).
 const WRITER_CHECKPOINT_PAGES: i64 = 16_000;
@@ -87,39 +110,95 @@ const WRITER_CHECKPOINT_PAGES: i64 = 16_000;
 /// (`PRAGMA wal_checkpoint(PASSIVE)` on a connection of its own, which never
 /// blocks the writer): left to the writer, the checkpoint runs inside the
 /// commit that crosses the threshold and stalls every write queued behind it.
-fn checkpointer_loop(conn: Connection, stopping: Arc<AtomicBool>) {
+///
+/// It also watches the database file: see [`FileIdentity`].
+fn checkpointer_loop(
+    conn: Connection,
+    stopping: Arc<AtomicBool>,
+    watch: Option<(PathBuf, FileIdentity)>,
+    detached: Arc<AtomicBool>,
+) {
     while !stopping.load(Ordering::Relaxed) {
         std::thread::sleep(CHECKPOINT_EVERY);
+        if let Some((path, opened)) = &watch {
+            let now = FileIdentity::of(path);
+            let gone = now.as_ref() != Some(opened);
+            if gone != detached.swap(gone, Ordering::AcqRel) {
+                if gone {
+                    tracing::error!(path = %path.display(), "the database file was moved, removed or replaced; refusing every store call until it is back");
+                } else {
+                    tracing::warn!(path = %path.display(), "the database file is back; serving again");
+                }
+            }
+        }
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "a background checkpoint did not run");
         }
     }
 }
 
+/// Which file a path names (device and inode).
+///
+/// SQLite keeps working on the file descriptors it has open: after the
+/// database file (or its directory) is moved or removed, reads and writes
+/// still succeed, on a file no later process will open, so every write
+/// acknowledged from then on would be lost at the next start. The engine
+/// therefore compares the path's file with the one it opened and refuses
+/// every call while they differ (503): a file moved back resumes service by
+/// itself; a file replaced by another needs a restart, since the open
+/// connections still hold the old one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    #[cfg(unix)]
+    fn of(path: &Path) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| FileIdentity {
+            device: m.dev(),
+            inode: m.ino(),
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn of(_: &Path) -> Option<FileIdentity> {
+        None
+    }
+}
+
 impl Engine {
     /// Opens `path` (creating it), runs `setup` on the writer connection
-    /// before anything else, and starts the writer thread.
+    /// before anything else, and starts the writer thread. `timeout` bounds
+    /// every wait for the database (a lock held elsewhere, a free reader, a
+    /// place in the writer's queue): past it a call fails with
+    /// [`StoreError::Unavailable`].
     pub fn start(
         path: &Path,
         readers: usize,
+        timeout: Duration,
         setup: impl FnOnce(&mut Connection) -> StoreResult<()>,
     ) -> StoreResult<Engine> {
-        let mut writer = open(path, false).map_err(internal)?;
+        let mut writer = open(path, false, timeout).map_err(internal)?;
         setup(&mut writer)?;
         writer
             .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
             .map_err(internal)?;
-        let checkpointer = open(path, false).map_err(internal)?;
+        let checkpointer = open(path, false, timeout).map_err(internal)?;
         let stopping = Arc::new(AtomicBool::new(false));
-        let flag = stopping.clone();
+        let detached = Arc::new(AtomicBool::new(false));
+        let (flag, seen) = (stopping.clone(), detached.clone());
+        let watch = FileIdentity::of(path).map(|id| (path.to_owned(), id));
         std::thread::Builder::new()
             .name("canon-sqlite-checkpointer".into())
-            .spawn(move || checkpointer_loop(checkpointer, flag))
+            .spawn(move || checkpointer_loop(checkpointer, flag, watch, seen))
             .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer: {e}")))?;
         let readers = readers.max(1);
         let mut pool = Vec::with_capacity(readers);
         for _ in 0..readers {
-            pool.push(open(path, true).map_err(internal)?);
+            pool.push(open(path, true, timeout).map_err(internal)?);
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
@@ -133,7 +212,33 @@ impl Engine {
             read_permits: Semaphore::new(readers),
             stopping,
             closed: AtomicBool::new(false),
+            detached,
+            timeout,
         })
+    }
+
+    /// [`StoreError::Unavailable`] while the database file is not the one
+    /// open (see [`FileIdentity`]).
+    fn attached(&self) -> StoreResult<()> {
+        if self.detached.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(format!(
+                "the database file {} was moved, removed or replaced",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Proves the database answers: a read transaction reads the schema
+    /// from the file, and the writer begins and commits a write transaction
+    /// (which writes no page, so the probe costs no fsync).
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| {
+            c.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
+                .map_err(super::rows::db_error)
+        })
+        .await?;
+        self.write(|_| Ok(())).await
     }
 
     /// Runs `op` in the next group commit. Resolves once the commit is
@@ -161,9 +266,9 @@ impl Engine {
         // so has every write queued before it.
         self.enqueue(|_| Ok(())).await?;
         self.stopping.store(true, Ordering::Relaxed);
-        let path = self.path.clone();
+        let (path, timeout) = (self.path.clone(), self.timeout);
         tokio::task::spawn_blocking(move || {
-            let conn = open(&path, false).map_err(internal)?;
+            let conn = open(&path, false, timeout).map_err(internal)?;
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                 .map_err(internal)
         })
@@ -176,8 +281,17 @@ impl Engine {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        self.attached()?;
         let (tx, rx) = oneshot::channel::<StoreResult<T>>();
         let job: Job = Box::new(move |conn| {
+            let conn = match conn {
+                Ok(conn) => conn,
+                Err(refused) => {
+                    let _ = tx.send(Err(refused.clone()));
+                    let nothing: Completion = Box::new(|_| {});
+                    return (false, nothing);
+                }
+            };
             let result = op(conn);
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |commit_error| {
@@ -189,12 +303,29 @@ impl Engine {
             });
             (ok, completion)
         });
-        self.writes
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Internal("the write was dropped before its commit".into()))?
+        // A full queue means the writer is stuck (each batch waiting out the
+        // timeout on a lock): nothing was submitted yet, so refusing is safe.
+        match tokio::time::timeout(self.timeout, self.writes.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Unavailable("the writer has stopped".into())),
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    "the writer's queue stayed full past the timeout".into(),
+                ));
+            }
+        }
+        // Once queued, the write is waited for without a bound of our own: it
+        // may still commit, and a 503 must never hide a committed write. The
+        // writer answers within about one timeout (a transaction that cannot
+        // begin fails the whole queue at once).
+        rx.await.map_err(|_| {
+            if self.writes.is_closed() {
+                StoreError::Unavailable("the writer stopped before this write's commit".into())
+            } else {
+                // Only a write that panicked is dropped by a running writer.
+                StoreError::Internal("the write panicked and was rolled back".into())
+            }
+        })?
     }
 
     /// Runs `op` on a read-only connection, on the blocking pool.
@@ -214,15 +345,22 @@ impl Engine {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let _permit = self
-            .read_permits
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Unavailable("closed".into()))?;
+        self.attached()?;
+        // Every reader busy for the whole timeout: reads are stuck (a lock,
+        // a failing disk) or overloaded; answer now rather than queue.
+        let _permit = match tokio::time::timeout(self.timeout, self.read_permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(StoreError::Unavailable("the readers are closed".into())),
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    "no reader became free within the timeout".into(),
+                ));
+            }
+        };
         let conn = self.readers.lock().map_err(|_| internal("reader pool poisoned"))?.pop();
         let conn = match conn {
             Some(c) => c,
-            None => open(&self.path, true).map_err(internal)?,
+            None => open(&self.path, true, self.timeout).map_err(super::rows::db_error)?,
         };
         let joined = tokio::task::spawn_blocking(move || {
             let result = op(&conn);
@@ -256,17 +394,28 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         }
         metrics::histogram!(crate::metrics::COMMIT_BATCH).record(batch.len() as f64);
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            // Dropping the jobs drops their senders: each caller gets an error.
-            tracing::error!(error = %e, writes = batch.len(), "cannot begin a write transaction");
-            batch.clear();
+            // Another process holds the write lock past the busy timeout, or
+            // the disk fails. Every write queued now would wait out the same
+            // timeout in turn: answer them all with the error at once, so no
+            // caller waits more than about one timeout.
+            let refused = super::rows::db_error(e);
+            for job in batch.drain(..) {
+                let _ = job(Err(&refused));
+            }
+            let mut also = 0;
+            while let Ok(job) = rx.try_recv() {
+                let _ = job(Err(&refused));
+                also += 1;
+            }
+            tracing::error!(error = %refused, queued = also, "cannot begin a write transaction; refused the queued writes");
             continue;
         }
         for job in batch.drain(..) {
-            if conn.execute_batch("SAVEPOINT op").is_err() {
-                drop(job);
+            if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+                let _ = job(Err(&super::rows::db_error(e)));
                 continue;
             }
-            match catch_unwind(AssertUnwindSafe(|| job(&conn))) {
+            match catch_unwind(AssertUnwindSafe(|| job(Ok(&conn)))) {
                 Ok((true, done)) => {
                     let _ = conn.execute_batch("RELEASE op");
                     completions.push(done);

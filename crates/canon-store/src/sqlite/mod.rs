@@ -24,6 +24,7 @@ mod tenant_deletion;
 mod tenants;
 
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::Connection;
@@ -31,8 +32,8 @@ use rusqlite::Connection;
 use crate::model::*;
 use crate::{Store, StoreResult};
 use engine::Engine;
-pub use engine::MAX_BATCH;
 use engine::internal;
+pub use engine::{DEFAULT_TIMEOUT, MAX_BATCH};
 pub use records::SORT_PREFIX_CHARS;
 pub(crate) use records::register_functions;
 use rows::db_error;
@@ -55,9 +56,18 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and migrates it.
+    /// Opens (creating if needed) the database at `path` and migrates it,
+    /// waiting at most [`DEFAULT_TIMEOUT`] for the database in any call.
     pub fn open(path: impl AsRef<Path>) -> StoreResult<SqliteStore> {
-        let engine = Engine::start(path.as_ref(), 4, migrate)?;
+        Self::open_with_timeout(path, DEFAULT_TIMEOUT)
+    }
+
+    /// Opens the database at `path` like [`SqliteStore::open`]; every wait
+    /// for the database (a lock another process holds, a free reader, a place
+    /// in the writer's queue) lasts at most `timeout`, then the call fails
+    /// with [`crate::StoreError::Unavailable`].
+    pub fn open_with_timeout(path: impl AsRef<Path>, timeout: Duration) -> StoreResult<SqliteStore> {
+        let engine = Engine::start(path.as_ref(), 4, timeout, migrate)?;
         Ok(SqliteStore { engine })
     }
 }
@@ -80,9 +90,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.engine
-            .read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_error))
-            .await
+        self.engine.ping().await
     }
 
     async fn close(&self) -> StoreResult<()> {

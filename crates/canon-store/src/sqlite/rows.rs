@@ -24,6 +24,10 @@ pub(super) fn conflict_or_internal(e: rusqlite::Error, pointer: &str) -> StoreEr
     }
 }
 
+/// Maps a SQLite failure to a store error: the database cannot be reached
+/// for now (a lock held elsewhere past the busy timeout, a file that cannot
+/// be opened, a full disk, an I/O error, a failed lock protocol) is
+/// [`StoreError::Unavailable`] (503, retry); anything else is internal.
 pub(super) fn db_error(e: rusqlite::Error) -> StoreError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _)
@@ -34,6 +38,7 @@ pub(super) fn db_error(e: rusqlite::Error) -> StoreError {
                     | ErrorCode::CannotOpen
                     | ErrorCode::DiskFull
                     | ErrorCode::SystemIoFailure
+                    | ErrorCode::FileLockingProtocolFailed
             ) =>
         {
             StoreError::Unavailable(e.to_string())
