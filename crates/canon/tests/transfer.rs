@@ -251,10 +251,12 @@ async fn import_into_an_unknown_collection_exits_2_with_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("canon.db")).await;
     // Large enough that the server refuses while megabytes are still on
-    // their way: the client must still show the problem, not a broken pipe.
+    // their way, more than it reads and discards after its answer: the
+    // client, which starts sending at once, must still show the problem,
+    // not a broken pipe.
     let file = dir.path().join("big.ndjson");
-    let body: String = (0..600_000).map(|n| format!("{{\"port\":{n}}}\n")).collect();
-    assert!(body.len() > 8 << 20);
+    let body: String = (0..2_500_000).map(|n| format!("{{\"port\":{n}}}\n")).collect();
+    assert!(body.len() > 32 << 20);
     std::fs::write(&file, &body).unwrap();
 
     let output = import(&server, &file, "nosuch").await;

@@ -135,20 +135,6 @@ impl Phase {
         }
     }
 
-    /// Starts the phase's clock again: the time before (a large upload's
-    /// wait for an early answer) would make rate and ETA lie.
-    pub fn restart_clock(&self) {
-        let now = Instant::now();
-        if let Ok(mut clock) = self.clock.lock() {
-            *clock = Clock {
-                started: now,
-                last_line: now,
-            };
-        }
-        self.bar.reset_elapsed();
-        self.bar.reset_eta();
-    }
-
     /// How long the phase has run.
     fn elapsed(&self) -> Duration {
         self.clock.lock().map(|c| c.started.elapsed()).unwrap_or_default()

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -16,16 +15,6 @@ use super::progress::Phase;
 
 /// The size of the reads from the file.
 const READ_CHUNK: usize = 64 * 1024;
-
-/// Bodies larger than this wait [`EARLY_ANSWER_WINDOW`] before their first
-/// byte (curl's threshold for `Expect: 100-continue`).
-pub const EARLY_ANSWER_ABOVE: u64 = 1 << 20;
-/// How long a large body waits for an early answer before it starts. The
-/// server refuses (401, 403, 404, 413, …) as soon as it has the head; once
-/// megabytes are on the way, it closes the connection on them unread, and
-/// the client sees a broken pipe instead of the problem. Curl waits 1 s
-/// for a `100 Continue` too.
-pub const EARLY_ANSWER_WINDOW: Duration = Duration::from_secs(1);
 
 /// Counts the lines the server will import: lines with anything but ASCII
 /// whitespace (the server skips blank lines, and counts a last line without
@@ -77,8 +66,10 @@ impl Seen {
 
 /// The body stream of `file` (`length` bytes, when known): its bytes,
 /// shown in `phase` as they are handed to the connection; `seen` counts its
-/// lines. A large (or unknown) body starts only after
-/// [`EARLY_ANSWER_WINDOW`], so an early refusal arrives before it.
+/// lines. The body starts at once: a server that refuses an upload from its
+/// head (401, 404, 413, …) reads and discards what follows for a while
+/// before it closes, so the refusal reaches the client as an answer, not as
+/// a broken pipe (docs/http.md).
 pub fn body_stream(
     file: tokio::fs::File,
     length: Option<u64>,
@@ -101,10 +92,6 @@ pub fn body_stream(
     });
     futures_util::stream::unfold(state, move |state| async move {
         let mut state = state?;
-        if state.read == 0 && length.is_none_or(|length| length > EARLY_ANSWER_ABOVE) {
-            tokio::time::sleep(EARLY_ANSWER_WINDOW).await;
-            state.phase.restart_clock();
-        }
         let mut buffer = BytesMut::with_capacity(READ_CHUNK);
         match state.file.read_buf(&mut buffer).await {
             Ok(0) => {
