@@ -100,7 +100,8 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
     let client = crate::limits::client_address(peer, &head.headers, &app.config.trusted_proxies);
-    let exchange = Exchange::new(&app, permit.is_none() && !probe, client)
+    let overloaded = permit.is_none() && !probe;
+    let exchange = Exchange::new(&app, overloaded, client)
         .with_maintenance(crate::maintenance::availability(&app.maintenance(), head.uri.path()));
     let body = Box::new(IncomingBody {
         body,
@@ -113,18 +114,29 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let elapsed = started.elapsed();
     let route = decision.route.unwrap_or("unmatched");
     crate::metrics::request(route, &head.method, status, elapsed);
-    // The one line per request: never a header, a query or a body (tokens
-    // travel in headers; the route is the template, not the path).
-    tracing::info!(
-        target: "canon::request",
-        method = %head.method,
-        route,
-        status,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        request_id,
-        tenant = decision.tenant.as_deref(),
-        "request"
-    );
+    if overloaded && status == 503 {
+        // Shed: summarised, not a line each (`state::Shed`).
+        let now_ms = u64::try_from(canon_store::now_millis()).unwrap_or(0);
+        if let Some(shed) = app.shed.record(now_ms) {
+            tracing::warn!(
+                shed,
+                "in-flight limit reached: requests shed with 503 since the last such line"
+            );
+        }
+    } else {
+        // The one line per request: never a header, a query or a body (tokens
+        // travel in headers; the route is the template, not the path).
+        tracing::info!(
+            target: "canon::request",
+            method = %head.method,
+            route,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id,
+            tenant = decision.tenant.as_deref(),
+            "request"
+        );
+    }
     tracing::debug!(route, trace = ?decision.trace, "decided");
     let (parts, bytes) = decision.response.into_parts();
     if parts.status == http::StatusCode::NOT_MODIFIED {

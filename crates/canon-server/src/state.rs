@@ -44,6 +44,8 @@ pub struct App {
     cursor_key: tokio::sync::OnceCell<crate::cursor::CursorKey>,
     /// Wake-ups for the job workers and the monitors waiting on jobs.
     pub(crate) jobs: JobSignals,
+    /// Requests shed at the in-flight limit, for the log's summary line.
+    pub(crate) shed: Shed,
     /// Maintenance mode as last read from the store (`crate::maintenance`).
     maintenance: std::sync::RwLock<Arc<canon_store::Maintenance>>,
 }
@@ -58,6 +60,34 @@ pub(crate) struct JobSignals {
     queued: Notify,
     /// A job finished, failed or was canceled: every waiting monitor looks.
     finished: Notify,
+}
+
+/// Requests shed with 503 at the in-flight limit since the log last said
+/// so. An overloaded server writes one summary line a second at most, not a
+/// line per shed request: at tens of thousands of 503s a second, a line each
+/// would spend on logging the CPU the requests in flight need (the metrics
+/// still count every one).
+#[derive(Debug, Default)]
+pub(crate) struct Shed {
+    count: std::sync::atomic::AtomicU64,
+    last_line_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Shed {
+    /// Counts one shed request at `now_ms`; returns how many to report when
+    /// a summary line is due (the first shed, then at most once a second).
+    pub(crate) fn record(&self, now_ms: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.count.fetch_add(1, Relaxed);
+        let last = self.last_line_ms.load(Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < 1000 {
+            return None;
+        }
+        self.last_line_ms
+            .compare_exchange(last, now_ms.max(1), Relaxed, Relaxed)
+            .ok()
+            .map(|_| self.count.swap(0, Relaxed))
+    }
 }
 
 impl JobSignals {
@@ -109,6 +139,7 @@ impl App {
             known_good: crate::limits::KnownGood::default(),
             cursor_key: tokio::sync::OnceCell::new(),
             jobs: JobSignals::default(),
+            shed: Shed::default(),
             maintenance: std::sync::RwLock::new(Arc::new(canon_store::Maintenance {
                 enabled: false,
                 retry_after_seconds: crate::wire::DEFAULT_MAINTENANCE_RETRY,
@@ -208,3 +239,19 @@ impl App {
 /// 400 for a request that does not parse, 431 past its header limits, 414
 /// past its target limit. The flow answers each of them too.
 pub const ANSWERED_BY_HYPER: &[u16] = &[400, 414, 431];
+
+#[cfg(test)]
+mod tests {
+    use super::Shed;
+
+    #[test]
+    fn shed_requests_are_summarised_once_a_second_at_most() {
+        let shed = Shed::default();
+        assert_eq!(shed.record(5_000), Some(1), "the first is said at once");
+        assert_eq!(shed.record(5_100), None);
+        assert_eq!(shed.record(5_999), None);
+        assert_eq!(shed.record(6_000), Some(3), "a second later, with the ones between");
+        assert_eq!(shed.record(6_500), None);
+        assert_eq!(shed.record(9_000), Some(2));
+    }
+}
