@@ -202,7 +202,12 @@ fn micro(served_per_second: f64) {
         ];
         let held = in_flight.enter("0192f2c4-key", Some("0192f2c4-tenant"));
         let verdict = limiter.acquire_now(&charges, now, true);
-        known.worked(address, sha2::Sha256::digest(token.as_bytes()).into(), epoch_nanos(now));
+        known.worked(
+            address,
+            sha2::Sha256::digest(token.as_bytes()).into(),
+            known.owner("bench"),
+            epoch_nanos(now),
+        );
         if let RateVerdict::Allowed(s) = verdict {
             bytes += s.policy_field().map_or(0, |v| v.len()) + s.limit_field().map_or(0, |v| v.len());
         }

@@ -145,9 +145,6 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
     if let Some(columns) = state.columns.as_ref().filter(|c| state.seq == 0 && !c.is_empty()) {
         buffer.push_str(&columns.header());
     }
-    // Paging runs ahead of `state`, which moves only when a chunk is stored.
-    let mut cursor = state.after.clone();
-    let mut pending = 0;
     // A copy: `state` (the checkpoint, columns included) changes per chunk.
     let columns = state.columns.clone();
     let mut chunks = ChunkWriter {
@@ -155,39 +152,36 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
         job,
         owner,
         in_flight: None,
+        buffer,
+        // Paging runs ahead of `state`, which moves only when a chunk is stored.
+        cursor: state.after.clone(),
+        pending: 0,
     };
     loop {
-        // Each record's line is written straight into the chunk: NDJSON
-        // around the stored JSON text, CSV from the parsed data. A line
-        // that takes the chunk past its size starts the next one.
+        // NDJSON is written around the stored JSON text, CSV from the
+        // parsed data.
         let more = match columns.as_ref() {
             Some(columns) => {
-                let page = params.page(app, cursor.as_deref()).await?;
+                let page = params.page(app, chunks.cursor.as_deref()).await?;
                 for record in page.items {
-                    let mark = buffer.len();
-                    csv_row(&mut buffer, &record, columns)?;
-                    if buffer.len() > MAX_JOB_CHUNK_BYTES && mark > 0 {
-                        let chunk = split_chunk(&mut buffer, mark);
-                        let records = std::mem::take(&mut pending);
-                        chunks.send(&mut state, chunk, cursor.clone(), records).await?;
-                    }
-                    cursor = Some(record.id);
-                    pending += 1;
+                    chunks
+                        .line(&mut state, |out| {
+                            csv_row(out, &record, columns)?;
+                            Ok(record.id)
+                        })
+                        .await?;
                 }
                 page.next.is_some()
             }
             None => {
-                let page = params.raw_page(app, cursor.as_deref()).await?;
+                let page = params.raw_page(app, chunks.cursor.as_deref()).await?;
                 for record in page.items {
-                    let mark = buffer.len();
-                    write_ndjson_line(&mut buffer, &record);
-                    if buffer.len() > MAX_JOB_CHUNK_BYTES && mark > 0 {
-                        let chunk = split_chunk(&mut buffer, mark);
-                        let records = std::mem::take(&mut pending);
-                        chunks.send(&mut state, chunk, cursor.clone(), records).await?;
-                    }
-                    cursor = Some(record.id);
-                    pending += 1;
+                    chunks
+                        .line(&mut state, |out| {
+                            write_ndjson_line(out, &record);
+                            Ok(record.id)
+                        })
+                        .await?;
                 }
                 page.next.is_some()
             }
@@ -196,13 +190,7 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
             break;
         }
     }
-    if !buffer.is_empty() || pending > 0 {
-        let records = std::mem::take(&mut pending);
-        chunks
-            .send(&mut state, std::mem::take(&mut buffer), cursor, records)
-            .await?;
-    }
-    chunks.finish().await?;
+    chunks.finish(&mut state).await?;
     let (media, _) = file_type(params.format);
     Ok(json!({
         "collection": params.collection,
@@ -284,6 +272,12 @@ struct ChunkWriter<'a> {
     owner: &'a str,
     /// The chunk being stored, and the checkpoint true once it is.
     in_flight: Option<Storing>,
+    /// The chunk being written.
+    buffer: String,
+    /// The id of the last record written into `buffer` (or before it).
+    cursor: Option<String>,
+    /// Records in `buffer`.
+    pending: i64,
 }
 
 /// A chunk on its way to the store.
@@ -295,6 +289,27 @@ struct Storing {
 }
 
 impl ChunkWriter<'_> {
+    /// Writes one record's line into the chunk with `write`, which returns
+    /// the record's id. A line that takes the chunk past its size starts
+    /// the next chunk, and the full one goes to the store.
+    async fn line(
+        &mut self,
+        state: &mut ExportState,
+        write: impl FnOnce(&mut String) -> Result<String, Step>,
+    ) -> Result<(), Step> {
+        let mark = self.buffer.len();
+        let id = write(&mut self.buffer)?;
+        if self.buffer.len() > MAX_JOB_CHUNK_BYTES && mark > 0 {
+            let chunk = split_chunk(&mut self.buffer, mark);
+            let records = std::mem::take(&mut self.pending);
+            let after = self.cursor.clone();
+            self.send(state, chunk, after, records).await?;
+        }
+        self.cursor = Some(id);
+        self.pending += 1;
+        Ok(())
+    }
+
     /// Sends `chunk` (the records up to `after`, `records` of them) to the
     /// store, once the chunk before it is stored; `state` moves past it.
     async fn send(
@@ -358,8 +373,14 @@ impl ChunkWriter<'_> {
         Ok(Some(storing.checkpoint))
     }
 
-    /// Waits for the last chunk and stores its checkpoint.
-    async fn finish(mut self) -> Result<(), Step> {
+    /// Sends what is left in the chunk, waits for the last chunk and
+    /// stores its checkpoint.
+    async fn finish(mut self, state: &mut ExportState) -> Result<(), Step> {
+        if !self.buffer.is_empty() || self.pending > 0 {
+            let (chunk, after) = (std::mem::take(&mut self.buffer), self.cursor.take());
+            let records = std::mem::take(&mut self.pending);
+            self.send(state, chunk, after, records).await?;
+        }
         if let Some((value, progress)) = self.settle().await? {
             save(self.app, self.job, self.owner, value, progress).await?;
         }

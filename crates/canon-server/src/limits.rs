@@ -463,18 +463,25 @@ pub struct KnownGood {
 struct Seen {
     /// Ns since the epoch when the address stops counting as failing.
     failing_until: u64,
-    /// Digests of tokens that worked from it, with when they are forgotten.
-    tokens: Vec<([u8; 32], u64)>,
+    /// Digests of tokens that worked from it, with when they are forgotten
+    /// and a hash of whose they are (the tenant; 0 for the operator).
+    tokens: Vec<([u8; 32], u64, u64)>,
 }
 
 impl Seen {
     fn expired(&self, now: u64) -> bool {
-        self.failing_until <= now && self.tokens.iter().all(|(_, until)| *until <= now)
+        self.failing_until <= now && self.tokens.iter().all(|(_, until, _)| *until <= now)
     }
 }
 
-/// Tokens remembered per address (the most recent).
-const KNOWN_PER_ADDRESS: usize = 8;
+/// Tokens of one tenant remembered per address (its most recent): a
+/// tenant's new tokens push out only its own older ones, so no caller can
+/// make an address forget another tenant's users (and so lock them out
+/// with failures of its own).
+const KNOWN_PER_OWNER: usize = 8;
+/// Tokens remembered per address in all: beyond it, the tenant with the
+/// most remembered tokens there gives up its oldest.
+const KNOWN_PER_ADDRESS: usize = 256;
 /// Addresses per shard before expired ones are swept.
 const SWEEP_ADDRESSES: usize = 4096;
 
@@ -494,6 +501,12 @@ impl KnownGood {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The hash [`KnownGood::worked`] groups a tenant's tokens by (never 0,
+    /// which stands for the operator).
+    pub fn owner(&self, tenant_id: &str) -> u64 {
+        self.hasher.hash_one(tenant_id).max(1)
+    }
+
     /// Whether `address` failed lately.
     pub fn failing(&self, address: IpAddr, now: u64) -> bool {
         self.shard(&address)
@@ -511,39 +524,47 @@ impl KnownGood {
         seen.failing_until = seen.failing_until.max(until);
     }
 
-    /// Remembers that the token with `digest` worked from `address`.
-    pub fn worked(&self, address: IpAddr, digest: [u8; 32], now: u64) {
+    /// Remembers that the token with `digest`, of the tenant hashed as
+    /// `owner` (0: the operator), worked from `address`.
+    pub fn worked(&self, address: IpAddr, digest: [u8; 32], owner: u64, now: u64) {
         let until = now.saturating_add(self.remember);
         let mut map = self.shard(&address);
-        if let Some(seen) = map.get_mut(&address) {
-            match seen.tokens.iter_mut().find(|(d, _)| *d == digest) {
-                Some(known) => known.1 = until,
-                None => {
-                    if seen.tokens.len() >= KNOWN_PER_ADDRESS {
-                        seen.tokens.remove(0);
-                    }
-                    seen.tokens.push((digest, until));
-                }
-            }
-            return;
-        }
-        if map.len() >= SWEEP_ADDRESSES {
+        if !map.contains_key(&address) && map.len() >= SWEEP_ADDRESSES {
             map.retain(|_, seen| !seen.expired(now));
         }
-        map.insert(
-            address,
-            Seen {
-                failing_until: 0,
-                tokens: vec![(digest, until)],
-            },
-        );
+        let seen = map.entry(address).or_default();
+        if let Some(known) = seen.tokens.iter_mut().find(|(d, _, _)| *d == digest) {
+            known.1 = until;
+            return;
+        }
+        seen.tokens.retain(|(_, until, _)| *until > now);
+        let of = |owner: u64, tokens: &[([u8; 32], u64, u64)]| tokens.iter().filter(|t| t.2 == owner).count();
+        let evict = if of(owner, &seen.tokens) >= KNOWN_PER_OWNER {
+            Some(owner)
+        } else if seen.tokens.len() >= KNOWN_PER_ADDRESS {
+            seen.tokens.iter().map(|t| t.2).max_by_key(|o| of(*o, &seen.tokens))
+        } else {
+            None
+        };
+        if let Some(victim) = evict
+            && let Some(oldest) = seen
+                .tokens
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.2 == victim)
+                .min_by_key(|(_, t)| t.1)
+                .map(|(i, _)| i)
+        {
+            seen.tokens.remove(oldest);
+        }
+        seen.tokens.push((digest, until, owner));
     }
 
     /// Whether the token with `digest` worked from `address` lately.
     pub fn knows(&self, address: IpAddr, digest: &[u8; 32], now: u64) -> bool {
         self.shard(&address)
             .get(&address)
-            .is_some_and(|f| f.tokens.iter().any(|(d, until)| d == digest && *until > now))
+            .is_some_and(|f| f.tokens.iter().any(|(d, until, _)| d == digest && *until > now))
     }
 }
 
@@ -717,5 +738,27 @@ mod tests {
         assert!(f.enter("op", None).is_some());
         drop(a);
         assert!(f.enter("k3", Some("t")).is_some());
+    }
+
+    #[test]
+    fn another_tenants_tokens_never_push_a_remembered_token_out() {
+        let known = KnownGood::default();
+        let address: IpAddr = "192.0.2.7".parse().expect("address");
+        let (acme, beta) = (known.owner("acme-id"), known.owner("beta-id"));
+        let victim = [1u8; 32];
+        known.worked(address, victim, acme, 10);
+        // Beta's admin uses as many keys as it likes from the same address.
+        for n in 0..300u16 {
+            let mut digest = [2u8; 32];
+            digest[..2].copy_from_slice(&n.to_be_bytes());
+            known.worked(address, digest, beta, 20 + u64::from(n));
+        }
+        assert!(known.knows(address, &victim, 1_000), "acme's token was forgotten");
+        // A tenant's own new tokens do push its oldest out, past its share.
+        for n in 0..KNOWN_PER_OWNER as u8 {
+            known.worked(address, [100 + n; 32], acme, 2_000 + u64::from(n));
+        }
+        assert!(!known.knows(address, &victim, 3_000));
+        assert!(known.knows(address, &[100; 32], 3_000));
     }
 }

@@ -141,9 +141,13 @@ impl Service for Exchange<'_> {
                 // never stop this token.
                 if self.auth_failures().is_some() {
                     let now = epoch_nanos(self.now());
+                    let owner = self
+                        .caller
+                        .get()
+                        .map_or(0, |(tenant_id, _)| self.app.known_good.owner(tenant_id));
                     self.app
                         .known_good
-                        .worked(client, Sha256::digest(token.as_bytes()).into(), now);
+                        .worked(client, Sha256::digest(token.as_bytes()).into(), owner, now);
                 }
             }
             Ok(principal)
