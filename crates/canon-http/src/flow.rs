@@ -762,8 +762,10 @@ async fn decide(service: &dyn Service, walk: &mut Walk<'_>, body: Box<dyn BodySo
     let principal = if requires_credentials(path) {
         walk.visit(Node::Authenticated);
         let principal = authenticate(service, walk).await?;
-        walk.visit(Node::RateLimit);
-        rate_limit(service, walk, &principal).await?;
+        if crate::operation::is_api(path) {
+            walk.visit(Node::RateLimit);
+            rate_limit(service, walk, &principal).await?;
+        }
         Some(principal)
     } else {
         None

@@ -55,7 +55,15 @@ pub fn produced(routes: &[RouteSpec]) -> BTreeSet<u16> {
 /// Whether requests to `pattern` must authenticate (the flow's `Authenticated` node):
 /// the API under `/v1`, and the operator's `/metrics`.
 pub fn needs_credentials(pattern: &str) -> bool {
-    pattern == "/v1" || pattern.starts_with("/v1/") || pattern == "/metrics"
+    is_api(pattern) || pattern == "/metrics"
+}
+
+/// Whether requests to `pattern` are rate limited (the flow's `RateLimit`
+/// node): the API under `/v1` only. `/metrics` is how an operator watches an
+/// overload, so neither the operator's own traffic nor the in-flight share
+/// may refuse it.
+pub fn is_api(pattern: &str) -> bool {
+    pattern == "/v1" || pattern.starts_with("/v1/")
 }
 
 /// Every status the flow can answer for `spec` on `route`, in order.
@@ -67,7 +75,10 @@ pub fn statuses(route: &RouteSpec, spec: &MethodSpec) -> BTreeSet<u16> {
     let safe = spec.method == Method::GET || spec.method == Method::HEAD;
     // Authenticated, RateLimit.
     if needs_credentials(route.pattern) {
-        out.extend([401, 429]);
+        out.insert(401);
+    }
+    if is_api(route.pattern) {
+        out.insert(429);
     }
     // Authorized: members below the required role (403); members of another
     // tenant never learn that the tenant exists (404).
@@ -137,7 +148,10 @@ pub fn statuses(route: &RouteSpec, spec: &MethodSpec) -> BTreeSet<u16> {
 pub fn planned_statuses(route: &RouteSpec) -> BTreeSet<u16> {
     let mut out: BTreeSet<u16> = EVERYWHERE.iter().copied().collect();
     if needs_credentials(route.pattern) {
-        out.extend([401, 429]);
+        out.insert(401);
+    }
+    if is_api(route.pattern) {
+        out.insert(429);
     }
     out.insert(501);
     out

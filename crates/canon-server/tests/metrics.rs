@@ -181,3 +181,36 @@ async fn rate_limit_refusals_are_counted_by_limit() {
     assert_eq!(types.get(name).map(String::as_str), Some("counter"));
     assert!(value(&after, name, &[("limit", "burst")]) - value(&before, name, &[("limit", "burst")]) >= 2.0);
 }
+
+#[tokio::test]
+async fn a_scrape_is_never_refused_by_the_operators_own_rate() {
+    // The operator's key has a burst of 2; the API refuses its third
+    // request, /metrics (how the operator watches the server) never does.
+    let s = Server::start_with(
+        canon_server::Config {
+            rate_limit_per_second: 1,
+            rate_limit_burst: 2,
+            ..config()
+        },
+        |r| r,
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            s.call(Method::GET, "/v1/tenants", OPERATOR, None)
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    for _ in 0..3 {
+        let r = s.call(Method::GET, "/metrics", OPERATOR, None).await;
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers().get("ratelimit").is_none(),
+            "/metrics is not under a /v1 policy"
+        );
+    }
+}
