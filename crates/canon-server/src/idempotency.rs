@@ -97,9 +97,11 @@ fn is_hop_header(name: &HeaderName) -> bool {
 }
 
 /// What the ledger keeps of a response. A `Cache-Control: no-store` response
-/// (a new API key's token) is kept without its body and the headers that
-/// describe the body: the ledger stores no secret, so a replay confirms what
-/// was created (status, `Location`) but cannot show the secret again.
+/// (a new API key's token) is kept without its secret: a JSON object keeps
+/// every member but `token`, which becomes `null`, so a replay confirms what
+/// was created (status, `Location`, the key) but cannot show the secret
+/// again; any other such body is not kept at all, nor the headers that
+/// describe it.
 fn keep(response: &Response<Bytes>) -> StoredResponse {
     let no_store = response
         .headers()
@@ -108,20 +110,37 @@ fn keep(response: &Response<Bytes>) -> StoredResponse {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|d| d.trim().eq_ignore_ascii_case("no-store"));
+    let body = if no_store {
+        without_secret(response.body())
+    } else {
+        Some(response.body().to_vec())
+    };
     let describes_body = |n: &HeaderName| {
         n == header::CONTENT_TYPE || n == header::CONTENT_LENGTH || n == header::ETAG || n == header::LAST_MODIFIED
     };
+    // The body changed (or is gone): its length must be the server's to set.
+    let drop_header =
+        |n: &HeaderName| no_store && (n == header::CONTENT_LENGTH || (body.is_none() && describes_body(n)));
     StoredResponse {
         status: response.status().as_u16(),
         headers: response
             .headers()
             .iter()
             .filter(|(n, _)| !is_hop_header(n))
-            .filter(|(n, _)| !(no_store && describes_body(n)))
+            .filter(|(n, _)| !drop_header(n))
             .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect(),
-        body: if no_store { Vec::new() } else { response.body().to_vec() },
+        body: body.unwrap_or_default(),
     }
+}
+
+/// A shown-once JSON object with its `token` member set to `null`; `None`
+/// for any other body (never kept).
+fn without_secret(body: &[u8]) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let token = value.as_object_mut()?.get_mut("token")?;
+    *token = serde_json::Value::Null;
+    serde_json::to_vec(&value).ok()
 }
 
 fn replay(stored: StoredResponse) -> Response<Bytes> {

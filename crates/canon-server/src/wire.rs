@@ -151,8 +151,10 @@ pub struct NewApiKeyCreated {
     /// The key.
     #[serde(flatten)]
     pub key: ApiKey,
-    /// The bearer token. It is shown in this response only.
-    #[schemars(regex(pattern = r"^canon_[A-Za-z0-9_-]+$"), length(max = 128))]
+    /// The bearer token. It is shown in this response only: a replay of
+    /// the request (same `Idempotency-Key`) answers the same 201 with
+    /// `null` here, since Canon keeps no copy of it.
+    #[schemars(extend("type" = ["string", "null"], "pattern" = "^canon_[A-Za-z0-9_-]+$", "maxLength" = 128))]
     pub token: String,
 }
 
