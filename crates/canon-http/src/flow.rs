@@ -708,8 +708,11 @@ async fn decide(service: &dyn Service, walk: &mut Walk<'_>, body: Box<dyn BodySo
 
     walk.visit(Node::ServiceAvailable);
     if let Availability::Unavailable { retry_after, reason } = service.availability() {
-        return Err(Halt::from(Problem::new(ProblemKind::ServiceUnavailable, reason))
-            .with(header::RETRY_AFTER, retry_after.to_string()));
+        // The body says when, as the header does (and as a database outage's 503 does).
+        return Err(
+            Halt::from(Problem::new(ProblemKind::ServiceUnavailable, reason).with("retry_after", retry_after))
+                .with(header::RETRY_AFTER, retry_after.to_string()),
+        );
     }
 
     walk.visit(Node::KnownMethod);

@@ -21,6 +21,11 @@ async fn assert_maintenance(r: reqwest::Response, retry_after: &str, message: &s
     assert_eq!(header(&r, "retry-after"), retry_after);
     let body = assert_problem(r, 503, "service-unavailable").await;
     assert_eq!(body["detail"], message);
+    assert_eq!(
+        body["retry_after"].to_string(),
+        retry_after,
+        "the body says when, as the header does"
+    );
 }
 
 #[tokio::test]
