@@ -354,19 +354,24 @@ pub fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, &'st
     Ok(Some(key.to_owned()))
 }
 
-/// Whether the request asks for `Prefer: return=minimal`.
-fn prefers_minimal(head: &Parts) -> bool {
+/// The `name=value` preferences of the request's `Prefer` fields (RFC
+/// 7240), in order: names as sent, values without their quotes; parameters
+/// after `;` and preferences without a value are left out.
+pub fn preferences(head: &Parts) -> impl Iterator<Item = (&str, &str)> {
     head.headers
         .get_all("prefer")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|p| {
-            let p = p.split(';').next().unwrap_or("").trim();
-            p.split_once('=').is_some_and(|(k, v)| {
-                k.trim().eq_ignore_ascii_case("return") && v.trim().trim_matches('"').eq_ignore_ascii_case("minimal")
-            })
+        .filter_map(|p| {
+            let (name, value) = p.split(';').next()?.split_once('=')?;
+            Some((name.trim(), value.trim().trim_matches('"')))
         })
+}
+
+/// Whether the request asks for `Prefer: return=minimal`.
+fn prefers_minimal(head: &Parts) -> bool {
+    preferences(head).any(|(name, value)| name.eq_ignore_ascii_case("return") && value.eq_ignore_ascii_case("minimal"))
 }
 
 /// What a resource is given at the well-formedness node.

@@ -127,6 +127,18 @@ pub struct Charge<'a> {
     pub name: LimitName,
 }
 
+impl<'a> Charge<'a> {
+    /// The failed-auth limit of the client address written as `address`.
+    pub fn auth_failures(address: &'a str, policy: Policy) -> Self {
+        Self {
+            scope: Scope::Address,
+            key: address,
+            policy,
+            name: LimitName::AuthFailures,
+        }
+    }
+}
+
 /// Why the limiter could not answer (a shared backend unreachable).
 #[derive(Debug, thiserror::Error)]
 #[error("the rate limiter is unavailable: {0}")]

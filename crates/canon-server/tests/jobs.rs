@@ -165,6 +165,28 @@ async fn job_held_running(s: &Server, tenant: &str) -> (String, String) {
     panic!("the server's workers took every job the test made");
 }
 
+/// Looks at `monitor` with `Prefer: {prefer}` in the background: how long
+/// the answer took, and the answer.
+fn look_waiting(
+    s: &Server,
+    monitor: &str,
+    token: &str,
+    prefer: &'static str,
+) -> tokio::task::JoinHandle<(Duration, reqwest::Response)> {
+    let (client, url, token) = (s.client.clone(), s.url(monitor), token.to_owned());
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = client
+            .get(url)
+            .bearer_auth(token)
+            .header("prefer", prefer)
+            .send()
+            .await
+            .unwrap();
+        (started.elapsed(), r)
+    })
+}
+
 #[tokio::test]
 async fn jobs_prefer_wait_holds_the_monitor_until_the_job_ends_or_the_wait_is_over() {
     let s = Server::start().await;
@@ -203,20 +225,7 @@ async fn jobs_prefer_wait_holds_the_monitor_until_the_job_ends_or_the_wait_is_ov
 
     // A long wait ends as soon as the job does: a cancel from another
     // client wakes the waiting monitor, which answers with the canceled job.
-    let waiting = {
-        let (client, url, token) = (s.client.clone(), s.url(&monitor), w.viewer.clone());
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let r = client
-                .get(url)
-                .bearer_auth(token)
-                .header("prefer", "wait=9")
-                .send()
-                .await
-                .unwrap();
-            (started.elapsed(), r)
-        })
-    };
+    let waiting = look_waiting(&s, &monitor, &w.viewer, "wait=9");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = s.call(Method::DELETE, &monitor, &w.editor, None).await;
     assert_eq!(r.status(), 200);
@@ -243,20 +252,7 @@ async fn jobs_prefer_wait_sees_an_end_it_was_not_told_of() {
     let s = Server::start().await;
     let w = world(&s, "acme").await;
     let (monitor, id) = job_held_running(&s, "acme").await;
-    let waiting = {
-        let (client, url, token) = (s.client.clone(), s.url(&monitor), w.viewer.clone());
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let r = client
-                .get(url)
-                .bearer_auth(token)
-                .header("prefer", "wait=8")
-                .send()
-                .await
-                .unwrap();
-            (started.elapsed(), r)
-        })
-    };
+    let waiting = look_waiting(&s, &monitor, &w.viewer, "wait=8");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let canon_store::Lookup::Found(t) = s.store.tenant("acme").await.unwrap() else {
         panic!("no tenant");

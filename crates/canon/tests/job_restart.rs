@@ -151,6 +151,55 @@ async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// Imports `body` (NDJSON) into collection `c` of `acme` and waits for the job's report.
+async fn import_all(client: &reqwest::Client, base: &str, body: String) {
+    let r = client
+        .post(format!("{base}/v1/tenants/acme/collections/c/imports"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let import = r.headers()["location"].to_str().unwrap().to_owned();
+    let start = Instant::now();
+    while get_json(client, base, &import).await.get("created").is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "the import did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills `child` once the job at `location` runs and has committed some of
+/// its steps; `result_member` is a member of its result, which must not be
+/// there yet (the job finished before it could be interrupted).
+async fn kill_mid_job(
+    child: &mut std::process::Child,
+    client: &reqwest::Client,
+    base: &str,
+    location: &str,
+    result_member: &str,
+) {
+    let start = Instant::now();
+    loop {
+        let job = get_json(client, base, location).await;
+        assert!(
+            job.get(result_member).is_none(),
+            "the job finished before it could be interrupted"
+        );
+        if job["status"] == "running" && job["progress"]["done"].as_i64().unwrap() > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the job never started: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_deletion_survives_kill_9_and_counts_every_record_once() {
     const RECORDS: usize = 10_000;
@@ -165,22 +214,19 @@ async fn a_tenant_deletion_survives_kill_9_and_counts_every_record_once() {
     )
     .await;
     let (mut child, port, base, client) = (node.child, node.port, node.base, node.client);
-    let body: String = (0..RECORDS).map(|n| format!("{{\"n\":{n}}}\n")).collect();
-    let r = client
-        .post(format!("{base}/v1/tenants/acme/collections/c/imports"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let import = r.headers()["location"].to_str().unwrap().to_owned();
-    let start = Instant::now();
-    while get_json(&client, &base, &import).await.get("created").is_none() {
-        assert!(start.elapsed() < Duration::from_secs(120), "the import did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    import_all(
+        &client,
+        &base,
+        (0..RECORDS)
+            .map(|n| {
+                format!(
+                    "{{\"n\":{n}}}
+"
+                )
+            })
+            .collect(),
+    )
+    .await;
 
     let r = client
         .delete(format!("{base}/v1/tenants/acme"))
@@ -191,24 +237,7 @@ async fn a_tenant_deletion_survives_kill_9_and_counts_every_record_once() {
     assert_eq!(r.status(), 202);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     // Kill the process once the deletion has committed some steps, not all.
-    let start = Instant::now();
-    loop {
-        let job = get_json(&client, &base, &location).await;
-        assert!(
-            job.get("deleted").is_none(),
-            "the deletion finished before it could be interrupted"
-        );
-        if job["status"] == "running" && job["progress"]["done"].as_i64().unwrap() > 0 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the deletion never started: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_mid_job(&mut child, &client, &base, &location, "deleted").await;
 
     // A new process takes the job over once the lease ran out and finishes it.
     let mut child = common::spawn(&db, port, TOKEN, JOBS);
@@ -259,24 +288,14 @@ async fn an_export_survives_kill_9_and_holds_every_record_once_in_order() {
         .await;
     let (mut child, port, base, client) = (node.child, node.port, node.base, node.client);
     let pad = "x".repeat(300);
-    let body: String = (0..RECORDS)
-        .map(|n| format!("{{\"n\":{n},\"pad\":\"{pad}\"}}\n"))
-        .collect();
-    let r = client
-        .post(format!("{base}/v1/tenants/acme/collections/c/imports"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let import = r.headers()["location"].to_str().unwrap().to_owned();
-    let start = Instant::now();
-    while get_json(&client, &base, &import).await.get("created").is_none() {
-        assert!(start.elapsed() < Duration::from_secs(120), "the import did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    import_all(
+        &client,
+        &base,
+        (0..RECORDS)
+            .map(|n| format!("{{\"n\":{n},\"pad\":\"{pad}\"}}\n"))
+            .collect(),
+    )
+    .await;
 
     let r = client
         .post(format!("{base}/v1/tenants/acme/collections/c/exports"))
@@ -288,24 +307,7 @@ async fn an_export_survives_kill_9_and_holds_every_record_once_in_order() {
     assert_eq!(r.status(), 202);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     // Kill the process once some chunks are checkpointed, not all.
-    let start = Instant::now();
-    loop {
-        let job = get_json(&client, &base, &location).await;
-        assert!(
-            job.get("records").is_none(),
-            "the export finished before it could be interrupted"
-        );
-        if job["status"] == "running" && job["progress"]["done"].as_i64().unwrap() > 0 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the export never started: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_mid_job(&mut child, &client, &base, &location, "records").await;
 
     // A new process takes the job over once the lease ran out, resumes
     // after the last checkpointed chunk, and the file is whole.

@@ -41,17 +41,11 @@ const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// [`MAX_WAIT_SECONDS`]; `None` without one. A malformed value is ignored,
 /// as RFC 7240 asks of preferences a server cannot use.
 fn preferred_wait(head: &http::request::Parts) -> Option<u64> {
-    head.headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|preference| {
-            let (name, value) = preference.split(';').next()?.split_once('=')?;
-            if !name.trim().eq_ignore_ascii_case("wait") {
+    canon_http::flow::preferences(head)
+        .find_map(|(name, value)| {
+            if !name.eq_ignore_ascii_case("wait") {
                 return None;
             }
-            let value = value.trim().trim_matches('"');
             (!value.is_empty() && value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit()))
                 .then(|| value.parse::<u64>().ok())
                 .flatten()

@@ -165,12 +165,7 @@ impl Service for Exchange<'_> {
                 return RateVerdict::Unlimited;
             }
             let key = client.to_string();
-            let charge = [Charge {
-                scope: Scope::Address,
-                key: &key,
-                policy,
-                name: LimitName::AuthFailures,
-            }];
+            let charge = [Charge::auth_failures(&key, policy)];
             match self.app.limiter.acquire(&charge, now, false).await {
                 Ok(verdict @ RateVerdict::Refused { .. }) => {
                     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -193,12 +188,7 @@ impl Service for Exchange<'_> {
             };
             let now = self.now();
             let key = client.to_string();
-            let charge = [Charge {
-                scope: Scope::Address,
-                key: &key,
-                policy,
-                name: LimitName::AuthFailures,
-            }];
+            let charge = [Charge::auth_failures(&key, policy)];
             let nanos = epoch_nanos(now);
             self.app.known_good.failed(client, nanos, nanos + self.failing_for());
             self.app
