@@ -162,12 +162,18 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let purge = tokio::spawn(purge_expired(app.clone()));
     let maintenance = crate::maintenance::watch(&app);
+    let quotas = crate::quotas::watch(&app);
     let workers = crate::worker::start(&app, app.config.job_workers);
     let limits = Limits::from_config(&app.config);
     serve_connections(listener, enveloped(app.router()), limits, shutdown).await;
     purge.abort();
     maintenance.abort();
+    quotas.abort();
     workers.stop().await;
+    // The day's last counts, so a restart goes on from them.
+    if let Err(e) = crate::quotas::save(&app).await {
+        tracing::warn!(error = %e, "could not save the daily quota counts at shutdown");
+    }
     tracing::info!("job workers stopped; closing the store");
     app.store.close().await.map_err(std::io::Error::other)?;
     tracing::info!("store closed");

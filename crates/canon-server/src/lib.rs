@@ -20,6 +20,7 @@ pub mod listing;
 pub mod maintenance;
 pub mod metrics;
 pub mod openapi;
+pub mod quotas;
 pub mod render;
 pub mod resources;
 pub mod routes;

@@ -14,6 +14,12 @@
 //! limiter has one quota for every key), a refusal must take nothing from
 //! any limit (the quota included, so the two are decided together), and the
 //! clock must be the injected one. GCRA is a few lines of arithmetic.
+//!
+//! Daily counts must outlive the process (a restart must not hand every
+//! tenant a fresh day) and be shared by the nodes on one database: the
+//! in-process limiter keeps, per tenant, what it counted since it last told
+//! the store ([`QuotaLedger`]); `crate::quotas` adds that to the store every
+//! few seconds and takes the store's totals back as the new base.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -25,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use canon_http::flow::BoxFuture;
 use canon_http::ratelimit::{LimitName, PolicyStanding, RateVerdict, Standing};
+use canon_store::QuotaUsage;
 
 /// Where the time comes from.
 pub trait Clock: Send + Sync {
@@ -156,6 +163,32 @@ pub trait RateLimiter: Send + Sync {
         now: SystemTime,
         take: bool,
     ) -> BoxFuture<'a, Result<RateVerdict, LimiterError>>;
+
+    /// Gives back to every charge the one request an earlier `acquire` at
+    /// about `now` took: the server failed to serve it (a 5xx), and a
+    /// client must not pay for the server's failure.
+    fn refund<'a>(&'a self, charges: &'a [Charge<'a>], now: SystemTime) -> BoxFuture<'a, Result<(), LimiterError>>;
+
+    /// The daily counts this limiter keeps for the store to share, if it
+    /// keeps them in process (a shared backend keeps them itself).
+    fn ledger(&self) -> Option<&dyn QuotaLedger> {
+        None
+    }
+}
+
+/// Daily counts held in process and reconciled with the store: what was
+/// counted since the last save goes out, every tenant's total comes back.
+pub trait QuotaLedger: Send + Sync {
+    /// What was counted (or refunded) per tenant and day since the last
+    /// call; those counts are then considered saved.
+    fn unsaved(&self) -> Vec<QuotaUsage>;
+    /// Takes back counts that could not be saved, so the next save sends
+    /// them again.
+    fn unsave(&self, usage: &[QuotaUsage]);
+    /// The store's totals for `day` (every node's saved counts): each
+    /// tenant's count becomes its total plus what this process counted
+    /// since its last save.
+    fn saved(&self, day: u32, totals: &[QuotaUsage]);
 }
 
 /// One key's state.
@@ -163,19 +196,26 @@ pub trait RateLimiter: Send + Sync {
 enum Cell {
     /// GCRA: the theoretical arrival time, in ns since the epoch.
     Gcra { tat: u64 },
-    /// The day (since the epoch) and requests counted in it.
-    Daily { day: u64, count: u32 },
+    /// The day (since the epoch), requests counted in it (by every node, as
+    /// far as this one knows), and how many of those this process has not
+    /// yet added to the store (negative after refunds).
+    Daily { day: u64, count: u32, unsaved: i32 },
 }
 
 impl Cell {
     /// Whether the cell says nothing a missing one would not (a full
-    /// bucket, another day's count): it can be dropped.
+    /// bucket, another day's count already saved): it can be dropped.
     fn idle(&self, now: u64) -> bool {
         match *self {
             Cell::Gcra { tat } => tat <= now,
-            Cell::Daily { day, .. } => day != now / NANOS_PER_SEC / DAY_SECS,
+            Cell::Daily { day, unsaved, .. } => day != day_of(now) && unsaved == 0,
         }
     }
+}
+
+/// The UTC day (since the epoch) of `now` in ns.
+fn day_of(now: u64) -> u64 {
+    now / NANOS_PER_SEC / DAY_SECS
 }
 
 /// The outcome of one charge, before it is applied.
@@ -232,9 +272,12 @@ fn judge(cell: Option<Cell>, policy: Policy, name: LimitName, now: u64) -> Judge
         Policy::Daily { quota } => {
             let secs = now / NANOS_PER_SEC;
             let day = secs / DAY_SECS;
-            let count = match cell {
-                Some(Cell::Daily { day: d, count }) if d == day => count,
-                _ => 0,
+            // Another day's cell starts the day at zero; what it had not
+            // saved of its own day is dropped with it (seconds of a day
+            // that is over, whose quota nothing enforces any more).
+            let (count, unsaved) = match cell {
+                Some(Cell::Daily { day: d, count, unsaved }) if d == day => (count, unsaved),
+                _ => (0, 0),
             };
             let to_midnight = DAY_SECS - secs % DAY_SECS;
             let allowed = count < quota;
@@ -247,7 +290,11 @@ fn judge(cell: Option<Cell>, policy: Policy, name: LimitName, now: u64) -> Judge
                     remaining: u64::from(quota.saturating_sub(used)),
                     reset: to_midnight,
                 },
-                next: allowed.then_some(Cell::Daily { day, count: used }),
+                next: allowed.then_some(Cell::Daily {
+                    day,
+                    count: used,
+                    unsaved: unsaved.saturating_add(1),
+                }),
                 retry_after: if allowed { 0 } else { to_midnight },
             }
         }
@@ -363,19 +410,108 @@ impl MemoryLimiter {
                     own = self.shard(c.scope, c.key);
                     &mut own
                 };
-                match shard.cells.get_mut(c.key) {
-                    Some(cell) => *cell = next,
-                    None => {
-                        if shard.cells.len() >= shard.sweep_at {
-                            shard.cells.retain(|_, cell| !cell.idle(now));
-                            shard.sweep_at = (shard.cells.len() * 2).max(1024);
-                        }
-                        shard.cells.insert(c.key.into(), next);
-                    }
-                }
+                shard.put(c.key, next, now);
             }
         }
         RateVerdict::Allowed(standing)
+    }
+
+    /// The synchronous body of [`RateLimiter::refund`].
+    pub fn refund_now(&self, charges: &[Charge<'_>], now: SystemTime) {
+        let now = nanos(now);
+        for c in charges {
+            let mut shard = self.shard(c.scope, c.key);
+            let Some(cell) = shard.cells.get_mut(c.key) else {
+                continue;
+            };
+            match (cell, c.policy) {
+                (Cell::Gcra { tat }, Policy::Gcra { interval, .. }) => {
+                    *tat = tat.saturating_sub(interval.as_nanos() as u64);
+                }
+                (Cell::Daily { day, count, unsaved }, Policy::Daily { .. }) if *day == day_of(now) && *count > 0 => {
+                    *count -= 1;
+                    *unsaved = unsaved.saturating_sub(1);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Sets `key`'s cell, sweeping idle cells out first when the shard has
+    /// grown past its mark.
+    fn put(&mut self, key: &str, cell: Cell, now: u64) {
+        match self.cells.get_mut(key) {
+            Some(kept) => *kept = cell,
+            None => {
+                if self.cells.len() >= self.sweep_at {
+                    self.cells.retain(|_, cell| !cell.idle(now));
+                    self.sweep_at = (self.cells.len() * 2).max(1024);
+                }
+                self.cells.insert(key.into(), cell);
+            }
+        }
+    }
+}
+
+impl QuotaLedger for MemoryLimiter {
+    fn unsaved(&self) -> Vec<QuotaUsage> {
+        let mut out = Vec::new();
+        for shard in &self.spaces[Scope::Tenant as usize] {
+            let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (tenant, cell) in shard.cells.iter_mut() {
+                if let Cell::Daily { day, unsaved, .. } = cell
+                    && *unsaved != 0
+                {
+                    out.push(QuotaUsage {
+                        tenant_id: tenant.to_string(),
+                        day: u32::try_from(*day).unwrap_or(u32::MAX),
+                        used: i64::from(*unsaved),
+                    });
+                    *unsaved = 0;
+                }
+            }
+        }
+        out
+    }
+
+    fn unsave(&self, usage: &[QuotaUsage]) {
+        for u in usage {
+            let mut shard = self.shard(Scope::Tenant, &u.tenant_id);
+            match shard.cells.get_mut(u.tenant_id.as_str()) {
+                Some(Cell::Daily { day, unsaved, .. }) if *day == u64::from(u.day) => {
+                    let back = i32::try_from(u.used).unwrap_or(if u.used < 0 { i32::MIN } else { i32::MAX });
+                    *unsaved = unsaved.saturating_add(back);
+                }
+                // The day turned meanwhile: that day's count is over.
+                _ => {}
+            }
+        }
+    }
+
+    fn saved(&self, day: u32, totals: &[QuotaUsage]) {
+        let now = u64::from(day) * DAY_SECS * NANOS_PER_SEC;
+        for t in totals.iter().filter(|t| t.day == day) {
+            let total = u32::try_from(t.used.max(0)).unwrap_or(u32::MAX);
+            let mut shard = self.shard(Scope::Tenant, &t.tenant_id);
+            let cell = match shard.cells.get(t.tenant_id.as_str()) {
+                Some(&Cell::Daily { day: d, unsaved, .. }) if d == u64::from(day) => Cell::Daily {
+                    day: d,
+                    count: total.saturating_add_signed(unsaved),
+                    unsaved,
+                },
+                // A later day is kept; an earlier or missing one starts
+                // from the store's total.
+                Some(&Cell::Daily { day: d, .. }) if d > u64::from(day) => continue,
+                _ => Cell::Daily {
+                    day: u64::from(day),
+                    count: total,
+                    unsaved: 0,
+                },
+            };
+            shard.put(&t.tenant_id, cell, now);
+        }
     }
 }
 
@@ -388,6 +524,15 @@ impl RateLimiter for MemoryLimiter {
     ) -> BoxFuture<'a, Result<RateVerdict, LimiterError>> {
         let verdict = self.acquire_now(charges, now, take);
         Box::pin(async move { Ok(verdict) })
+    }
+
+    fn refund<'a>(&'a self, charges: &'a [Charge<'a>], now: SystemTime) -> BoxFuture<'a, Result<(), LimiterError>> {
+        self.refund_now(charges, now);
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn ledger(&self) -> Option<&dyn QuotaLedger> {
+        Some(self)
     }
 }
 
@@ -580,6 +725,21 @@ impl KnownGood {
     }
 }
 
+/// The address a client's failed authentications are counted under: an
+/// IPv4 address as it is (an IPv4-mapped IPv6 one as its IPv4 address), an
+/// IPv6 address as its /64. One IPv6 host is usually given a whole /64, so
+/// counting per address would give a guesser 2^64 budgets of failures, and
+/// the memory of addresses (one entry each for a day) no bound.
+pub fn counted_as(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 /// The client's address: the peer's, or, when the peer is a trusted proxy,
 /// the nearest address in `X-Forwarded-For` that is not one (read from the
 /// right: each proxy appends the address it was reached from, so only the
@@ -703,6 +863,77 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_hands_out_counts_once_and_takes_totals_as_the_base() {
+        let l = MemoryLimiter::default();
+        let c = [daily("t", 10)];
+        let now = at(20 * DAY_SECS + 5);
+        for _ in 0..3 {
+            l.acquire_now(&c, now, true);
+        }
+        let usage = |used| QuotaUsage {
+            tenant_id: "t".into(),
+            day: 20,
+            used,
+        };
+        assert_eq!(l.unsaved(), vec![usage(3)]);
+        assert!(l.unsaved().is_empty(), "handed out once");
+        // Counted while the save was under way: kept on top of the total.
+        l.acquire_now(&c, now, true);
+        // The store says 7 (another node counted 4).
+        l.saved(20, &[usage(7)]);
+        match l.acquire_now(&c, now, false) {
+            RateVerdict::Allowed(s) => assert_eq!(s.policies[0].unwrap().remaining, 1, "7 + 1 counted, 1 more"),
+            other => panic!("{other:?}"),
+        }
+        // A failed save gives the counts back; a refund is a negative count.
+        let pending = l.unsaved();
+        assert_eq!(pending, vec![usage(1)]);
+        l.unsave(&pending);
+        l.refund_now(&c, now);
+        assert!(l.unsaved().is_empty(), "one counted, one refunded");
+        // A tenant this process never saw starts from the store's total;
+        // another day's total changes nothing today.
+        l.saved(
+            20,
+            &[QuotaUsage {
+                tenant_id: "u".into(),
+                day: 20,
+                used: 10,
+            }],
+        );
+        assert!(matches!(
+            l.acquire_now(&[daily("u", 10)], now, true),
+            RateVerdict::Refused { .. }
+        ));
+        l.saved(
+            19,
+            &[QuotaUsage {
+                tenant_id: "v".into(),
+                day: 19,
+                used: 10,
+            }],
+        );
+        assert!(matches!(
+            l.acquire_now(&[daily("v", 10)], now, true),
+            RateVerdict::Allowed(_)
+        ));
+    }
+
+    #[test]
+    fn a_refund_gives_back_a_token_and_a_count() {
+        let l = MemoryLimiter::default();
+        let c = [burst("k", 1, 1), daily("t", 2)];
+        let now = at(30 * DAY_SECS);
+        assert!(matches!(l.acquire_now(&c, now, true), RateVerdict::Allowed(_)));
+        assert!(matches!(l.acquire_now(&c, now, true), RateVerdict::Refused { .. }));
+        l.refund_now(&c, now);
+        match l.acquire_now(&c, now, true) {
+            RateVerdict::Allowed(s) => assert_eq!(s.policies[1].unwrap().remaining, 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn peeking_takes_nothing() {
         let l = MemoryLimiter::default();
         let c = [burst("k", 1, 1)];
@@ -724,6 +955,19 @@ mod tests {
             l.acquire_now(&[burst(&format!("{k}-new"), 1000, 10)], at(2), true);
         }
         assert!(l.len() < 30_000, "{} cells kept", l.len());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(counted_as(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_eq!(counted_as(a), counted_as(b));
+        assert_ne!(counted_as(a), counted_as(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(counted_as(v4), v4);
+        assert_eq!(counted_as("::ffff:192.0.2.7".parse().unwrap()), v4);
     }
 
     #[test]

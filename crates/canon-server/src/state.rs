@@ -151,8 +151,8 @@ impl App {
         }))
     }
 
-    /// Creates the operator key on an empty store and reads the maintenance
-    /// mode. Returns the token when one was generated (the caller prints it
+    /// Creates the operator key on an empty store, reads the maintenance
+    /// mode and the day's quota counts. Returns the token when one was generated (the caller prints it
     /// once).
     pub async fn bootstrap(&self) -> Result<Option<String>, canon_store::StoreError> {
         let (token, generated) = match &self.config.bootstrap_token {
@@ -160,8 +160,10 @@ impl App {
             None => (token::generate(), true),
         };
         let created = self.store.bootstrap_operator(&token::digest(&token)).await?;
-        // Maintenance mode holds from the first request after a restart.
+        // Maintenance mode holds from the first request after a restart, and
+        // the day's quota counts go on from where they were.
         self.remember_maintenance(self.store.maintenance().await?);
+        crate::quotas::save(self).await?;
         Ok((created && generated).then_some(token))
     }
 

@@ -142,6 +142,55 @@ async fn the_daily_quota_is_429_until_midnight_utc_and_refusals_do_not_count() {
 }
 
 #[tokio::test]
+async fn the_days_count_survives_a_restart_and_is_shared_by_nodes_on_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    let clock = Arc::new(ManualClock::new(before_midnight() - Duration::from_secs(3600)));
+    let a = Server::start_clocked_on(limited(), &path, clock.clone()).await;
+    let w = world(&a, "acme").await;
+    assert_eq!(
+        patch_limits(&a, json!({"daily_quota": 6})).await.status(),
+        StatusCode::OK
+    );
+    let b = Server::start_clocked_on(limited(), &path, clock.clone()).await;
+    for _ in 0..3 {
+        assert_eq!(get(&a, TENANT, &w.viewer).await.status(), StatusCode::OK);
+    }
+    // What each node runs every few seconds: its counts out, the totals in.
+    canon_server::quotas::save(&a.app).await.unwrap();
+    canon_server::quotas::save(&b.app).await.unwrap();
+    let r = get(&b, TENANT, &w.viewer).await;
+    assert_eq!(header(&r, "ratelimit"), "\"daily\";r=2;t=3660", "b counts a's three");
+    assert_eq!(get(&a, TENANT, &w.viewer).await.status(), StatusCode::OK);
+    // Both save; each now knows the five, so one request is left in all.
+    canon_server::quotas::save(&b.app).await.unwrap();
+    canon_server::quotas::save(&a.app).await.unwrap();
+    canon_server::quotas::save(&b.app).await.unwrap();
+    assert_eq!(get(&b, TENANT, &w.viewer).await.status(), StatusCode::OK);
+    canon_server::quotas::save(&b.app).await.unwrap();
+    canon_server::quotas::save(&a.app).await.unwrap();
+    let r = get(&a, TENANT, &w.viewer).await;
+    assert_problem(r, 429, "quota-exhausted").await;
+    // A restart does not hand out a fresh day: the count is read back at
+    // start, and the refused requests above counted nothing.
+    drop((a, b));
+    let c = Server::start_clocked_on(limited(), &path, clock.clone()).await;
+    let r = get(&c, TENANT, &w.viewer).await;
+    assert_eq!(header(&r, "retry-after"), "3660");
+    assert_problem(r, 429, "quota-exhausted").await;
+    // The next day starts from zero, whatever the store kept of this one.
+    clock.set(before_midnight() + Duration::from_secs(60));
+    let r = get(&c, TENANT, &w.viewer).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "ratelimit"), "\"daily\";r=5;t=86400");
+    canon_server::quotas::save(&c.app).await.unwrap();
+    let today = canon_store::QuotaStore::add_quota_usage(&*c.store, vec![], 21_916)
+        .await
+        .unwrap();
+    assert_eq!(today.iter().map(|u| u.used).collect::<Vec<_>>(), vec![1]);
+}
+
+#[tokio::test]
 async fn every_v1_response_carries_the_fields_once_the_caller_is_known() {
     let (s, _clock, w) = start(limited()).await;
     patch_limits(&s, json!({"daily_quota": 100})).await;
@@ -333,6 +382,19 @@ async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
     assert_eq!(
         bad(&s, "9.9.9.9, 1.1.1.1").await.unwrap().status(),
         StatusCode::TOO_MANY_REQUESTS
+    );
+    // An IPv6 client is counted per /64: a fresh address in the same block
+    // gets no fresh budget; another block does.
+    for from in ["2001:db8:7:1::1", "2001:db8:7:1::2"] {
+        assert_eq!(bad(&s, from).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        bad(&s, "2001:db8:7:1:abcd::99").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        bad(&s, "2001:db8:7:2::1").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
     );
 }
 

@@ -24,8 +24,8 @@ pub use model::*;
 /// in scope.
 pub mod prelude {
     pub use crate::{
-        CollectionStore, IdempotencyStore, JobStore, LeaseStore, MaintenanceStore, RecordStore, SecretStore, Store,
-        TenantStore,
+        CollectionStore, IdempotencyStore, JobStore, LeaseStore, MaintenanceStore, QuotaStore, RecordStore,
+        SecretStore, Store, TenantStore,
     };
 }
 
@@ -196,6 +196,7 @@ pub trait Store:
     + SecretStore
     + JobStore
     + MaintenanceStore
+    + QuotaStore
     + Send
     + Sync
     + 'static
@@ -516,6 +517,18 @@ pub trait MaintenanceStore: Send + Sync {
         expect: Expect,
         now: Millis,
     ) -> StoreResult<Maintenance>;
+}
+
+/// Requests counted against each tenant's daily quota, kept in the store so
+/// that a restart does not hand every tenant a fresh day and every node on
+/// one database counts against the same total (docs/decisions.md, "Daily
+/// quotas across restarts and nodes").
+#[async_trait]
+pub trait QuotaStore: Send + Sync {
+    /// Adds each of `deltas` to its tenant's count for its day (never below
+    /// zero), then returns every tenant's count for `day`. Empty `deltas`
+    /// only read.
+    async fn add_quota_usage(&self, deltas: Vec<QuotaUsage>, day: u32) -> StoreResult<Vec<QuotaUsage>>;
 }
 
 /// The durable job queue (docs/jobs.md): jobs, their chunked inputs and

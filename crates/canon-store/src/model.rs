@@ -687,6 +687,18 @@ pub struct Maintenance {
     pub updated_at: Millis,
 }
 
+/// Requests counted against one tenant's daily quota on one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUsage {
+    /// The tenant (by id).
+    pub tenant_id: String,
+    /// The UTC day, in days since 1970-01-01.
+    pub day: u32,
+    /// Requests counted (in a delta handed to the store: requests to add,
+    /// negative for refunds).
+    pub used: i64,
+}
+
 /// What the operator sets (`PUT /v1/admin/maintenance`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaintenanceSetting {

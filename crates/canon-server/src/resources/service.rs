@@ -29,7 +29,8 @@ pub struct Exchange<'a> {
     pub overloaded: bool,
     /// Whether maintenance mode refuses this request (`crate::maintenance`).
     pub maintenance: Availability,
-    /// The client's address (failed-auth limiting), when known.
+    /// Where the client's failed authentications are counted, when known:
+    /// its address, or its IPv6 /64 (`limits::counted_as`).
     pub client: Option<IpAddr>,
     /// A request run inside another (a batch's operations): its limits
     /// were charged once, for the request that holds it.
@@ -47,7 +48,7 @@ impl<'a> Exchange<'a> {
             app,
             overloaded,
             maintenance: Availability::Available,
-            client,
+            client: client.map(crate::limits::counted_as),
             nested: false,
             caller: OnceLock::new(),
             held: Mutex::new(None),

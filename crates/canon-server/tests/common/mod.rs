@@ -19,6 +19,9 @@ pub struct Server {
     /// The server's store, for tests that must set up a state HTTP cannot
     /// reach (a request stuck in flight).
     pub store: Arc<dyn canon_store::Store>,
+    /// The server's state, for tests that run its periodic tasks by hand
+    /// (saving the quota counts) instead of waiting for them.
+    pub app: Arc<App>,
     _dir: Option<tempfile::TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -87,6 +90,16 @@ impl Server {
         Self::launch(config, &path, Some(dir), clock, extend).await
     }
 
+    /// Starts a server with `config` and `clock` on the database file at
+    /// `path`, which the caller keeps.
+    pub async fn start_clocked_on(
+        config: Config,
+        path: &std::path::Path,
+        clock: Arc<dyn canon_server::limits::Clock>,
+    ) -> Server {
+        Self::launch(config, path, None, clock, |r| r).await
+    }
+
     /// Starts a server on the database file at `path`, which the caller
     /// keeps: two servers on one path are two nodes; dropping one and
     /// starting another is a restart.
@@ -130,6 +143,7 @@ impl Server {
             addr,
             client,
             store,
+            app,
             _dir: dir,
             shutdown: Some(tx),
         }

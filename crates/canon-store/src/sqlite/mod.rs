@@ -17,6 +17,7 @@ mod idempotency;
 mod jobs;
 mod leases;
 mod maintenance;
+mod quotas;
 mod records;
 mod rows;
 mod secrets;
@@ -48,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v6.sql"),
     include_str!("schema_v7.sql"),
     include_str!("schema_v8.sql"),
+    include_str!("schema_v9.sql"),
 ];
 
 /// The SQLite store.
@@ -106,6 +108,9 @@ impl Store for SqliteStore {
                     "DELETE FROM tombstones WHERE expires_at <= ?1",
                     "DELETE FROM locks WHERE expires_at <= ?1",
                     "DELETE FROM idempotency_keys WHERE expires_at <= ?1",
+                    // Quota counts of days before yesterday (a node may
+                    // still flush yesterday's last seconds).
+                    "DELETE FROM quota_usage WHERE day < ?1 / 86400000 - 1",
                 ] {
                     n += c.execute(sql, [now]).map_err(db_error)? as u64;
                 }

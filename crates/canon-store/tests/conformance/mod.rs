@@ -2144,7 +2144,6 @@ pub async fn close_finishes_submitted_writes_and_refuses_later_ones(store: Arc<d
     ));
 }
 
-/// Runs every conformance test, each on a fresh store from `make`.
 pub async fn maintenance_is_off_until_set_and_versioned(store: Arc<dyn Store>) {
     let initial = store.maintenance().await.unwrap();
     assert!(!initial.enabled);
@@ -2195,6 +2194,47 @@ pub async fn maintenance_is_off_until_set_and_versioned(store: Arc<dyn Store>) {
     assert_eq!(off.version, set.version + 1);
 }
 
+pub async fn quota_usage_adds_up_per_tenant_and_day(store: Arc<dyn Store>) {
+    let usage = |tenant: &str, day: u32, used: i64| QuotaUsage {
+        tenant_id: tenant.into(),
+        day,
+        used,
+    };
+    let sorted = |mut v: Vec<QuotaUsage>| {
+        v.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        v
+    };
+    assert!(store.add_quota_usage(vec![], 20_000).await.unwrap().is_empty());
+    let totals = store
+        .add_quota_usage(
+            vec![usage("a", 20_000, 5), usage("b", 20_000, 2), usage("a", 19_999, 7)],
+            20_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sorted(totals), vec![usage("a", 20_000, 5), usage("b", 20_000, 2)]);
+    // Deltas add (two nodes, or one node's successive flushes); a refund
+    // subtracts but never goes below zero; other days stay apart.
+    let totals = store
+        .add_quota_usage(vec![usage("a", 20_000, 3), usage("b", 20_000, -5)], 20_000)
+        .await
+        .unwrap();
+    assert_eq!(sorted(totals), vec![usage("a", 20_000, 8), usage("b", 20_000, 0)]);
+    let yesterday = store.add_quota_usage(vec![], 19_999).await.unwrap();
+    assert_eq!(yesterday, vec![usage("a", 19_999, 7)]);
+    // Concurrent flushes lose nothing.
+    let flushes = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.add_quota_usage(vec![usage("c", 20_000, 10)], 20_000).await })
+    });
+    for f in flushes {
+        f.await.unwrap().unwrap();
+    }
+    let totals = sorted(store.add_quota_usage(vec![], 20_000).await.unwrap());
+    assert_eq!(totals[2], usage("c", 20_000, 80));
+}
+
+/// Runs every conformance test, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
@@ -2223,6 +2263,7 @@ macro_rules! conformance_tests {
             long_sort_values_page_exactly_once,
             secrets_are_created_once,
             maintenance_is_off_until_set_and_versioned,
+            quota_usage_adds_up_per_tenant_and_day,
             jobs_are_claimed_oldest_first,
             concurrent_claimers_never_share_a_job,
             expired_leases_pass_the_job_on,
