@@ -106,6 +106,7 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let body = Box::new(IncomingBody {
         body,
         timeout: app.config.body_timeout,
+        min_rate: app.config.min_upload_rate,
     });
     let decision = flow::run(&exchange, &head, body, &request_id).await;
     drop(exchange);

@@ -20,6 +20,9 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Largest streamed body (an import) accepted (413 beyond).
     pub max_import_bytes: u64,
+    /// Bytes per second a streamed body (an import) must average once its
+    /// first `body_timeout` is over (408 below); 0: no minimum.
+    pub min_upload_rate: u64,
     /// Requests served at once; beyond it 503 at once.
     pub max_in_flight: usize,
     /// How long a store call waits for the database (a lock another process
@@ -99,6 +102,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             body_timeout: Duration::from_millis(10_000),
             max_import_bytes: 10 << 30,
+            min_upload_rate: 1024,
             max_in_flight: 1024,
             db_timeout: canon_store::sqlite::DEFAULT_TIMEOUT,
             job_workers: 2,

@@ -212,3 +212,52 @@ async fn imports_fail_a_line_longer_than_a_record_without_holding_it() {
     assert_eq!(report["failures"][0]["line"], 2, "{report}");
     assert_eq!(report["failures"][0]["problem"]["status"], 413, "{report}");
 }
+
+/// Trickles an import: a chunked upload of one line every 150 ms, until the
+/// server answers or `for_at_most` passes. Returns what the server sent
+/// (empty if it never answered) and how long the upload lasted.
+async fn trickle(s: &Server, token: &str, for_at_most: Duration) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST {IMPORTS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut out = vec![0u8; 4096];
+    while started.elapsed() < for_at_most {
+        // Each pause is well under the idle timeout.
+        if sock.write_all(b"b\r\n{\"port\":1}\n\r\n").await.is_err() {
+            break;
+        }
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(150), sock.read(&mut out)).await {
+            return (String::from_utf8_lossy(&out[..n]).into_owned(), started.elapsed());
+        }
+    }
+    (String::new(), started.elapsed())
+}
+
+#[tokio::test]
+async fn a_trickled_upload_is_408_once_below_the_minimum_rate() {
+    // Grace 1 s, then 1,000 bytes a second on average; the trickle sends
+    // 11 bytes every 150 ms (about 73 a second).
+    let mut config = config();
+    config.body_timeout = Duration::from_secs(1);
+    config.min_upload_rate = 1000;
+    let s = Server::start_with(config.clone(), |r| r).await;
+    let w = world(&s, "acme").await;
+    let (answer, took) = trickle(&s, &w.editor, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("/problems/request-timeout"), "{answer}");
+    assert!(took < Duration::from_secs(3), "cut soon after the grace: {took:?}");
+    let jobs = s.ok_json(Method::GET, "/v1/tenants/acme/jobs", &w.viewer, None).await;
+    assert_eq!(jobs["items"], json!([]), "no job for a cut upload");
+    // Without a minimum rate the same trickle goes on (each pause is under
+    // the idle timeout): it is the rate that cut it.
+    config.min_upload_rate = 0;
+    let s = Server::start_with(config, |r| r).await;
+    let w = world(&s, "acme").await;
+    let (answer, took) = trickle(&s, &w.editor, Duration::from_secs(3)).await;
+    assert_eq!(answer, "", "still uploading after {took:?}");
+}

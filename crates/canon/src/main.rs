@@ -68,6 +68,10 @@ struct ServeArgs {
     /// Largest streamed upload (an import), in bytes [default: 10737418240].
     #[arg(long, env = "CANON_MAX_IMPORT_BYTES")]
     max_import_bytes: Option<u64>,
+    /// Bytes per second an upload must average after its first body
+    /// timeout, or 408; 0 for no minimum [default: 1024].
+    #[arg(long, env = "CANON_MIN_UPLOAD_RATE")]
+    min_upload_rate: Option<u64>,
     /// Requests served at once; beyond it 503 [default: 1024].
     #[arg(long, env = "CANON_MAX_IN_FLIGHT")]
     max_in_flight: Option<usize>,
@@ -149,6 +153,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     body_timeout_ms: Option<u64>,
     max_import_bytes: Option<u64>,
+    min_upload_rate: Option<u64>,
     max_in_flight: Option<usize>,
     db_timeout_ms: Option<u64>,
     job_workers: Option<usize>,
@@ -216,6 +221,10 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
             .max_import_bytes
             .or(file.max_import_bytes)
             .unwrap_or(d.max_import_bytes),
+        min_upload_rate: args
+            .min_upload_rate
+            .or(file.min_upload_rate)
+            .unwrap_or(d.min_upload_rate),
         max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight),
         db_timeout: args
             .db_timeout_ms
