@@ -5,6 +5,7 @@
 pub mod app;
 pub mod assets;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod connections;
 pub mod csv_export;

@@ -29,6 +29,9 @@ pub const IN_FLIGHT: &str = "canon_http_requests_in_flight";
 pub const OPEN_CONNECTIONS: &str = "canon_open_connections";
 /// Requests refused by a rate limit or quota, by `limit` ([`rate_limited`]).
 pub const RATE_LIMITED: &str = "canon_rate_limited_total";
+/// Look-ups of the caches in front of the store, by `cache` (`keys`,
+/// `tenants`, `collections`) and `outcome` (`hit`, `miss`).
+pub const CACHE_LOOKUPS: &str = "canon_cache_lookups_total";
 /// Store calls' seconds, by `op` (`read`, `write`): recorded by canon-store.
 pub const STORE_SECONDS: &str = canon_store::metrics::STORE_SECONDS;
 /// Writes per group commit: recorded by canon-store.

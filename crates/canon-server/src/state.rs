@@ -46,6 +46,8 @@ pub struct App {
     pub(crate) jobs: JobSignals,
     /// Requests shed at the in-flight limit, for the log's summary line.
     pub(crate) shed: Shed,
+    /// Who keys belong to, tenants and collections by name (`crate::cache`).
+    pub(crate) lookups: crate::cache::Lookups,
     /// Maintenance mode as last read from the store (`crate::maintenance`).
     maintenance: std::sync::RwLock<Arc<canon_store::Maintenance>>,
 }
@@ -140,6 +142,7 @@ impl App {
             cursor_key: tokio::sync::OnceCell::new(),
             jobs: JobSignals::default(),
             shed: Shed::default(),
+            lookups: crate::cache::Lookups::default(),
             maintenance: std::sync::RwLock::new(Arc::new(canon_store::Maintenance {
                 enabled: false,
                 retry_after_seconds: crate::wire::DEFAULT_MAINTENANCE_RETRY,

@@ -23,10 +23,12 @@ pub fn generate() -> String {
 
 /// The stored digest of `token` (hex).
 pub fn digest(token: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = Sha256::digest(token.as_bytes());
     let mut out = String::with_capacity(64);
     for b in d {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
     out
 }
@@ -49,5 +51,10 @@ mod tests {
         assert_ne!(digest(&a), digest(&b));
         assert!(digests_match(&digest(&a), &digest(&a)));
         assert!(!digests_match(&digest(&a), &digest(&b)));
+        // Lower-case hex, as every stored key's digest is written.
+        assert_eq!(
+            digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

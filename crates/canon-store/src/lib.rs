@@ -208,6 +208,14 @@ pub trait Store:
     /// cannot be had (readiness answers 503 then).
     async fn ping(&self) -> StoreResult<()>;
 
+    /// A number that moves whenever tenants, users, API keys, collections
+    /// or collection aliases change (docs/decisions.md, "Caches and their
+    /// invalidation"). A change made through this store moves it before the
+    /// write returns; a change made by another process on the same database
+    /// within 100 ms. A cache of any of those keeps an entry only while the
+    /// number it was read under is still current. Never blocks.
+    fn generation(&self) -> u64;
+
     /// Deletes what expired: tombstones, leases, idempotency keys, and the
     /// rows of deleted tenants that were emptied and whose deletion job was
     /// purged (their tombstone stays, their name is free). Returns how many

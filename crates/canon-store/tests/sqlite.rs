@@ -156,3 +156,22 @@ async fn two_processes_share_the_job_queue() {
     ids.dedup();
     assert_eq!(ids.len(), n as usize, "no job claimed by both processes");
 }
+
+#[tokio::test]
+async fn another_process_s_changes_move_the_generation_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    let before = b.generation();
+    a.create_tenant("acme").await.unwrap();
+    let started = std::time::Instant::now();
+    while b.generation() == before {
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "b never saw a's change"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    eprintln!("seen after {:?}", started.elapsed());
+}

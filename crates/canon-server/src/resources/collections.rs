@@ -212,7 +212,11 @@ pub async fn load_collection(cx: &Cx) -> Result<(Tenant, Collection), Stop> {
     let tenant = tenants::require(cx).await?;
     let store = &cx.app.store;
     let name = cx.param("collection");
-    match store.collection(&tenant.id, name).await.map_err(store_problem)? {
+    let lookup = (cx.app.lookups)
+        .collection(&**store, &tenant.id, name)
+        .await
+        .map_err(store_problem)?;
+    match lookup {
         Lookup::Found(c) => Ok((tenant, c)),
         other => {
             // An old name of a renamed collection: the same path under the new name.

@@ -63,7 +63,10 @@ impl Cx {
 
     /// The tenant named in the path.
     pub async fn tenant(&self) -> Result<Lookup<Tenant>, Problem> {
-        self.app.store.tenant(self.param("tenant")).await.map_err(store_problem)
+        (self.app.lookups)
+            .tenant(&*self.app.store, self.param("tenant"))
+            .await
+            .map_err(store_problem)
     }
 
     /// How long tombstones are kept.

@@ -109,7 +109,10 @@ impl Service for Exchange<'_> {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>> {
         Box::pin(async move {
             let digest = token::digest(token);
-            let owner = self.app.store.key_owner(&digest).await.map_err(store_problem)?;
+            let owner = (self.app.lookups)
+                .key_owner(&*self.app.store, &digest)
+                .await
+                .map_err(store_problem)?;
             let principal = owner.and_then(|owner| match owner {
                 KeyOwner::Operator { key_id, token_hash } => {
                     token::digests_match(&token_hash, &digest).then_some(Principal::Operator { key_id })

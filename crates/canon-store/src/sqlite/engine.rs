@@ -20,7 +20,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,6 +91,40 @@ pub struct Engine {
     detached: Arc<AtomicBool>,
     /// The bound on every wait for the database.
     timeout: Duration,
+    /// Moves whenever the `cache_generation` row does: see
+    /// [`Engine::generation`].
+    generation: Arc<Generation>,
+}
+
+/// The in-process view of the database's `cache_generation` counter
+/// (schema v10: triggers move it with every change to tenants, users, keys,
+/// collections and aliases). The writer looks at the row before each commit
+/// and moves this counter once the commit is durable, before any caller of
+/// the batch is answered; the checkpointer looks every
+/// [`CHECKPOINT_EVERY`] for changes committed by other processes.
+#[derive(Debug, Default)]
+pub struct Generation {
+    counter: AtomicU64,
+}
+
+impl Generation {
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.counter.load(Ordering::Acquire)
+    }
+
+    fn advance(&self) {
+        self.counter.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The database's `cache_generation` counter as `conn` sees it (None before
+/// the migration that creates it, or when the read fails: the caller then
+/// treats it as changed, which only costs cache misses).
+fn stored_generation(conn: &Connection) -> Option<i64> {
+    conn.prepare_cached("SELECT n FROM cache_generation WHERE id = 1")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .ok()
 }
 
 impl Drop for Engine {
@@ -117,9 +151,18 @@ fn checkpointer_loop(
     stopping: Arc<AtomicBool>,
     watch: Option<(PathBuf, FileIdentity)>,
     detached: Arc<AtomicBool>,
+    generation: Arc<Generation>,
 ) {
+    let mut seen = stored_generation(&conn);
     while !stopping.load(Ordering::Relaxed) {
         std::thread::sleep(CHECKPOINT_EVERY);
+        // Changes committed by another process (this one's own writes
+        // moved the counter already; moving it twice costs nothing).
+        let now = stored_generation(&conn);
+        if now != seen || now.is_none() {
+            generation.advance();
+            seen = now;
+        }
         if let Some((path, opened)) = &watch {
             let now = FileIdentity::of(path);
             let gone = now.as_ref() != Some(opened);
@@ -191,9 +234,11 @@ impl Engine {
         let detached = Arc::new(AtomicBool::new(false));
         let (flag, seen) = (stopping.clone(), detached.clone());
         let watch = FileIdentity::of(path).map(|id| (path.to_owned(), id));
+        let generation = Arc::new(Generation::default());
+        let watched = generation.clone();
         std::thread::Builder::new()
             .name("canon-sqlite-checkpointer".into())
-            .spawn(move || checkpointer_loop(checkpointer, flag, watch, seen))
+            .spawn(move || checkpointer_loop(checkpointer, flag, watch, seen, watched))
             .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer: {e}")))?;
         let readers = readers.max(1);
         let mut pool = Vec::with_capacity(readers);
@@ -201,9 +246,10 @@ impl Engine {
             pool.push(open(path, true, timeout).map_err(internal)?);
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let written = generation.clone();
         std::thread::Builder::new()
             .name("canon-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, written))
             .map_err(|e| StoreError::Internal(format!("cannot start writer: {e}")))?;
         Ok(Engine {
             path: path.to_owned(),
@@ -214,7 +260,17 @@ impl Engine {
             closed: AtomicBool::new(false),
             detached,
             timeout,
+            generation,
         })
+    }
+
+    /// A number that moves whenever tenants, users, API keys, collections
+    /// or collection aliases change: this process's own changes move it
+    /// before their write returns, other processes' within
+    /// [`CHECKPOINT_EVERY`] (100 ms). Caches of those tables keep an entry
+    /// only while it has not moved.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
     }
 
     /// [`StoreError::Unavailable`] while the database file is not the one
@@ -381,7 +437,8 @@ impl Engine {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, generation: Arc<Generation>) {
+    let mut seen = stored_generation(&conn);
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -432,10 +489,23 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 }
             }
         }
+        // Did the batch change what caches hold? Read inside the
+        // transaction, so it counts exactly this batch's changes.
+        let now = stored_generation(&conn);
         let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             StoreError::Unavailable(format!("commit failed: {e}"))
         });
+        if commit_error.is_some() {
+            // What was read belonged to a transaction that is gone.
+            generation.advance();
+            seen = None;
+        } else if now != seen || now.is_none() {
+            // Before anyone is answered: the request after a revocation
+            // must not be served from a cache.
+            generation.advance();
+            seen = now;
+        }
         for done in completions.drain(..) {
             done(commit_error.as_ref());
         }

@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v7.sql"),
     include_str!("schema_v8.sql"),
     include_str!("schema_v9.sql"),
+    include_str!("schema_v10.sql"),
 ];
 
 /// The SQLite store.
@@ -97,6 +98,10 @@ impl Store for SqliteStore {
 
     async fn close(&self) -> StoreResult<()> {
         self.engine.close().await
+    }
+
+    fn generation(&self) -> u64 {
+        self.engine.generation()
     }
 
     async fn purge_expired(&self) -> StoreResult<u64> {

@@ -2234,6 +2234,59 @@ pub async fn quota_usage_adds_up_per_tenant_and_day(store: Arc<dyn Store>) {
     assert_eq!(totals[2], usage("c", 20_000, 80));
 }
 
+pub async fn the_generation_moves_with_what_caches_hold_and_only_with_it(store: Arc<dyn Store>) {
+    let moved = |before: u64, what: &str| {
+        let now = store.generation();
+        assert!(now > before, "{what} moves the generation");
+        now
+    };
+    let g = store.generation();
+    let t = tenant(&*store, "acme").await;
+    let g = moved(g, "a new tenant");
+    let c = collection(&*store, &t, "devices", &[]).await;
+    let g = moved(g, "a new collection");
+    let u = store
+        .create_user(&t.id, "a@example.com", TenantRole::Editor)
+        .await
+        .unwrap();
+    let g = moved(g, "a new user");
+    let k = store.create_api_key(&t.id, &u.id, "ci", "khash").await.unwrap();
+    let g = moved(g, "a new key");
+    // Records, leases and jobs are not cached: they leave it alone.
+    let r = store.create_record(&c, json!({"n": 1})).await.unwrap();
+    store
+        .put_record(&c, &r.id, json!({"n": 2}), Expect::Anything, ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(store.generation(), g, "record writes do not move it");
+    store
+        .set_user_role(&t.id, &u.id, TenantRole::Viewer, Expect::Anything)
+        .await
+        .unwrap();
+    let g = moved(g, "a role change");
+    let changes = CollectionChanges {
+        name: Some("things".into()),
+        schema: None,
+        unique: None,
+        require_if_match: None,
+    };
+    store
+        .update_collection(&t.id, "devices", changes, Expect::Anything)
+        .await
+        .unwrap();
+    let g = moved(g, "a rename");
+    store
+        .set_tenant_limits("acme", TenantLimits::default(), Expect::Anything)
+        .await
+        .unwrap();
+    let g = moved(g, "a tenant's limits");
+    store
+        .revoke_api_key(&u.id, &k.id, Expect::Anything, Duration::from_secs(60))
+        .await
+        .unwrap();
+    moved(g, "a revocation");
+}
+
 /// Runs every conformance test, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -2264,6 +2317,7 @@ macro_rules! conformance_tests {
             secrets_are_created_once,
             maintenance_is_off_until_set_and_versioned,
             quota_usage_adds_up_per_tenant_and_day,
+            the_generation_moves_with_what_caches_hold_and_only_with_it,
             jobs_are_claimed_oldest_first,
             concurrent_claimers_never_share_a_job,
             expired_leases_pass_the_job_on,

@@ -1,0 +1,206 @@
+//! Caches of what nearly every request looks up before its own work: who a
+//! token's key belongs to, and what a tenant's and a collection's name
+//! resolve to (docs/decisions.md, "Caches and their invalidation").
+//!
+//! An entry is kept with the store's generation (`Store::generation`) read
+//! *before* the store was asked, and served only while the generation has
+//! not moved since. Every change to tenants, users, keys, collections or
+//! aliases moves it — this process's own before the write returns, another
+//! process's within 100 ms — so a revoked key, a changed role, a new schema
+//! or a rename takes effect on the very next request here. A change that
+//! commits while an entry is being read moves the generation past the one
+//! the entry is kept with, so the entry is never served.
+//!
+//! Only what was found is cached: an unknown token or a missing name goes to
+//! the store every time (guessing is limited elsewhere), so a cache cannot
+//! hide something created meanwhile, and guesses cannot fill it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use canon_store::{Collection, KeyOwner, Lookup, Store, StoreResult, Tenant};
+
+/// Entries per cache before stale ones are dropped (and, if all are
+/// current, all of them).
+const CAPACITY: usize = 16_384;
+
+/// Entries read under one generation of the store.
+struct Generational<V> {
+    generation: u64,
+    entries: HashMap<String, V>,
+}
+
+impl<V: Clone> Generational<V> {
+    fn new() -> Self {
+        Self {
+            generation: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get(&self, generation: u64, key: &str) -> Option<V> {
+        (self.generation == generation)
+            .then(|| self.entries.get(key).cloned())
+            .flatten()
+    }
+
+    /// Keeps `value`, read under `generation`. Entries of an older
+    /// generation go (they can never be served again); an entry read under
+    /// an older generation than the one kept is not kept.
+    fn put(&mut self, generation: u64, key: &str, value: V) {
+        if generation > self.generation {
+            self.entries.clear();
+            self.generation = generation;
+        }
+        if generation < self.generation {
+            return;
+        }
+        if self.entries.len() >= CAPACITY {
+            self.entries.clear();
+        }
+        self.entries.insert(key.to_owned(), value);
+    }
+}
+
+/// One cache: a lock around entries of the latest generation.
+struct Cache<V>(Mutex<Generational<V>>);
+
+impl<V: Clone> Cache<V> {
+    fn new() -> Self {
+        Self(Mutex::new(Generational::new()))
+    }
+
+    fn get(&self, generation: u64, key: &str) -> Option<V> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(generation, key)
+    }
+
+    fn put(&self, generation: u64, key: &str, value: V) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .put(generation, key, value);
+    }
+}
+
+/// The caches every request's authentication and resolution go through.
+pub struct Lookups {
+    keys: Cache<KeyOwner>,
+    tenants: Cache<Tenant>,
+    /// By tenant id, then name: looked up without building a key.
+    collections: Mutex<Generational<HashMap<String, Collection>>>,
+}
+
+impl Default for Lookups {
+    fn default() -> Self {
+        Self {
+            keys: Cache::new(),
+            tenants: Cache::new(),
+            collections: Mutex::new(Generational::new()),
+        }
+    }
+}
+
+fn counted(cache: &'static str, hit: bool) {
+    metrics::counter!(crate::metrics::CACHE_LOOKUPS, "cache" => cache, "outcome" => if hit { "hit" } else { "miss" })
+        .increment(1);
+}
+
+impl Lookups {
+    /// `Store::key_owner` of the token digest `digest`, cached.
+    pub async fn key_owner(&self, store: &dyn Store, digest: &str) -> StoreResult<Option<KeyOwner>> {
+        let generation = store.generation();
+        if let Some(owner) = self.keys.get(generation, digest) {
+            counted("keys", true);
+            return Ok(Some(owner));
+        }
+        counted("keys", false);
+        let owner = store.key_owner(digest).await?;
+        if let Some(owner) = &owner {
+            self.keys.put(generation, digest, owner.clone());
+        }
+        Ok(owner)
+    }
+
+    /// `Store::tenant` by `name`, cached when found.
+    pub async fn tenant(&self, store: &dyn Store, name: &str) -> StoreResult<Lookup<Tenant>> {
+        let generation = store.generation();
+        if let Some(tenant) = self.tenants.get(generation, name) {
+            counted("tenants", true);
+            return Ok(Lookup::Found(tenant));
+        }
+        counted("tenants", false);
+        let lookup = store.tenant(name).await?;
+        if let Lookup::Found(tenant) = &lookup {
+            self.tenants.put(generation, name, tenant.clone());
+        }
+        Ok(lookup)
+    }
+
+    /// `Store::collection` of the tenant with id `tenant_id` by `name`,
+    /// cached when found.
+    pub async fn collection(&self, store: &dyn Store, tenant_id: &str, name: &str) -> StoreResult<Lookup<Collection>> {
+        let generation = store.generation();
+        let hit = {
+            let kept = self.collections.lock().unwrap_or_else(|p| p.into_inner());
+            (kept.generation == generation)
+                .then(|| kept.entries.get(tenant_id).and_then(|c| c.get(name)).cloned())
+                .flatten()
+        };
+        if let Some(collection) = hit {
+            counted("collections", true);
+            return Ok(Lookup::Found(collection));
+        }
+        counted("collections", false);
+        let lookup = store.collection(tenant_id, name).await?;
+        if let Lookup::Found(collection) = &lookup {
+            let mut kept = self.collections.lock().unwrap_or_else(|p| p.into_inner());
+            if generation > kept.generation {
+                kept.entries.clear();
+                kept.generation = generation;
+            }
+            if generation == kept.generation {
+                if kept.entries.len() >= CAPACITY {
+                    kept.entries.clear();
+                }
+                let of_tenant = kept.entries.entry(tenant_id.to_owned()).or_default();
+                if of_tenant.len() >= CAPACITY {
+                    of_tenant.clear();
+                }
+                of_tenant.insert(name.to_owned(), collection.clone());
+            }
+        }
+        Ok(lookup)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Generational;
+
+    #[test]
+    fn entries_are_served_only_under_the_generation_they_were_read_in() {
+        let mut c = Generational::new();
+        c.put(3, "k", 1);
+        assert_eq!(c.get(3, "k"), Some(1));
+        assert_eq!(c.get(4, "k"), None, "the store moved on");
+        // A read that began before a change is not kept after it.
+        c.put(5, "k", 2);
+        c.put(4, "old", 9);
+        assert_eq!(c.get(5, "old"), None);
+        assert_eq!(c.get(5, "k"), Some(2));
+        assert_eq!(c.get(4, "old"), None);
+    }
+
+    #[test]
+    fn a_full_cache_starts_again() {
+        let mut c = Generational::new();
+        for i in 0..super::CAPACITY + 10 {
+            c.put(1, &i.to_string(), i);
+        }
+        assert!(c.entries.len() <= super::CAPACITY);
+        assert_eq!(c.get(1, &(super::CAPACITY + 9).to_string()), Some(super::CAPACITY + 9));
+    }
+}
