@@ -124,6 +124,17 @@ async fn one_json_line_per_request_without_tokens_or_bodies() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // A request id that could forge a field of the line is not taken: the
+    // line (and the response) carry an id of Canon's own.
+    let forged = "x\",\"status\":200,\"forged\":\"yes";
+    let r = client
+        .get(format!("{base}/healthz"))
+        .header("x-request-id", forged)
+        .send()
+        .await
+        .unwrap();
+    let own = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(own, forged);
     // SIGTERM: the process ends cleanly and its stderr closes.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -136,7 +147,7 @@ async fn one_json_line_per_request_without_tokens_or_bodies() {
     }
     assert!(child.wait().unwrap().success());
     let all = lines.join("\n");
-    for secret in [OPERATOR, wrong, body_secret, "query-secret-never-logged"] {
+    for secret in [OPERATOR, wrong, body_secret, "query-secret-never-logged", "forged"] {
         assert!(!all.contains(secret), "{secret} was logged:\n{all}");
     }
     let events: Vec<serde_json::Value> = lines
@@ -165,5 +176,6 @@ async fn one_json_line_per_request_without_tokens_or_bodies() {
         refused.get("tenant").is_none() || refused["tenant"].is_null(),
         "{refused}"
     );
+    assert_eq!(request(&own)["route"], "/healthz");
     assert!(all.contains("store closed"), "the shutdown is logged:\n{all}");
 }
