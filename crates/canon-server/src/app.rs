@@ -109,6 +109,8 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         min_rate: app.config.min_upload_rate,
     });
     let decision = flow::run(&exchange, &head, body, &request_id).await;
+    // A request the server failed to serve is not charged to the caller.
+    exchange.settle(decision.response.status()).await;
     drop(exchange);
     drop(permit);
     let status = decision.response.status().as_u16();
