@@ -109,6 +109,8 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         min_rate: app.config.min_upload_rate,
     });
     let decision = flow::run(&exchange, &head, body, &request_id).await;
+    // A request the server failed to serve is not charged to the caller.
+    exchange.settle(decision.response.status()).await;
     drop(exchange);
     drop(permit);
     let status = decision.response.status().as_u16();
@@ -176,8 +178,19 @@ pub async fn serve(
         tracing::warn!(error = %e, "could not save the daily quota counts at shutdown");
     }
     tracing::info!("job workers stopped; closing the store");
-    app.store.close().await.map_err(std::io::Error::other)?;
-    tracing::info!("store closed");
+    match app.store.close().await {
+        Ok(()) => tracing::info!("store closed"),
+        // Every write was committed before it was acknowledged, so a store
+        // that cannot be had at the very end (another process holds the
+        // write lock, the file is gone) loses nothing acknowledged: what
+        // is left undone is the final checkpoint, which the next open of the
+        // database does. Not a failed shutdown.
+        Err(canon_store::StoreError::Unavailable(reason)) => tracing::warn!(
+            %reason,
+            "store closed without its final checkpoint; every acknowledged write is committed"
+        ),
+        Err(e) => return Err(std::io::Error::other(e)),
+    }
     Ok(())
 }
 

@@ -128,6 +128,16 @@ pub fn invalid_field(pointer: &str, what: &str) -> Problem {
         .with_errors(vec![FieldError::new(pointer, what)])
 }
 
+/// A 400 naming every body field in `errors` (at least one) at once.
+pub fn invalid_fields(errors: Vec<FieldError>) -> Problem {
+    let detail = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.pointer, e.detail))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Problem::new(ProblemKind::InvalidField, detail).with_errors(errors)
+}
+
 /// Refuses a merge patch (RFC 7396) that removes a member (`null`): no
 /// setting of users or collections can be removed, only given a value.
 pub fn no_removals(body: &serde_json::Value) -> Result<(), Problem> {

@@ -352,13 +352,24 @@ async fn hyper_level_limits_leave_ordinary_requests_to_the_flow() {
     let r = raw(&s, big.as_bytes()).await;
     assert_eq!(r.status, 431);
     assert_eq!(r.json()["type"], "/problems/headers-too-large");
-    // Broken framing is answered by hyper itself (documented): a bare 400.
+    // Broken framing is answered by hyper itself (documented in
+    // docs/http.md, "What hyper answers before the flow runs"): a bare 400,
+    // no problem body, no request id. A list, or two fields that disagree.
+    for lengths in ["Content-Length: 1, 2\r\n", "Content-Length: 1\r\nContent-Length: 2\r\n"] {
+        let request = format!("POST /healthz HTTP/1.1\r\nHost: x\r\n{lengths}Connection: close\r\n\r\nab");
+        let r = raw(&s, request.as_bytes()).await;
+        assert_eq!(r.status, 400, "{lengths}");
+        assert!(r.body.is_empty(), "{lengths}");
+        assert!(!r.headers.iter().any(|(k, _)| k == "x-request-id"), "{lengths}");
+    }
+    // Two that agree are one (RFC 9112 §6.3): the request reaches the flow.
     let r = raw(
         &s,
-        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\nConnection: close\r\n\r\n",
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\nab",
     )
     .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.json()["type"], "/problems/method-not-allowed");
 }
 
 // --- Defect 8: content codings ----------------------------------------------

@@ -390,6 +390,37 @@ async fn request_ids_are_echoed_when_sane_and_replaced_otherwise() {
         .unwrap();
     let id = header(&r, "x-request-id");
     assert!(!id.is_empty() && id != "bad id <script>");
+    // Up to 128 characters of the safe set are kept as they are.
+    let longest = format!("{}:._-", "a".repeat(124));
+    let r = s
+        .req(Method::GET, "/healthz", None)
+        .header("x-request-id", longest.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "x-request-id"), longest);
+    // Anything else is replaced by an id of Canon's own (a UUID): too long,
+    // empty, other bytes (quotes, `=`, spaces, tabs, non-ASCII) that could
+    // forge a field of a log line.
+    let refused: [&[u8]; 7] = [
+        &[b'a'; 129],
+        b"",
+        b"a\tb",
+        b"x\" status=200",
+        b"id=forged",
+        b"caf\xc3\xa9",
+        b"\xff\xfe",
+    ];
+    for value in refused {
+        let r = s
+            .req(Method::GET, "/healthz", None)
+            .header("x-request-id", reqwest::header::HeaderValue::from_bytes(value).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let id = header(&r, "x-request-id");
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{value:?} → {id}");
+    }
 }
 
 /// Sends a request head announcing a body, then stalls.

@@ -7,8 +7,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use canon_server::limits::ManualClock;
 use common::*;
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
@@ -112,6 +114,47 @@ async fn a_held_write_lock_answers_503_to_writes_and_readyz_and_both_recover() {
         .collect();
     assert_eq!(ports.len(), 2, "{ports:?}");
     assert!(ports.contains(&5) && ports.contains(&4), "{ports:?}");
+}
+
+#[tokio::test]
+async fn requests_the_database_failed_are_not_charged_to_the_callers_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    // Time stands still: nothing refills while the test runs.
+    let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_893_456_000)));
+    let config = canon_server::Config {
+        rate_limit_per_second: 1000,
+        rate_limit_burst: 1000,
+        daily_quota: 1_000_000,
+        ..config()
+    };
+    let s = Server::start_clocked_on(config, &path, clock).await;
+    let w = world(&s, "acme").await;
+    let r = s
+        .req(Method::PATCH, "/v1/tenants/acme", Some(OPERATOR))
+        .header("content-type", "application/merge-patch+json")
+        .body(json!({"rate_limit_per_second": 1, "burst": 3, "daily_quota": 3}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Twice the burst and the quota, every one the database's 503: none is
+    // charged, so none becomes a 429.
+    for _ in 0..6 {
+        assert_unavailable(create(&s, &w.editor, 1).await).await;
+    }
+    other.execute_batch("ROLLBACK").unwrap();
+
+    // The whole burst and the whole day's quota are still there.
+    for left in (0..3).rev() {
+        let r = create(&s, &w.editor, 2).await;
+        assert_eq!(r.status(), 201);
+        assert!(header(&r, "ratelimit").contains(&format!(";r={left};")), "{r:?}");
+    }
+    assert_eq!(create(&s, &w.editor, 3).await.status(), 429);
 }
 
 #[tokio::test]

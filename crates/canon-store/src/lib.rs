@@ -226,6 +226,10 @@ pub trait Store:
     /// submitted to commit, refuses later ones ([`StoreError::Unavailable`]),
     /// and leaves the database complete on its own (SQLite: the WAL copied
     /// into the database file; a server backend: connections closed).
+    /// [`StoreError::Unavailable`] when the database cannot be had for that
+    /// last step (SQLite: another process holds the write lock): the writes
+    /// were answered all the same and every one acknowledged is committed;
+    /// only the tidying is left (the WAL's next open checkpoints it).
     async fn close(&self) -> StoreResult<()>;
 }
 

@@ -1,5 +1,7 @@
 //! Logs carry colour only when stderr is a terminal.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -8,16 +10,18 @@ use std::time::Duration;
 #[test]
 fn logs_to_a_pipe_have_no_escape_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_canon"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(format!("sqlite://{}", dir.path().join("canon.db").display()))
-        .env("CANON_BOOTSTRAP_TOKEN", "logs-test-operator")
-        .env("CANON_LOG", "info")
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn canon");
+    let mut child = common::Process::new(
+        Command::new(env!("CARGO_BIN_EXE_canon"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+            .arg(format!("sqlite://{}", dir.path().join("canon.db").display()))
+            .env("CANON_BOOTSTRAP_TOKEN", "logs-test-operator")
+            .env("CANON_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn canon"),
+    );
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -48,7 +52,7 @@ fn serve_logged(
     dir: &std::path::Path,
     args: &[&str],
     env: &[(&str, &str)],
-) -> (std::process::Child, u16, mpsc::Receiver<String>) {
+) -> (common::Process, u16, mpsc::Receiver<String>) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -65,7 +69,7 @@ fn serve_logged(
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().expect("spawn canon");
+    let mut child = common::Process::new(command.spawn().expect("spawn canon"));
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -80,8 +84,6 @@ fn serve_logged(
             return (child, port, rx);
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
     panic!("canon did not start");
 }
 
@@ -122,6 +124,17 @@ async fn one_json_line_per_request_without_tokens_or_bodies() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // A request id that could forge a field of the line is not taken: the
+    // line (and the response) carry an id of Canon's own.
+    let forged = "x\",\"status\":200,\"forged\":\"yes";
+    let r = client
+        .get(format!("{base}/healthz"))
+        .header("x-request-id", forged)
+        .send()
+        .await
+        .unwrap();
+    let own = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(own, forged);
     // SIGTERM: the process ends cleanly and its stderr closes.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -134,7 +147,7 @@ async fn one_json_line_per_request_without_tokens_or_bodies() {
     }
     assert!(child.wait().unwrap().success());
     let all = lines.join("\n");
-    for secret in [OPERATOR, wrong, body_secret, "query-secret-never-logged"] {
+    for secret in [OPERATOR, wrong, body_secret, "query-secret-never-logged", "forged"] {
         assert!(!all.contains(secret), "{secret} was logged:\n{all}");
     }
     let events: Vec<serde_json::Value> = lines
@@ -163,5 +176,6 @@ async fn one_json_line_per_request_without_tokens_or_bodies() {
         refused.get("tenant").is_none() || refused["tenant"].is_null(),
         "{refused}"
     );
+    assert_eq!(request(&own)["route"], "/healthz");
     assert!(all.contains("store closed"), "the shutdown is logged:\n{all}");
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -156,5 +157,70 @@ async fn sigint_stops_an_idle_server_at_once() {
         signalled.elapsed() < Duration::from_secs(2),
         "{:?}",
         signalled.elapsed()
+    );
+}
+
+/// SIGTERM while another process holds the database's write lock (the
+/// sqlite3 shell in a transaction, a backup): the final checkpoint cannot
+/// run, but every acknowledged write is already committed in the WAL, so
+/// the process still exits 0 (and says why in a warning), and a restart
+/// finds every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_another_process_holds_the_write_lock_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("canon.db");
+    let env = [("CANON_DB_TIMEOUT_MS", "300")];
+    let node = common::Node::start(&db, TOKEN, &env).await;
+    node.post_ok("/v1/tenants", json!({"name": "acme"})).await;
+    node.post_ok("/v1/tenants/acme/collections", json!({"name": "c"})).await;
+    for n in 0..5 {
+        node.post_ok("/v1/tenants/acme/collections/c/records", json!({"n": n}))
+            .await;
+    }
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut child = node.child;
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || (wait_exit(&mut child, Duration::from_secs(10)), child))
+        .await
+        .unwrap()
+        .0;
+    assert!(status.success(), "exit status {status:?}");
+    other.execute_batch("ROLLBACK").unwrap();
+    drop(other);
+
+    let node = common::Node::start(&db, TOKEN, &[]).await;
+    let list: Value = node
+        .client
+        .get(format!("{}/v1/tenants/acme/collections/c/records", node.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(5), "{list}");
+}
+
+/// A test that fails while its server runs leaves no server running: the
+/// process is a `common::Process`, killed and reaped when dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_test_leaves_no_server_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("canon.db");
+    let pid = Arc::new(Mutex::new(None));
+    let seen = pid.clone();
+    let failed = tokio::spawn(async move {
+        let node = common::Node::start(&db, TOKEN, &[]).await;
+        *seen.lock().unwrap() = Some(node.child.id());
+        panic!("an assertion fails while the server runs");
+    })
+    .await;
+    assert!(failed.is_err_and(|e| e.is_panic()));
+    let pid = pid.lock().unwrap().expect("the server started");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "canon serve (pid {pid}) outlived the test that started it"
     );
 }

@@ -11,15 +11,9 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "transfer-operator";
 
-/// A seeded server, stopped when dropped (also when a test fails).
+/// A seeded server, stopped when dropped (also when a test fails: its
+/// process is a `common::Process`).
 struct Server(common::Node);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.child.kill();
-        let _ = self.0.child.wait();
-    }
-}
 
 impl Server {
     /// A server with tenant `acme` and its collection `devices`:

@@ -1,18 +1,20 @@
 //! The operator's administration of the server itself:
 //! `GET, PUT /v1/admin/maintenance` (docs/decisions.md, "Maintenance mode").
 
-use canon_http::Problem;
 use canon_http::flow::{BoxFuture, Existence, Input, Representation, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::validators::{EntityTag, Validators};
+use canon_http::{FieldError, Problem};
 use canon_store::{MaintenanceSetting, now_millis};
 use http::Method;
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::{Cx, found_with, still_there};
 use crate::error::store_problem;
-use crate::input::{Query, decode, invalid_field, json_body};
+use crate::input::{Query, decode, invalid_fields, json_body};
 use crate::render::{system_time, timestamp};
-use crate::wire::{self, MaintenanceRequest};
+use crate::wire::{self, DEFAULT_MAINTENANCE_RETRY, MaintenanceRequest};
 
 /// The longest message the operator may leave for refused clients.
 const MAX_MESSAGE_CHARS: usize = 1000;
@@ -46,6 +48,76 @@ fn validators(m: &canon_store::Maintenance) -> Validators {
     )
 }
 
+/// The shape of a `PUT` body: an object without unknown members (as the
+/// schema says it); the values are checked by [`maintenance_request`], so a
+/// wrong type is named by its pointer like a wrong value, not in serde's
+/// words.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code, reason = "deserialized only to check the shape")]
+struct Shape {
+    enabled: Option<Value>,
+    retry_after_seconds: Option<Value>,
+    message: Option<Value>,
+}
+
+/// Checks a body of `PUT /v1/admin/maintenance`, every field at once.
+fn maintenance_request(body: Value) -> Result<MaintenanceRequest, Problem> {
+    let _: Shape = decode(body.clone())?;
+    let mut errors = Vec::new();
+    let enabled = match body.get("enabled") {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            errors.push(FieldError::new("/enabled", "must be true or false"));
+            None
+        }
+        None => {
+            errors.push(FieldError::new("/enabled", "is required: true or false"));
+            None
+        }
+    };
+    let retry_after = match body.get("retry_after_seconds") {
+        None => Some(DEFAULT_MAINTENANCE_RETRY),
+        Some(v) => match v.as_u64().map(u32::try_from) {
+            Some(Ok(n)) if (1..=MAX_RETRY_AFTER).contains(&n) => Some(n),
+            _ => {
+                errors.push(FieldError::new(
+                    "/retry_after_seconds",
+                    format!("must be a whole number of seconds from 1 to {MAX_RETRY_AFTER}"),
+                ));
+                None
+            }
+        },
+    };
+    let message = match body.get("message") {
+        None => Some(String::new()),
+        Some(Value::String(m)) if m.chars().count() > MAX_MESSAGE_CHARS => {
+            errors.push(FieldError::new(
+                "/message",
+                format!("must be at most {MAX_MESSAGE_CHARS} characters"),
+            ));
+            None
+        }
+        Some(Value::String(m)) if m.chars().any(char::is_control) => {
+            errors.push(FieldError::new("/message", "must not contain control characters"));
+            None
+        }
+        Some(Value::String(m)) => Some(m.clone()),
+        Some(_) => {
+            errors.push(FieldError::new("/message", "must be a string"));
+            None
+        }
+    };
+    match (enabled, retry_after, message) {
+        (Some(enabled), Some(retry_after_seconds), Some(message)) if errors.is_empty() => Ok(MaintenanceRequest {
+            enabled,
+            retry_after_seconds,
+            message,
+        }),
+        _ => Err(invalid_fields(errors)),
+    }
+}
+
 fn representation(m: &canon_store::Maintenance) -> Representation {
     let body = wire::Maintenance {
         enabled: m.enabled,
@@ -64,23 +136,7 @@ impl Resource for Maintenance {
         self.cx.remember(&input);
         Query::parse(&input.head.uri, &[])?;
         if self.cx.method == Method::PUT {
-            let request: MaintenanceRequest = decode(json_body(input.body.as_ref())?)?;
-            if !(1..=MAX_RETRY_AFTER).contains(&request.retry_after_seconds) {
-                return Err(invalid_field(
-                    "/retry_after_seconds",
-                    &format!("must be from 1 to {MAX_RETRY_AFTER} seconds"),
-                ));
-            }
-            if request.message.chars().count() > MAX_MESSAGE_CHARS {
-                return Err(invalid_field(
-                    "/message",
-                    &format!("must be at most {MAX_MESSAGE_CHARS} characters"),
-                ));
-            }
-            if request.message.chars().any(char::is_control) {
-                return Err(invalid_field("/message", "must not contain control characters"));
-            }
-            self.request = Some(request);
+            self.request = Some(maintenance_request(json_body(input.body.as_ref())?)?);
         }
         Ok(())
     }

@@ -39,6 +39,26 @@ pub struct Exchange<'a> {
     caller: OnceLock<(String, TenantLimits)>,
     /// The caller's share of the slots in flight, held until the exchange ends.
     held: Mutex<Option<Held>>,
+    /// What the RateLimit node took from the caller's limits, given back
+    /// by [`Exchange::settle`] if the server then fails to serve it.
+    taken: Mutex<Option<Taken>>,
+}
+
+/// One request taken from a caller's limits: its key's burst and its
+/// tenant's daily quota (the tenant is the exchange's caller), and when.
+struct Taken {
+    key: String,
+    burst: Option<Policy>,
+    daily: Option<Policy>,
+    at: std::time::SystemTime,
+}
+
+/// Whether `status` says the server failed to serve a request it took
+/// (a bug's 500, a 503 from a store that cannot be reached): such a
+/// request is not charged to the caller's limits. 501 is an answer (the
+/// method is not built), not a failure.
+fn failed(status: http::StatusCode) -> bool {
+    status.is_server_error() && status != http::StatusCode::NOT_IMPLEMENTED
 }
 
 impl<'a> Exchange<'a> {
@@ -52,6 +72,41 @@ impl<'a> Exchange<'a> {
             nested: false,
             caller: OnceLock::new(),
             held: Mutex::new(None),
+            taken: Mutex::new(None),
+        }
+    }
+
+    /// Ends the exchange of a request answered `status`: when the server
+    /// failed to serve it ([`failed`]), gives back what it took from the
+    /// caller's burst and daily quota. A client is limited for what it is
+    /// served, and retrying through an outage would otherwise spend its
+    /// day's quota on the server's failures.
+    pub async fn settle(&self, status: http::StatusCode) {
+        if !failed(status) {
+            return;
+        }
+        let Some(taken) = self.taken.lock().ok().and_then(|mut t| t.take()) else {
+            return;
+        };
+        let burst = taken.burst.map(|policy| Charge {
+            scope: Scope::Key,
+            key: &taken.key,
+            policy,
+            name: LimitName::Burst,
+        });
+        let daily = taken
+            .daily
+            .zip(self.caller.get())
+            .map(|(policy, (tenant_id, _))| Charge {
+                scope: Scope::Tenant,
+                key: tenant_id,
+                policy,
+                name: LimitName::Daily,
+            });
+        let charges: Vec<Charge<'_>> = burst.into_iter().chain(daily).collect();
+        if let Err(e) = self.app.limiter.refund(&charges, taken.at).await {
+            // The caller stays charged, as it would have been without refunds.
+            tracing::warn!(error = %e, "could not give back a failed request's charge");
         }
     }
 
@@ -273,10 +328,21 @@ impl Service for Exchange<'_> {
                 .acquire(charges, now, true)
                 .await
                 .map_err(limiter_problem)?;
-            if !matches!(verdict, RateVerdict::Refused { .. })
-                && let Ok(mut slot) = self.held.lock()
-            {
-                *slot = Some(held);
+            if !matches!(verdict, RateVerdict::Refused { .. }) {
+                if let Ok(mut slot) = self.held.lock() {
+                    *slot = Some(held);
+                }
+                if !charges.is_empty()
+                    && let Ok(mut slot) = self.taken.lock()
+                {
+                    let policy = |name| charges.iter().find(|c| c.name == name).map(|c| c.policy);
+                    *slot = Some(Taken {
+                        key: key.to_owned(),
+                        burst: policy(LimitName::Burst),
+                        daily: policy(LimitName::Daily),
+                        at: now,
+                    });
+                }
             }
             Ok(counted(verdict))
         })

@@ -3,14 +3,14 @@
 use crate::wire::{NewTenant, TenantLimitsPatch};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
-use canon_http::{FieldError, Problem, ProblemKind};
+use canon_http::{FieldError, Problem};
 use canon_store::{Expect, Lookup, Tenant, TenantLimits, now_millis};
 use http::Method;
 use serde_json::Value;
 
 use super::{Cx, Stop, found_with, still_there};
 use crate::error::store_problem;
-use crate::input::{Query, decode, invalid_field, json_body, slug};
+use crate::input::{Query, decode, invalid_field, invalid_fields, json_body, slug};
 use crate::listing::{self, Listed};
 use crate::render;
 
@@ -148,12 +148,7 @@ fn limits_patch(body: Value) -> Result<LimitsPatch, Problem> {
     if errors.is_empty() {
         return Ok(out);
     }
-    let detail = errors
-        .iter()
-        .map(|e| format!("{}: {}", e.pointer, e.detail))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Err(Problem::new(ProblemKind::InvalidField, detail).with_errors(errors))
+    Err(invalid_fields(errors))
 }
 
 /// `GET, PATCH, DELETE /v1/tenants/{tenant}`.

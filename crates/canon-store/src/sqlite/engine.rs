@@ -316,20 +316,37 @@ impl Engine {
     /// Finishes every write queued so far, refuses later ones, and copies
     /// the WAL into the database file (`wal_checkpoint(TRUNCATE)`), so the
     /// file is complete on its own when the process ends.
+    ///
+    /// [`StoreError::Unavailable`] when the database could not be had for
+    /// that (another process holds its write lock, the file is gone): every
+    /// write queued before has been answered all the same, and none was
+    /// acknowledged before its commit, so nothing acknowledged is lost; the
+    /// WAL stays beside the database and its next open checkpoints it.
     pub async fn close(&self) -> StoreResult<()> {
         self.closed.store(true, Ordering::Release);
-        // The queue is first in, first out: once this no-op has committed,
-        // so has every write queued before it.
-        self.enqueue(|_| Ok(())).await?;
+        // The queue is first in, first out: once this no-op is answered, so
+        // is every write queued before it (committed, or refused with its
+        // batch when the transaction could not begin).
+        let drained = self.enqueue(|_| Ok(())).await;
         self.stopping.store(true, Ordering::Relaxed);
         let (path, timeout) = (self.path.clone(), self.timeout);
-        tokio::task::spawn_blocking(move || {
-            let conn = open(&path, false, timeout).map_err(internal)?;
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(internal)
+        let checkpointed = tokio::task::spawn_blocking(move || {
+            let conn = open(&path, false, timeout).map_err(super::rows::db_error)?;
+            // A checkpoint that cannot take the lock within the busy timeout
+            // is no error to SQLite: it says so in its first column.
+            let busy: i64 = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+                .map_err(super::rows::db_error)?;
+            if busy != 0 {
+                return Err(StoreError::Unavailable(
+                    "the WAL could not be checkpointed: another connection holds the database".into(),
+                ));
+            }
+            Ok(())
         })
         .await
-        .map_err(internal)?
+        .map_err(internal)?;
+        drained.and(checkpointed)
     }
 
     async fn enqueue<T, F>(&self, op: F) -> StoreResult<T>

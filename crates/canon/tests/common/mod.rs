@@ -2,15 +2,54 @@
 
 #![allow(dead_code)]
 
+use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A `canon` process that is killed and reaped when dropped: when a test
+/// fails (an assertion panics) or returns early, no server outlives it.
+/// A test that stops the process itself (SIGTERM, `kill`) may; the drop
+/// then finds it gone.
+pub struct Process(Child);
+
+impl Process {
+    /// Guards `child`.
+    pub fn new(child: Child) -> Self {
+        Process(child)
+    }
+}
+
+impl Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Already exited (and reaped): nothing to do. Otherwise SIGKILL and
+        // wait, so it is not left running nor as a zombie.
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// Starts `canon serve` on `port` over the SQLite file `db`, with the
 /// operator token `token` and the extra environment `env`. The rate limits
 /// and the daily quota are off unless `env` sets them: these tests load the
 /// server as fast as they can on purpose (tests/limits.rs in canon-server
 /// tests the limits).
-pub fn spawn(db: &std::path::Path, port: u16, token: &str, env: &[(&str, &str)]) -> Child {
+pub fn spawn(db: &std::path::Path, port: u16, token: &str, env: &[(&str, &str)]) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_canon"));
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database"])
@@ -24,7 +63,7 @@ pub fn spawn(db: &std::path::Path, port: u16, token: &str, env: &[(&str, &str)])
     for (k, v) in env {
         command.env(k, v);
     }
-    command.spawn().expect("spawn canon")
+    Process::new(command.spawn().expect("spawn canon"))
 }
 
 /// Waits until `/readyz` answers 2xx (at most 20 s).
@@ -55,8 +94,8 @@ pub fn free_port() -> u16 {
 
 /// A `canon` process on a free port, and a client for it.
 pub struct Node {
-    /// The process.
-    pub child: Child,
+    /// The process (killed when dropped).
+    pub child: Process,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// The port.
