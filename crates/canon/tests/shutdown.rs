@@ -224,3 +224,68 @@ async fn a_failing_test_leaves_no_server_running() {
         "canon serve (pid {pid}) outlived the test that started it"
     );
 }
+
+/// The day's quota count is saved at shutdown and read back at start: a
+/// restart does not hand the tenant a fresh day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_days_quota_count_survives_a_graceful_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("canon.db");
+    let env = [("CANON_DAILY_QUOTA", "1000")];
+    let node = common::Node::start(&db, TOKEN, &env).await;
+    node.post_ok("/v1/tenants", json!({"name": "acme"})).await;
+    let user: Value = node
+        .client
+        .post(format!("{}/v1/tenants/acme/users", node.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"email": "v@acme.example", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key: Value = node
+        .client
+        .post(format!(
+            "{}/v1/tenants/acme/users/{}/api-keys",
+            node.base,
+            user["id"].as_str().unwrap()
+        ))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "k"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = key["token"].as_str().unwrap().to_owned();
+    let remaining = |node: &common::Node| {
+        let (client, url, token) = (
+            node.client.clone(),
+            format!("{}/v1/tenants/acme", node.base),
+            token.clone(),
+        );
+        async move {
+            let r = client.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["ratelimit"].to_str().unwrap().to_owned()
+        }
+    };
+    for _ in 0..6 {
+        remaining(&node).await;
+    }
+    assert!(remaining(&node).await.starts_with("\"daily\";r=993;"));
+    let mut child = node.child;
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || (wait_exit(&mut child, Duration::from_secs(10)), child))
+        .await
+        .unwrap()
+        .0;
+    assert!(status.success(), "exit status {status:?}");
+
+    let node = common::Node::start(&db, TOKEN, &env).await;
+    let field = remaining(&node).await;
+    assert!(field.starts_with("\"daily\";r=992;"), "the count went on: {field}");
+}
