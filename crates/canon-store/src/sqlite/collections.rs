@@ -152,11 +152,10 @@ impl CollectionStore for SqliteStore {
     }
 
     async fn collection(&self, tenant_id: &str, name: &str) -> StoreResult<Lookup<Collection>> {
-        let (tenant_id, name) = (tenant_id.to_owned(), name.to_owned());
         self.engine
-            .read(move |c| {
-                let col = load_collection(c, &tenant_id, &name)?;
-                found_or_tombstone(c, col, kind::COLLECTION, &tenant_id, &name)
+            .read_point(|c| {
+                let col = load_collection(c, tenant_id, name)?;
+                found_or_tombstone(c, col, kind::COLLECTION, tenant_id, name)
             })
             .await
     }

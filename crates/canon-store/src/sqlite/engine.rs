@@ -413,6 +413,48 @@ impl Engine {
         result
     }
 
+    /// Runs `op`, a point read (a row or two by key, answered from
+    /// SQLite's page cache in microseconds), on a read-only connection on
+    /// the calling thread. A hop to the blocking pool costs more than such
+    /// a read (issue 11's profile: about as much as all of HTTP), and in
+    /// WAL mode a reader never waits for the writer, so the async worker is
+    /// held for no longer than a poll. Scans (lists, exports, job chunks)
+    /// use [`Engine::read`].
+    pub async fn read_point<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T>,
+    {
+        let started = std::time::Instant::now();
+        self.attached()?;
+        let _permit = match tokio::time::timeout(self.timeout, self.read_permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(StoreError::Unavailable("the readers are closed".into())),
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    "no reader became free within the timeout".into(),
+                ));
+            }
+        };
+        let conn = self.readers.lock().map_err(|_| internal("reader pool poisoned"))?.pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open(&self.path, true, self.timeout).map_err(super::rows::db_error)?,
+        };
+        let result = match catch_unwind(AssertUnwindSafe(|| op(&conn))) {
+            Ok(result) => {
+                if let Ok(mut pool) = self.readers.lock() {
+                    pool.push(conn);
+                }
+                result
+            }
+            // The read panicked: its connection is dropped; a fresh one
+            // replaces it on the next read.
+            Err(_) => Err(StoreError::Internal("a read panicked".into())),
+        };
+        metrics::histogram!(crate::metrics::STORE_SECONDS, "op" => "read").record(started.elapsed().as_secs_f64());
+        result
+    }
+
     async fn read_now<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,

@@ -37,9 +37,8 @@ pub(super) fn check_lease(conn: &Connection, collection_id: &str, record_id: &st
 #[async_trait]
 impl LeaseStore for SqliteStore {
     async fn lease(&self, collection_id: &str, record_id: &str) -> StoreResult<Option<Lease>> {
-        let (collection_id, record_id) = (collection_id.to_owned(), record_id.to_owned());
         self.engine
-            .read(move |c| live_lease(c, &collection_id, &record_id))
+            .read_point(|c| live_lease(c, collection_id, record_id))
             .await
     }
 

@@ -480,11 +480,10 @@ impl RecordStore for SqliteStore {
     }
 
     async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>> {
-        let (collection_id, id) = (collection_id.to_owned(), id.to_owned());
         self.engine
-            .read(move |c| {
-                let r = load_record(c, &collection_id, &id)?;
-                found_or_tombstone(c, r, kind::RECORD, &collection_id, &id)
+            .read_point(|c| {
+                let r = load_record(c, collection_id, id)?;
+                found_or_tombstone(c, r, kind::RECORD, collection_id, id)
             })
             .await
     }

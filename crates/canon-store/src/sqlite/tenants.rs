@@ -107,9 +107,9 @@ impl TenantStore for SqliteStore {
     }
 
     async fn key_owner(&self, token_hash: &str) -> StoreResult<Option<KeyOwner>> {
-        let hash = token_hash.to_owned();
+        let hash = token_hash;
         self.engine
-            .read(move |c| {
+            .read_point(|c| {
                 // Only the operator's key has no tenant. A member's key counts
                 // only while its tenant is live: a deleted tenant's keys stop
                 // authenticating the moment its deletion starts.
@@ -216,12 +216,11 @@ impl TenantStore for SqliteStore {
     }
 
     async fn tenant(&self, name: &str) -> StoreResult<Lookup<Tenant>> {
-        let name = name.to_owned();
         self.engine
-            .read(move |c| match load_tenant(c, &name)? {
+            .read_point(|c| match load_tenant(c, name)? {
                 Some((t, None)) => Ok(Lookup::Found(t)),
                 Some((_, Some(_deleted_at))) => Ok(Lookup::Gone),
-                None => absent(c, kind::TENANT, "", &name),
+                None => absent(c, kind::TENANT, "", name),
             })
             .await
     }
