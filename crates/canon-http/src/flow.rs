@@ -1055,9 +1055,19 @@ fn is_valid_host(value: &HeaderValue) -> bool {
 
 /// Whether a segment of `path` is `.` or `..`, literally or percent-encoded.
 fn has_dot_segment(path: &str) -> bool {
+    // Without decoding into new strings: this runs on every request.
     path.split('/').any(|seg| {
-        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
-        decoded == "." || decoded == ".."
+        let mut rest = seg.as_bytes();
+        let mut dots = 0;
+        while !rest.is_empty() && dots <= 2 {
+            match rest {
+                [b'.', tail @ ..] => rest = tail,
+                [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => rest = tail,
+                _ => return false,
+            }
+            dots += 1;
+        }
+        rest.is_empty() && (dots == 1 || dots == 2)
     })
 }
 

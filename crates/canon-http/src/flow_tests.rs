@@ -1352,9 +1352,17 @@ async fn n03b_dot_segments_are_400_in_every_path_position() {
         assert_problem(&r, 400, "invalid-header");
         assert_eq!(r.last(), Node::Target, "{path}");
     }
-    // A dot inside a segment is an ordinary character.
-    let r = run_with(Facts::default(), get("/v1/tenants/acme/items/a..b")).await;
-    assert_eq!(r.status, StatusCode::OK);
+    // A dot inside a segment, or three of them, is an ordinary character.
+    for path in [
+        "/v1/tenants/acme/items/a..b",
+        "/v1/tenants/acme/items/...",
+        "/v1/tenants/acme/items/%2e%2e%2e",
+        "/v1/tenants/acme/items/.x",
+        "/v1/tenants/acme/items/%2ex",
+    ] {
+        let r = run_with(Facts::default(), get(path)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
 }
 
 #[tokio::test]

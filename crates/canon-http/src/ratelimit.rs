@@ -109,19 +109,21 @@ impl Standing {
 
     /// `RateLimit-Policy`: `"burst";q=100;w=1, "daily";q=100000;w=86400`.
     pub fn policy_field(&self) -> Option<HeaderValue> {
-        let parts: Vec<String> = self
-            .iter()
-            .map(|p| format!("\"{}\";q={};w={}", p.name.as_str(), p.quota, p.window))
-            .collect();
-        (!parts.is_empty())
-            .then(|| HeaderValue::from_str(&parts.join(", ")).ok())
-            .flatten()
+        use std::fmt::Write as _;
+        let mut field = String::with_capacity(64);
+        for p in self.iter() {
+            if !field.is_empty() {
+                field.push_str(", ");
+            }
+            let _ = write!(field, "\"{}\";q={};w={}", p.name.as_str(), p.quota, p.window);
+        }
+        (!field.is_empty()).then(|| HeaderValue::try_from(field).ok()).flatten()
     }
 
     /// `RateLimit`: `"daily";r=99987;t=43000`, for the policy closest to exhaustion.
     pub fn limit_field(&self) -> Option<HeaderValue> {
         let p = self.closest()?;
-        HeaderValue::from_str(&format!("\"{}\";r={};t={}", p.name.as_str(), p.remaining, p.reset)).ok()
+        HeaderValue::try_from(format!("\"{}\";r={};t={}", p.name.as_str(), p.remaining, p.reset)).ok()
     }
 }
 

@@ -104,8 +104,7 @@ impl Default for Lookups {
 }
 
 fn counted(cache: &'static str, hit: bool) {
-    metrics::counter!(crate::metrics::CACHE_LOOKUPS, "cache" => cache, "outcome" => if hit { "hit" } else { "miss" })
-        .increment(1);
+    crate::metrics::cache_lookup(cache, hit);
 }
 
 impl Lookups {

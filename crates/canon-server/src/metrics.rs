@@ -12,6 +12,8 @@
 //! ever becomes a label value (unbounded cardinality), and recording a
 //! request allocates no label string.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
@@ -120,10 +122,45 @@ pub fn rate_limited(limit: &'static str) {
 }
 
 /// Records one answered request.
+///
+/// The handles are kept per thread by their labels: building a metric's key
+/// and finding it in the recorder's registry cost more than the rest of the
+/// request's metrics (issue 11's profile), and the label sets are few.
 pub fn request(route: &'static str, method: &Method, status: u16, elapsed: Duration) {
+    type Handles = HashMap<(&'static str, &'static str, &'static str), (metrics::Counter, metrics::Histogram)>;
+    thread_local! {
+        static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
+    }
     let method = method_label(method);
-    metrics::counter!(REQUESTS, "route" => route, "method" => method, "status" => status_label(status)).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method).record(elapsed.as_secs_f64());
+    let status = status_label(status);
+    HANDLES.with_borrow_mut(|handles| {
+        let (count, latency) = handles.entry((route, method, status)).or_insert_with(|| {
+            (
+                metrics::counter!(REQUESTS, "route" => route, "method" => method, "status" => status),
+                metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method),
+            )
+        });
+        count.increment(1);
+        latency.record(elapsed.as_secs_f64());
+    });
+}
+
+/// Counts a look-up of the cache named `cache` (`keys`, `tenants`,
+/// `collections`) that hit or missed.
+pub fn cache_lookup(cache: &'static str, hit: bool) {
+    type Handles = HashMap<(&'static str, bool), metrics::Counter>;
+    thread_local! {
+        static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
+    }
+    HANDLES.with_borrow_mut(|handles| {
+        handles
+            .entry((cache, hit))
+            .or_insert_with(|| {
+                let outcome = if hit { "hit" } else { "miss" };
+                metrics::counter!(CACHE_LOOKUPS, "cache" => cache, "outcome" => outcome)
+            })
+            .increment(1);
+    });
 }
 
 /// Counts a request as in flight while it lives.
