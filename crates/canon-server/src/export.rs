@@ -208,7 +208,7 @@ fn write_ndjson_line(out: &mut String, record: &RawRecord) {
     use std::fmt::Write as _;
     out.push_str("{\"id\":");
     // Ids are JSON strings as any other: escaped by the JSON writer.
-    let _ = serde_json::to_writer(StringWriter(out), &record.id);
+    let _ = serde_json::to_writer(render::StringWriter(out), &record.id);
     out.push_str(",\"data\":");
     out.push_str(&record.data);
     let _ = write!(out, ",\"version\":{},\"created_at\":\"", record.version);
@@ -216,22 +216,6 @@ fn write_ndjson_line(out: &mut String, record: &RawRecord) {
     out.push_str("\",\"updated_at\":\"");
     render::write_timestamp(out, record.updated_at);
     out.push_str("\"}\n");
-}
-
-/// `io::Write` into a `String`, for serde_json's writer (which writes only
-/// valid UTF-8).
-struct StringWriter<'a>(&'a mut String);
-
-impl std::io::Write for StringWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = std::str::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        self.0.push_str(text);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Appends `record`'s CSV row under `columns` to `out`. A record with a

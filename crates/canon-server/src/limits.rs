@@ -540,8 +540,14 @@ impl RateLimiter for MemoryLimiter {
 /// the server's slots. A [`Held`] gives its slots back when dropped.
 pub struct InFlight {
     share: u32,
-    counts: Mutex<HashMap<Box<str>, u32>>,
+    /// Slots held per caller. Entries at zero stay (a caller's next request
+    /// then allocates nothing) until the map grows past [`IN_FLIGHT_SWEEP`].
+    counts: Mutex<HashMap<Arc<str>, u32>>,
 }
+
+/// Callers remembered by [`InFlight`] before those with nothing in flight
+/// are dropped.
+const IN_FLIGHT_SWEEP: usize = 4096;
 
 impl InFlight {
     /// At most `share` requests in flight per key and per tenant.
@@ -560,38 +566,47 @@ impl InFlight {
         if full(key) || tenant.is_some_and(full) {
             return None;
         }
-        for k in std::iter::once(key).chain(tenant) {
-            match counts.get_mut(k) {
-                Some(n) => *n += 1,
-                None => {
-                    counts.insert(k.into(), 1);
-                }
+        let mut take = |k: &str| -> Arc<str> {
+            if let Some((kept, n)) = counts.get_key_value(k) {
+                let kept = kept.clone();
+                let n = *n;
+                counts.insert(kept.clone(), n + 1);
+                return kept;
             }
-        }
+            if counts.len() >= IN_FLIGHT_SWEEP {
+                counts.retain(|_, n| *n > 0);
+            }
+            let kept: Arc<str> = Arc::from(k);
+            counts.insert(kept.clone(), 1);
+            kept
+        };
+        let key = take(key);
+        let tenant = tenant.map(&mut take);
         Some(Held {
             owner: self.clone(),
-            key: key.into(),
-            tenant: tenant.map(Into::into),
+            key,
+            tenant,
         })
     }
 
     fn leave(&self, key: &str) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(key) {
-            *n -= 1;
-            if *n == 0 {
-                // Callers with nothing in flight hold no memory.
-                counts.remove(key);
-            }
+            *n = n.saturating_sub(1);
         }
+    }
+
+    /// Callers remembered (with or without requests in flight), for tests.
+    pub fn remembered(&self) -> usize {
+        self.counts.lock().map_or(0, |c| c.len())
     }
 }
 
 /// Slots held by one request.
 pub struct Held {
     owner: Arc<InFlight>,
-    key: Box<str>,
-    tenant: Option<Box<str>>,
+    key: Arc<str>,
+    tenant: Option<Arc<str>>,
 }
 
 impl Drop for Held {
@@ -994,6 +1009,22 @@ mod tests {
         assert!(f.enter("op", None).is_some());
         drop(a);
         assert!(f.enter("k3", Some("t")).is_some());
+    }
+
+    #[test]
+    fn callers_with_nothing_in_flight_are_forgotten_past_the_sweep_mark() {
+        let f = InFlight::new(4);
+        let held = f.enter("busy", None).unwrap();
+        for i in 0..(IN_FLIGHT_SWEEP * 2) {
+            drop(f.enter(&format!("k{i}"), None).unwrap());
+        }
+        assert!(f.remembered() <= IN_FLIGHT_SWEEP + 1, "{}", f.remembered());
+        // A caller still in flight is never forgotten: its share holds.
+        for _ in 0..3 {
+            std::mem::forget(f.enter("busy", None).unwrap());
+        }
+        assert!(f.enter("busy", None).is_none());
+        drop(held);
     }
 
     #[test]
