@@ -699,6 +699,24 @@ pub async fn run(service: &dyn Service, head: &Parts, body: Box<dyn BodySource>,
     }
 }
 
+/// The halt of the ServiceAvailable node: 503, and when to come back.
+fn unavailable(retry_after: u64, reason: impl Into<String>) -> Halt {
+    // The body says when, as the header does (and as a database outage's 503 does).
+    Halt::from(Problem::new(ProblemKind::ServiceUnavailable, reason).with("retry_after", retry_after))
+        .with(header::RETRY_AFTER, retry_after.to_string())
+}
+
+/// The response [`run`] gives a request to `instance` when the service
+/// answers [`Availability::Unavailable`] with `retry_after` and `reason`:
+/// the ServiceAvailable node's 503, byte for byte. A server that must
+/// refuse before running the flow (Canon sheds requests beyond its
+/// in-flight limit this way) renders it from here, so the two cannot
+/// drift apart.
+pub fn unavailable_response(retry_after: u64, reason: &str, instance: &str, request_id: &str) -> Response<Bytes> {
+    let halt = unavailable(retry_after, reason);
+    problem_response(&halt.problem, instance, request_id, &halt.headers)
+}
+
 /// The response for a flow outcome.
 fn respond(head: &Parts, request_id: &str, outcome: Result<Response<Body>, Halt>) -> Response<Body> {
     match outcome {
@@ -713,11 +731,7 @@ async fn decide(service: &dyn Service, walk: &mut Walk<'_>, body: Box<dyn BodySo
 
     walk.visit(Node::ServiceAvailable);
     if let Availability::Unavailable { retry_after, reason } = service.availability() {
-        // The body says when, as the header does (and as a database outage's 503 does).
-        return Err(
-            Halt::from(Problem::new(ProblemKind::ServiceUnavailable, reason).with("retry_after", retry_after))
-                .with(header::RETRY_AFTER, retry_after.to_string()),
-        );
+        return Err(unavailable(retry_after, reason));
     }
 
     walk.visit(Node::KnownMethod);

@@ -516,6 +516,25 @@ async fn n01_unavailable_is_503_with_retry_after_before_anything_else() {
 }
 
 #[tokio::test]
+async fn unavailable_response_is_what_the_first_node_answers() {
+    // A server that refuses before the flow (Canon's shed path) answers
+    // this: it must be the node's own response.
+    let facts = Facts {
+        availability: Availability::Unavailable {
+            retry_after: 7,
+            reason: "busy".into(),
+        },
+        ..Facts::default()
+    };
+    let r = run_with(facts, get(ITEM)).await;
+    let (parts, body) = unavailable_response(7, "busy", ITEM, "rid").into_parts();
+    assert_eq!(parts.status, r.status);
+    assert_eq!(parts.headers, r.headers);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), r.body);
+    assert_eq!(r.body["retry_after"], 7);
+}
+
+#[tokio::test]
 async fn n02_unknown_method_is_501_before_auth() {
     for m in ["FOO", "PROPFIND", "BREW"] {
         let r = run_with(

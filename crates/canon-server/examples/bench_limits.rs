@@ -48,13 +48,9 @@ async fn start(limits: bool) -> Running {
     let app = App::new(config, store).expect("app");
     app.bootstrap().await.expect("bootstrap");
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(canon_server::serve_router(
-        listener,
-        canon_server::enveloped(app.router()),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    tokio::spawn(canon_server::serve_router(listener, app.service(), async move {
+        let _ = rx.await;
+    }));
     let client = reqwest::Client::new();
     let post = |path: String, token: String, body: Value| {
         let client = client.clone();

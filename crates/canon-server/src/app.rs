@@ -19,6 +19,7 @@ use crate::body::IncomingBody;
 pub use crate::connections::{Limits, serve_connections};
 use crate::error::internal;
 use crate::resources::service::Exchange;
+use crate::shed::{Admission, Gated};
 pub use crate::state::{ANSWERED_BY_HYPER, App, REQUEST_ID};
 
 impl App {
@@ -28,6 +29,12 @@ impl App {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new().fallback(handle).with_state(self.clone())
     }
+
+    /// What every connection runs: the in-flight gate (shed requests are
+    /// answered there), then the envelope and the router.
+    pub fn service(self: &Arc<Self>) -> Gated<Router> {
+        crate::shed::gated(self, enveloped(self.router()))
+    }
 }
 
 /// The request id of the request being served, set by [`envelope`].
@@ -36,7 +43,7 @@ pub struct RequestId(pub String);
 
 /// The client's request id when it is sane (1–128 characters from a safe
 /// set), otherwise a new one.
-fn request_id(req: &Request) -> String {
+pub(crate) fn request_id(req: &Request) -> String {
     req.headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -81,16 +88,16 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    // Answer 503 at once instead of queueing when the in-flight limit is
-    // reached. Probes are never shed: an orchestrator must be able to tell
-    // "busy" from "dead" exactly when the server is busiest (and a scrape
-    // of /metrics is how an operator sees it). Nor do they take a slot: a
-    // probe must not shed a request.
-    let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
-    let permit = if probe {
-        None
-    } else {
-        app.in_flight.clone().try_acquire_owned().ok()
+    // The gate in front of the envelope (`shed::gated`) took the request's
+    // in-flight slot and answered the shed ones already. Served without it,
+    // the slot is taken here and the flow's first node sheds. Probes are
+    // never shed, nor do they take a slot: a probe must not shed a request.
+    let probe = crate::shed::is_probe(req.uri().path());
+    let admission = req.extensions().get::<Admission>().copied();
+    let permit = match admission {
+        Some(_) => None,
+        None if probe => None,
+        None => app.in_flight.clone().try_acquire_owned().ok(),
     };
     let (head, body) = req.into_parts();
     // The caller's own share of the slots is taken once it is known, at the
@@ -100,7 +107,10 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
     let client = crate::limits::client_address(peer, &head.headers, &app.config.trusted_proxies);
-    let overloaded = permit.is_none() && !probe;
+    let overloaded = match admission {
+        Some(admission) => admission == Admission::Overloaded,
+        None => permit.is_none() && !probe,
+    };
     let exchange = Exchange::new(&app, overloaded, client)
         .with_maintenance(crate::maintenance::availability(&app.maintenance(), head.uri.path()));
     let body = Box::new(IncomingBody {
@@ -115,16 +125,13 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     drop(permit);
     let status = decision.response.status().as_u16();
     let elapsed = started.elapsed();
-    let route = decision.route.unwrap_or("unmatched");
+    let route = decision.route.unwrap_or(crate::metrics::UNMATCHED);
     crate::metrics::request(route, &head.method, status, elapsed);
     if overloaded && status == 503 {
         // Shed: summarised, not a line each (`state::Shed`).
         let now_ms = u64::try_from(canon_store::now_millis()).unwrap_or(0);
         if let Some(shed) = app.shed.record(now_ms) {
-            tracing::warn!(
-                shed,
-                "in-flight limit reached: requests shed with 503 since the last such line"
-            );
+            crate::shed::summarise(shed);
         }
     } else {
         // The one line per request: never a header, a query or a body (tokens
@@ -168,7 +175,7 @@ pub async fn serve(
     let quotas = crate::quotas::watch(&app);
     let workers = crate::worker::start(&app, app.config.job_workers);
     let limits = Limits::from_config(&app.config);
-    serve_connections(listener, enveloped(app.router()), limits, shutdown).await;
+    serve_connections(listener, app.service(), limits, shutdown).await;
     purge.abort();
     maintenance.abort();
     quotas.abort();
@@ -195,8 +202,11 @@ pub async fn serve(
 }
 
 /// [`serve_connections`] with the default connection limits.
-pub async fn serve_router(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
-    serve_connections(listener, router, Limits::default(), shutdown).await;
+pub async fn serve_router<S>(listener: TcpListener, service: S, shutdown: impl Future<Output = ()> + Send + 'static)
+where
+    S: crate::connections::ConnectionService,
+{
+    serve_connections(listener, service, Limits::default(), shutdown).await;
 }
 
 /// Deletes expired tombstones, leases and idempotency keys every ten

@@ -9,6 +9,7 @@
 //! header-read timeout is silently off, and a client sending its headers a
 //! byte at a time could hold a connection forever.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,9 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -79,15 +80,37 @@ impl Default for Limits {
     }
 }
 
-/// Runs `router` on every connection `listener` accepts, until `shutdown`
+/// What [`serve_connections`] runs for each request: an axum `Router`, or
+/// Canon's in-flight gate in front of one (`App::service`).
+pub trait ConnectionService:
+    tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + Unpin
+    + 'static
+{
+}
+
+impl<S> ConnectionService for S where
+    S: tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + Unpin
+        + 'static
+{
+}
+
+/// Runs `service` on every connection `listener` accepts, until `shutdown`
 /// resolves; then stops accepting (the listener is closed, so new
 /// connections are refused), lets every connection finish the request it is
 /// serving (keep-alive off) and waits for them, up to
 /// [`Limits::shutdown_grace`]. Each request carries the peer address as
 /// `ConnectInfo`.
-pub async fn serve_connections(
+pub async fn serve_connections<S: ConnectionService>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -132,7 +155,7 @@ pub async fn serve_connections(
         let connection = Connection {
             stream,
             peer,
-            router: router.clone(),
+            service: service.clone(),
             builder: builder.clone(),
             idle_timeout: limits.idle_timeout,
             stopping: stopping.clone(),
@@ -161,10 +184,10 @@ pub async fn serve_connections(
 }
 
 /// One accepted connection and what serving it needs.
-struct Connection {
+struct Connection<S> {
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    router: Router,
+    service: S,
     builder: hyper::server::conn::http1::Builder,
     idle_timeout: Duration,
     stopping: watch::Receiver<bool>,
@@ -172,14 +195,14 @@ struct Connection {
 
 /// The response future of one request, boxed so the connection is `Unpin`
 /// (hyper hands the socket back only from an `Unpin` connection).
-type Responding = Pin<Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>>;
+type Responding = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-impl Connection {
+impl<S: ConnectionService> Connection<S> {
     async fn run(self) {
         let Connection {
             stream,
             peer,
-            router,
+            service,
             builder,
             idle_timeout,
             mut stopping,
@@ -189,7 +212,7 @@ impl Connection {
         let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let busy = Busy::new(seen.clone());
-            let response = router.clone().oneshot(req.map(Body::new));
+            let response = service.clone().oneshot(req.map(Body::new));
             Box::pin(async move {
                 let response = response.await;
                 drop(busy);

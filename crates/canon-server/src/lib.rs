@@ -26,6 +26,7 @@ pub mod render;
 pub mod resources;
 pub mod routes;
 pub mod schema_rules;
+pub mod shed;
 pub mod state;
 pub mod token;
 pub mod wire;

@@ -29,6 +29,9 @@ pub const REQUEST_SECONDS: &str = "canon_http_request_duration_seconds";
 pub const IN_FLIGHT: &str = "canon_http_requests_in_flight";
 /// Connections open now.
 pub const OPEN_CONNECTIONS: &str = "canon_open_connections";
+/// The route label of a request that matched no route, or was answered
+/// before routing (shed at the in-flight limit).
+pub const UNMATCHED: &str = "unmatched";
 /// Requests refused by a rate limit or quota, by `limit` ([`rate_limited`]).
 pub const RATE_LIMITED: &str = "canon_rate_limited_total";
 /// Look-ups of the caches in front of the store, by `cache` (`keys`,

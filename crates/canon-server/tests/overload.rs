@@ -124,3 +124,152 @@ async fn overload_sheds_excess_at_once_never_the_probes_and_recovers() {
     let list: Value = s.ok_json(Method::GET, RECORDS, &w.viewer, None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1 + MAX_IN_FLIGHT);
 }
+
+/// Sends `request` on a new connection and reads the whole answer, without
+/// its `date` line (the only part two servers may not agree on).
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut answer))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    String::from_utf8(answer)
+        .unwrap()
+        .split("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("date:"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+/// The count of requests answered 503 with `method` and no route.
+async fn shed_count(s: &Server, method: &str) -> f64 {
+    let text = s
+        .req(Method::GET, "/metrics", Some(OPERATOR))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("canon_http_requests_total{")
+                && l.contains("route=\"unmatched\"")
+                && l.contains(&format!("method=\"{method}\""))
+                && l.contains("status=\"503\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_answer_is_byte_for_byte_what_the_flow_answers() {
+    // The gate answers shed requests before the envelope and the flow, from
+    // a response rendered once; a server without the gate sheds in the
+    // flow's first node. Both, overloaded, must say exactly the same.
+    let mut servers = Vec::new();
+    let mut held = Vec::new();
+    for gated in [true, false] {
+        let mut config = config();
+        config.max_in_flight = 1;
+        config.body_timeout = Duration::from_secs(20);
+        let s = if gated {
+            Server::start_with(config, |r| r).await
+        } else {
+            Server::start_ungated(config).await
+        };
+        let w = world(&s, "acme").await;
+        held.push(held_upload(s.addr, &w.editor).await);
+        servers.push((s, w));
+    }
+    let record = format!("{RECORDS}/0196a0b2-0000-7000-8000-000000000000");
+    let before = shed_count(&servers[0].0, "GET").await;
+    for (method, target, id, body) in [
+        ("GET", record.as_str(), "same-id-1", ""),
+        ("HEAD", record.as_str(), "same-id-2", ""),
+        ("POST", RECORDS, "same.id:3", r#"{"port": 1}"#),
+        ("DELETE", "/v1/tenants/acme/a%22b", "same-id-4", ""),
+        ("GET", "/docs/status-codes", "bad id with spaces", ""),
+    ] {
+        let mut answers = Vec::new();
+        for (s, w) in &servers {
+            let request = format!(
+                "{method} {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nX-Request-Id: {id}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                w.viewer,
+                body.len()
+            );
+            answers.push(exchange(s.addr, request.as_bytes()).await);
+        }
+        let (gated, flow) = (&answers[0], &answers[1]);
+        assert!(gated.starts_with("HTTP/1.1 503"), "{gated}");
+        assert!(gated.contains("retry-after: 1\r\n"), "{gated}");
+        assert!(gated.contains("content-type: application/problem+json\r\n"), "{gated}");
+        if id.contains(' ') {
+            // Not a sane id: each server makes its own, in the body too.
+            assert!(!gated.contains(id) && gated.contains("x-request-id: "), "{gated}");
+            continue;
+        }
+        assert!(gated.contains(&format!("x-request-id: {id}\r\n")), "{gated}");
+        assert_eq!(gated, flow, "{method} {target}");
+        if method != "HEAD" {
+            let problem: Value = serde_json::from_str(gated.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            assert_eq!(problem["instance"], target, "{gated}");
+            assert_eq!(problem["request_id"], id);
+            assert_eq!(problem["retry_after"], 1);
+        }
+    }
+    // Shed requests are counted like any other (route "unmatched").
+    let after = shed_count(&servers[0].0, "GET").await;
+    assert!(after >= before + 2.0, "{before} -> {after}");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_still_answers_before_overload() {
+    // The flow answers maintenance's 503 before overload's; the gate, which
+    // sheds before the flow, must keep that order.
+    let mut config = config();
+    config.max_in_flight = 1;
+    config.body_timeout = Duration::from_secs(20);
+    let s = Server::start_with(config, |r| r).await;
+    let w = world(&s, "acme").await;
+    let on = json!({"enabled": true, "retry_after_seconds": 120, "message": "Upgrading"});
+    let r = s
+        .call(Method::PUT, "/v1/admin/maintenance", OPERATOR, Some(on.clone()))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // The one slot held by the operator's own admin call (maintenance lets
+    // it through), its body still to come.
+    let body = on.to_string();
+    let mut sock = TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/admin/maintenance HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {OPERATOR}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&body.as_bytes()[..1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // An API request: maintenance's answer, though no slot is free.
+    let r = s.call(Method::GET, RECORDS, &w.viewer, None).await;
+    assert_eq!(header(&r, "retry-after"), "120");
+    let problem = assert_problem(r, 503, "service-unavailable").await;
+    assert_eq!(problem["detail"], "Upgrading");
+    // An admin call, which maintenance lets through: shed.
+    let r = s.call(Method::GET, "/v1/admin/maintenance", OPERATOR, None).await;
+    assert_eq!(header(&r, "retry-after"), "1");
+    let problem = assert_problem(r, 503, "service-unavailable").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("as many requests"),
+        "{problem}"
+    );
+
+    sock.write_all(&body.as_bytes()[1..]).await.unwrap();
+    let mut answer = String::new();
+    sock.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -152,10 +152,7 @@ impl Service for Exchange<'_> {
         if let Availability::Unavailable { .. } = &self.maintenance {
             self.maintenance.clone()
         } else if self.overloaded {
-            Availability::Unavailable {
-                retry_after: 1,
-                reason: "Canon is serving as many requests as it is allowed to; retry shortly.".into(),
-            }
+            crate::shed::overloaded()
         } else {
             Availability::Available
         }

@@ -100,6 +100,23 @@ impl Server {
         Self::launch(config, path, None, clock, |r| r).await
     }
 
+    /// Starts a server without the in-flight gate in front of its envelope
+    /// (`canon_server::shed`): its handler takes the slots itself and the
+    /// flow's first node sheds, as before the gate existed.
+    pub async fn start_ungated(config: Config) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("canon.db");
+        Self::launch_with(
+            config,
+            &path,
+            Some(dir),
+            Arc::new(canon_server::limits::SystemClock),
+            |r| r,
+            false,
+        )
+        .await
+    }
+
     /// Starts a server on the database file at `path`, which the caller
     /// keeps: two servers on one path are two nodes; dropping one and
     /// starting another is a restart.
@@ -114,11 +131,22 @@ impl Server {
     }
 
     async fn launch(
+        config: Config,
+        path: &std::path::Path,
+        dir: Option<tempfile::TempDir>,
+        clock: Arc<dyn canon_server::limits::Clock>,
+        extend: impl FnOnce(Router) -> Router,
+    ) -> Server {
+        Self::launch_with(config, path, dir, clock, extend, true).await
+    }
+
+    async fn launch_with(
         mut config: Config,
         path: &std::path::Path,
         dir: Option<tempfile::TempDir>,
         clock: Arc<dyn canon_server::limits::Clock>,
         extend: impl FnOnce(Router) -> Router,
+        gated: bool,
     ) -> Server {
         let store: Arc<dyn canon_store::Store> =
             Arc::new(SqliteStore::open_with_timeout(path, config.db_timeout).expect("open store"));
@@ -132,9 +160,15 @@ impl Server {
         let router = canon_server::enveloped(extend(app.router()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let limits = canon_server::Limits::from_config(&app.config);
-        tokio::spawn(canon_server::serve_connections(listener, router, limits, async move {
+        let stop = async move {
             let _ = rx.await;
-        }));
+        };
+        if gated {
+            let service = canon_server::shed::gated(&app, router);
+            tokio::spawn(canon_server::serve_connections(listener, service, limits, stop));
+        } else {
+            tokio::spawn(canon_server::serve_connections(listener, router, limits, stop));
+        }
         let client = Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
