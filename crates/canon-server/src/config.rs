@@ -48,6 +48,14 @@ pub struct Config {
     /// Connections open at once; beyond it the server stops accepting
     /// until one closes.
     pub max_connections: usize,
+    /// Connections one client address may have open at once (an IPv6
+    /// address counts with its /64; `trusted_proxies` are exempt); beyond
+    /// it a new connection is closed as soon as it is accepted. The default,
+    /// 256, is far above what one ordinary client opens (a browser opens 6
+    /// per host, a client library's pool tens), leaves room for a few dozen
+    /// users behind one NAT, and needs 16 addresses to fill the default
+    /// `max_connections` (docs/http.md, "Connections").
+    pub max_connections_per_address: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
     /// Requests per second each API key may send (GCRA refill rate), unless
@@ -112,6 +120,7 @@ impl Default for Config {
             header_timeout: Duration::from_millis(10_000),
             idle_timeout: Duration::from_millis(60_000),
             max_connections: 4096,
+            max_connections_per_address: 256,
             shutdown_grace: Duration::from_millis(30_000),
             rate_limit_per_second: 100,
             rate_limit_burst: 200,

@@ -9,17 +9,20 @@
 //! header-read timeout is silently off, and a client sending its headers a
 //! byte at a time could hold a connection forever.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
+use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -44,7 +47,7 @@ pub const LINGER_TIME: Duration = Duration::from_secs(2);
 pub const LINGER_BYTES: u64 = 16 << 20;
 
 /// The connection settings of [`serve_connections`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// A header section not complete this long after the server starts
     /// waiting for it (a new connection, or the end of the previous
@@ -57,6 +60,13 @@ pub struct Limits {
     /// Connections open at once; beyond it the server stops accepting until
     /// one closes (the kernel's listen backlog holds the next few).
     pub max_connections: usize,
+    /// Connections one client address may have open at once (an IPv6
+    /// address counts with its whole /64); a connection beyond it is closed
+    /// as soon as it is accepted.
+    pub max_connections_per_address: usize,
+    /// Peers the per-address cap does not apply to: reverse proxies, each
+    /// carrying many clients' connections (`CANON_TRUSTED_PROXIES`).
+    pub uncapped: Vec<IpNet>,
     /// How long shutdown waits for requests in flight before closing their
     /// connections.
     pub shutdown_grace: Duration,
@@ -69,6 +79,8 @@ impl Limits {
             header_timeout: config.header_timeout,
             idle_timeout: config.idle_timeout,
             max_connections: config.max_connections,
+            max_connections_per_address: config.max_connections_per_address,
+            uncapped: config.trusted_proxies.clone(),
             shutdown_grace: config.shutdown_grace,
         }
     }
@@ -120,6 +132,10 @@ pub async fn serve_connections<S: ConnectionService>(
         .clamp(1, Semaphore::MAX_PERMITS)
         .min(u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(max));
+    let per_address = Arc::new(PerAddress::new(
+        limits.max_connections_per_address,
+        limits.uncapped.clone(),
+    ));
     let (stop, stopping) = watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -151,6 +167,14 @@ pub async fn serve_connections<S: ConnectionService>(
             },
             () = &mut shutdown => break,
         };
+        // One address may not hold every slot: past its share the
+        // connection is closed at once (its slot goes back).
+        let Some(address_slot) = per_address.open(peer.ip()) else {
+            crate::metrics::connection_refused("per-address");
+            tracing::debug!(%peer, "connection closed: too many open from its address");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             stream,
@@ -162,6 +186,7 @@ pub async fn serve_connections<S: ConnectionService>(
         };
         tokio::spawn(async move {
             let _permit = permit;
+            let _address_slot = address_slot;
             let _open = crate::metrics::OpenConnection::new();
             connection.run().await;
         });
@@ -249,6 +274,84 @@ impl<S: ConnectionService> Connection<S> {
             Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
             None => tracing::debug!(%peer, "idle connection closed"),
         }
+    }
+}
+
+/// Open connections per client address, for
+/// [`Limits::max_connections_per_address`].
+struct PerAddress {
+    max: usize,
+    uncapped: Vec<IpNet>,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection counted against its address (none for an
+/// uncapped peer); uncounted when dropped.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: Option<IpAddr>,
+}
+
+impl PerAddress {
+    fn new(max: usize, uncapped: Vec<IpNet>) -> PerAddress {
+        PerAddress {
+            max: max.max(1),
+            uncapped,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a connection from `peer`, or `None` when its address has
+    /// as many open as it may. An uncapped peer is not counted.
+    fn open(self: &Arc<Self>, peer: IpAddr) -> Option<AddressSlot> {
+        if self.uncapped.iter().any(|net| net.contains(&peer)) {
+            return Some(AddressSlot {
+                table: self.clone(),
+                key: None,
+            });
+        }
+        let key = address_key(peer);
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            key: Some(key),
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some(key) = self.key else { return };
+        let mut open = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&key);
+            }
+        }
+    }
+}
+
+/// What the per-address cap counts a peer as: an IPv4 address (also when
+/// it arrives mapped into IPv6), or an IPv6 address's /64, the block one
+/// subscriber is usually given (counting single IPv6 addresses would let
+/// one host open as many connections as it has addresses).
+fn address_key(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -403,5 +506,41 @@ impl Watched {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_peer_counts_with_its_slash_64_and_a_mapped_ipv4_as_ipv4() {
+        assert_eq!(address_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(address_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(address_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            address_key(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(address_key(ip("2001:db8:1:3::1")), address_key(ip("2001:db8:1:2::1")));
+    }
+
+    #[test]
+    fn an_address_gets_its_places_back_as_its_connections_close() {
+        let table = Arc::new(PerAddress::new(2, vec!["10.0.0.0/8".parse().unwrap()]));
+        let a = table.open(ip("192.0.2.1")).expect("first");
+        let b = table.open(ip("192.0.2.1")).expect("second");
+        assert!(table.open(ip("192.0.2.1")).is_none(), "third refused");
+        assert!(table.open(ip("192.0.2.2")).is_some(), "another address is not");
+        drop(a);
+        let c = table.open(ip("192.0.2.1")).expect("a place came back");
+        drop((b, c));
+        assert!(table.open.lock().unwrap().is_empty(), "no entry left behind");
+        let proxied: Vec<_> = (0..5).map(|_| table.open(ip("10.1.2.3")).expect("uncapped")).collect();
+        assert_eq!(proxied.len(), 5);
     }
 }

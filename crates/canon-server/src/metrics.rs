@@ -29,6 +29,9 @@ pub const REQUEST_SECONDS: &str = "canon_http_request_duration_seconds";
 pub const IN_FLIGHT: &str = "canon_http_requests_in_flight";
 /// Connections open now.
 pub const OPEN_CONNECTIONS: &str = "canon_open_connections";
+/// Connections closed as soon as they were accepted, by `reason`
+/// ([`connection_refused`]).
+pub const CONNECTIONS_REFUSED: &str = "canon_connections_refused_total";
 /// The route label of a request that matched no route, or was answered
 /// before routing (shed at the in-flight limit).
 pub const UNMATCHED: &str = "unmatched";
@@ -108,6 +111,10 @@ fn describe() {
     );
     describe_gauge!(IN_FLIGHT, "Requests being handled now.");
     describe_gauge!(OPEN_CONNECTIONS, "Connections open now.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed as soon as they were accepted, by reason (per-address: its address had as many open as it may)."
+    );
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit or quota, by limit.");
     describe_histogram!(
         STORE_SECONDS,
@@ -164,6 +171,11 @@ pub fn cache_lookup(cache: &'static str, hit: bool) {
             })
             .increment(1);
     });
+}
+
+/// Counts a connection closed at accept, for `reason` (`per-address`).
+pub fn connection_refused(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// Counts a request as in flight while it lives.

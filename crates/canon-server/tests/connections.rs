@@ -268,3 +268,54 @@ async fn a_streaming_http_client_gets_the_early_answer() {
         .expect("the answer, not a broken pipe");
     assert_problem(r, 401, "invalid-token").await;
 }
+
+#[tokio::test]
+async fn one_address_may_hold_only_its_share_of_the_connections() {
+    let mut config = config();
+    config.max_connections_per_address = 2;
+    let s = Server::start_with(config, |r| r).await;
+    let mut a = TcpStream::connect(s.addr).await.unwrap();
+    let b = TcpStream::connect(s.addr).await.unwrap();
+    one_request(&mut a).await;
+    // A third from the same address: accepted, then closed at once,
+    // without a response (the kernel completes the handshake before the
+    // server sees it).
+    let started = Instant::now();
+    let mut third = TcpStream::connect(s.addr).await.unwrap();
+    let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let out = read_until_closed(&mut third, Duration::from_secs(3)).await;
+    assert!(out.is_empty(), "no response: {}", String::from_utf8_lossy(&out));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // The two it has still work; one closed frees a place.
+    one_request(&mut a).await;
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = TcpStream::connect(s.addr).await.unwrap();
+    one_request(&mut again).await;
+    // Counted by the metrics (scraped once the address has room again).
+    drop((a, again));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = s.req(Method::GET, "/metrics", Some(OPERATOR)).send().await.unwrap();
+    let metrics = r.text().await.unwrap();
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("canon_connections_refused_total{") && l.contains("reason=\"per-address\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 1.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_is_not_capped_per_address() {
+    // A reverse proxy carries many clients' connections from its one address.
+    let mut config = config();
+    config.max_connections_per_address = 1;
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let s = Server::start_with(config, |r| r).await;
+    let mut socks = Vec::new();
+    for _ in 0..3 {
+        let mut sock = TcpStream::connect(s.addr).await.unwrap();
+        one_request(&mut sock).await;
+        socks.push(sock);
+    }
+}

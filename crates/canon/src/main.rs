@@ -131,6 +131,10 @@ struct ServeArgs {
     /// Connections open at once; beyond it the server stops accepting [default: 4096].
     #[arg(long, env = "CANON_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Connections one client address (an IPv6 /64) may have open at once;
+    /// beyond it a new one is closed at accept. Trusted proxies are exempt [default: 256].
+    #[arg(long, env = "CANON_MAX_CONNECTIONS_PER_ADDRESS")]
+    max_connections_per_address: Option<usize>,
     /// Milliseconds shutdown (SIGTERM, SIGINT) waits for requests in flight [default: 30000].
     #[arg(long, env = "CANON_SHUTDOWN_GRACE_MS")]
     shutdown_grace_ms: Option<u64>,
@@ -177,6 +181,7 @@ struct FileConfig {
     header_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     shutdown_grace_ms: Option<u64>,
     log_format: Option<LogFormat>,
 }
@@ -198,6 +203,7 @@ fn resolve(args: ServeArgs, file: FileConfig) -> Result<Config, String> {
         ("header timeout", config.header_timeout.is_zero()),
         ("idle timeout", config.idle_timeout.is_zero()),
         ("max connections", config.max_connections == 0),
+        ("max connections per address", config.max_connections_per_address == 0),
     ];
     match zero.iter().find(|(_, is_zero)| *is_zero) {
         Some((name, _)) => Err(format!("the {name} must be at least 1")),
@@ -281,6 +287,10 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
             .max_connections
             .or(file.max_connections)
             .unwrap_or(d.max_connections),
+        max_connections_per_address: args
+            .max_connections_per_address
+            .or(file.max_connections_per_address)
+            .unwrap_or(d.max_connections_per_address),
         shutdown_grace: millis(args.shutdown_grace_ms, file.shutdown_grace_ms, d.shutdown_grace),
     })
 }

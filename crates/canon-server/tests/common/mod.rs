@@ -44,6 +44,9 @@ pub fn config() -> Config {
         daily_quota: 0,
         auth_failure_limit: 0,
         max_in_flight_per_caller: Some(usize::MAX),
+        // Suites open many connections from 127.0.0.1 (slow header
+        // sections, held uploads); `tests/connections.rs` turns it down.
+        max_connections_per_address: 100_000,
         ..Config::default()
     }
 }
