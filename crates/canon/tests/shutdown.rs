@@ -39,6 +39,15 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// Sends SIGTERM to `child` and waits (off the async workers) for it to
+/// exit, at most `limit`.
+async fn terminate(mut child: common::Process, limit: Duration) -> std::process::ExitStatus {
+    signal(&child, "TERM");
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, limit))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_write_load_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -179,12 +188,8 @@ async fn sigterm_while_another_process_holds_the_write_lock_exits_0() {
     }
     let other = rusqlite::Connection::open(&db).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let mut child = node.child;
-    signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || (wait_exit(&mut child, Duration::from_secs(10)), child))
-        .await
-        .unwrap()
-        .0;
+    let child = node.child;
+    let status = terminate(child, Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status:?}");
     other.execute_batch("ROLLBACK").unwrap();
     drop(other);
@@ -277,12 +282,8 @@ async fn the_days_quota_count_survives_a_graceful_restart() {
         remaining(&node).await;
     }
     assert!(remaining(&node).await.starts_with("\"daily\";r=993;"));
-    let mut child = node.child;
-    signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || (wait_exit(&mut child, Duration::from_secs(10)), child))
-        .await
-        .unwrap()
-        .0;
+    let child = node.child;
+    let status = terminate(child, Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status:?}");
 
     let node = common::Node::start(&db, TOKEN, &env).await;

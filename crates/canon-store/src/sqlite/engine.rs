@@ -425,26 +425,10 @@ impl Engine {
         F: FnOnce(&Connection) -> StoreResult<T>,
     {
         let started = std::time::Instant::now();
-        self.attached()?;
-        let _permit = match tokio::time::timeout(self.timeout, self.read_permits.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(StoreError::Unavailable("the readers are closed".into())),
-            Err(_) => {
-                return Err(StoreError::Unavailable(
-                    "no reader became free within the timeout".into(),
-                ));
-            }
-        };
-        let conn = self.readers.lock().map_err(|_| internal("reader pool poisoned"))?.pop();
-        let conn = match conn {
-            Some(c) => c,
-            None => open(&self.path, true, self.timeout).map_err(super::rows::db_error)?,
-        };
+        let (_permit, conn) = self.reader().await?;
         let result = match catch_unwind(AssertUnwindSafe(|| op(&conn))) {
             Ok(result) => {
-                if let Ok(mut pool) = self.readers.lock() {
-                    pool.push(conn);
-                }
+                self.give_back(conn);
                 result
             }
             // The read panicked: its connection is dropped; a fresh one
@@ -455,15 +439,12 @@ impl Engine {
         result
     }
 
-    async fn read_now<T, F>(&self, op: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
-    {
+    /// A read-only connection and the permit that counts it. Every reader
+    /// busy for the whole timeout means reads are stuck (a lock, a failing
+    /// disk) or overloaded: answer now rather than queue.
+    async fn reader(&self) -> StoreResult<(tokio::sync::SemaphorePermit<'_>, Connection)> {
         self.attached()?;
-        // Every reader busy for the whole timeout: reads are stuck (a lock,
-        // a failing disk) or overloaded; answer now rather than queue.
-        let _permit = match tokio::time::timeout(self.timeout, self.read_permits.acquire()).await {
+        let permit = match tokio::time::timeout(self.timeout, self.read_permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(StoreError::Unavailable("the readers are closed".into())),
             Err(_) => {
@@ -477,6 +458,22 @@ impl Engine {
             Some(c) => c,
             None => open(&self.path, true, self.timeout).map_err(super::rows::db_error)?,
         };
+        Ok((permit, conn))
+    }
+
+    /// Returns a reader to the pool after a read that did not panic.
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut pool) = self.readers.lock() {
+            pool.push(conn);
+        }
+    }
+
+    async fn read_now<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (_permit, conn) = self.reader().await?;
         let joined = tokio::task::spawn_blocking(move || {
             let result = op(&conn);
             (conn, result)
@@ -484,9 +481,7 @@ impl Engine {
         .await;
         match joined {
             Ok((conn, result)) => {
-                if let Ok(mut pool) = self.readers.lock() {
-                    pool.push(conn);
-                }
+                self.give_back(conn);
                 result
             }
             // The closure panicked: its connection is dropped; a fresh one
