@@ -205,17 +205,8 @@ pub(crate) async fn run(app: &App, job: &Job, owner: &str) -> Result<Value, Step
 /// shows it ([`render::record`]), written around its stored data text, which
 /// is already compact canonical JSON, instead of parsing and re-writing it.
 fn write_ndjson_line(out: &mut String, record: &RawRecord) {
-    use std::fmt::Write as _;
-    out.push_str("{\"id\":");
-    // Ids are JSON strings as any other: escaped by the JSON writer.
-    let _ = serde_json::to_writer(render::StringWriter(out), &record.id);
-    out.push_str(",\"data\":");
-    out.push_str(&record.data);
-    let _ = write!(out, ",\"version\":{},\"created_at\":\"", record.version);
-    render::write_timestamp(out, record.created_at);
-    out.push_str("\",\"updated_at\":\"");
-    render::write_timestamp(out, record.updated_at);
-    out.push_str("\"}\n");
+    render::write_raw_record(out, record);
+    out.push('\n');
 }
 
 /// Appends `record`'s CSV row under `columns` to `out`. A record with a

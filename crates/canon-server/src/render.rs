@@ -181,6 +181,37 @@ pub fn record_json(r: &Record) -> String {
     out
 }
 
+/// A record read with its data as stored text ([`canon_store::RawRecord`])
+/// as a JSON representation: the same bytes as [`record_representation`]
+/// of the parsed record, since the store keeps data as compact JSON, the
+/// form the JSON writer produces.
+pub fn raw_record_representation(r: &canon_store::RawRecord) -> Representation {
+    let mut out = String::with_capacity(r.data.len() + 112);
+    write_raw_record(&mut out, r);
+    Representation::new(MediaType::Json, bytes::Bytes::from(out.into_bytes())).with_validators(raw_record_validators(r))
+}
+
+/// [`record_validators`] of a record read with its data as stored text.
+pub fn raw_record_validators(r: &canon_store::RawRecord) -> Validators {
+    Validators::new(EntityTag::strong(r.etag.clone()), system_time(r.updated_at))
+}
+
+/// Appends [`record`] of `r` to `out`, written around its stored data
+/// text instead of parsing and re-writing it (a GET, an export's line).
+pub fn write_raw_record(out: &mut String, r: &canon_store::RawRecord) {
+    use std::fmt::Write as _;
+    out.push_str("{\"id\":");
+    // Ids are JSON strings as any other: escaped by the JSON writer.
+    let _ = serde_json::to_writer(StringWriter(out), &r.id);
+    out.push_str(",\"data\":");
+    out.push_str(&r.data);
+    let _ = write!(out, ",\"version\":{},\"created_at\":\"", r.version);
+    write_timestamp(out, r.created_at);
+    out.push_str("\",\"updated_at\":\"");
+    write_timestamp(out, r.updated_at);
+    out.push_str("\"}");
+}
+
 /// `io::Write` into a `String`, for serde_json's writer (which writes only
 /// valid UTF-8).
 pub(crate) struct StringWriter<'a>(pub(crate) &'a mut String);
@@ -315,6 +346,18 @@ mod tests {
             make("we\"ird\\id", serde_json::json!({})),
         ] {
             assert_eq!(record_json(&r).into_bytes(), serde_json::to_vec(&record(&r)).unwrap());
+            // Read with its stored text (what the store writes: the compact form).
+            let raw = canon_store::RawRecord {
+                id: r.id.clone(),
+                data: r.data.to_string(),
+                version: r.version,
+                etag: r.etag.clone(),
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            };
+            let mut text = String::new();
+            write_raw_record(&mut text, &raw);
+            assert_eq!(text, record_json(&r));
         }
     }
 

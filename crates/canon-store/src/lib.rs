@@ -379,6 +379,10 @@ pub trait RecordStore: Send + Sync {
     async fn create_record(&self, collection: &Collection, data: Value) -> StoreResult<Record>;
     /// A record by id.
     async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>>;
+    /// A record by id as [`RecordStore::record`] finds it, its data still
+    /// the JSON text the store holds (compact, canonical): for reads that
+    /// only send the record out (a GET).
+    async fn raw_record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<RawRecord>>;
     /// A page of records.
     async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>>;
     /// A page of records as [`RecordStore::list_records`] finds them, each

@@ -367,6 +367,8 @@ pub struct OneRecord {
     cx: Cx,
     collection: Option<Collection>,
     record: Option<Record>,
+    /// A GET's or HEAD's record, its data as stored: sent as it is.
+    raw: Option<canon_store::RawRecord>,
     data: Option<Value>,
     patch: Option<PatchDocument>,
 }
@@ -378,6 +380,7 @@ impl OneRecord {
             cx,
             collection: None,
             record: None,
+            raw: None,
             data: None,
             patch: None,
         }
@@ -461,6 +464,31 @@ impl Resource for OneRecord {
                 async {
                     let (_, collection) = load_collection(&self.cx).await?;
                     let id = self.cx.param("id");
+                    let require_if_match = collection.require_if_match;
+                    let writes = !matches!(self.cx.method, Method::GET | Method::HEAD);
+                    if !writes {
+                        // A read sends the stored text as it is: no parse,
+                        // no tree, no second serialization.
+                        let lookup = (self.cx.app.store)
+                            .raw_record(&collection.id, id)
+                            .await
+                            .map_err(store_problem)?;
+                        let existence = match lookup {
+                            Lookup::Found(r) => {
+                                let validators = render::raw_record_validators(&r);
+                                self.raw = Some(r);
+                                Existence::Found(Found {
+                                    validators,
+                                    require_if_match,
+                                    ..Found::default()
+                                })
+                            }
+                            Lookup::Gone => Existence::Gone,
+                            Lookup::Missing => Existence::Missing,
+                        };
+                        self.collection = Some(collection);
+                        return Ok(existence);
+                    }
                     let lookup = self
                         .cx
                         .app
@@ -468,8 +496,6 @@ impl Resource for OneRecord {
                         .record(&collection.id, id)
                         .await
                         .map_err(store_problem)?;
-                    let require_if_match = collection.require_if_match;
-                    let writes = !matches!(self.cx.method, Method::GET | Method::HEAD);
                     let existence = match lookup {
                         Lookup::Found(r) => {
                             let locked_by_other = if writes {
@@ -519,8 +545,8 @@ impl Resource for OneRecord {
                         .map_err(store_problem)?;
                     Ok(Success::NoContent)
                 }
-                _ => Ok(Success::Ok(render::record_representation(&still_there(
-                    self.record.take(),
+                _ => Ok(Success::Ok(render::raw_record_representation(&still_there(
+                    self.raw.take(),
                 )?))),
             }
         })

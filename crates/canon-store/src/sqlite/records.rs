@@ -493,6 +493,20 @@ impl RecordStore for SqliteStore {
         self.engine.read(move |c| list_records(c, &collection_id, &query)).await
     }
 
+    async fn raw_record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<RawRecord>> {
+        self.engine
+            .read_point(|c| {
+                let r = c
+                    .prepare_cached(&format!(
+                        "SELECT {RECORD_COLS} FROM records WHERE collection_id = ?1 AND id = ?2"
+                    ))
+                    .and_then(|mut s| s.query_row(params![collection_id, id], raw_record_row).optional())
+                    .map_err(db_error)?;
+                found_or_tombstone(c, r, kind::RECORD, collection_id, id)
+            })
+            .await
+    }
+
     async fn list_raw_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<RawRecord>> {
         let collection_id = collection_id.to_owned();
         self.engine

@@ -2287,6 +2287,34 @@ pub async fn the_generation_moves_with_what_caches_hold_and_only_with_it(store: 
     moved(g, "a revocation");
 }
 
+pub async fn a_raw_record_is_the_record_with_its_stored_text(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let c = collection(&*store, &t, "devices", &[]).await;
+    let data = json!({"z": 1, "a": [1.5, "x\"y", null], "m": {"é": "\u{1}"}, "n": 12345678901234567890u64});
+    let r = store.create_record(&c, data.clone()).await.unwrap();
+    let Lookup::Found(raw) = store.raw_record(&c.id, &r.id).await.unwrap() else {
+        panic!("found");
+    };
+    assert_eq!(
+        (
+            raw.id.as_str(),
+            raw.version,
+            raw.etag.as_str(),
+            raw.created_at,
+            raw.updated_at
+        ),
+        (r.id.as_str(), r.version, r.etag.as_str(), r.created_at, r.updated_at)
+    );
+    // The stored text is the compact form the JSON writer gives.
+    assert_eq!(raw.data, serde_json::to_string(&data).unwrap());
+    assert_eq!(store.raw_record(&c.id, "nope").await.unwrap(), Lookup::Missing);
+    store
+        .delete_record(&c.id, &r.id, Expect::Anything, ACTOR, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(store.raw_record(&c.id, &r.id).await.unwrap(), Lookup::Gone);
+}
+
 /// Runs every conformance test, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -2318,6 +2346,7 @@ macro_rules! conformance_tests {
             maintenance_is_off_until_set_and_versioned,
             quota_usage_adds_up_per_tenant_and_day,
             the_generation_moves_with_what_caches_hold_and_only_with_it,
+            a_raw_record_is_the_record_with_its_stored_text,
             jobs_are_claimed_oldest_first,
             concurrent_claimers_never_share_a_job,
             expired_leases_pass_the_job_on,
