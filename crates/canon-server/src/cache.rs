@@ -44,21 +44,29 @@ impl<V: Clone> Generational<V> {
             .flatten()
     }
 
-    /// Keeps `value`, read under `generation`. Entries of an older
-    /// generation go (they can never be served again); an entry read under
-    /// an older generation than the one kept is not kept.
-    fn put(&mut self, generation: u64, key: &str, value: V) {
+    /// The entries a value read under `generation` may join: entries of an
+    /// older generation go (they can never be served again); none when a
+    /// newer generation is kept (the value may be stale). A full map starts
+    /// again.
+    fn current(&mut self, generation: u64) -> Option<&mut HashMap<String, V>> {
         if generation > self.generation {
             self.entries.clear();
             self.generation = generation;
         }
         if generation < self.generation {
-            return;
+            return None;
         }
         if self.entries.len() >= CAPACITY {
             self.entries.clear();
         }
-        self.entries.insert(key.to_owned(), value);
+        Some(&mut self.entries)
+    }
+
+    /// Keeps `value`, read under `generation` (see [`Generational::current`]).
+    fn put(&mut self, generation: u64, key: &str, value: V) {
+        if let Some(entries) = self.current(generation) {
+            entries.insert(key.to_owned(), value);
+        }
     }
 }
 
@@ -156,15 +164,8 @@ impl Lookups {
         let lookup = store.collection(tenant_id, name).await?;
         if let Lookup::Found(collection) = &lookup {
             let mut kept = self.collections.lock().unwrap_or_else(|p| p.into_inner());
-            if generation > kept.generation {
-                kept.entries.clear();
-                kept.generation = generation;
-            }
-            if generation == kept.generation {
-                if kept.entries.len() >= CAPACITY {
-                    kept.entries.clear();
-                }
-                let of_tenant = kept.entries.entry(tenant_id.to_owned()).or_default();
+            if let Some(tenants) = kept.current(generation) {
+                let of_tenant = tenants.entry(tenant_id.to_owned()).or_default();
                 if of_tenant.len() >= CAPACITY {
                     of_tenant.clear();
                 }

@@ -609,6 +609,13 @@ pub struct Held {
     tenant: Option<Arc<str>>,
 }
 
+impl Held {
+    /// The key whose slot this is (shared with the in-flight counts: no copy).
+    pub fn key(&self) -> &Arc<str> {
+        &self.key
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         self.owner.leave(&self.key);

@@ -47,7 +47,7 @@ pub struct Exchange<'a> {
 /// One request taken from a caller's limits: its key's burst and its
 /// tenant's daily quota (the tenant is the exchange's caller), and when.
 struct Taken {
-    key: String,
+    key: Arc<str>,
     burst: Option<Policy>,
     daily: Option<Policy>,
     at: std::time::SystemTime,
@@ -326,6 +326,8 @@ impl Service for Exchange<'_> {
                 .await
                 .map_err(limiter_problem)?;
             if !matches!(verdict, RateVerdict::Refused { .. }) {
+                // The key as the in-flight counts keep it: no copy per request.
+                let key = held.key().clone();
                 if let Ok(mut slot) = self.held.lock() {
                     *slot = Some(held);
                 }
@@ -334,7 +336,7 @@ impl Service for Exchange<'_> {
                 {
                     let policy = |name| charges.iter().find(|c| c.name == name).map(|c| c.policy);
                     *slot = Some(Taken {
-                        key: key.to_owned(),
+                        key,
                         burst: policy(LimitName::Burst),
                         daily: policy(LimitName::Daily),
                         at: now,
