@@ -1011,16 +1011,16 @@ async fn act(
 /// The request target and `Host` (the [`Node::Target`] node).
 fn check_target(head: &Parts) -> Result<(), Halt> {
     let bad = |detail: &str| Err(Problem::new(ProblemKind::InvalidHeader, detail.to_owned()).into());
-    let hosts: Vec<&HeaderValue> = head.headers.get_all(header::HOST).iter().collect();
-    match hosts.as_slice() {
+    let mut hosts = head.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
         // HTTP/1.0 predates Host; every later version must send it.
-        [] if head.version == http::Version::HTTP_10 => {}
-        [] => return bad("The request has no Host header; HTTP/1.1 requires exactly one."),
-        [one] if !is_valid_host(one) => {
+        (None, _) if head.version == http::Version::HTTP_10 => {}
+        (None, _) => return bad("The request has no Host header; HTTP/1.1 requires exactly one."),
+        (Some(one), None) if !is_valid_host(one) => {
             return bad("The Host header is not a valid host[:port].");
         }
-        [_] => {}
-        _ => return bad("The request has more than one Host header."),
+        (Some(_), None) => {}
+        (Some(_), Some(_)) => return bad("The request has more than one Host header."),
     }
     let path = head.uri.path();
     if path == "*" && head.method != Method::OPTIONS {
@@ -1180,21 +1180,29 @@ fn negotiated(head: &Parts, response: &mut Response<Body>) {
 }
 
 /// Adds `token` to `Vary` unless it is there already, keeping one line.
-fn add_vary<B>(response: &mut Response<B>, token: &str) {
-    let mut tokens: Vec<String> = response
-        .headers()
+/// The usual cases (no `Vary` yet; `Accept` then `Accept-Encoding`) set a
+/// static value: no allocation on the hot path.
+fn add_vary<B>(response: &mut Response<B>, token: &'static str) {
+    const BOTH: &str = "Accept, Accept-Encoding";
+    let headers = response.headers_mut();
+    let line = headers
         .get_all(header::VARY)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if tokens.iter().any(|t| t.eq_ignore_ascii_case(token)) {
+        .collect::<Vec<_>>()
+        .join(", ");
+    if line.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)) {
         return;
     }
-    tokens.push(token.to_owned());
-    set(response, header::VARY, &tokens.join(", "));
+    let value = match line.trim() {
+        "" => HeaderValue::from_static(token),
+        "Accept" if token == "Accept-Encoding" => HeaderValue::from_static(BOTH),
+        line => match HeaderValue::try_from(format!("{line}, {token}")) {
+            Ok(v) => v,
+            Err(_) => return,
+        },
+    };
+    headers.insert(header::VARY, value);
 }
 
 /// `/v1` is the authenticated API; everything else (health, docs) is public.
@@ -1530,9 +1538,16 @@ fn set<B>(response: &mut Response<B>, name: HeaderName, value: &str) {
     }
 }
 
+/// [`set`] for a value known when Canon is built: no copy, no check.
+fn set_static<B>(response: &mut Response<B>, name: HeaderName, value: &'static str) {
+    response.headers_mut().insert(name, HeaderValue::from_static(value));
+}
+
 fn set_validators<B>(response: &mut Response<B>, v: &Validators) {
-    if let Some(etag) = &v.etag {
-        set(response, header::ETAG, &etag.to_string());
+    if let Some(etag) = &v.etag
+        && let Some(value) = etag.header_value()
+    {
+        response.headers_mut().insert(header::ETAG, value);
     }
     if let Some(t) = v.last_modified {
         set(response, header::LAST_MODIFIED, &validators::http_date(t));
@@ -1545,9 +1560,9 @@ fn not_modified(found: Option<&Found>, spec: &MethodSpec) -> Response<Body> {
         set_validators(&mut response, &found.validators);
     }
     let cache_control = found.and_then(|f| f.cache_control).unwrap_or("private, no-cache");
-    set(&mut response, header::CACHE_CONTROL, cache_control);
+    set_static(&mut response, header::CACHE_CONTROL, cache_control);
     if spec.produces.len() > 1 {
-        set(&mut response, header::VARY, "Accept");
+        set_static(&mut response, header::VARY, "Accept");
     }
     response
 }
@@ -1555,28 +1570,33 @@ fn not_modified(found: Option<&Found>, spec: &MethodSpec) -> Response<Body> {
 fn representation_response(status: StatusCode, rep: Representation) -> Response<Body> {
     let mut response = Response::new(rep.body);
     *response.status_mut() = status;
+    // Room for what the flow and the envelope add (validators, `Vary`,
+    // `RateLimit` fields, the request id…): the map is not regrown.
+    *response.headers_mut() = http::HeaderMap::with_capacity(16);
     // A whole body's length is the server's to set; a stream's is known
     // only to its source.
     if let Body::Streamed(Streamed { length: Some(n), .. }) = response.body() {
-        let n = n.to_string();
-        set(&mut response, header::CONTENT_LENGTH, &n);
+        let n = HeaderValue::from(*n);
+        response.headers_mut().insert(header::CONTENT_LENGTH, n);
     }
-    set(&mut response, header::CONTENT_TYPE, rep.media.content_type());
+    set_static(&mut response, header::CONTENT_TYPE, rep.media.content_type());
     set_validators(&mut response, &rep.validators);
     if let Some(cc) = rep.cache_control {
-        set(&mut response, header::CACHE_CONTROL, cc);
+        set_static(&mut response, header::CACHE_CONTROL, cc);
     }
     if let Some(cl) = &rep.content_location {
         set(&mut response, header::CONTENT_LOCATION, cl);
     }
     if let Some(vary) = rep.vary {
-        set(&mut response, header::VARY, vary);
+        set_static(&mut response, header::VARY, vary);
     }
     if let Some(csp) = rep.content_security_policy {
-        set(&mut response, header::CONTENT_SECURITY_POLICY, csp);
+        set_static(&mut response, header::CONTENT_SECURITY_POLICY, csp);
     }
     if let Some(seconds) = rep.retry_after {
-        set(&mut response, header::RETRY_AFTER, &seconds.to_string());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     if let Some(disposition) = &rep.content_disposition {
         set(&mut response, header::CONTENT_DISPOSITION, disposition);

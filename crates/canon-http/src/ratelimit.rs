@@ -109,13 +109,14 @@ impl Standing {
 
     /// `RateLimit-Policy`: `"burst";q=100;w=1, "daily";q=100000;w=86400`.
     pub fn policy_field(&self) -> Option<HeaderValue> {
-        use std::fmt::Write as _;
+        // Built by hand (itoa for the numbers): every limited response
+        // sends both fields, and `format!` was a visible share of a GET.
         let mut field = String::with_capacity(64);
         for p in self.iter() {
             if !field.is_empty() {
                 field.push_str(", ");
             }
-            let _ = write!(field, "\"{}\";q={};w={}", p.name.as_str(), p.quota, p.window);
+            item(&mut field, p.name, [("q", p.quota), ("w", p.window)]);
         }
         (!field.is_empty()).then(|| HeaderValue::try_from(field).ok()).flatten()
     }
@@ -123,7 +124,23 @@ impl Standing {
     /// `RateLimit`: `"daily";r=99987;t=43000`, for the policy closest to exhaustion.
     pub fn limit_field(&self) -> Option<HeaderValue> {
         let p = self.closest()?;
-        HeaderValue::try_from(format!("\"{}\";r={};t={}", p.name.as_str(), p.remaining, p.reset)).ok()
+        let mut field = String::with_capacity(40);
+        item(&mut field, p.name, [("r", p.remaining), ("t", p.reset)]);
+        HeaderValue::try_from(field).ok()
+    }
+}
+
+/// Appends one structured-field item: `"name";k=v;k=v`.
+fn item(field: &mut String, name: LimitName, parameters: [(&str, u64); 2]) {
+    field.push('"');
+    field.push_str(name.as_str());
+    field.push('"');
+    let mut digits = itoa::Buffer::new();
+    for (key, value) in parameters {
+        field.push(';');
+        field.push_str(key);
+        field.push('=');
+        field.push_str(digits.format(value));
     }
 }
 

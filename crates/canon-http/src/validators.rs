@@ -91,6 +91,21 @@ fn is_etagc(b: u8) -> bool {
     b == 0x21 || (0x23..=0x7e).contains(&b)
 }
 
+impl EntityTag {
+    /// The tag as a header value (`"…"` or `W/"…"`), built without the
+    /// formatting machinery: every response with a validator sends one.
+    pub fn header_value(&self) -> Option<http::HeaderValue> {
+        let mut field = String::with_capacity(self.opaque.len() + 4);
+        if self.weak {
+            field.push_str("W/");
+        }
+        field.push('"');
+        field.push_str(&self.opaque);
+        field.push('"');
+        http::HeaderValue::try_from(field).ok()
+    }
+}
+
 impl fmt::Display for EntityTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.weak {

@@ -15,8 +15,8 @@
 //! the store every time (guessing is limited elsewhere), so a cache cannot
 //! hide something created meanwhile, and guesses cannot fill it.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use foldhash::{HashMap, HashMapExt};
+use std::sync::{Arc, Mutex};
 
 use canon_store::{Collection, KeyOwner, Lookup, Store, StoreResult, Tenant};
 
@@ -94,11 +94,13 @@ impl<V: Clone> Cache<V> {
 }
 
 /// The caches every request's authentication and resolution go through.
+/// Entries are shared (`Arc`): a hit costs a reference count, not a copy
+/// of a collection's schema.
 pub struct Lookups {
-    keys: Cache<KeyOwner>,
-    tenants: Cache<Tenant>,
+    keys: Cache<Arc<KeyOwner>>,
+    tenants: Cache<Arc<Tenant>>,
     /// By tenant id, then name: looked up without building a key.
-    collections: Mutex<Generational<HashMap<String, Collection>>>,
+    collections: Mutex<Generational<HashMap<String, Arc<Collection>>>>,
 }
 
 impl Default for Lookups {
@@ -117,38 +119,43 @@ fn counted(cache: &'static str, hit: bool) {
 
 impl Lookups {
     /// `Store::key_owner` of the token digest `digest`, cached.
-    pub async fn key_owner(&self, store: &dyn Store, digest: &str) -> StoreResult<Option<KeyOwner>> {
+    pub async fn key_owner(&self, store: &dyn Store, digest: &str) -> StoreResult<Option<Arc<KeyOwner>>> {
         let generation = store.generation();
         if let Some(owner) = self.keys.get(generation, digest) {
             counted("keys", true);
             return Ok(Some(owner));
         }
         counted("keys", false);
-        let owner = store.key_owner(digest).await?;
+        let owner = store.key_owner(digest).await?.map(Arc::new);
         if let Some(owner) = &owner {
-            self.keys.put(generation, digest, owner.clone());
+            self.keys.put(generation, digest, Arc::clone(owner));
         }
         Ok(owner)
     }
 
     /// `Store::tenant` by `name`, cached when found.
-    pub async fn tenant(&self, store: &dyn Store, name: &str) -> StoreResult<Lookup<Tenant>> {
+    pub async fn tenant(&self, store: &dyn Store, name: &str) -> StoreResult<Lookup<Arc<Tenant>>> {
         let generation = store.generation();
         if let Some(tenant) = self.tenants.get(generation, name) {
             counted("tenants", true);
             return Ok(Lookup::Found(tenant));
         }
         counted("tenants", false);
-        let lookup = store.tenant(name).await?;
+        let lookup = store.tenant(name).await?.map(Arc::new);
         if let Lookup::Found(tenant) = &lookup {
-            self.tenants.put(generation, name, tenant.clone());
+            self.tenants.put(generation, name, Arc::clone(tenant));
         }
         Ok(lookup)
     }
 
     /// `Store::collection` of the tenant with id `tenant_id` by `name`,
     /// cached when found.
-    pub async fn collection(&self, store: &dyn Store, tenant_id: &str, name: &str) -> StoreResult<Lookup<Collection>> {
+    pub async fn collection(
+        &self,
+        store: &dyn Store,
+        tenant_id: &str,
+        name: &str,
+    ) -> StoreResult<Lookup<Arc<Collection>>> {
         let generation = store.generation();
         let hit = {
             let kept = self.collections.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,7 +168,7 @@ impl Lookups {
             return Ok(Lookup::Found(collection));
         }
         counted("collections", false);
-        let lookup = store.collection(tenant_id, name).await?;
+        let lookup = store.collection(tenant_id, name).await?.map(Arc::new);
         if let Lookup::Found(collection) = &lookup {
             let mut kept = self.collections.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(tenants) = kept.current(generation) {
@@ -169,7 +176,7 @@ impl Lookups {
                 if of_tenant.len() >= CAPACITY {
                     of_tenant.clear();
                 }
-                of_tenant.insert(name.to_owned(), collection.clone());
+                of_tenant.insert(name.to_owned(), Arc::clone(collection));
             }
         }
         Ok(lookup)

@@ -21,7 +21,7 @@
 //! the store ([`QuotaLedger`]); `crate::quotas` adds that to the store every
 //! few seconds and takes the store's totals back as the new base.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;

@@ -12,8 +12,8 @@
 //! ever becomes a label value (unbounded cardinality), and recording a
 //! request allocates no label string.
 
+use foldhash::{HashMap, HashMapExt};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 

@@ -23,10 +23,19 @@ pub fn generate() -> String {
 
 /// The stored digest of `token` (hex).
 pub fn digest(token: &str) -> String {
+    hex(&digest_bytes(token))
+}
+
+/// The SHA-256 digest of `token`, as bytes.
+pub fn digest_bytes(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// `digest` in lower-case hex, as stored digests are written.
+pub fn hex(digest: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let d = Sha256::digest(token.as_bytes());
     let mut out = String::with_capacity(64);
-    for b in d {
+    for &b in digest {
         out.push(char::from(HEX[usize::from(b >> 4)]));
         out.push(char::from(HEX[usize::from(b & 15)]));
     }

@@ -226,6 +226,94 @@ async fn batch_replays_for_its_idempotency_key() {
     assert_eq!(list["items"].as_array().unwrap().len(), 3);
 }
 
+#[tokio::test]
+async fn batch_operations_on_one_record_apply_in_order_among_independent_ones() {
+    // A collection without unique fields: independent operations run side by
+    // side (their writes share commits), operations on one id in turn.
+    let (s, w) = setup().await;
+    let notes = "/v1/tenants/acme/collections/notes/records";
+    s.ok_json(
+        Method::POST,
+        "/v1/tenants/acme/collections",
+        &w.admin,
+        Some(json!({"name": "notes", "schema": {"type": "object"}})),
+    )
+    .await;
+    let chain = [
+        json!({"op": "create", "id": "x", "data": {"n": 1}}),
+        json!({"op": "patch", "id": "x", "data": {"n": 2}}),
+        json!({"op": "delete", "id": "x"}),
+        json!({"op": "create", "id": "x", "data": {"n": 3}}),
+        json!({"op": "patch", "id": "x", "data": {"n": 4}}),
+    ];
+    let mut operations = Vec::new();
+    for (i, op) in chain.iter().enumerate() {
+        for j in 0..12 {
+            operations.push(json!({"op": "create", "data": {"i": i * 12 + j}}));
+        }
+        operations.push(op.clone());
+    }
+    let r = s
+        .call(
+            Method::POST,
+            &format!("{notes}/batch"),
+            &w.editor,
+            Some(json!({"operations": operations})),
+        )
+        .await;
+    assert_eq!(r.status(), 207);
+    let body: Value = r.json().await.unwrap();
+    let statuses: Vec<u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    let chain_statuses: Vec<u64> = (0..chain.len()).map(|k| statuses[k * 13 + 12]).collect();
+    assert_eq!(chain_statuses, [201, 200, 204, 201, 200], "{body}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 201).count(), 60 + 2);
+    // Each result is its own operation's, in request order.
+    for (k, result) in body["results"].as_array().unwrap().iter().enumerate() {
+        if k % 13 != 12 {
+            assert_eq!(result["body"]["data"]["i"], json!(k - k / 13), "{k}");
+        }
+    }
+    let x = s.ok_json(Method::GET, &format!("{notes}/x"), &w.viewer, None).await;
+    assert_eq!(x["data"], json!({"n": 4}));
+    let list = s
+        .ok_json(Method::GET, &format!("{notes}?limit=100"), &w.viewer, None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 61);
+}
+
+#[tokio::test]
+async fn batch_on_unique_fields_decides_in_request_order() {
+    // Two creates with one unique value: the first wins, every time.
+    let (s, w) = setup().await;
+    let operations: Vec<Value> = (0..20)
+        .flat_map(|i| {
+            [
+                json!({"op": "create", "data": {"port": i, "serial": format!("S{i}")}}),
+                json!({"op": "create", "data": {"port": i + 100, "serial": format!("S{i}")}}),
+            ]
+        })
+        .collect();
+    let r = s
+        .call(
+            Method::POST,
+            &batch(""),
+            &w.editor,
+            Some(json!({"operations": operations})),
+        )
+        .await;
+    assert_eq!(r.status(), 207);
+    let body: Value = r.json().await.unwrap();
+    for (k, result) in body["results"].as_array().unwrap().iter().enumerate() {
+        let expected = if k % 2 == 0 { 201 } else { 409 };
+        assert_eq!(result["status"], expected, "{k}: {result}");
+    }
+}
+
 /// The record at `id`: its representation and its `ETag`.
 async fn record(s: &Server, w: &World, id: &str) -> (Value, String) {
     let r = s.call(Method::GET, &format!("{RECORDS}/{id}"), &w.viewer, None).await;

@@ -273,6 +273,15 @@ impl<T> Lookup<T> {
             _ => None,
         }
     }
+
+    /// The same lookup with the found value turned by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Lookup<U> {
+        match self {
+            Lookup::Found(t) => Lookup::Found(f(t)),
+            Lookup::Gone => Lookup::Gone,
+            Lookup::Missing => Lookup::Missing,
+        }
+    }
 }
 
 /// Where a page of a list starts: after the item with this id (and, for sorted

@@ -19,6 +19,8 @@
 //! or the first failing operation's problem (through `store_problem`, so the
 //! same status its request would get) and nothing applied.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use canon_http::catalogue::{PROBLEMS, ProblemKind};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
@@ -84,7 +86,7 @@ pub struct Batch {
     report: Report,
     authorization: Option<HeaderValue>,
     records: String,
-    collection: Option<Collection>,
+    collection: Option<Arc<Collection>>,
 }
 
 impl Batch {
@@ -207,10 +209,8 @@ impl Resource for Batch {
                     };
                 }
             };
-            let mut results = Vec::with_capacity(operations.len());
-            for (i, op) in operations.into_iter().enumerate() {
-                results.push(self.run(i, op).await);
-            }
+            let independent = self.collection.as_ref().is_some_and(|c| c.unique.is_empty());
+            let results = self.run_in_waves(operations, independent).await;
             match self.report {
                 Report::All => Ok(Success::MultiStatus(Representation::json(&to_json(&BatchResults {
                     results,
@@ -354,7 +354,71 @@ impl Batch {
 /// The most operations one batch may carry.
 pub const MAX_OPERATIONS: usize = 1000;
 
+/// How many operations of one wave run at once. Their writes meet in the
+/// store's group commit, so a wave of independent creates costs a few
+/// commits instead of one each.
+const PIPELINE_DEPTH: usize = 64;
+
+/// The wave of each operation: operations of one wave run at once, waves
+/// one after the other. An operation goes one wave after the last earlier
+/// operation on the same record id, so that operations on one record apply
+/// in request order and see each other's effects, as they would in turn.
+/// When the collection has unique fields (`independent` false), any two
+/// writes can decide each other's outcome (which of two equal values wins,
+/// a delete freeing a value a later create takes), so every operation is
+/// its own wave: the batch runs strictly in order.
+fn waves(operations: &[BatchOperation], independent: bool) -> Vec<usize> {
+    if !independent {
+        return (0..operations.len()).collect();
+    }
+    let mut last_wave_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    operations
+        .iter()
+        .map(|op| {
+            let id = match op {
+                BatchOperation::Create { id, .. } => id.as_deref(),
+                BatchOperation::Replace { id, .. }
+                | BatchOperation::Patch { id, .. }
+                | BatchOperation::Delete { id, .. } => Some(id.as_str()),
+            };
+            match id {
+                None => 0,
+                Some(id) => {
+                    let wave = last_wave_of.get(id).map_or(0, |w| w + 1);
+                    last_wave_of.insert(id, wave);
+                    wave
+                }
+            }
+        })
+        .collect()
+}
+
 impl Batch {
+    /// Runs the operations in their [`waves`], and answers their results in
+    /// request order.
+    async fn run_in_waves(&self, operations: Vec<BatchOperation>, independent: bool) -> Vec<BatchResult> {
+        use futures_util::StreamExt;
+
+        let wave_of = waves(&operations, independent);
+        let count = wave_of.iter().max().map_or(0, |w| w + 1);
+        let mut by_wave: Vec<Vec<(usize, BatchOperation)>> = (0..count).map(|_| Vec::new()).collect();
+        for (i, (op, wave)) in operations.into_iter().zip(wave_of).enumerate() {
+            by_wave[wave].push((i, op));
+        }
+        let mut results: Vec<Option<BatchResult>> = (0..by_wave.iter().map(Vec::len).sum()).map(|_| None).collect();
+        for wave in by_wave {
+            let done: Vec<(usize, BatchResult)> = futures_util::stream::iter(wave)
+                .map(|(i, op)| async move { (i, self.run(i, op).await) })
+                .buffer_unordered(PIPELINE_DEPTH)
+                .collect()
+                .await;
+            for (i, result) in done {
+                results[i] = Some(result);
+            }
+        }
+        results.into_iter().flatten().collect()
+    }
+
     /// Runs operation `i` as its own request through the flow.
     async fn run(&self, i: usize, op: BatchOperation) -> BatchResult {
         let (method, id, body, if_match, create_only) = match op {
@@ -486,7 +550,36 @@ fn most_critical(results: Vec<BatchResult>) -> Result<Success, Problem> {
 
 #[cfg(test)]
 mod tests {
-    use super::severity;
+    use super::{severity, waves};
+    use crate::wire::BatchOperation;
+
+    fn ops(json: serde_json::Value) -> Vec<BatchOperation> {
+        serde_json::from_value(json).expect("operations")
+    }
+
+    #[test]
+    fn operations_on_one_record_keep_their_order_and_others_share_a_wave() {
+        let operations = ops(serde_json::json!([
+            {"op": "create", "data": {}},
+            {"op": "create", "id": "a", "data": {}},
+            {"op": "patch", "id": "a", "data": {}},
+            {"op": "delete", "id": "b"},
+            {"op": "create", "data": {}},
+            {"op": "replace", "id": "a", "data": {}},
+            {"op": "create", "id": "b", "data": {}},
+        ]));
+        assert_eq!(waves(&operations, true), [0, 0, 1, 0, 0, 2, 1]);
+    }
+
+    #[test]
+    fn unique_fields_make_every_operation_its_own_wave() {
+        let operations = ops(serde_json::json!([
+            {"op": "create", "data": {}},
+            {"op": "create", "data": {}},
+            {"op": "delete", "id": "b"},
+        ]));
+        assert_eq!(waves(&operations, false), [0, 1, 2]);
+    }
 
     #[test]
     fn server_faults_outrank_client_errors_and_state_outranks_waiting() {

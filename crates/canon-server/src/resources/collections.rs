@@ -1,5 +1,7 @@
 //! `/v1/tenants/{tenant}/collections` and one collection.
 
+use std::sync::Arc;
+
 use crate::wire::{CollectionPatch, NewCollection as NewCollectionBody};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
@@ -90,7 +92,7 @@ impl CollectionPatch {
 /// `GET, POST /v1/tenants/{tenant}/collections`.
 pub struct Collections {
     cx: Cx,
-    tenant: Option<Tenant>,
+    tenant: Option<Arc<Tenant>>,
     page: Option<listing::Paging>,
     listed: Option<Listed>,
     new: Option<NewCollection>,
@@ -208,7 +210,7 @@ pub async fn all(cx: &Cx, tenant: &Tenant) -> Result<Vec<Collection>, Problem> {
 }
 
 /// Loads the tenant and the collection named in the path.
-pub async fn load_collection(cx: &Cx) -> Result<(Tenant, Collection), Stop> {
+pub async fn load_collection(cx: &Cx) -> Result<(Arc<Tenant>, Arc<Collection>), Stop> {
     let tenant = tenants::require(cx).await?;
     let store = &cx.app.store;
     let name = cx.param("collection");
@@ -234,7 +236,7 @@ pub async fn load_collection(cx: &Cx) -> Result<(Tenant, Collection), Stop> {
 /// `GET, PATCH, DELETE /v1/tenants/{tenant}/collections/{collection}`.
 pub struct OneCollection {
     cx: Cx,
-    found: Option<(Tenant, Collection)>,
+    found: Option<(Arc<Tenant>, Arc<Collection>)>,
     changes: Option<CollectionChanges>,
     force: bool,
 }

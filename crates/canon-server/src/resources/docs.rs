@@ -378,7 +378,7 @@ impl Resource for TenantOpenApi {
                 async {
                     let tenant = tenants::require(&self.cx).await?;
                     let collections = collections::all(&self.cx, &tenant).await?;
-                    let parts = TenantDocParts::new(tenant.name, collections);
+                    let parts = TenantDocParts::new(tenant.name.clone(), collections);
                     let existence = found_with(parts.validators.clone());
                     self.parts = Some(parts);
                     Ok(existence)

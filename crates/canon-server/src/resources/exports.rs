@@ -6,6 +6,8 @@
 //! (403). The job ([`crate::export`]) then pages through the records by id
 //! and stores the file in chunks; the job's result streams it back.
 
+use std::sync::Arc;
+
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::{FieldError, Problem, ProblemKind};
@@ -26,7 +28,7 @@ const MAX_FILTERS: usize = 16;
 pub struct Exports {
     cx: Cx,
     request: Option<ExportRequest>,
-    found: Option<(Tenant, Collection)>,
+    found: Option<(Arc<Tenant>, Arc<Collection>)>,
 }
 
 impl Exports {

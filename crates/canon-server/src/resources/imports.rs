@@ -9,6 +9,8 @@
 //! queued and 202 answered; an upload that breaks off (the client goes away,
 //! it stalls, it grows too large) deletes the staged job: no job exists.
 
+use std::sync::Arc;
+
 use canon_http::Problem;
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, StreamedBody, Success};
 use canon_http::media::MediaType;
@@ -26,7 +28,7 @@ pub const INPUT_CHUNK: usize = 1 << 20;
 /// `POST /v1/tenants/{tenant}/collections/{collection}/imports`.
 pub struct Imports {
     cx: Cx,
-    found: Option<(Tenant, Collection)>,
+    found: Option<(Arc<Tenant>, Arc<Collection>)>,
     body: Option<StreamedBody>,
 }
 

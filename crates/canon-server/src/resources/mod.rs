@@ -62,7 +62,7 @@ impl Cx {
     }
 
     /// The tenant named in the path.
-    pub async fn tenant(&self) -> Result<Lookup<Tenant>, Problem> {
+    pub async fn tenant(&self) -> Result<Lookup<Arc<Tenant>>, Problem> {
         (self.app.lookups)
             .tenant(&*self.app.store, self.param("tenant"))
             .await

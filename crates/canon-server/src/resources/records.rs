@@ -170,7 +170,7 @@ fn location(cx: &Cx, id: &str) -> String {
 /// `GET, POST /v1/tenants/{tenant}/collections/{collection}/records`.
 pub struct Records {
     cx: Cx,
-    collection: Option<Collection>,
+    collection: Option<Arc<Collection>>,
     query: Option<ListQuery>,
     listed: Option<Listed>,
     data: Option<Value>,
@@ -365,7 +365,7 @@ pub(crate) fn actor(cx: &Cx) -> &str {
 /// `GET, HEAD, PUT, PATCH, DELETE /v1/tenants/{tenant}/collections/{collection}/records/{id}`.
 pub struct OneRecord {
     cx: Cx,
-    collection: Option<Collection>,
+    collection: Option<Arc<Collection>>,
     record: Option<Record>,
     /// A GET's or HEAD's record, its data as stored: sent as it is.
     raw: Option<canon_store::RawRecord>,
@@ -617,7 +617,7 @@ impl Resource for RecordLock {
                     let id = self.cx.param("id");
                     super::found(store.record(&collection.id, id).await.map_err(store_problem)?)?;
                     let lease = store.lease(&collection.id, id).await.map_err(store_problem)?;
-                    self.collection_id = Some(collection.id);
+                    self.collection_id = Some(collection.id.clone());
                     let actor = actor(&self.cx).to_owned();
                     let existence = match (&self.cx.method, lease) {
                         // Taking a lock needs only the record; someone else's live lease is 423.

@@ -13,7 +13,6 @@ use canon_http::flow::{self, Availability, BoxFuture, KeyState, Keyed, Limits, R
 use canon_http::ratelimit::{LimitName, RateVerdict};
 use canon_http::route::{Params, RouteSpec, RouteTable};
 use canon_store::{KeyOwner, TenantLimits};
-use sha2::{Digest, Sha256};
 
 use crate::error::store_problem;
 use crate::limits::{Charge, Held, Policy, Scope, epoch_nanos};
@@ -160,14 +159,17 @@ impl Service for Exchange<'_> {
 
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>> {
         Box::pin(async move {
-            let digest = token::digest(token);
+            // Hashed once: the hex digest finds the key, the bytes mark the
+            // client as known-good below.
+            let raw_digest = token::digest_bytes(token);
+            let digest = token::hex(&raw_digest);
             let owner = (self.app.lookups)
                 .key_owner(&*self.app.store, &digest)
                 .await
                 .map_err(store_problem)?;
-            let principal = owner.and_then(|owner| match owner {
+            let principal = owner.and_then(|owner| match &*owner {
                 KeyOwner::Operator { key_id, token_hash } => {
-                    token::digests_match(&token_hash, &digest).then_some(Principal::Operator { key_id })
+                    token::digests_match(token_hash, &digest).then(|| Principal::Operator { key_id: key_id.clone() })
                 }
                 KeyOwner::Member {
                     key_id,
@@ -178,15 +180,15 @@ impl Service for Exchange<'_> {
                     tenant_id,
                     limits,
                     ..
-                } => token::digests_match(&token_hash, &digest).then(|| {
+                } => token::digests_match(token_hash, &digest).then(|| {
                     // The tenant's limits come with the key: limiting
                     // costs no read of its own.
-                    let _ = self.caller.set((tenant_id, limits));
+                    let _ = self.caller.set((tenant_id.clone(), *limits));
                     Principal::Member {
-                        key_id,
-                        tenant,
-                        user_id,
-                        role,
+                        key_id: key_id.clone(),
+                        tenant: tenant.clone(),
+                        user_id: user_id.clone(),
+                        role: *role,
                     }
                 }),
             });
@@ -201,9 +203,7 @@ impl Service for Exchange<'_> {
                         .caller
                         .get()
                         .map_or(0, |(tenant_id, _)| self.app.known_good.owner(tenant_id));
-                    self.app
-                        .known_good
-                        .worked(client, Sha256::digest(token.as_bytes()).into(), owner, now);
+                    self.app.known_good.worked(client, raw_digest, owner, now);
                 }
             }
             Ok(principal)
@@ -224,7 +224,7 @@ impl Service for Exchange<'_> {
             let charge = [Charge::auth_failures(&key, policy)];
             match self.app.limiter.acquire(&charge, now, false).await {
                 Ok(verdict @ RateVerdict::Refused { .. }) => {
-                    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                    let digest = token::digest_bytes(token);
                     if self.app.known_good.knows(client, &digest, epoch_nanos(now)) {
                         RateVerdict::Unlimited
                     } else {

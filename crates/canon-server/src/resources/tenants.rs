@@ -1,5 +1,7 @@
 //! `/v1/tenants` and `/v1/tenants/{tenant}`.
 
+use std::sync::Arc;
+
 use crate::wire::{NewTenant, TenantLimitsPatch};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, Resource, Success};
 use canon_http::media::MediaType;
@@ -232,7 +234,7 @@ impl Resource for OneTenant {
                 }
                 other => super::container(other.clone()),
             };
-            self.tenant = lookup.found();
+            self.tenant = lookup.found().map(Arc::unwrap_or_clone);
             Ok(existence)
         })
     }
@@ -259,6 +261,6 @@ impl Resource for OneTenant {
 }
 
 /// The tenant of a tenant-scoped request, for resources below it.
-pub async fn require(cx: &Cx) -> Result<Tenant, Stop> {
+pub async fn require(cx: &Cx) -> Result<Arc<Tenant>, Stop> {
     super::found(cx.tenant().await?)
 }

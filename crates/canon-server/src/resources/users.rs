@@ -1,5 +1,7 @@
 //! Users of a tenant and their API keys.
 
+use std::sync::Arc;
+
 use crate::wire::{NewApiKey as NewKey, NewUser, UserPatch};
 use canon_http::Problem;
 use canon_http::access::TenantRole;
@@ -44,7 +46,7 @@ fn email(s: &str) -> Result<String, Problem> {
 /// `GET, POST /v1/tenants/{tenant}/users`.
 pub struct Users {
     cx: Cx,
-    tenant: Option<Tenant>,
+    tenant: Option<Arc<Tenant>>,
     page: Option<listing::Paging>,
     listed: Option<Listed>,
     new: Option<(String, TenantRole)>,
@@ -123,7 +125,7 @@ impl Resource for Users {
 }
 
 /// Loads the tenant and the user named in the path.
-async fn load_user(cx: &Cx) -> Result<(Tenant, User), Stop> {
+async fn load_user(cx: &Cx) -> Result<(Arc<Tenant>, User), Stop> {
     let tenant = tenants::require(cx).await?;
     let user = found(
         cx.app
@@ -138,7 +140,7 @@ async fn load_user(cx: &Cx) -> Result<(Tenant, User), Stop> {
 /// `GET, PATCH, DELETE /v1/tenants/{tenant}/users/{user}`.
 pub struct OneUser {
     cx: Cx,
-    found: Option<(Tenant, User)>,
+    found: Option<(Arc<Tenant>, User)>,
     role: Option<TenantRole>,
 }
 
@@ -214,7 +216,7 @@ impl Resource for OneUser {
 /// `GET, POST /v1/tenants/{tenant}/users/{user}/api-keys`.
 pub struct ApiKeys {
     cx: Cx,
-    found: Option<(Tenant, User)>,
+    found: Option<(Arc<Tenant>, User)>,
     page: Option<listing::Paging>,
     listed: Option<Listed>,
     name: Option<String>,
