@@ -94,8 +94,9 @@ pub(super) fn update_collection(
             .query_map([&next.id], record_row)
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(db_error)?;
+        let enforced = super::records::Enforced::of(&next);
         for r in &records {
-            index_unique(conn, &next, &r.id, &r.data)?;
+            index_unique(conn, &enforced, &r.id, &r.data)?;
         }
     }
     Ok(next)
@@ -103,8 +104,8 @@ pub(super) fn update_collection(
 
 pub(super) fn collection_exists(conn: &Connection, collection_id: &str) -> StoreResult<()> {
     let found: Option<i64> = conn
-        .query_row("SELECT 1 FROM collections WHERE id = ?1", [collection_id], |r| r.get(0))
-        .optional()
+        .prepare_cached("SELECT 1 FROM collections WHERE id = ?1")
+        .and_then(|mut s| s.query_row([collection_id], |r| r.get(0)).optional())
         .map_err(db_error)?;
     found.map(|_| ()).ok_or(StoreError::Vanished)
 }

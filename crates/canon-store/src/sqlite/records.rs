@@ -131,11 +131,35 @@ fn check_write(
     check_lease(c, collection_id, id, actor)
 }
 
+/// What a write enforces of its collection: the collection itself (its
+/// id), its unique fields and its demand for `If-Match`. A write takes
+/// these to the writer thread instead of a copy of the whole collection,
+/// whose schema it never reads.
+pub(super) struct Enforced {
+    /// The collection's id.
+    pub(super) id: String,
+    /// Its unique top-level fields.
+    pub(super) unique: Vec<String>,
+    /// Writes must carry `If-Match`.
+    pub(super) require_if_match: bool,
+}
+
+impl Enforced {
+    /// What `collection` enforces.
+    pub(super) fn of(collection: &Collection) -> Self {
+        Self {
+            id: collection.id.clone(),
+            unique: collection.unique.clone(),
+            require_if_match: collection.require_if_match,
+        }
+    }
+}
+
 /// One write of a record's data at `id` (PUT): replaces it, or creates it
 /// (clearing a tombstone). Returns the record and whether it was created.
 fn put_one(
     c: &Connection,
-    collection: &Collection,
+    collection: &Enforced,
     id: String,
     data: CheckedData,
     expect: &Expect,
@@ -157,7 +181,7 @@ fn put_one(
 /// data from the current data.
 fn patch_one(
     c: &Connection,
-    collection: &Collection,
+    collection: &Enforced,
     id: &str,
     apply: ApplyPatch,
     expect: &Expect,
@@ -202,7 +226,7 @@ fn delete_one(
 /// One write of an atomic batch, with the collection's demand for tags.
 fn apply_one(
     c: &Connection,
-    collection: &Collection,
+    collection: &Enforced,
     write: RecordWrite,
     actor: &str,
     retention: Duration,
@@ -236,7 +260,7 @@ fn apply_one(
 
 /// Writes the unique-value rows of a record that has none yet (just
 /// created); a taken value is a conflict naming its field.
-fn index_new_unique(conn: &Connection, collection: &Collection, id: &str, data: &Value) -> StoreResult<()> {
+fn index_new_unique(conn: &Connection, collection: &Enforced, id: &str, data: &Value) -> StoreResult<()> {
     for field in &collection.unique {
         let Some(value) = data.get(field).filter(|v| !v.is_null()) else {
             continue;
@@ -252,7 +276,7 @@ fn index_new_unique(conn: &Connection, collection: &Collection, id: &str, data: 
 }
 
 /// Rewrites a record's unique-value rows; the first taken value names the field.
-pub(super) fn index_unique(conn: &Connection, collection: &Collection, id: &str, data: &Value) -> StoreResult<()> {
+pub(super) fn index_unique(conn: &Connection, collection: &Enforced, id: &str, data: &Value) -> StoreResult<()> {
     if collection.unique.is_empty() {
         return Ok(());
     }
@@ -467,7 +491,7 @@ fn list_rows<T>(
 #[async_trait]
 impl RecordStore for SqliteStore {
     async fn create_record(&self, collection: &Collection, data: Value) -> StoreResult<Record> {
-        let collection = collection.clone();
+        let collection = Enforced::of(collection);
         self.engine
             .write(move |c| {
                 collection_exists(c, &collection.id)?;
@@ -526,7 +550,7 @@ impl RecordStore for SqliteStore {
         collection: &Collection,
         records: Vec<(String, Value)>,
     ) -> StoreResult<Vec<StoreResult<()>>> {
-        let collection = collection.clone();
+        let collection = Enforced::of(collection);
         self.engine
             .write(move |c| {
                 collection_exists(c, &collection.id)?;
@@ -569,7 +593,7 @@ impl RecordStore for SqliteStore {
         expect: Expect,
         actor: &str,
     ) -> StoreResult<(Record, bool)> {
-        let (collection, id, actor) = (collection.clone(), id.to_owned(), actor.to_owned());
+        let (collection, id, actor) = (Enforced::of(collection), id.to_owned(), actor.to_owned());
         self.engine
             .write(move |c| {
                 collection_exists(c, &collection.id)?;
@@ -586,7 +610,7 @@ impl RecordStore for SqliteStore {
         expect: Expect,
         actor: &str,
     ) -> StoreResult<Record> {
-        let (collection, id, actor) = (collection.clone(), id.to_owned(), actor.to_owned());
+        let (collection, id, actor) = (Enforced::of(collection), id.to_owned(), actor.to_owned());
         self.engine
             .write(move |c| {
                 collection_exists(c, &collection.id)?;
@@ -602,7 +626,7 @@ impl RecordStore for SqliteStore {
         actor: &str,
         retention: Duration,
     ) -> StoreResult<Vec<RecordWritten>> {
-        let (collection, actor) = (collection.clone(), actor.to_owned());
+        let (collection, actor) = (Enforced::of(collection), actor.to_owned());
         // One write job: the engine runs it in one savepoint and rolls all of
         // it back when it fails, so the first failing write undoes the others.
         self.engine
