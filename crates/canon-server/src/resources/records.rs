@@ -220,10 +220,11 @@ impl Resource for Records {
                             .cx
                             .app
                             .store
-                            .list_records(&collection.id, query)
+                            .list_raw_records(&collection.id, query)
                             .await
                             .map_err(store_problem)?;
-                        found = Listed::from_page(page, render::record, &cursors).keep(&mut self.listed);
+                        found =
+                            Listed::from_page_written(page, render::write_raw_record, &cursors).keep(&mut self.listed);
                     }
                     self.collection = Some(collection);
                     Ok(Existence::Found(found))
