@@ -1,18 +1,19 @@
-//! The HTTP wiring: the one axum handler every request goes through (it
-//! runs the decision flow with a [`resources::service::Exchange`]), the
-//! request-id and panic envelope, and the accept loop.
+//! The HTTP wiring: the one service every request goes through ([`Handler`]:
+//! the request-id and panic envelope around the decision flow, run with a
+//! [`resources::service::Exchange`]), and the accept loop.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
-use canon_http::flow;
+use canon_http::flow::{self, BoxFuture};
 use futures_util::FutureExt;
-use http::HeaderValue;
+use http::{HeaderValue, Method, header};
+use hyper::body::Body as _;
 use tokio::net::TcpListener;
 
 use crate::body::IncomingBody;
@@ -23,21 +24,98 @@ use crate::shed::{Admission, Gated};
 pub use crate::state::{ANSWERED_BY_HYPER, App, REQUEST_ID};
 
 impl App {
-    /// The axum router, without the envelope (see [`enveloped`]): one
-    /// fallback handler, since routing is part of the decision flow (401 must
-    /// come before 404, and 404/405/501 read one table).
-    pub fn router(self: &Arc<Self>) -> Router {
-        Router::new().fallback(handle).with_state(self.clone())
+    /// The decision flow as a service, without the envelope (see
+    /// [`enveloped`]) and the in-flight gate.
+    pub fn flow(self: &Arc<Self>) -> Flow {
+        Flow { app: self.clone() }
     }
 
     /// What every connection runs: the in-flight gate (shed requests are
-    /// answered there), then the envelope and the router.
-    pub fn service(self: &Arc<Self>) -> Gated<Router> {
-        crate::shed::gated(self, enveloped(self.router()))
+    /// answered there), then the envelope and the flow.
+    pub fn service(self: &Arc<Self>) -> Gated<Enveloped<Flow>> {
+        crate::shed::gated(self, enveloped(self.flow()))
     }
 }
 
-/// The request id of the request being served, set by [`envelope`].
+/// The decision flow as a service: every request, whatever its path. No
+/// router: routing is part of the flow (401 must come before 404, and
+/// 404/405/501 read one table), and a router with middleware around one
+/// fallback cost about 6 % of a record GET's instructions in glue
+/// (docs/performance.md).
+#[derive(Clone)]
+pub struct Flow {
+    app: Arc<App>,
+}
+
+impl tower::Service<Request> for Flow {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let app = self.app.clone();
+        Box::pin(async move { Ok(handle(app, req).await) })
+    }
+}
+
+/// `inner` inside the request-id and panic envelope (see [`Enveloped`]).
+pub fn enveloped<S>(inner: S) -> Enveloped<S> {
+    Enveloped { inner }
+}
+
+/// Wraps every response of `S`: assigns the request id (the request
+/// carries it as [`RequestId`]), turns a panic anywhere below into a 500
+/// problem (the server keeps serving), sets `X-Request-Id` and frames the
+/// answer ([`framed`]), in that order (the shed gate's 503 has its fields
+/// in the same order).
+#[derive(Clone)]
+pub struct Enveloped<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Enveloped<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let id = request_id(&req);
+        let method = req.method().clone();
+        // Kept for a panic's problem only; the request moves on.
+        let uri = req.uri().clone();
+        req.extensions_mut().insert(RequestId(id.clone()));
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    tracing::error!(%method, path = uri.path(), request_id = id, "request handler panicked");
+                    let (parts, bytes) = flow::problem_response(&internal(), uri.path(), &id, &[]).into_parts();
+                    Response::from_parts(parts, Body::from(bytes))
+                }
+            };
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                response.headers_mut().insert(REQUEST_ID, v);
+            }
+            Ok(framed(&method, response))
+        })
+    }
+}
+
+/// The request id of the request being served, set by [`Enveloped`].
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
@@ -67,33 +145,25 @@ fn new_request_id() -> String {
         .to_string()
 }
 
-/// Wraps every response: assigns the request id, turns a panic anywhere
-/// below into a 500 problem (the server keeps serving), sets `X-Request-Id`.
-async fn envelope(mut req: Request, next: Next) -> Response {
-    let id = request_id(&req);
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::error!(%method, path, request_id = id, "request handler panicked");
-            let (parts, bytes) = flow::problem_response(&internal(), &path, &id, &[]).into_parts();
-            Response::from_parts(parts, Body::from(bytes))
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, v);
+/// `Content-Length` from a body whose size is known (unless the answer set
+/// it), and no body for `HEAD`: what a router did for every answer, and the
+/// field's place in the head that the shed gate's copy of the 503 matches.
+fn framed(method: &Method, mut response: Response) -> Response {
+    if !response.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(size) = response.body().size_hint().exact()
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    if method == Method::HEAD {
+        *response.body_mut() = Body::empty();
     }
     response
 }
 
-/// Adds the request-id and panic envelope around `router`.
-pub fn enveloped(router: Router) -> Router {
-    router.layer(middleware::from_fn(envelope))
-}
-
 /// The API handler: every request goes through the decision flow.
-async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+async fn handle(app: Arc<App>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let _in_flight = crate::metrics::InFlight::new();
     let request_id = req

@@ -1,5 +1,5 @@
 //! Canon's HTTP server: the route table, authentication, the resource
-//! handlers, and the axum wiring that feeds every request to the decision
+//! handlers, and the wiring that feeds every request to the decision
 //! flow of `canon-http`.
 
 pub mod app;
@@ -32,7 +32,7 @@ pub mod token;
 pub mod wire;
 pub mod worker;
 
-pub use app::{enveloped, serve, serve_connections, serve_router};
+pub use app::{Enveloped, Flow, enveloped, serve, serve_connections, serve_router};
 pub use config::Config;
 pub use connections::Limits;
 pub use state::App;

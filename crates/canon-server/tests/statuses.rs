@@ -346,13 +346,21 @@ async fn planned_methods_are_left_out_of_allow(s: &Server, token: &str) -> bool 
     header(&r, "allow") == "OPTIONS"
 }
 
-async fn boom() -> &'static str {
-    panic!("boom: /secret/path SELECT * FROM x")
-}
-
 #[tokio::test]
 async fn status_500_on_panic_and_the_server_keeps_serving() {
-    let s = Server::start_with(config(), |r| r.route("/boom", axum::routing::get(boom))).await;
+    // A flow that panics on one path, inside the real envelope.
+    let s = Server::start_with(config(), |flow| {
+        tower::service_fn(move |req: axum::extract::Request| {
+            let mut flow = flow.clone();
+            async move {
+                if req.uri().path() == "/boom" {
+                    panic!("boom: /secret/path SELECT * FROM x");
+                }
+                tower::Service::call(&mut flow, req).await
+            }
+        })
+    })
+    .await;
     let r = s
         .req(Method::GET, "/boom", None)
         .header("x-request-id", "trace-me-123")

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use canon_server::{App, Config};
+use canon_server::connections::ConnectionService;
+use canon_server::{App, Config, Flow};
 use canon_store::sqlite::SqliteStore;
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
@@ -78,15 +78,15 @@ impl Server {
 
     /// Starts a server with `config`; `extend` may add test-only routes
     /// under the same envelope.
-    pub async fn start_with(config: Config, extend: impl FnOnce(Router) -> Router) -> Server {
+    pub async fn start_with<S: ConnectionService>(config: Config, extend: impl FnOnce(Flow) -> S) -> Server {
         Self::start_clocked(config, Arc::new(canon_server::limits::SystemClock), extend).await
     }
 
     /// Starts a server whose limits read `clock` (a test moves it).
-    pub async fn start_clocked(
+    pub async fn start_clocked<S: ConnectionService>(
         config: Config,
         clock: Arc<dyn canon_server::limits::Clock>,
-        extend: impl FnOnce(Router) -> Router,
+        extend: impl FnOnce(Flow) -> S,
     ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("canon.db");
@@ -133,22 +133,22 @@ impl Server {
         Self::launch(config, path, None, Arc::new(canon_server::limits::SystemClock), |r| r).await
     }
 
-    async fn launch(
+    async fn launch<S: ConnectionService>(
         config: Config,
         path: &std::path::Path,
         dir: Option<tempfile::TempDir>,
         clock: Arc<dyn canon_server::limits::Clock>,
-        extend: impl FnOnce(Router) -> Router,
+        extend: impl FnOnce(Flow) -> S,
     ) -> Server {
         Self::launch_with(config, path, dir, clock, extend, true).await
     }
 
-    async fn launch_with(
+    async fn launch_with<S: ConnectionService>(
         mut config: Config,
         path: &std::path::Path,
         dir: Option<tempfile::TempDir>,
         clock: Arc<dyn canon_server::limits::Clock>,
-        extend: impl FnOnce(Router) -> Router,
+        extend: impl FnOnce(Flow) -> S,
         gated: bool,
     ) -> Server {
         let store: Arc<dyn canon_store::Store> =
@@ -160,7 +160,7 @@ impl Server {
         app.bootstrap().await.expect("bootstrap");
         canon_server::worker::start(&app, app.config.job_workers);
         canon_server::maintenance::watch(&app);
-        let router = canon_server::enveloped(extend(app.router()));
+        let router = canon_server::enveloped(extend(app.flow()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let limits = canon_server::Limits::from_config(&app.config);
         let stop = async move {
