@@ -16,7 +16,7 @@
 //! hide something created meanwhile, and guesses cannot fill it.
 
 use foldhash::{HashMap, HashMapExt};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use canon_store::{Collection, KeyOwner, Lookup, Store, StoreResult, Tenant};
 
@@ -70,24 +70,26 @@ impl<V: Clone> Generational<V> {
     }
 }
 
-/// One cache: a lock around entries of the latest generation.
-struct Cache<V>(Mutex<Generational<V>>);
+/// One cache: a lock around entries of the latest generation. A
+/// reader-writer lock: every request reads, so the workers must not queue
+/// behind each other for a hit; a miss writes once.
+struct Cache<V>(RwLock<Generational<V>>);
 
 impl<V: Clone> Cache<V> {
     fn new() -> Self {
-        Self(Mutex::new(Generational::new()))
+        Self(RwLock::new(Generational::new()))
     }
 
     fn get(&self, generation: u64, key: &str) -> Option<V> {
         self.0
-            .lock()
+            .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(generation, key)
     }
 
     fn put(&self, generation: u64, key: &str, value: V) {
         self.0
-            .lock()
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .put(generation, key, value);
     }
@@ -100,7 +102,7 @@ pub struct Lookups {
     keys: Cache<Arc<KeyOwner>>,
     tenants: Cache<Arc<Tenant>>,
     /// By tenant id, then name: looked up without building a key.
-    collections: Mutex<Generational<HashMap<String, Arc<Collection>>>>,
+    collections: RwLock<Generational<HashMap<String, Arc<Collection>>>>,
 }
 
 impl Default for Lookups {
@@ -108,7 +110,7 @@ impl Default for Lookups {
         Self {
             keys: Cache::new(),
             tenants: Cache::new(),
-            collections: Mutex::new(Generational::new()),
+            collections: RwLock::new(Generational::new()),
         }
     }
 }
@@ -158,7 +160,7 @@ impl Lookups {
     ) -> StoreResult<Lookup<Arc<Collection>>> {
         let generation = store.generation();
         let hit = {
-            let kept = self.collections.lock().unwrap_or_else(|p| p.into_inner());
+            let kept = self.collections.read().unwrap_or_else(|p| p.into_inner());
             (kept.generation == generation)
                 .then(|| kept.entries.get(tenant_id).and_then(|c| c.get(name)).cloned())
                 .flatten()
@@ -170,7 +172,7 @@ impl Lookups {
         counted("collections", false);
         let lookup = store.collection(tenant_id, name).await?.map(Arc::new);
         if let Lookup::Found(collection) = &lookup {
-            let mut kept = self.collections.lock().unwrap_or_else(|p| p.into_inner());
+            let mut kept = self.collections.write().unwrap_or_else(|p| p.into_inner());
             if let Some(tenants) = kept.current(generation) {
                 let of_tenant = tenants.entry(tenant_id.to_owned()).or_default();
                 if of_tenant.len() >= CAPACITY {
