@@ -112,12 +112,22 @@ pub struct DeletedContents {
     pub jobs: i64,
     /// Entries of the idempotency ledger kept for the tenant's members.
     pub idempotency_keys: i64,
+    /// Devices (schema v11; absent from checkpoints written before it).
+    #[serde(default)]
+    pub devices: i64,
 }
 
 impl DeletedContents {
     /// Rows removed in all: the job's progress.
     pub fn total(&self) -> i64 {
-        self.collections + self.records + self.leases + self.users + self.api_keys + self.jobs + self.idempotency_keys
+        self.collections
+            + self.records
+            + self.leases
+            + self.users
+            + self.api_keys
+            + self.jobs
+            + self.idempotency_keys
+            + self.devices
     }
 }
 
