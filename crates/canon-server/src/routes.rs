@@ -107,6 +107,7 @@ pub mod name {
     pub const DEVICES: &str = "devices";
     pub const DEVICE: &str = "device";
     pub const DEVICE_API: &str = "device-api";
+    pub const DEVICE_COMMANDS: &str = "device-commands";
     pub const PLANNED: &str = "planned";
 }
 
@@ -476,6 +477,19 @@ pub static ROUTES: &[RouteSpec] = &[
         ],
         planned: &[],
         summary: "One device, with its `health` (its circuit breaker in this process).",
+        states: BELOW_DELETABLE,
+    },
+    RouteSpec {
+        name: name::DEVICE_COMMANDS,
+        pattern: "/v1/tenants/{tenant}/devices/{device}/commands",
+        methods: &[MethodSpec::write(Method::POST, role(Editor), JSON, JSON)
+            .answering(&[Outcome::Accepted])
+            .bodies(Some("DeviceCommand"), Some("Job"))
+            .raising(&[InvalidField])],
+        planned: &[],
+        summary: "Long device commands: the request runs as a job (202), sent to the device at most once and \
+                  given up to CANON_DEVICE_MAX_TIMEOUT_MS; the job's result is the device's answer \
+                  (`status`, `headers`, `body`), reached by 303 from the job's monitor.",
         states: BELOW_DELETABLE,
     },
     // The device's answer, whatever it is, is relayed: its statuses,

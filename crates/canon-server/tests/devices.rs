@@ -591,3 +591,92 @@ async fn device_secrets_are_encrypted_in_the_store_file() {
     let stored: String = conn.query_row("SELECT headers FROM devices", [], |r| r.get(0)).unwrap();
     assert!(stored.contains("\"sealed\":\"v1."), "{stored}");
 }
+
+#[tokio::test]
+async fn a_long_command_is_a_job_whose_result_is_the_devices_answer() {
+    let (s, w) = start().await;
+    let addr = raw_device(|mut socket| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let body = br#"{"rebooted":true}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Device: fw-9\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = socket.write_all(head.as_bytes()).await;
+        let _ = socket.write_all(body).await;
+    })
+    .await;
+    registered(&s, &w, "fw", addr, 100).await;
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/devices/fw/commands",
+            &w.editor,
+            Some(json!({"method": "POST", "path": "system/reboot?force=1", "body": {"delay": 0}})),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let monitor = header(&r, "location").to_owned();
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["kind"], "device_command");
+    // The command outlives the device's own timeout_ms (100 ms): a long
+    // command has up to CANON_DEVICE_MAX_TIMEOUT_MS.
+    let r = s
+        .send(Method::GET, &monitor, &w.viewer, &[("prefer", "wait=5")], None)
+        .await;
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    let result = header(&r, "location").to_owned();
+    let answer = s.ok_json(Method::GET, &result, &w.viewer, None).await;
+    assert_eq!(answer["status"], 200);
+    assert_eq!(answer["body"], json!({"rebooted": true}));
+    assert_eq!(answer["headers"]["x-device"], "fw-9");
+    // Bad commands are 400 with a pointer; a device that is not there 404.
+    for (body, pointer) in [
+        (json!({"method": "TRACE", "path": "x"}), "/method"),
+        (json!({"method": "GET", "path": "/abs"}), "/path"),
+        (json!({"method": "GET", "path": "a/../b"}), "/path"),
+    ] {
+        let r = s
+            .call(
+                Method::POST,
+                "/v1/tenants/acme/devices/fw/commands",
+                &w.editor,
+                Some(body),
+            )
+            .await;
+        let problem = assert_problem(r, 400, "invalid-field").await;
+        assert_eq!(problem["errors"][0]["pointer"], pointer);
+    }
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/devices/nope/commands",
+            &w.editor,
+            Some(json!({"method": "GET", "path": "x"})),
+        )
+        .await;
+    assert_problem(r, 404, "not-found").await;
+}
+
+#[tokio::test]
+async fn a_command_to_a_failing_device_fails_with_its_problem() {
+    let (s, w) = start().await;
+    registered(&s, &w, "gone", closed_port().await, 100).await;
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/devices/gone/commands",
+            &w.editor,
+            Some(json!({"method": "GET", "path": "status"})),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let monitor = header(&r, "location").to_owned();
+    let r = s
+        .send(Method::GET, &monitor, &w.viewer, &[("prefer", "wait=5")], None)
+        .await;
+    assert_eq!(r.status(), 200);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["problem"]["status"], 502, "{job}");
+}

@@ -511,15 +511,18 @@ pub enum JobKind {
     DeleteTenant,
     /// A collection and its records.
     DeleteCollection,
+    /// A request relayed to a device, whose answer is the result (schema v11).
+    DeviceCommand,
 }
 
 impl JobKind {
     /// Every kind.
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::Import,
         JobKind::Export,
         JobKind::DeleteTenant,
         JobKind::DeleteCollection,
+        JobKind::DeviceCommand,
     ];
 
     /// The stored (and wire) name.
@@ -529,6 +532,7 @@ impl JobKind {
             JobKind::Export => "export",
             JobKind::DeleteTenant => "delete_tenant",
             JobKind::DeleteCollection => "delete_collection",
+            JobKind::DeviceCommand => "device_command",
         }
     }
 

@@ -36,6 +36,16 @@ pub fn parse(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// `{endpoint}/{path}?{query}`: `path` (as sent, percent-encoded) below
+/// the endpoint's own path.
+pub fn target(endpoint: &str, path: &str, query: Option<&str>) -> Result<Url, String> {
+    let mut url = parse(endpoint)?;
+    let base = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&format!("{base}/{path}"));
+    url.set_query(query);
+    Ok(url)
+}
+
 /// The host of `url` as an address when it is an IP literal.
 pub fn literal(url: &Url) -> Option<IpAddr> {
     match url.host()? {

@@ -7,6 +7,7 @@
 
 pub mod address;
 pub mod breaker;
+pub mod command;
 pub mod config;
 pub mod endpoint;
 pub mod forward;

@@ -418,14 +418,11 @@ fn relayed_path(raw: &str) -> Result<&str, Problem> {
     Ok(rest)
 }
 
-/// `{endpoint}/{path}?{query}`: the relayed path below the endpoint's own.
+/// `{endpoint}/{path}?{query}`, or the 502 a stored endpoint that no
+/// longer parses is.
 fn target(endpoint: &str, path: &str, query: Option<&str>) -> Result<reqwest::Url, Problem> {
-    let mut url = crate::devices::endpoint::parse(endpoint)
-        .map_err(|why| Problem::new(ProblemKind::BadGateway, format!("The device's stored endpoint {why}.")))?;
-    let base = url.path().trim_end_matches('/').to_owned();
-    url.set_path(&format!("{base}/{path}"));
-    url.set_query(query);
-    Ok(url)
+    crate::devices::endpoint::target(endpoint, path, query)
+        .map_err(|why| Problem::new(ProblemKind::BadGateway, format!("The device's stored endpoint {why}.")))
 }
 
 /// `GET, POST, PUT, PATCH, DELETE …/devices/{device}/api/{path}`: the
@@ -505,6 +502,109 @@ impl Resource for DeviceApi {
     }
 }
 
+/// Checks a command's path: relative to the endpoint, with no dot segment
+/// and no encoded `/` or `\` (as the gateway's own paths).
+fn command_path(path: &str) -> Result<(), Problem> {
+    let bad = |why: &str| Err(invalid_field("/path", why));
+    if path.is_empty() || path.len() > 2048 {
+        return bad("must be 1 to 2048 characters");
+    }
+    if path.starts_with('/')
+        || path.contains('#')
+        || path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}')
+    {
+        return bad("must be relative (no leading `/`), without `#`, white space or control characters");
+    }
+    let lower = path.split('?').next().unwrap_or_default().to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return bad("must not have an encoded `/` or `\\`");
+    }
+    let dots = |seg: &str| matches!(seg.replace("%2e", "."), s if s == "." || s == "..");
+    if lower.split('/').any(dots) {
+        return bad("must not have a `.` or `..` segment");
+    }
+    Ok(())
+}
+
+/// `POST …/devices/{device}/commands`: a long command, run as a job.
+pub struct DeviceCommands {
+    cx: Cx,
+    found: Option<(Arc<Tenant>, Device)>,
+    command: Option<wire::DeviceCommand>,
+}
+
+impl DeviceCommands {
+    /// For `cx`.
+    pub fn new(cx: Cx) -> Self {
+        Self {
+            cx,
+            found: None,
+            command: None,
+        }
+    }
+}
+
+impl Resource for DeviceCommands {
+    fn parse(&mut self, input: Input<'_>) -> Result<(), Problem> {
+        self.cx.remember(&input);
+        Query::parse(&input.head.uri, &[])?;
+        let command: wire::DeviceCommand = decode(json_body(input.body.as_ref())?)?;
+        if !crate::devices::command::METHODS.contains(&command.method.as_str()) {
+            return Err(invalid_field("/method", "must be one of GET, POST, PUT, PATCH, DELETE"));
+        }
+        command_path(&command.path)?;
+        self.command = Some(command);
+        Ok(())
+    }
+
+    fn load(&mut self) -> BoxFuture<'_, Result<Existence, Problem>> {
+        Box::pin(async move {
+            settle(
+                async {
+                    self.found = Some(load_device(&self.cx).await?);
+                    Ok(Existence::Found(Found::default()))
+                }
+                .await,
+            )
+        })
+    }
+
+    fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
+        Box::pin(async move {
+            let (tenant, device) = still_there(self.found.take())?;
+            let command = still_there(self.command.take())?;
+            let mut params = serde_json::json!({
+                "device": device.name,
+                "device_id": device.id,
+                "method": command.method,
+                "path": command.path,
+            });
+            if let Some(body) = command.body {
+                params["body"] = body;
+            }
+            let job = self
+                .cx
+                .app
+                .store
+                .create_job(
+                    canon_store::NewJob {
+                        tenant_id: tenant.id.clone(),
+                        kind: canon_store::JobKind::DeviceCommand,
+                        params,
+                        total: Some(1),
+                        with_input: false,
+                    },
+                    canon_store::now_millis(),
+                )
+                .await
+                .map_err(store_problem)?;
+            Ok(super::jobs::accepted(&self.cx.app, &tenant.name, &job))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,6 +628,16 @@ mod tests {
             "http://10.0.0.1/mgmt/a/b?x=1"
         );
         assert_eq!(t("http://10.0.0.1/mgmt", "a%20b", None), "http://10.0.0.1/mgmt/a%20b");
+    }
+
+    #[test]
+    fn command_paths_stay_below_the_endpoint() {
+        for ok in ["status", "a/b?x=1", "config/apply", "a%20b"] {
+            assert!(command_path(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "/abs", "a/../b", "..", "a/%2e%2e/b", "a%2Fb", "a b", "a#b", "./x"] {
+            assert!(command_path(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -198,6 +198,7 @@ pub fn for_route(
         name::DEVICES => Box::new(devices::Devices::new(cx)),
         name::DEVICE => Box::new(devices::OneDevice::new(cx)),
         name::DEVICE_API => Box::new(devices::DeviceApi::new(cx)),
+        name::DEVICE_COMMANDS => Box::new(devices::DeviceCommands::new(cx)),
         name::MAINTENANCE => Box::new(admin::Maintenance::new(cx)),
         // Planned routes have no methods, so the flow answers 501 before
         // asking for a resource; this arm is never reached.
