@@ -284,8 +284,8 @@ async fn a_device_relays_status_headers_and_a_large_body_streamed_both_ways() {
         received += chunk.unwrap().len();
     }
     assert_eq!(received, big);
-    let seen = seen.lock().unwrap().clone();
-    let one = &seen[0];
+    let first = seen.lock().unwrap().clone();
+    let one = &first[0];
     assert_eq!(one.method, "POST");
     assert_eq!(one.uri, "/mgmt/config/apply?dry=1&x=%20y");
     assert_eq!(one.body_len, upload.len());
@@ -296,6 +296,27 @@ async fn a_device_relays_status_headers_and_a_large_body_streamed_both_ways() {
     assert_eq!(one.headers["content-type"], "application/xml");
     assert!(one.headers.get("x-hop").is_none());
     assert!(one.headers["via"].to_str().unwrap().contains("canon-"));
+    // A device whose own credentials are an Authorization header gets
+    // those, never the caller's bearer token.
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/devices",
+            &w.admin,
+            Some(
+                json!({"name": "fw-basic", "endpoint": format!("http://{addr}/"), "timeout_ms": 5000,
+                        "headers": {"Authorization": "Basic ZGV2aWNlOnB3"}}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = s
+        .call(Method::GET, "/v1/tenants/acme/devices/fw-basic/api/x", &w.viewer, None)
+        .await;
+    assert_eq!(r.status(), 201);
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.headers.get_all("authorization").iter().count(), 1);
+    assert_eq!(last.headers["authorization"], "Basic ZGV2aWNlOnB3");
     // Viewers read through the gateway, and may not write.
     let r = s
         .call(Method::GET, "/v1/tenants/acme/devices/fw/api/status", &w.viewer, None)
