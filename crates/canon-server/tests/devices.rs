@@ -353,6 +353,41 @@ async fn a_device_that_sends_no_headers_in_time_is_504_within_its_timeout() {
         elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1500),
         "{elapsed:?}"
     );
+    // A device that stops reading a large body (and never answers) is cut
+    // off too: its time restarts with every chunk it takes, not forever.
+    let started = Instant::now();
+    let r = s
+        .req(
+            Method::PUT,
+            "/v1/tenants/acme/devices/slow/api/firmware",
+            Some(&w.editor),
+        )
+        .body(vec![b'f'; 64 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 504, "gateway-timeout").await;
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // A slow upload is the caller's time, not the device's: the device's
+    // 300 ms start once it has the whole body.
+    let (addr, seen) = answering_device(0).await;
+    registered(&s, &w, "patient", addr, 300).await;
+    let chunks = futures_util::stream::iter(0..5u8).then(|i| async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'0' + i; 1000]))
+    });
+    let r = s
+        .req(
+            Method::POST,
+            "/v1/tenants/acme/devices/patient/api/upload",
+            Some(&w.editor),
+        )
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(seen.lock().unwrap()[0].body_len, 5000);
 }
 
 #[tokio::test]

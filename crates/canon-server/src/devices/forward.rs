@@ -177,13 +177,38 @@ pub async fn relay(
     // What went wrong with the caller's own body, if that is what ended the
     // exchange: then the answer is the caller's problem, not a 502.
     let body_problem: Arc<Mutex<Option<Problem>>> = Arc::new(Mutex::new(None));
+    // The device's `timeout_ms` counts from the moment it has the whole
+    // request: a long upload is not the device's delay. While the body is
+    // being relayed, the wait restarts with every chunk handed over, so a
+    // device that stops reading it is still cut off.
+    let (progress, mut relayed) = tokio::sync::watch::channel(out.body.is_none());
     let mut request = reqwest::Request::new(out.method, out.url);
     *request.headers_mut() = headers;
     if let Some(body) = out.body {
-        *request.body_mut() = Some(reqwest::Body::wrap_stream(caller_chunks(body, body_problem.clone())));
+        *request.body_mut() = Some(reqwest::Body::wrap_stream(caller_chunks(
+            body,
+            body_problem.clone(),
+            progress,
+        )));
     }
     let started = Instant::now();
-    let sent = tokio::time::timeout(out.timeout, client.execute(request)).await;
+    let device_time = async {
+        loop {
+            if *relayed.borrow_and_update() {
+                break tokio::time::sleep(out.timeout).await;
+            }
+            match tokio::time::timeout(out.timeout, relayed.changed()).await {
+                Err(_) => break,
+                Ok(Ok(())) => {}
+                // The body ended in an error, which the exchange reports.
+                Ok(Err(_)) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let sent = tokio::select! {
+        sent = client.execute(request) => Ok(sent),
+        () = device_time => Err(()),
+    };
     let caller_fault = || body_problem.lock().ok().and_then(|mut p| p.take());
     let response = match sent {
         Ok(Ok(response)) => response,
@@ -237,18 +262,31 @@ pub async fn relay(
 
 /// The caller's body as the HTTP client's stream; a failure is kept in
 /// `problem` for the answer.
+/// `progress` is told of every chunk handed over (a change without a new
+/// value), and becomes `true` once the last one was.
 fn caller_chunks(
     body: StreamedBody,
     problem: Arc<Mutex<Option<Problem>>>,
+    progress: tokio::sync::watch::Sender<bool>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    futures_util::stream::unfold((body, problem), |(mut body, problem)| async move {
-        match body.next().await? {
-            Ok(chunk) => Some((Ok(chunk), (body, problem))),
+    futures_util::stream::unfold((body, problem, progress), |(mut body, problem, progress)| async move {
+        let Some(next) = body.next().await else {
+            progress.send_replace(true);
+            return None;
+        };
+        match next {
+            Ok(chunk) => {
+                progress.send_modify(|_| {});
+                Some((Ok(chunk), (body, problem, progress)))
+            }
             Err(p) => {
                 if let Ok(mut slot) = problem.lock() {
                     *slot = Some(p);
                 }
-                Some((Err(std::io::Error::other("the caller's body failed")), (body, problem)))
+                Some((
+                    Err(std::io::Error::other("the caller's body failed")),
+                    (body, problem, progress),
+                ))
             }
         }
     })
