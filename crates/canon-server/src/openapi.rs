@@ -516,7 +516,8 @@ fn operation_object(site: &Site, scope: &Scope<'_>, spec: &MethodSpec, schema: &
         op.insert(
             "requestBody".into(),
             json!({"required": false, "description": "Relayed to the device as it is (streamed).", "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                // At most CANON_MAX_IMPORT_BYTES, the limit of every streamed body (its default here).
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary", "maxLength": 10_u64 << 30}},
                 "application/json": {"schema": {}},
             }}),
         );
@@ -681,8 +682,13 @@ fn response_object(status: u16, spec: &MethodSpec, schema: &dyn Fn(&str) -> Valu
     if spec.forwards {
         return json!({
             "description": "The device's answer (200 here; any other status under `default`), relayed as it came.",
-            "headers": {"X-Request-Id": header_ref("X-Request-Id")},
-            "content": {"*/*": {"schema": {}}},
+            "headers": {
+                "X-Request-Id": header_ref("X-Request-Id"),
+                "RateLimit-Policy": header_ref("RateLimit-Policy"),
+                "RateLimit": header_ref("RateLimit"),
+            },
+            // Whatever the device sends; as bytes, since only it knows the type.
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary", "maxLength": 10_u64 << 30}}},
         });
     }
     let mut headers = Map::new();

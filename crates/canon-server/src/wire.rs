@@ -657,8 +657,10 @@ pub struct DeviceHealth {
     #[schemars(regex(pattern = r"^(closed|open|half_open)$"), length(max = 9))]
     pub circuit: String,
     /// Failures (502 or 504) in a row since the device last answered.
+    #[schemars(range(min = 0, max = 4294967295u32))]
     pub consecutive_failures: u32,
     /// Seconds until a probe may pass, while the circuit is open.
+    #[schemars(range(min = 1, max = 4294967295u64))]
     pub retry_after: Option<u64>,
 }
 

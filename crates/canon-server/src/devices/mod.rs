@@ -133,15 +133,7 @@ impl Gateway {
                 "The request came back through this gateway: the device's endpoint leads to Canon itself.",
             ));
         }
-        // An IP literal never reaches the resolver: checked here, with its
-        // port, like a name's addresses (Canon's own address included).
-        if let Err(why) = endpoint::resolve(&out.url, &self.policy, &*self.config.lookup).await {
-            return Err(Problem::new(
-                ProblemKind::BadGateway,
-                format!("The device's endpoint {why}; Canon does not connect there."),
-            ));
-        }
-        out.device_headers = self.open_headers(device)?;
+        // An open circuit answers at once, before any look-up.
         let pass = match self.breakers.admit(&device.id, Instant::now()) {
             Ok(pass) => pass,
             Err(Refused::Open { retry_after }) => {
@@ -165,6 +157,15 @@ impl Gateway {
                 .with("retry_after", 1));
             }
         };
+        // An IP literal never reaches the resolver: checked here, with its
+        // port, like a name's addresses (Canon's own address included).
+        if let Err(why) = endpoint::resolve(&out.url, &self.policy, &*self.config.lookup).await {
+            return Err(Problem::new(
+                ProblemKind::BadGateway,
+                format!("The device's endpoint {why}; Canon does not connect there."),
+            ));
+        }
+        out.device_headers = self.open_headers(device)?;
         match forward::relay(&self.client, out, &self.via, pass).await {
             Ok(response) => Ok(response),
             Err(Failure::Device(problem) | Failure::Other(problem)) => Err(problem),
