@@ -736,3 +736,39 @@ async fn a_command_to_a_failing_device_fails_with_its_problem() {
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["problem"]["status"], 502, "{job}");
 }
+
+#[tokio::test]
+async fn relayed_requests_count_against_the_callers_limits() {
+    let s = Server::start_with(
+        canon_server::Config {
+            daily_quota: 3,
+            ..config_with(devices_config())
+        },
+        |r| r,
+    )
+    .await;
+    let w = world(&s, "acme").await;
+    let (addr, seen) = answering_device(0).await;
+    // Registered by the operator, whose requests no tenant quota counts.
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/devices",
+            common::OPERATOR,
+            Some(json!({"name": "fw", "endpoint": format!("http://{addr}/"), "timeout_ms": 1000})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let api = "/v1/tenants/acme/devices/fw/api/x";
+    for _ in 0..3 {
+        assert_eq!(s.call(Method::GET, api, &w.viewer, None).await.status(), 201);
+    }
+    let r = s.call(Method::GET, api, &w.viewer, None).await;
+    assert!(header(&r, "ratelimit-policy").contains("daily"));
+    assert_problem(r, 429, "quota-exhausted").await;
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        3,
+        "the refused request never reached the device"
+    );
+}
