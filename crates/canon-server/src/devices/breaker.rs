@@ -176,6 +176,17 @@ impl Breakers {
         })
     }
 
+    /// Drops what is kept for `device_id` (it was deleted), so the map
+    /// holds only devices that exist. Requests still in flight keep their
+    /// slot until they end.
+    pub fn forget(&self, device_id: &str) {
+        let mut slots = match self.slots.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        slots.remove(device_id);
+    }
+
     /// The health of `device_id` at `now`.
     pub fn health(&self, device_id: &str, now: Instant) -> Health {
         let slot = self.slot(device_id);
@@ -263,6 +274,10 @@ mod tests {
         assert!(!b.admit("d", again).unwrap().is_probe());
         // Other devices never noticed.
         assert_eq!(b.health("other", t0).circuit, Circuit::Closed);
+        // A deleted device is forgotten.
+        b.admit("d", again).unwrap().failed(again);
+        b.forget("d");
+        assert_eq!(b.health("d", again).consecutive_failures, 0);
     }
 
     #[test]

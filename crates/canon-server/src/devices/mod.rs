@@ -97,6 +97,11 @@ impl Gateway {
         self.breakers.health(&device.id, Instant::now())
     }
 
+    /// Forgets a deleted device's circuit and slots.
+    pub fn forget(&self, device: &Device) {
+        self.breakers.forget(&device.id);
+    }
+
     /// The problem a device's stored headers that do not open are.
     fn unsealable(device: &Device) -> Problem {
         tracing::error!(device = %device.id, "a device header does not open with CANON_SECRET_KEY");

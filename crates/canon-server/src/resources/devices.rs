@@ -367,6 +367,7 @@ impl Resource for OneDevice {
                         .delete_device(&tenant.id, &device.name, expect, self.cx.retention())
                         .await
                         .map_err(store_problem)?;
+                    gateway.forget(&device);
                     Ok(Success::NoContent)
                 }
                 Method::PATCH => {
