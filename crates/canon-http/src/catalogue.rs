@@ -55,7 +55,7 @@ pub const STATUSES: &[StatusEntry] = &[
     StatusEntry { code: 500, reason: "Internal Server Error", when: "Something unexpected failed; the body carries the request id, never internals.", headers: &[] },
     StatusEntry { code: 501, reason: "Not Implemented", when: "The method is unknown to Canon, or the operation is not implemented yet.", headers: &[] },
     StatusEntry { code: 502, reason: "Bad Gateway", when: "A device endpoint refused, reset or answered garbage.", headers: &[] },
-    StatusEntry { code: 503, reason: "Service Unavailable", when: "Maintenance mode, overload or an unreachable database.", headers: &["Retry-After"] },
+    StatusEntry { code: 503, reason: "Service Unavailable", when: "Maintenance mode, overload or an unreachable database; or a device whose circuit is open or that has its fill of requests in flight.", headers: &["Retry-After"] },
     StatusEntry { code: 504, reason: "Gateway Timeout", when: "A device endpoint did not answer within its timeout.", headers: &[] },
 ];
 
@@ -87,6 +87,8 @@ problem_kinds! {
     InvalidHeader => ("invalid-header", 400, "Invalid header",
         "A request header has a value that cannot be used. The detail names the header."),
     /// A field has a value outside what the endpoint allows (a bad slug, role or schema).
+    InvalidPath => ("invalid-path", 400, "Invalid path",
+        "The path cannot be relayed as it is: a device path with an encoded `/` or `\\` (`%2F`, `%5C`) could escape the device endpoint's path once decoded. Send the segments unencoded."),
     InvalidField => ("invalid-field", 400, "Invalid field",
         "A field of the body is well-formed but its value is not allowed here, for example a name that is not a slug or a schema that is not a valid JSON Schema. `errors` lists each field by JSON pointer."),
     /// The record failed the collection's JSON Schema.
@@ -182,6 +184,10 @@ problem_kinds! {
     /// A device endpoint timed out.
     GatewayTimeout => ("gateway-timeout", 504, "Gateway timeout",
         "The device endpoint did not answer within its `timeout_ms`."),
+    DeviceCircuitOpen => ("device-circuit-open", 503, "Device circuit open",
+        "The device failed too many times in a row (502 or 504 each time), so Canon stops sending it requests for a while instead of making every caller wait for it. Retry after `Retry-After` seconds: then one request goes through as a probe, and a success closes the circuit. `GET …/devices/{device}` shows its `health`."),
+    DeviceBusy => ("device-busy", 503, "Device busy",
+        "The device already has as many requests in flight through Canon as it may (`CANON_DEVICE_MAX_CONCURRENCY`). Retry after `Retry-After` seconds."),
 }
 
 /// One row of the problem-type table.

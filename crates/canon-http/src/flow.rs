@@ -163,8 +163,10 @@ impl BodyChunks for Option<Bytes> {
 /// problem the flow answers with (413, 408, 400), so that status is decided
 /// here, in one place, and not by each resource.
 pub struct StreamedBody {
-    /// Its media type.
-    pub media: MediaType,
+    /// Its media type; `None` for a body relayed to another server as it
+    /// came ([`crate::route::MethodSpec::forwards`]), whose type is the
+    /// client's business.
+    pub media: Option<MediaType>,
     chunks: Box<dyn BodyChunks>,
     limit: u64,
     received: u64,
@@ -184,7 +186,18 @@ impl StreamedBody {
     /// Over `chunks`, refusing more than `limit` bytes.
     pub fn new(media: MediaType, chunks: Box<dyn BodyChunks>, limit: u64) -> Self {
         Self {
-            media,
+            media: Some(media),
+            chunks,
+            limit,
+            received: 0,
+        }
+    }
+
+    /// A body to relay as it comes, whatever its type and coding, refusing
+    /// more than `limit` bytes.
+    pub fn forwarded(chunks: Box<dyn BodyChunks>, limit: u64) -> Self {
+        Self {
+            media: None,
             chunks,
             limit,
             received: 0,
@@ -584,6 +597,11 @@ pub enum Success {
         /// The job.
         representation: Representation,
     },
+    /// Another server's answer (a device's, through the gateway), relayed
+    /// with its own status, headers and body: only a method that forwards
+    /// ([`crate::route::MethodSpec::forwards`]) answers this. The flow adds
+    /// the caller's rate-limit fields and nothing else.
+    Forwarded(Response<Body>),
 }
 
 /// The flow's answer: the response and the nodes passed to reach it.
@@ -837,10 +855,12 @@ async fn decide(service: &dyn Service, walk: &mut Walk<'_>, body: Box<dyn BodySo
     authorized(head, spec, principal.as_ref(), params.get("tenant"))?;
 
     walk.visit(Node::ContentType);
-    let body_media = content_type(head, spec)?;
+    // A relayed body's type and coding are for the server it goes to.
+    let body_media = if spec.forwards { None } else { content_type(head, spec)? };
 
     walk.visit(Node::Body);
     let (body, streamed) = match body_media {
+        _ if spec.forwards => (None, Some(forward_body(head, body, limits.max_stream_bytes)?)),
         Some((media, coding)) if spec.streams => (
             None,
             Some(stream_body(head, body, media, coding, limits.max_stream_bytes)?),
@@ -857,9 +877,15 @@ async fn decide(service: &dyn Service, walk: &mut Walk<'_>, body: Box<dyn BodySo
     let produce = acceptable(head, spec)?;
 
     walk.visit(Node::WellFormed);
-    let conditions = Conditions::from_headers(&head.headers, service.now())
-        .map_err(|e| Problem::new(ProblemKind::InvalidHeader, e.to_string()))?;
-    let key = if head.method == Method::POST {
+    // Conditions and idempotency keys of a relayed request are the other
+    // server's to judge: Canon holds no state of its to compare them with.
+    let conditions = if spec.forwards {
+        Conditions::default()
+    } else {
+        Conditions::from_headers(&head.headers, service.now())
+            .map_err(|e| Problem::new(ProblemKind::InvalidHeader, e.to_string()))?
+    };
+    let key = if head.method == Method::POST && !spec.forwards {
         idempotency_key(&head.headers).map_err(|e| Problem::new(ProblemKind::InvalidHeader, e))?
     } else {
         None
@@ -1435,6 +1461,20 @@ async fn read_body(
     }
 }
 
+/// A body to relay as it comes (a forwarding method): nothing is read here;
+/// a declared length over the limit is 413 at once.
+fn forward_body(head: &Parts, body: Box<dyn BodySource>, limit: u64) -> Result<StreamedBody, Halt> {
+    let declared = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Halt::from(body_problem(BodyError::TooLarge, limit)).with(header::CONNECTION, "close"));
+    }
+    Ok(StreamedBody::forwarded(body.chunks(), limit))
+}
+
 /// A body to stream: nothing is read here. A declared length over the
 /// limit is 413 at once; a content coding is 415 (a streamed body is taken
 /// as it arrives, identity only).
@@ -1622,7 +1662,7 @@ fn success_response(success: Success, minimal: bool) -> Response<Body> {
             Success::Ok(rep) => !rep.is_shown_once(),
             Success::Created { representation, .. } => !representation.is_shown_once(),
             // Each operation's status is in the body: it cannot be left out.
-            Success::NoContent | Success::MultiStatus(_) | Success::Accepted { .. } => false,
+            Success::NoContent | Success::MultiStatus(_) | Success::Accepted { .. } | Success::Forwarded(_) => false,
         };
     let mut response = match success {
         Success::Ok(rep) if minimal => {
@@ -1645,6 +1685,7 @@ fn success_response(success: Success, minimal: bool) -> Response<Body> {
             response
         }
         Success::NoContent => return empty(StatusCode::NO_CONTENT, &[]),
+        Success::Forwarded(response) => return response,
         Success::MultiStatus(rep) => representation_response(StatusCode::MULTI_STATUS, rep),
         Success::Accepted {
             location,

@@ -154,6 +154,14 @@ fn copy_success(success: &Success) -> Success {
             location: location.clone(),
             representation: copy(representation),
         },
+        Success::Forwarded(response) => {
+            let mut copy = http::Response::new(crate::body::Body::Full(
+                response.body().as_full().cloned().unwrap_or_default(),
+            ));
+            *copy.status_mut() = response.status();
+            *copy.headers_mut() = response.headers().clone();
+            Success::Forwarded(copy)
+        }
     }
 }
 
@@ -291,7 +299,7 @@ impl Resource for StubResource {
                 while let Some(chunk) = body.next().await {
                     all.extend_from_slice(&chunk?);
                 }
-                *seen.lock().unwrap() = Some((body.media, Bytes::from(all)));
+                *seen.lock().unwrap() = Some((body.media.expect("typed"), Bytes::from(all)));
             }
             r
         })

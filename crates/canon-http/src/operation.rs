@@ -90,16 +90,19 @@ pub fn statuses(route: &RouteSpec, spec: &MethodSpec) -> BTreeSet<u16> {
             out.insert(404);
         }
     }
-    // ContentType, Body.
-    if !spec.accepts.is_empty() {
+    // ContentType, Body. A relayed body is of any type: too large, or
+    // stalled, as it streams.
+    if spec.forwards {
+        out.extend([408, 413]);
+    } else if !spec.accepts.is_empty() {
         out.extend([408, 413, 415]);
     }
     // Acceptable.
     if !spec.produces.is_empty() {
         out.insert(406);
     }
-    // Idempotent: keyed POSTs.
-    if spec.method == Method::POST {
+    // Idempotent: keyed POSTs (a relayed one's key is the other server's).
+    if spec.method == Method::POST && !spec.forwards {
         out.extend([409, 422]);
     }
     // Exists. A method that creates its target still meets a missing or
@@ -121,10 +124,13 @@ pub fn statuses(route: &RouteSpec, spec: &MethodSpec) -> BTreeSet<u16> {
     }
     // Preconditions: any existing resource answers `If-None-Match: *` with
     // 304 to a read; any request may carry an `If-Match` that fails.
-    if safe {
+    // A relayed request's conditions are the other server's to judge.
+    if safe && !spec.forwards {
         out.insert(304);
     }
-    out.insert(412);
+    if !spec.forwards {
+        out.insert(412);
+    }
     // PreconditionRequired, Unlocked.
     if spec.writes && states.require_if_match {
         out.insert(428);
@@ -660,6 +666,7 @@ impl Resource for ProbeResource {
                 location: "/job".into(),
                 representation: rep(),
             }),
+            Ok(Outcome::Forwarded) => Ok(Success::Forwarded(http::Response::new(crate::body::Body::empty()))),
             Err(kind) => Err(Problem::new(kind, "probe")),
         };
         // A streamed body is read in the action, as a real resource would:
@@ -720,6 +727,17 @@ mod tests {
             states: States::FIXED,
         },
         RouteSpec {
+            name: "relay",
+            pattern: "/v1/tenants/{tenant}/relay/{*path}",
+            methods: &[
+                MethodSpec::read(Method::GET, Guard::Role(Role::Viewer), &[]).forwarding(),
+                MethodSpec::write(Method::POST, Guard::Role(Role::Editor), &[], &[]).forwarding(),
+            ],
+            planned: &[],
+            summary: "relayed",
+            states: States::FIXED.missing().gone().current(),
+        },
+        RouteSpec {
             name: "health",
             pattern: "/healthz",
             methods: &[MethodSpec::read(Method::GET, Guard::Public, &[MediaType::Json])],
@@ -760,7 +778,7 @@ mod tests {
 
     #[test]
     fn each_fact_adds_its_statuses() {
-        let [record, things, health] = [&ROUTES[0], &ROUTES[1], &ROUTES[2]];
+        let [record, things, health] = [&ROUTES[0], &ROUTES[1], &ROUTES[3]];
         assert_eq!(
             statuses(record, &record.methods[0]),
             set(&[200, 304, 307, 400, 401, 404, 406, 410, 412, 414, 429, 431, 500, 503])
@@ -785,5 +803,16 @@ mod tests {
             set(&[200, 304, 400, 406, 412, 414, 431, 500, 503])
         );
         assert_eq!(planned_statuses(record), set(&[400, 401, 414, 429, 431, 501, 503]));
+        // A relayed request: any body (413 and 408 as it streams, never
+        // 415), no 304, 406, 412 or idempotency statuses of Canon's own.
+        let relay = &ROUTES[2];
+        assert_eq!(
+            statuses(relay, &relay.methods[0]),
+            set(&[200, 307, 400, 401, 404, 408, 410, 413, 414, 429, 431, 500, 503])
+        );
+        assert_eq!(
+            statuses(relay, &relay.methods[1]),
+            set(&[200, 307, 400, 401, 403, 404, 408, 410, 413, 414, 429, 431, 500, 503])
+        );
     }
 }

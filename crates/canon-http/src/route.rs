@@ -39,6 +39,12 @@ pub struct MethodSpec {
     pub streams: bool,
     /// Whether the method changes state (so locks and `require_if_match` apply).
     pub writes: bool,
+    /// Whether the request and the answer belong to another server (a
+    /// device, through the gateway): the body is taken as a stream of any
+    /// type and coding, conditional headers, `Accept` and `Idempotency-Key`
+    /// are left to that server, and its answer ([`Outcome::Forwarded`]) is
+    /// relayed as it came.
+    pub forwards: bool,
     /// The 2xx outcomes the action can have.
     pub outcomes: &'static [Outcome],
     /// The problems the action itself can raise once every node before
@@ -63,6 +69,9 @@ pub enum Outcome {
     MultiStatus,
     /// 202: accepted as a job (`Location`, `Retry-After`).
     Accepted,
+    /// Another server's answer, relayed with its own status (a device's,
+    /// through the gateway); listed as 200, its usual status.
+    Forwarded,
 }
 
 impl Outcome {
@@ -74,6 +83,7 @@ impl Outcome {
             Outcome::NoContent => 204,
             Outcome::MultiStatus => 207,
             Outcome::Accepted => 202,
+            Outcome::Forwarded => 200,
         }
     }
 }
@@ -160,6 +170,7 @@ impl MethodSpec {
             creates: false,
             streams: false,
             writes: false,
+            forwards: false,
             outcomes: &[Outcome::Ok],
             raises: &[],
             request: None,
@@ -182,6 +193,7 @@ impl MethodSpec {
             creates: false,
             streams: false,
             writes: true,
+            forwards: false,
             outcomes: &[Outcome::Ok],
             raises: &[],
             request: None,
@@ -192,6 +204,16 @@ impl MethodSpec {
     /// This spec, taking its body as a stream (see [`MethodSpec::streams`]).
     pub const fn streaming(mut self) -> Self {
         self.streams = true;
+        self
+    }
+
+    /// This spec, relaying its request to another server and that server's
+    /// answer back (see [`MethodSpec::forwards`]): it streams, and takes
+    /// any body.
+    pub const fn forwarding(mut self) -> Self {
+        self.forwards = true;
+        self.streams = true;
+        self.outcomes = &[Outcome::Forwarded];
         self
     }
 

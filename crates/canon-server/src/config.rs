@@ -78,6 +78,8 @@ pub struct Config {
     /// Requests one API key, or one tenant, may have in flight at once;
     /// `None`: a quarter of `max_in_flight` (at least 1).
     pub max_in_flight_per_caller: Option<usize>,
+    /// The device gateway (docs/devices.md).
+    pub devices: crate::devices::DeviceConfig,
 }
 
 impl Config {
@@ -129,6 +131,7 @@ impl Default for Config {
             auth_failure_window: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
             max_in_flight_per_caller: None,
+            devices: crate::devices::DeviceConfig::default(),
         }
     }
 }

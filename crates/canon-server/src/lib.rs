@@ -10,6 +10,7 @@ pub mod config;
 pub mod connections;
 pub mod csv_export;
 pub mod cursor;
+pub mod devices;
 pub mod error;
 pub mod export;
 pub mod idempotency;

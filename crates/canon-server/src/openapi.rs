@@ -394,7 +394,7 @@ fn path_parameters(path: &str) -> Vec<Value> {
 /// is refused (400).
 fn parameter_schema(name: &str) -> Value {
     match name {
-        "tenant" | "collection" | "slug" => json!({"type": "string", "maxLength": 63, "pattern": SLUG}),
+        "tenant" | "collection" | "device" | "slug" => json!({"type": "string", "maxLength": 63, "pattern": SLUG}),
         "user" | "key" => json!({"type": "string", "format": "uuid", "maxLength": 36}),
         "id" => json!({"type": "string", "maxLength": 128, "pattern": RECORD_ID}),
         _ => json!({"type": "string", "minLength": 1, "maxLength": 2048, "pattern": "^[^?#]+$"}),
@@ -421,6 +421,7 @@ fn parameter_description(name: &str) -> &'static str {
         "user" => "The user's id.",
         "key" => "The API key's id.",
         "slug" => "A problem type's slug.",
+        "device" => "The device's name.",
         "path" => "The device endpoint's path; it may contain `/`.",
         _ => "A path segment.",
     }
@@ -510,10 +511,28 @@ fn operation_object(site: &Site, scope: &Scope<'_>, spec: &MethodSpec, schema: &
         }
         op.insert("requestBody".into(), json!({"required": true, "content": content}));
     }
+    if spec.forwards && spec.writes {
+        // Relayed as it comes: any type, any coding, or none at all.
+        op.insert(
+            "requestBody".into(),
+            json!({"required": false, "description": "Relayed to the device as it is (streamed).", "content": {
+                // At most CANON_MAX_IMPORT_BYTES, the limit of every streamed body (its default here).
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary", "maxLength": 10_u64 << 30}},
+                "application/json": {"schema": {}},
+            }}),
+        );
+    }
     let statuses = operation::statuses(route, spec);
     let mut responses = Map::new();
     for status in &statuses {
         responses.insert(status.to_string(), response_object(*status, spec, schema));
+    }
+    if spec.forwards {
+        responses.insert(
+            "default".into(),
+            json!({"description": "The device's answer, relayed: its status, headers (hop-by-hop fields removed, \
+                   `Via` added) and body, as the device sent them."}),
+        );
     }
     op.insert("responses".into(), Value::Object(responses));
     if let (Some(links), Some(Value::Object(created))) = (
@@ -548,6 +567,10 @@ fn planned_operation(site: &Site, method: &Method) -> Value {
 /// Query and header parameters the flow and the resources read.
 fn operation_parameters(spec: &MethodSpec) -> Vec<Value> {
     let mut out = Vec::new();
+    // A relayed request's headers and query are the device's business.
+    if spec.forwards {
+        return out;
+    }
     // A list answers a page (`…Page`); a job's result also comes in CSV but is no list.
     let list = spec.method == Method::GET && spec.response.is_some_and(|r| r.ends_with("Page"));
     if list {
@@ -655,6 +678,18 @@ fn header_ref(name: &str) -> Value {
 fn response_object(status: u16, spec: &MethodSpec, schema: &dyn Fn(&str) -> Value) -> Value {
     if status >= 400 {
         return json!({"$ref": format!("#/components/responses/{}", error_response_name(status))});
+    }
+    if spec.forwards {
+        return json!({
+            "description": "The device's answer (200 here; any other status under `default`), relayed as it came.",
+            "headers": {
+                "X-Request-Id": header_ref("X-Request-Id"),
+                "RateLimit-Policy": header_ref("RateLimit-Policy"),
+                "RateLimit": header_ref("RateLimit"),
+            },
+            // Whatever the device sends; as bytes, since only it knows the type.
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary", "maxLength": 10_u64 << 30}}},
+        });
     }
     let mut headers = Map::new();
     headers.insert("X-Request-Id".into(), header_ref("X-Request-Id"));

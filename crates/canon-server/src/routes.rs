@@ -3,8 +3,9 @@
 //! reads it for 404/405/415/406/403 and `Allow`; `/docs` and tests read it too.
 
 use canon_http::ProblemKind::{
-    Gone, InvalidField, LastAdmin, Locked, NotFound, PatchTestFailed, PreconditionFailed, PreconditionRequired,
-    SchemaViolation, StateConflict, UniqueConflict,
+    BadGateway, DeviceBusy, DeviceCircuitOpen, GatewayTimeout, Gone, InvalidField, InvalidPath, LastAdmin, Locked,
+    NotFound, PatchTestFailed, PreconditionFailed, PreconditionRequired, SchemaViolation, StateConflict,
+    UniqueConflict,
 };
 use canon_http::access::Role;
 use canon_http::media::MediaType::{self, Html, Json, JsonPatch, MergePatch};
@@ -44,6 +45,16 @@ const fn patch(g: Guard) -> MethodSpec {
 }
 const fn patch_record(g: Guard) -> MethodSpec {
     MethodSpec::write(Method::PATCH, g, RECORD_PATCH, JSON)
+}
+/// A method of the device gateway: the request goes to the device, whose
+/// answer comes back as it is; the gateway itself can only fail.
+const fn relay(spec: MethodSpec) -> MethodSpec {
+    spec.forwarding()
+        .raising(&[InvalidPath, BadGateway, DeviceCircuitOpen, DeviceBusy, GatewayTimeout])
+}
+/// A relayed write.
+const fn relay_write(method: Method, r: Role) -> MethodSpec {
+    relay(MethodSpec::write(method, role(r), NONE, NONE))
 }
 const fn delete(g: Guard) -> MethodSpec {
     MethodSpec::write(Method::DELETE, g, NONE, NONE).answering(&[Outcome::NoContent])
@@ -93,6 +104,10 @@ pub mod name {
     pub const JOB: &str = "job";
     pub const JOB_RESULT: &str = "job-result";
     pub const MAINTENANCE: &str = "maintenance";
+    pub const DEVICES: &str = "devices";
+    pub const DEVICE: &str = "device";
+    pub const DEVICE_API: &str = "device-api";
+    pub const DEVICE_COMMANDS: &str = "device-commands";
     pub const PLANNED: &str = "planned";
 }
 
@@ -436,20 +451,67 @@ pub static ROUTES: &[RouteSpec] = &[
         states: BELOW_DELETABLE,
     },
     RouteSpec {
-        name: name::PLANNED,
+        name: name::DEVICES,
         pattern: "/v1/tenants/{tenant}/devices",
-        methods: &[],
-        planned: &[Method::GET, Method::POST],
-        summary: "Devices (planned).",
+        methods: &[
+            get(role(Viewer), LIST_TYPES).bodies(None, Some("DevicePage")),
+            post(role(Admin))
+                .bodies(Some("NewDevice"), Some("Device"))
+                .raising(&[UniqueConflict, InvalidField]),
+        ],
+        planned: &[],
+        summary: "A tenant's devices: appliances whose management endpoints Canon relays requests to. Registering \
+                  one (admin) checks its endpoint's addresses (docs/devices.md); its `headers` are stored \
+                  encrypted and shown by name only.",
         states: IN_TENANT,
     },
     RouteSpec {
-        name: name::PLANNED,
+        name: name::DEVICE,
+        pattern: "/v1/tenants/{tenant}/devices/{device}",
+        methods: &[
+            get(role(Viewer), JSON).bodies(None, Some("Device")),
+            patch(role(Admin))
+                .bodies(Some("DevicePatch"), Some("Device"))
+                .raising(&[InvalidField]),
+            delete(role(Admin)),
+        ],
+        planned: &[],
+        summary: "One device, with its `health` (its circuit breaker in this process).",
+        states: BELOW_DELETABLE,
+    },
+    RouteSpec {
+        name: name::DEVICE_COMMANDS,
+        pattern: "/v1/tenants/{tenant}/devices/{device}/commands",
+        methods: &[MethodSpec::write(Method::POST, role(Editor), JSON, JSON)
+            .answering(&[Outcome::Accepted])
+            .bodies(Some("DeviceCommand"), Some("Job"))
+            .raising(&[InvalidField])],
+        planned: &[],
+        summary: "Long device commands: the request runs as a job (202), sent to the device at most once and \
+                  given up to CANON_DEVICE_MAX_TIMEOUT_MS; the job's result is the device's answer \
+                  (`status`, `headers`, `body`), reached by 303 from the job's monitor.",
+        states: BELOW_DELETABLE,
+    },
+    // The device's answer, whatever it is, is relayed: its statuses,
+    // headers and bodies are the device's own (`default` in the API
+    // description), besides the gateway's 502, 503 and 504.
+    RouteSpec {
+        name: name::DEVICE_API,
         pattern: "/v1/tenants/{tenant}/devices/{device}/api/{*path}",
-        methods: &[],
-        planned: &[Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
-        summary: "Device gateway (planned).",
-        states: IN_TENANT,
+        methods: &[
+            relay(MethodSpec::read(Method::GET, role(Viewer), NONE)),
+            relay_write(Method::POST, Editor),
+            relay_write(Method::PUT, Editor),
+            relay_write(Method::PATCH, Editor),
+            relay_write(Method::DELETE, Editor),
+        ],
+        planned: &[],
+        summary: "The device gateway: the request is relayed to `{endpoint}/{path}` with its query and body \
+                  (streamed), without the caller's Authorization and with the device's own headers; the \
+                  device's status, headers and body come back as they are (streamed). 502 when the device \
+                  refuses, resets or answers garbage, 504 when it sends no response headers within its \
+                  `timeout_ms`, 503 while its circuit is open or its concurrency limit is reached.",
+        states: BELOW_DELETABLE,
     },
     RouteSpec {
         name: name::MAINTENANCE,

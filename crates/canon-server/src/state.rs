@@ -48,6 +48,8 @@ pub struct App {
     pub(crate) shed: Shed,
     /// Who keys belong to, tenants and collections by name (`crate::cache`).
     pub(crate) lookups: crate::cache::Lookups,
+    /// The device gateway (`crate::devices`).
+    pub(crate) devices: crate::devices::Gateway,
     /// Maintenance mode as last read from the store (`crate::maintenance`).
     maintenance: std::sync::RwLock<Arc<canon_store::Maintenance>>,
 }
@@ -143,6 +145,7 @@ impl App {
             jobs: JobSignals::default(),
             shed: Shed::default(),
             lookups: crate::cache::Lookups::default(),
+            devices: crate::devices::Gateway::new(config.devices.clone(), config.listen)?,
             maintenance: std::sync::RwLock::new(Arc::new(canon_store::Maintenance {
                 enabled: false,
                 retry_after_seconds: crate::wire::DEFAULT_MAINTENANCE_RETRY,

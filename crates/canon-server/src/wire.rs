@@ -547,7 +547,7 @@ pub struct Job {
     #[schemars(extend("format" = "uuid", "maxLength" = 36))]
     pub id: String,
     /// What it does.
-    #[schemars(extend("enum" = ["import", "export", "delete_tenant", "delete_collection"]))]
+    #[schemars(extend("enum" = ["import", "export", "delete_tenant", "delete_collection", "device_command"]))]
     pub kind: String,
     /// Where it is.
     #[schemars(extend("enum" = ["queued", "running", "succeeded", "failed", "canceled"]))]
@@ -622,6 +622,115 @@ fn default_maintenance_retry() -> u32 {
     DEFAULT_MAINTENANCE_RETRY
 }
 
+/// A device: an appliance's management endpoint, reached through Canon
+/// (`…/devices/{device}/api/{path}`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Device {
+    /// Its name (a slug), which is also its path segment.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"), length(max = 63))]
+    pub name: String,
+    /// The base URL requests are forwarded to.
+    #[schemars(length(min = 1, max = 2048), extend("format" = "uri"))]
+    pub endpoint: String,
+    /// Milliseconds the device has to send its response headers (504 after).
+    #[schemars(range(min = 1, max = 60000))]
+    pub timeout_ms: u32,
+    /// The names of the headers Canon adds to every forwarded request. Their
+    /// values are kept encrypted and never shown.
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
+    pub headers: Vec<String>,
+    /// How the device has been answering this Canon process.
+    pub health: DeviceHealth,
+    /// When it was registered.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
+    pub created_at: Timestamp,
+    /// When it last changed.
+    #[schemars(extend("format" = "date-time", "maxLength" = 30))]
+    pub updated_at: Timestamp,
+}
+
+/// A device's circuit breaker as this process sees it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeviceHealth {
+    /// `closed`: requests pass. `open`: refused with 503 until `retry_after`.
+    /// `half_open`: the next request is a probe; its success closes the circuit.
+    #[schemars(regex(pattern = r"^(closed|open|half_open)$"), length(max = 9))]
+    pub circuit: String,
+    /// Failures (502 or 504) in a row since the device last answered.
+    #[schemars(range(min = 0, max = 4294967295u32))]
+    pub consecutive_failures: u32,
+    /// Seconds until a probe may pass, while the circuit is open.
+    #[schemars(range(min = 1, max = 4294967295u64))]
+    pub retry_after: Option<u64>,
+}
+
+/// Header names a device may be given: an HTTP token.
+const HEADER_NAME: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$";
+
+/// The body of `POST …/devices`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    /// A slug: a lower-case letter, then up to 62 lower-case letters, digits or `-`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"), length(max = 63))]
+    pub name: String,
+    /// An `http` or `https` URL without credentials, query or fragment, whose
+    /// host is (or resolves to) an address devices may have
+    /// (`CANON_DEVICE_ALLOWED_NETWORKS`; never link-local, metadata or Canon itself).
+    #[schemars(length(min = 1, max = 2048))]
+    pub endpoint: String,
+    /// Milliseconds the device has to send its response headers: 1 to
+    /// `CANON_DEVICE_MAX_TIMEOUT_MS` (60000 by default).
+    #[schemars(range(min = 1, max = 60000))]
+    pub timeout_ms: u32,
+    /// Headers added to every forwarded request (the device's own
+    /// credentials): names are HTTP tokens (not hop-by-hop fields, `Host`,
+    /// `Content-Length` or `Via`), values visible ASCII. Stored encrypted;
+    /// needs `CANON_SECRET_KEY`.
+    #[serde(default)]
+    #[schemars(extend("maxProperties" = 32, "propertyNames" = {"pattern": HEADER_NAME, "maxLength": 64}, "additionalProperties" = {"type": "string", "maxLength": 4096, "pattern": "^[\\x20-\\x7e]*$"}))]
+    pub headers: serde_json::Map<String, Value>,
+}
+
+/// The body of `PATCH …/devices/{device}`: a merge patch of its settings;
+/// `headers`, when given, replaces every header.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    /// A new endpoint, under the same rules as at registration.
+    #[schemars(length(min = 1, max = 2048), extend("type" = "string"))]
+    pub endpoint: Option<String>,
+    /// A new timeout.
+    #[schemars(range(min = 1, max = 60000), extend("type" = "integer"))]
+    pub timeout_ms: Option<u32>,
+    /// New headers, replacing the old ones (`{}` removes them all).
+    #[schemars(extend("type" = "object", "maxProperties" = 32, "propertyNames" = {"pattern": HEADER_NAME, "maxLength": 64}, "additionalProperties" = {"type": "string", "maxLength": 4096, "pattern": "^[\\x20-\\x7e]*$"}))]
+    pub headers: Option<serde_json::Map<String, Value>>,
+}
+
+/// The body of `POST …/devices/{device}/commands`: one request for the
+/// device, run as a job (202); the job's result is the device's answer.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCommand {
+    /// The method.
+    #[schemars(extend("enum" = ["GET", "POST", "PUT", "PATCH", "DELETE"]))]
+    pub method: String,
+    /// The path below the device's endpoint, with a query if any
+    /// (`status?verbose=1`): no leading `/`, no `.` or `..` segment, no
+    /// encoded `/` or `\`.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^[^/#\s][^#\s]*$"))]
+    pub path: String,
+    /// A JSON body, sent as `application/json`.
+    #[serde(default, deserialize_with = "present")]
+    pub body: Option<Value>,
+}
+
+/// A member that is present, `null` included (`Some(Value::Null)`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
 /// The schema of each body the route table names (`MethodSpec::request`
 /// and `MethodSpec::response`), as generated by `generator`: usually a
 /// `$ref` into the generator's definitions, which become
@@ -663,6 +772,11 @@ pub fn schemas(generator: &mut SchemaGenerator) -> Vec<(&'static str, Schema)> {
         "ExportRequest" => ExportRequest,
         "Job" => Job,
         "JobPage" => Page<Job>,
+        "Device" => Device,
+        "NewDevice" => NewDevice,
+        "DevicePatch" => DevicePatch,
+        "DevicePage" => Page<Device>,
+        "DeviceCommand" => DeviceCommand,
         "Maintenance" => Maintenance,
         "MaintenanceRequest" => MaintenanceRequest,
     }

@@ -167,6 +167,7 @@ async fn attempt(app: &App, job: &Job, owner: &str) -> Result<Value, Step> {
         JobKind::DeleteTenant => delete_tenant(app, job, owner).await,
         JobKind::Import => crate::import::run(app, job, owner).await,
         JobKind::Export => crate::export::run(app, job, owner).await,
+        JobKind::DeviceCommand => crate::devices::command::run(app, job, owner).await,
     }
 }
 

@@ -148,7 +148,7 @@ async fn tenant_delete_is_202_then_the_operator_follows_the_job_to_its_result() 
         result["deleted"],
         json!({
             "collections": 1, "records": 1000, "leases": 1, "users": 3, "api_keys": 3,
-            "jobs_canceled": 0, "jobs": 0, "idempotency_keys": 0
+            "jobs_canceled": 0, "jobs": 0, "idempotency_keys": 0, "devices": 0
         })
     );
     let job = s

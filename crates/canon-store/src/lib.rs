@@ -8,6 +8,7 @@
 //! Backends: [`sqlite::SqliteStore`] (embedded, the default). PostgreSQL
 //! follows behind the same trait and the same conformance suite.
 
+pub mod device;
 pub mod metrics;
 pub mod model;
 pub mod sqlite;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub use device::{Device, DeviceChanges, DeviceHeader, DeviceStore, NewDevice};
 pub use model::*;
 
 /// The store traits, for `use canon_store::prelude::*`: calling a domain
@@ -24,8 +26,8 @@ pub use model::*;
 /// in scope.
 pub mod prelude {
     pub use crate::{
-        CollectionStore, IdempotencyStore, JobStore, LeaseStore, MaintenanceStore, QuotaStore, RecordStore,
-        SecretStore, Store, TenantStore,
+        CollectionStore, DeviceStore, IdempotencyStore, JobStore, LeaseStore, MaintenanceStore, QuotaStore,
+        RecordStore, SecretStore, Store, TenantStore,
     };
 }
 
@@ -197,6 +199,7 @@ pub trait Store:
     + JobStore
     + MaintenanceStore
     + QuotaStore
+    + DeviceStore
     + Send
     + Sync
     + 'static

@@ -112,12 +112,22 @@ pub struct DeletedContents {
     pub jobs: i64,
     /// Entries of the idempotency ledger kept for the tenant's members.
     pub idempotency_keys: i64,
+    /// Devices (schema v11; absent from checkpoints written before it).
+    #[serde(default)]
+    pub devices: i64,
 }
 
 impl DeletedContents {
     /// Rows removed in all: the job's progress.
     pub fn total(&self) -> i64 {
-        self.collections + self.records + self.leases + self.users + self.api_keys + self.jobs + self.idempotency_keys
+        self.collections
+            + self.records
+            + self.leases
+            + self.users
+            + self.api_keys
+            + self.jobs
+            + self.idempotency_keys
+            + self.devices
     }
 }
 
@@ -501,15 +511,18 @@ pub enum JobKind {
     DeleteTenant,
     /// A collection and its records.
     DeleteCollection,
+    /// A request relayed to a device, whose answer is the result (schema v11).
+    DeviceCommand,
 }
 
 impl JobKind {
     /// Every kind.
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::Import,
         JobKind::Export,
         JobKind::DeleteTenant,
         JobKind::DeleteCollection,
+        JobKind::DeviceCommand,
     ];
 
     /// The stored (and wire) name.
@@ -519,6 +532,7 @@ impl JobKind {
             JobKind::Export => "export",
             JobKind::DeleteTenant => "delete_tenant",
             JobKind::DeleteCollection => "delete_collection",
+            JobKind::DeviceCommand => "device_command",
         }
     }
 

@@ -175,3 +175,50 @@ async fn another_process_s_changes_move_the_generation_within_its_bound() {
     }
     eprintln!("seen after {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn schema_v11_keeps_every_job_when_it_rebuilds_the_jobs_table() {
+    use canon_store::{JobKind, NewJob};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    let (tenant, job) = {
+        let store = SqliteStore::open(&path).unwrap();
+        let t = store.create_tenant("acme").await.unwrap();
+        let new = NewJob {
+            tenant_id: t.id.clone(),
+            kind: JobKind::Export,
+            params: serde_json::json!({"format": "ndjson"}),
+            total: None,
+            with_input: false,
+        };
+        let job = store.create_job(new, 1_000).await.unwrap();
+        store.close().await.unwrap();
+        (t, job)
+    };
+    // Back to a database at v10 (without the devices table), as before the
+    // migration; opening it runs v11 again.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE devices; PRAGMA user_version = 10;")
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.job(&tenant.id, &job.id).await.unwrap(),
+        Lookup::Found(job.clone())
+    );
+    let claimed = store
+        .claim_job("w", std::time::Duration::from_secs(30), 2_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, job.id, "the claim index was rebuilt with the table");
+    let command = NewJob {
+        tenant_id: tenant.id.clone(),
+        kind: JobKind::DeviceCommand,
+        params: serde_json::json!({}),
+        total: Some(1),
+        with_input: false,
+    };
+    store.create_job(command, 3_000).await.unwrap();
+}

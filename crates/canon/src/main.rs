@@ -5,6 +5,7 @@
 //! of precedence. `canon import` and `canon export` are clients of a running
 //! server (`transfer`).
 
+mod device_args;
 mod transfer;
 
 /// mimalloc rather than glibc's malloc: allocation and freeing were about a
@@ -141,6 +142,8 @@ struct ServeArgs {
     /// Log lines as `text` or `json` (one object a line) [default: text].
     #[arg(long, env = "CANON_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    #[command(flatten)]
+    devices: device_args::DeviceArgs,
 }
 
 /// How log lines are written (to stderr).
@@ -184,6 +187,7 @@ struct FileConfig {
     max_connections_per_address: Option<usize>,
     shutdown_grace_ms: Option<u64>,
     log_format: Option<LogFormat>,
+    devices: Option<device_args::DeviceFile>,
 }
 
 /// The config file `--config` names, if any.
@@ -292,6 +296,7 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
             .or(file.max_connections_per_address)
             .unwrap_or(d.max_connections_per_address),
         shutdown_grace: millis(args.shutdown_grace_ms, file.shutdown_grace_ms, d.shutdown_grace),
+        devices: device_args::resolve(args.devices, file.devices.unwrap_or_default())?,
     })
 }
 

@@ -5,6 +5,7 @@
 mod admin;
 mod batch;
 mod collections;
+mod devices;
 mod docs;
 mod exports;
 mod health;
@@ -194,6 +195,10 @@ pub fn for_route(
         name::RECORD => Box::new(records::OneRecord::new(cx)),
         name::LOCK => Box::new(records::RecordLock::new(cx)),
         name::BATCH => Box::new(batch::Batch::new(cx)),
+        name::DEVICES => Box::new(devices::Devices::new(cx)),
+        name::DEVICE => Box::new(devices::OneDevice::new(cx)),
+        name::DEVICE_API => Box::new(devices::DeviceApi::new(cx)),
+        name::DEVICE_COMMANDS => Box::new(devices::DeviceCommands::new(cx)),
         name::MAINTENANCE => Box::new(admin::Maintenance::new(cx)),
         // Planned routes have no methods, so the flow answers 501 before
         // asking for a resource; this arm is never reached.

@@ -12,6 +12,7 @@
 //! domains. A PostgreSQL backend mirrors this layout file for file.
 
 mod collections;
+mod devices;
 mod engine;
 mod idempotency;
 mod jobs;
@@ -51,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v8.sql"),
     include_str!("schema_v9.sql"),
     include_str!("schema_v10.sql"),
+    include_str!("schema_v11.sql"),
 ];
 
 /// The SQLite store.

@@ -60,6 +60,7 @@ pub(super) mod kind {
     pub const COLLECTION: &str = "collection";
     pub const RECORD: &str = "record";
     pub const JOB: &str = "job";
+    pub const DEVICE: &str = "device";
 }
 
 pub(super) fn put_tombstone(

@@ -128,9 +128,10 @@ impl Deletion {
             .and_then(|c| serde_json::from_value(c).ok())
             .unwrap_or_default();
         let mut budget = Budget(limit.max(1));
-        let phases: [Phase; 6] = [
+        let phases: [Phase; 7] = [
             Self::cancel_jobs,
             Self::collections,
+            Self::devices,
             Self::users,
             Self::tombstones,
             Self::idempotency_keys,
@@ -272,6 +273,13 @@ impl Deletion {
         Ok(false)
     }
 
+    /// The tenant's devices (schema v11), their sealed headers with them.
+    fn devices(&self, conn: &Connection, budget: &mut Budget, deleted: &mut DeletedContents) -> StoreResult<bool> {
+        let (n, none_left) = drain(conn, budget, "devices", "id", "tenant_id = ?1", &[&self.tenant_id])?;
+        deleted.devices += n;
+        Ok(none_left)
+    }
+
     /// Each user in turn: its API keys and their tombstones, then itself.
     fn users(&self, conn: &Connection, budget: &mut Budget, deleted: &mut DeletedContents) -> StoreResult<bool> {
         while budget.left() > 0 {
@@ -313,7 +321,7 @@ impl Deletion {
             .map_err(db_error)?;
             budget.spend(1);
         }
-        for k in [kind::COLLECTION, kind::JOB] {
+        for k in [kind::COLLECTION, kind::DEVICE, kind::JOB] {
             let (_, none_left) = drain(
                 conn,
                 budget,

@@ -2,12 +2,14 @@
 //! function here with a fresh, empty store; nothing here knows which engine
 //! it talks to.
 
+mod devices;
 mod tenant_deletion;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use canon_store::*;
+pub use devices::*;
 use serde_json::json;
 pub use tenant_deletion::*;
 
@@ -2360,6 +2362,9 @@ macro_rules! conformance_tests {
             tenant_deletion_steps_need_the_lease,
             a_stopped_tenant_deletion_starts_again,
             close_finishes_submitted_writes_and_refuses_later_ones,
+            devices_crud_versions_and_tombstones,
+            device_headers_are_kept_as_given,
+            devices_are_per_tenant,
         );
     };
     (@each $make:expr; $($name:ident,)+) => {

@@ -226,6 +226,17 @@ pub async fn tenant_deletion_steps_empty_the_tenant_and_count_what_went(store: A
         .create_user(&t.id, "e@acme.example", TenantRole::Editor)
         .await
         .unwrap();
+    // Two devices, one deleted (its tombstone stays under the tenant).
+    for name in ["fw-1", "fw-2"] {
+        store
+            .create_device(&t.id, super::devices::new_device(name))
+            .await
+            .unwrap();
+    }
+    store
+        .delete_device(&t.id, "fw-2", Expect::Anything, KEEP)
+        .await
+        .unwrap();
     // The ledger: two entries of acme's members; one of acme-2's.
     idempotency(&*store, "acme/u1", "k").await;
     idempotency(&*store, "acme/u2", "k").await;
@@ -336,6 +347,7 @@ pub async fn tenant_deletion_steps_empty_the_tenant_and_count_what_went(store: A
             jobs_canceled: 2,
             jobs: 4,
             idempotency_keys: 2,
+            devices: 1,
         }
     );
     // A step after the end finds nothing and counts nothing twice.
@@ -356,6 +368,8 @@ pub async fn tenant_deletion_steps_empty_the_tenant_and_count_what_went(store: A
     );
     assert!(store.list_users(&t.id, first_page(10)).await.unwrap().items.is_empty());
     assert_eq!(store.collection(&t.id, "devices").await.unwrap(), Lookup::Missing);
+    assert_eq!(store.device(&t.id, "fw-1").await.unwrap(), Lookup::Missing);
+    assert_eq!(store.device(&t.id, "fw-2").await.unwrap(), Lookup::Missing);
     assert_eq!(store.collection_alias(&t.id, "probes").await.unwrap(), None);
     assert_eq!(store.record(&devices.id, "d6").await.unwrap(), Lookup::Missing);
     assert_eq!(store.record(&devices.id, "d1").await.unwrap(), Lookup::Missing);

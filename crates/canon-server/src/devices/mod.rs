@@ -1,0 +1,179 @@
+//! The device gateway (issue 12; docs/devices.md): devices' endpoints and
+//! sealed headers, the address rules, forwarding with its failures, and
+//! each device's circuit breaker and concurrency limit.
+//!
+//! `resources/devices.rs` is the HTTP side (CRUD and the forwarding
+//! route); this module holds what every request to a device shares.
+
+pub mod address;
+pub mod breaker;
+pub mod command;
+pub mod config;
+pub mod endpoint;
+pub mod forward;
+pub mod seal;
+
+use std::time::Instant;
+
+use canon_http::body::Body;
+use canon_http::{FieldError, Problem, ProblemKind};
+use canon_store::Device;
+use http::Response;
+use http::header::{HeaderName, HeaderValue};
+
+use address::AddressPolicy;
+use breaker::{Breakers, Health, Refused};
+pub use config::{DeviceConfig, SecretKey};
+use forward::{Failure, Guarded, Outgoing};
+use seal::Sealer;
+
+/// What every request to a device shares.
+pub struct Gateway {
+    /// The settings.
+    pub config: DeviceConfig,
+    sealer: Option<Sealer>,
+    policy: AddressPolicy,
+    client: reqwest::Client,
+    breakers: Breakers,
+    /// This process's `Via` value (`1.1 canon-` and a random token, which
+    /// also tells a request that looped back through this process).
+    via: String,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("via", &self.via)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// The gateway of a server listening on `listen`.
+    pub fn new(config: DeviceConfig, listen: std::net::SocketAddr) -> Result<Gateway, reqwest::Error> {
+        let policy = AddressPolicy::new(config.allowed_networks.clone(), listen);
+        let client = reqwest::Client::builder()
+            // A device's redirect is its answer, relayed; never followed
+            // (a redirect could lead anywhere the address rules refuse).
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(Guarded {
+                policy: policy.clone(),
+                lookup: config.lookup.clone(),
+            }))
+            .build()?;
+        let token: u32 = rand::random();
+        Ok(Gateway {
+            sealer: config.secret_key.as_ref().map(Sealer::new),
+            breakers: Breakers::new(config.breaker_threshold, config.breaker_open, config.max_concurrency),
+            policy,
+            client,
+            via: format!("1.1 canon-{token:08x}"),
+            config,
+        })
+    }
+
+    /// The sealer, when `CANON_SECRET_KEY` is set.
+    pub fn sealer(&self) -> Option<&Sealer> {
+        self.sealer.as_ref()
+    }
+
+    /// Checks an endpoint for registration: syntax, then its addresses now
+    /// (a name is resolved). The 400 points at `pointer`.
+    pub async fn admit_endpoint(&self, text: &str, pointer: &str) -> Result<reqwest::Url, Problem> {
+        let refuse = |why: String| {
+            Problem::new(ProblemKind::InvalidField, format!("The endpoint {why}."))
+                .with_errors(vec![FieldError::new(pointer, why)])
+        };
+        let url = endpoint::parse(text).map_err(refuse)?;
+        endpoint::resolve(&url, &self.policy, &*self.config.lookup)
+            .await
+            .map_err(refuse)?;
+        Ok(url)
+    }
+
+    /// The device's health in this process.
+    pub fn health(&self, device: &Device) -> Health {
+        self.breakers.health(&device.id, Instant::now())
+    }
+
+    /// Forgets a deleted device's circuit and slots.
+    pub fn forget(&self, device: &Device) {
+        self.breakers.forget(&device.id);
+    }
+
+    /// The problem a device's stored headers that do not open are.
+    fn unsealable(device: &Device) -> Problem {
+        tracing::error!(device = %device.id, "a device header does not open with CANON_SECRET_KEY");
+        Problem::new(
+            ProblemKind::BadGateway,
+            "The device's stored headers cannot be opened with this server's CANON_SECRET_KEY (was the key \
+             changed?); an admin must set them again (PATCH the device).",
+        )
+    }
+
+    /// The device's headers, opened.
+    fn open_headers(&self, device: &Device) -> Result<Vec<(HeaderName, HeaderValue)>, Problem> {
+        let mut out = Vec::with_capacity(device.headers.len());
+        for h in &device.headers {
+            let sealer = self.sealer.as_ref().ok_or_else(|| Self::unsealable(device))?;
+            let value = sealer
+                .open(&device.tenant_id, &device.name, &h.name, &h.sealed)
+                .map_err(|_| Self::unsealable(device))?;
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Self::unsealable(device))?;
+            let mut value = HeaderValue::from_str(&value).map_err(|_| Self::unsealable(device))?;
+            value.set_sensitive(true);
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+
+    /// Relays `out` (its device headers still to add) to `device`: the
+    /// device's answer, or the problem that stands for its failure (502,
+    /// 504; 503 while its circuit is open or its slots are taken).
+    pub async fn forward(&self, device: &Device, mut out: Outgoing) -> Result<Response<Body>, Problem> {
+        if forward::looped(&out.headers, &self.via) {
+            return Err(Problem::new(
+                ProblemKind::BadGateway,
+                "The request came back through this gateway: the device's endpoint leads to Canon itself.",
+            ));
+        }
+        // An open circuit answers at once, before any look-up.
+        let pass = match self.breakers.admit(&device.id, Instant::now()) {
+            Ok(pass) => pass,
+            Err(Refused::Open { retry_after }) => {
+                return Err(Problem::new(
+                    ProblemKind::DeviceCircuitOpen,
+                    format!(
+                        "The device failed {} times in a row; its circuit is open. Retry in {retry_after} s.",
+                        self.config.breaker_threshold
+                    ),
+                )
+                .with("retry_after", retry_after));
+            }
+            Err(Refused::Busy) => {
+                return Err(Problem::new(
+                    ProblemKind::DeviceBusy,
+                    format!(
+                        "The device already has {} requests in flight through Canon. Retry in 1 s.",
+                        self.config.max_concurrency
+                    ),
+                )
+                .with("retry_after", 1));
+            }
+        };
+        // An IP literal never reaches the resolver: checked here, with its
+        // port, like a name's addresses (Canon's own address included).
+        if let Err(why) = endpoint::resolve(&out.url, &self.policy, &*self.config.lookup).await {
+            return Err(Problem::new(
+                ProblemKind::BadGateway,
+                format!("The device's endpoint {why}; Canon does not connect there."),
+            ));
+        }
+        out.device_headers = self.open_headers(device)?;
+        match forward::relay(&self.client, out, &self.via, pass).await {
+            Ok(response) => Ok(response),
+            Err(Failure::Device(problem) | Failure::Other(problem)) => Err(problem),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Devices: appliances a tenant reaches through Canon's gateway (schema v11;
+//! docs/devices.md).
+//!
+//! The store keeps what it is given. A device's header values arrive sealed
+//! (encrypted by the server with `CANON_SECRET_KEY`): the store never sees
+//! them in clear, never interprets them, and hands them back as they were.
+//! Checks of the endpoint (scheme, address policy) and of the timeout are the
+//! server's; the store enforces only the unique name per tenant.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::StoreResult;
+use crate::model::{Expect, Lookup, Millis, Page, PageRequest};
+
+/// One static header the gateway adds to every request it forwards to a
+/// device (the device's own credentials, typically).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceHeader {
+    /// The header's name, lower case.
+    pub name: String,
+    /// Its value, sealed by the server: opaque text to the store.
+    pub sealed: String,
+}
+
+/// A device of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Id (UUIDv7).
+    pub id: String,
+    /// Owning tenant's id.
+    pub tenant_id: String,
+    /// Slug, unique in the tenant: the device's path segment.
+    pub name: String,
+    /// The base URL requests are forwarded to (`http` or `https`).
+    pub endpoint: String,
+    /// How long the gateway waits for the device's response headers.
+    pub timeout_ms: u32,
+    /// Headers added to every forwarded request, in the order given.
+    pub headers: Vec<DeviceHeader>,
+    /// 1 at creation, +1 on every change.
+    pub version: i64,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// What a new device is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    /// Slug.
+    pub name: String,
+    /// Base URL.
+    pub endpoint: String,
+    /// Response-header timeout.
+    pub timeout_ms: u32,
+    /// Sealed static headers.
+    pub headers: Vec<DeviceHeader>,
+}
+
+/// Changes to a device; `None` leaves a setting as it is. The name is not
+/// among them: a device is addressed by it, and renames are not offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceChanges {
+    /// A new base URL.
+    pub endpoint: Option<String>,
+    /// A new timeout.
+    pub timeout_ms: Option<u32>,
+    /// A new set of headers, replacing every old one.
+    pub headers: Option<Vec<DeviceHeader>>,
+}
+
+/// A tenant's devices.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    /// Creates a device. [`crate::StoreError::Conflict`] on `/name` when the
+    /// tenant has a device of that name, [`crate::StoreError::Gone`] when the
+    /// tenant is being deleted. A name whose device was deleted is free
+    /// again: its tombstone goes.
+    async fn create_device(&self, tenant_id: &str, new: NewDevice) -> StoreResult<Device>;
+    /// A device by name: `Gone` while its tombstone is kept.
+    async fn device(&self, tenant_id: &str, name: &str) -> StoreResult<Lookup<Device>>;
+    /// Devices by id (creation order).
+    async fn list_devices(&self, tenant_id: &str, page: PageRequest) -> StoreResult<Page<Device>>;
+    /// Changes a device (a new version), `expect` checked against its
+    /// version inside the write's transaction:
+    /// [`crate::StoreError::Gone`] (tombstone) or
+    /// [`crate::StoreError::Vanished`] when it is not there,
+    /// [`crate::StoreError::ExpectationFailed`] when `expect` does not hold.
+    async fn update_device(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        changes: DeviceChanges,
+        expect: Expect,
+    ) -> StoreResult<Device>;
+    /// Deletes a device, leaving a tombstone kept for `retention`; fails
+    /// like [`DeviceStore::update_device`].
+    async fn delete_device(&self, tenant_id: &str, name: &str, expect: Expect, retention: Duration) -> StoreResult<()>;
+}
