@@ -98,12 +98,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// No connection could be had: none free within the timeout, or a new one
+/// could not be made (the server down, refusing, out of connections, the
+/// database not accepting any): the database is unavailable, whatever the
+/// server said.
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    use deadpool_postgres::PoolError;
-    match e {
-        PoolError::Backend(e) => db_error(e),
-        other => StoreError::Unavailable(format!("no database connection: {other}")),
-    }
+    StoreError::Unavailable(format!("no database connection: {e}"))
 }
 
 impl Pool {
