@@ -13,6 +13,12 @@ use tokio_postgres::NoTls;
 use super::rows::db_error;
 use crate::{StoreError, StoreResult};
 
+tokio::task_local! {
+    /// Whether the store call running on this task began a transaction (a
+    /// write), for the call's metric.
+    static WROTE: std::cell::Cell<bool>;
+}
+
 /// A transaction on one of the pool's connections.
 pub(super) type Tx<'a> = tokio_postgres::Transaction<'a>;
 
@@ -84,6 +90,7 @@ impl Conn {
         if self.closed {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
+        let _ = WROTE.try_with(|w| w.set(true));
         let client: &mut tokio_postgres::Client = &mut self.object;
         client.transaction().await.map_err(db_error)
     }
@@ -158,7 +165,17 @@ impl Pool {
     pub(super) async fn run<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _counted = InFlight(&self.in_flight);
-        match tokio::time::timeout(self.timeout, call).await {
+        let started = std::time::Instant::now();
+        let (result, wrote) = WROTE
+            .scope(std::cell::Cell::new(false), async {
+                let result = tokio::time::timeout(self.timeout, call).await;
+                (result, WROTE.with(std::cell::Cell::get))
+            })
+            .await;
+        // The same metric as SQLite's: a call that began a transaction is a write.
+        let op = if wrote { "write" } else { "read" };
+        metrics::histogram!(crate::metrics::STORE_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
+        match result {
             Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "the database did not answer within {} ms",
@@ -190,6 +207,8 @@ impl Pool {
                 } else {
                     tx.commit().await.map_err(db_error)?;
                 }
+                // Each write commits alone (PostgreSQL groups WAL flushes itself).
+                metrics::histogram!(crate::metrics::COMMIT_BATCH).record(1.0);
                 Ok(value)
             }
             Err(e) => {

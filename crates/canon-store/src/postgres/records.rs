@@ -64,10 +64,11 @@ pub(super) async fn load_record(c: &impl Db, collection_id: &str, id: &str) -> S
 /// Inserts a new record row; a taken id is a conflict on `/id`.
 async fn insert_record(c: &impl Db, tenant_id: &str, r: &Record) -> StoreResult<()> {
     let body = r.data.to_string();
+    let data = jsonb_text(&body);
     let inserted = c
         .execute_typed(
             "INSERT INTO records (tenant_id, collection_id, id, data, body, version, etag, created_at, updated_at)
-             VALUES ($1, $2, $3, $4::JSONB, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $9::JSONB, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             &[
                 text(&tenant_id),
                 text(&r.collection_id),
@@ -77,6 +78,7 @@ async fn insert_record(c: &impl Db, tenant_id: &str, r: &Record) -> StoreResult<
                 text(&r.etag),
                 int(&r.created_at),
                 int(&r.updated_at),
+                text(&data),
             ],
         )
         .await?;
@@ -106,8 +108,9 @@ async fn replace_record(c: &impl Db, tenant_id: &str, current: Record, data: Val
         ..current
     };
     let body = r.data.to_string();
+    let data = jsonb_text(&body);
     c.execute_typed(
-        "UPDATE records SET data = $1::JSONB, body = $1, version = $2, etag = $3, updated_at = $4
+        "UPDATE records SET data = $8::JSONB, body = $1, version = $2, etag = $3, updated_at = $4
          WHERE tenant_id = $5 AND collection_id = $6 AND id = $7",
         &[
             text(&body),
@@ -117,10 +120,40 @@ async fn replace_record(c: &impl Db, tenant_id: &str, current: Record, data: Val
             text(&tenant_id),
             text(&r.collection_id),
             text(&r.id),
+            text(&data),
         ],
     )
     .await?;
     Ok(r)
+}
+
+/// JSON text as jsonb can hold it: jsonb refuses the character U+0000, so
+/// each `\u0000` escape becomes `\\u0000` (an escaped backslash, then
+/// `u0000`). Only the jsonb copy (filters, sorts, unique values) sees it;
+/// `body` keeps the data exactly. The one inexactness: a string holding
+/// U+0000 and one holding the six characters `\u0000` instead compare equal
+/// there.
+fn jsonb_text(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json.contains("\\u0000") {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    let mut chars = json.chars();
+    while let Some(ch) = chars.next() {
+        out.push(ch);
+        if ch != '\\' {
+            continue;
+        }
+        // An escape: its next character is never the start of another.
+        let Some(next) = chars.next() else { break };
+        if next == 'u' && chars.as_str().starts_with("0000") {
+            out.push_str("\\u0000");
+            chars.nth(3);
+        } else {
+            out.push(next);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn check_expectation(current: Option<&Record>, expect: &Expect) -> StoreResult<()> {
@@ -270,6 +303,7 @@ async fn index_new_unique(c: &impl Db, collection: &Collection, id: &str, data: 
             continue;
         };
         let value = value.to_string();
+        let value = jsonb_text(&value);
         let inserted = c
             .execute_typed(
                 "INSERT INTO unique_values (tenant_id, collection_id, field, value, record_id)
@@ -333,7 +367,7 @@ fn push_filters(sql: &mut String, args: &mut Args, filters: &[(String, Value)]) 
         if value.is_null() {
             sql.push_str(&format!(" AND jsonb_typeof(data -> {f}) = 'null'"));
         } else {
-            let v = args.push(value.to_string(), Type::TEXT);
+            let v = args.push(jsonb_text(&value.to_string()).into_owned(), Type::TEXT);
             sql.push_str(&format!(" AND (data -> {f}) = {v}::JSONB"));
         }
     }
@@ -711,5 +745,21 @@ impl RecordStore for PostgresStore {
                 self.pool.finish(tx, result, false).await
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jsonb_text;
+
+    #[test]
+    fn jsonb_text_spells_out_nul_and_nothing_else() {
+        let nul = serde_json::json!({"a": "x\u{0}y", "b": "\\u0000", "c": "\u{1}"}).to_string();
+        let held = jsonb_text(&nul);
+        let parsed: serde_json::Value = serde_json::from_str(&held).unwrap();
+        assert_eq!(parsed["a"], "x\\u0000y");
+        assert_eq!(parsed["b"], "\\u0000", "an escaped backslash stays one");
+        assert_eq!(parsed["c"], "\u{1}");
+        assert!(matches!(jsonb_text("{\"a\":1}"), std::borrow::Cow::Borrowed(_)));
     }
 }

@@ -31,10 +31,15 @@ pub(super) fn db_error(e: tokio_postgres::Error) -> StoreError {
                 || *code == SqlState::LOCK_NOT_AVAILABLE
         }
     };
+    // The server's own words (tokio-postgres's `Display` says only "db error").
+    let message = match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    };
     if transient {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(message)
     } else {
-        StoreError::Internal(e.to_string())
+        StoreError::Internal(message)
     }
 }
 
