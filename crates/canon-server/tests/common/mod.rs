@@ -36,6 +36,11 @@ fn postgres_server() -> Option<String> {
     std::env::var("CANON_TEST_POSTGRES_URL").ok()
 }
 
+/// Whether the suites run on PostgreSQL (see [`postgres_server`]).
+pub fn on_postgres() -> bool {
+    postgres_server().is_some()
+}
+
 /// A database made on the test server, dropped (connections and all) on drop.
 pub struct PostgresDatabase {
     admin_url: String,
