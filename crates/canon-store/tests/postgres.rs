@@ -292,3 +292,53 @@ async fn lost_connections_are_unavailable_then_replaced() {
     }
     assert!(served, "served again after {unavailable} refusals");
 }
+
+/// A lock held elsewhere (another client's open transaction) makes a write
+/// that needs it unavailable within the store's wait bound, not whenever
+/// the lock goes; reads, which take no lock, are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_elsewhere_bounds_the_write_waiting_for_it() {
+    let Some(db) = TestDatabase::make().await else {
+        return;
+    };
+    let bound = Duration::from_millis(500);
+    let store = PostgresStore::connect(
+        &db.url,
+        PostgresOptions {
+            pool_size: 4,
+            timeout: bound,
+        },
+    )
+    .await
+    .unwrap();
+    let (mut other, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let held = other.transaction().await.unwrap();
+    held.batch_execute("SELECT * FROM maintenance FOR UPDATE")
+        .await
+        .unwrap();
+
+    let setting = canon_store::MaintenanceSetting {
+        enabled: true,
+        retry_after_seconds: 5,
+        message: String::new(),
+    };
+    let started = std::time::Instant::now();
+    let refused = store
+        .set_maintenance(setting.clone(), canon_store::Expect::Anything, 1)
+        .await;
+    let took = started.elapsed();
+    assert!(
+        matches!(refused, Err(canon_store::StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(took >= bound && took < bound * 4, "took {took:?}");
+    assert!(!store.maintenance().await.unwrap().enabled, "reads go on");
+
+    held.rollback().await.unwrap();
+    let set = store
+        .set_maintenance(setting, canon_store::Expect::Anything, 2)
+        .await
+        .unwrap();
+    assert!(set.enabled, "the write goes through once the lock is gone");
+}

@@ -39,7 +39,7 @@ use async_trait::async_trait;
 
 use crate::model::*;
 use crate::{Store, StoreResult};
-pub use pool::{GENERATION_POLL, PostgresOptions};
+pub use pool::{GENERATION_POLL, PostgresOptions, call_bound};
 use pool::{Pool, Tx};
 use rows::*;
 
@@ -63,8 +63,10 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
+        // Readiness must answer within the wait bound, whatever the call
+        // bound of other calls.
         self.pool
-            .run(async {
+            .run_within(self.pool.timeout(), async {
                 let mut c = self.pool.conn().await?;
                 // A read-write transaction that reads the database: a node
                 // left on a standby (read-only after a failover) is not ready.

@@ -41,9 +41,20 @@ pub struct PostgresOptions {
     /// Connections in the pool (per node). Behind PgBouncer, PgBouncer's own
     /// pool bounds the server's connections.
     pub pool_size: usize,
-    /// The longest a call waits for the database (a connection, a lock, a
-    /// statement); past it the call is [`StoreError::Unavailable`] (503).
+    /// The longest a call waits for the database: for a free connection,
+    /// for a new one, for a lock (each write transaction's `lock_timeout`),
+    /// and the whole of a readiness ping. Past it the call is
+    /// [`StoreError::Unavailable`] (503). A call's own work (a large import
+    /// batch, a re-index) is not cut by it: a whole call is bounded by
+    /// [`call_bound`] instead, against a server that stopped answering
+    /// without closing the connection.
     pub timeout: Duration,
+}
+
+/// The longest one store call may take in all: ten times the wait bound,
+/// and at least 30 s.
+pub fn call_bound(timeout: Duration) -> Duration {
+    (timeout * 10).max(Duration::from_secs(30))
 }
 
 impl Default for PostgresOptions {
@@ -75,6 +86,8 @@ pub(super) struct Conn {
     object: deadpool_postgres::Object,
     /// Taken after `close`: reads go on, writes are refused.
     closed: bool,
+    /// How long a write's statements may wait for a lock, in milliseconds.
+    lock_timeout_ms: u128,
 }
 
 impl Conn {
@@ -92,7 +105,13 @@ impl Conn {
         }
         let _ = WROTE.try_with(|w| w.set(true));
         let client: &mut tokio_postgres::Client = &mut self.object;
-        client.transaction().await.map_err(db_error)
+        let tx = client.transaction().await.map_err(db_error)?;
+        // Scoped to the transaction (no session state): a lock held
+        // elsewhere past the bound fails the write as unavailable (55P03).
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = {}", self.lock_timeout_ms))
+            .await
+            .map_err(db_error)?;
+        Ok(tx)
     }
 }
 
@@ -144,6 +163,7 @@ impl Pool {
         let mut conn = Conn {
             object: shared.pool.get().await.map_err(pool_error)?,
             closed: false,
+            lock_timeout_ms: options.timeout.as_millis().max(1),
         };
         migrate(&mut conn).await?;
         let n = read_generation(conn.client()).await?;
@@ -160,15 +180,24 @@ impl Pool {
     }
 
     /// Runs one store call, counted in flight (`close` waits for it), and
-    /// [`StoreError::Unavailable`] past the timeout (the transaction, if
+    /// [`StoreError::Unavailable`] past [`call_bound`] (the transaction, if
     /// any, rolls back when its connection's future is dropped).
     pub(super) async fn run<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        self.run_within(call_bound(self.timeout), call).await
+    }
+
+    /// Runs one store call like [`Pool::run`], bounded by `limit`.
+    pub(super) async fn run_within<T>(
+        &self,
+        limit: Duration,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _counted = InFlight(&self.in_flight);
         let started = std::time::Instant::now();
         let (result, wrote) = WROTE
             .scope(std::cell::Cell::new(false), async {
-                let result = tokio::time::timeout(self.timeout, call).await;
+                let result = tokio::time::timeout(limit, call).await;
                 (result, WROTE.with(std::cell::Cell::get))
             })
             .await;
@@ -179,7 +208,7 @@ impl Pool {
             Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "the database did not answer within {} ms",
-                self.timeout.as_millis()
+                limit.as_millis()
             ))),
         }
     }
@@ -190,6 +219,7 @@ impl Pool {
         Ok(Conn {
             object,
             closed: self.closed.load(Ordering::Acquire),
+            lock_timeout_ms: self.timeout.as_millis().max(1),
         })
     }
 
@@ -228,6 +258,11 @@ impl Pool {
         tx.commit().await.map_err(db_error)?;
         self.shared.generation.fetch_max(n, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// The bound on waits ([`PostgresOptions::timeout`]).
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub(super) fn generation(&self) -> u64 {
@@ -292,6 +327,10 @@ async fn poll_generation(shared: std::sync::Weak<Shared>) {
 /// nothing left to do.
 async fn migrate(conn: &mut Conn) -> StoreResult<()> {
     let tx = conn.transaction().await?;
+    // Another node's migration may take longer than a write's lock bound.
+    tx.batch_execute("SET LOCAL lock_timeout = '60s'")
+        .await
+        .map_err(db_error)?;
     tx.execute_typed(
         "SELECT pg_advisory_xact_lock($1)",
         &[(&MIGRATION_LOCK, tokio_postgres::types::Type::INT8)],
