@@ -11,8 +11,10 @@ pub use ipnet::IpNet;
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// `sqlite://path` (or a bare path).
+    /// `sqlite://path` (or a bare path), or `postgres://…`.
     pub database_url: String,
+    /// Connections to PostgreSQL this process keeps at most (unused on SQLite).
+    pub db_pool_size: usize,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// How long a body may take to arrive (408 beyond); for a streamed body
@@ -109,6 +111,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://canon.db".into(),
+            db_pool_size: 16,
             max_body_bytes: 1024 * 1024,
             body_timeout: Duration::from_millis(10_000),
             max_import_bytes: 10 << 30,

@@ -26,6 +26,17 @@ fn config() -> canon_server::Config {
     }
 }
 
+/// These tests make SQLite unavailable through its file (a lock, a move):
+/// on PostgreSQL (`CANON_TEST_HTTP_POSTGRES`) they do not apply, and
+/// crates/canon/tests/postgres.rs takes PostgreSQL away instead.
+fn sqlite_only() -> bool {
+    let on_postgres = common::on_postgres();
+    if on_postgres {
+        eprintln!("a SQLite file test: skipped on PostgreSQL");
+    }
+    on_postgres
+}
+
 /// Asserts `r` is the database's 503: `Retry-After`, the problem.
 async fn assert_unavailable(r: Response) -> Value {
     let retry = header(&r, "retry-after").to_owned();
@@ -54,6 +65,9 @@ async fn create(s: &Server, token: &str, port: i64) -> Response {
 
 #[tokio::test]
 async fn a_held_write_lock_answers_503_to_writes_and_readyz_and_both_recover() {
+    if sqlite_only() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("canon.db");
     let s = Server::start_with_on(config(), &path).await;
@@ -118,6 +132,9 @@ async fn a_held_write_lock_answers_503_to_writes_and_readyz_and_both_recover() {
 
 #[tokio::test]
 async fn requests_the_database_failed_are_not_charged_to_the_callers_limits() {
+    if sqlite_only() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("canon.db");
     // Time stands still: nothing refills while the test runs.
@@ -159,6 +176,9 @@ async fn requests_the_database_failed_are_not_charged_to_the_callers_limits() {
 
 #[tokio::test]
 async fn a_database_moved_away_answers_503_to_reads_and_writes_and_recovers_when_back() {
+    if sqlite_only() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("data");
     std::fs::create_dir(&home).unwrap();
@@ -225,6 +245,9 @@ async fn a_database_moved_away_answers_503_to_reads_and_writes_and_recovers_when
 /// that resumption, not a takeover after the lease, finishes it in time.
 #[tokio::test]
 async fn a_job_meeting_an_unavailable_database_waits_and_resumes() {
+    if sqlite_only() {
+        return;
+    }
     const RECORDS_N: usize = 1000;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("canon.db");

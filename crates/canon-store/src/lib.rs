@@ -5,12 +5,14 @@
 //! and callers never see which one they talk to. Every write is atomic and
 //! durable when its future resolves with `Ok`: a caller may answer 2xx then.
 //!
-//! Backends: [`sqlite::SqliteStore`] (embedded, the default). PostgreSQL
-//! follows behind the same trait and the same conformance suite.
+//! Backends: [`sqlite::SqliteStore`] (embedded, the default) and
+//! [`postgres::PostgresStore`] (several nodes on one database), held to the
+//! same conformance suite.
 
 pub mod device;
 pub mod metrics;
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use std::time::Duration;

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canon_server::{App, Config};
+use canon_store::Store;
+use canon_store::postgres::{PostgresOptions, PostgresStore};
 use canon_store::sqlite::SqliteStore;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -58,9 +60,12 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "CANON_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Database URL: sqlite://PATH [default: sqlite://canon.db].
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB [default: sqlite://canon.db].
     #[arg(long = "database", env = "CANON_DATABASE_URL")]
     database_url: Option<String>,
+    /// Connections this process keeps to PostgreSQL at most [default: 16].
+    #[arg(long, env = "CANON_DB_POOL_SIZE")]
+    db_pool_size: Option<usize>,
     /// Redis URL for shared rate-limit state (accepted; limits are kept per node until the Redis limiter is built).
     #[arg(long = "redis", env = "CANON_REDIS_URL")]
     redis_url: Option<String>,
@@ -163,6 +168,7 @@ enum LogFormat {
 struct FileConfig {
     listen: Option<SocketAddr>,
     database_url: Option<String>,
+    db_pool_size: Option<usize>,
     redis_url: Option<String>,
     max_body_bytes: Option<usize>,
     body_timeout_ms: Option<u64>,
@@ -228,6 +234,7 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
     Ok(Config {
         listen: args.listen.or(file.listen).unwrap_or(d.listen),
         database_url: args.database_url.or(file.database_url).unwrap_or(d.database_url),
+        db_pool_size: args.db_pool_size.or(file.db_pool_size).unwrap_or(d.db_pool_size).max(1),
         max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(d.max_body_bytes),
         body_timeout: args
             .body_timeout_ms
@@ -300,10 +307,47 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
     })
 }
 
-fn sqlite_path(url: &str) -> Result<PathBuf, String> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err("PostgreSQL support arrives with the scale-out work; use sqlite://PATH for now".into());
+/// Whether `url` names a PostgreSQL database.
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `url` without its password, for logs.
+fn redacted(url: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
+}
+
+/// Opens the store `config.database_url` names: SQLite (a file) or
+/// PostgreSQL (migrated at open, its pool of `config.db_pool_size`). Returns
+/// it with what to call it in logs.
+async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, String), String> {
+    let url = &config.database_url;
+    if is_postgres(url) {
+        let options = PostgresOptions {
+            pool_size: config.db_pool_size,
+            timeout: config.db_timeout,
+        };
+        let store = PostgresStore::connect(url, options)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", redacted(url)))?;
+        return Ok((Arc::new(store), redacted(url)));
+    }
+    let path = sqlite_path(url)?;
+    let store = SqliteStore::open_with_timeout(&path, config.db_timeout)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    Ok((Arc::new(store), path.display().to_string()))
+}
+
+fn sqlite_path(url: &str) -> Result<PathBuf, String> {
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -334,10 +378,8 @@ async fn shutdown_signal() {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
-    let path = sqlite_path(&config.database_url)?;
-    let store = SqliteStore::open_with_timeout(&path, config.db_timeout)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let app = App::new(config, Arc::new(store)).map_err(|e| e.to_string())?;
+    let (store, database) = open_store(&config).await?;
+    let app = App::new(config, store).map_err(|e| e.to_string())?;
     if let Some(token) = app.bootstrap().await.map_err(|e| e.to_string())? {
         eprintln!("Created the operator token (shown once, store it now):\n\n    {token}\n");
     }
@@ -345,7 +387,7 @@ async fn serve(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", app.config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, database = %path.display(), "canon is serving");
+    tracing::info!(%addr, %database, "canon is serving");
     eprintln!("canon listening on http://{addr}");
     canon_server::serve(app, listener, shutdown_signal())
         .await

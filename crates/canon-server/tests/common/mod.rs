@@ -23,7 +23,119 @@ pub struct Server {
     /// (saving the quota counts) instead of waiting for them.
     pub app: Arc<App>,
     _dir: Option<tempfile::TempDir>,
+    _database: Option<PostgresDatabase>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Whether the suites run on PostgreSQL: `CANON_TEST_HTTP_POSTGRES=1` with
+/// `CANON_TEST_POSTGRES_URL` naming a server. Each server then gets a
+/// database of its own on it, named after its SQLite path (two servers on
+/// one path are two nodes on one database; a restart finds its data).
+fn postgres_server() -> Option<String> {
+    std::env::var_os("CANON_TEST_HTTP_POSTGRES")?;
+    std::env::var("CANON_TEST_POSTGRES_URL").ok()
+}
+
+/// Whether the suites run on PostgreSQL (see [`postgres_server`]).
+pub fn on_postgres() -> bool {
+    postgres_server().is_some()
+}
+
+/// A database made on the test server, dropped (connections and all) on drop.
+pub struct PostgresDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside the test's runtime: the drop gets its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+            .map_err(std::io::Error::other)
+        })
+        .join();
+    }
+}
+
+/// Drops, once per test process, the databases earlier test processes left
+/// (those standing for paths the caller kept, which no server drops): each
+/// name carries its process's id, and a process that is gone needs none.
+async fn sweep_once(client: &tokio_postgres::Client) {
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| async {
+            let Ok(rows) = client
+                .query(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'canon\\_http\\_%'",
+                    &[],
+                )
+                .await
+            else {
+                return;
+            };
+            for row in rows {
+                let name: String = row.get(0);
+                let pid = name.split('_').nth(2).unwrap_or("");
+                if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            }
+        })
+        .await;
+}
+
+/// The store a test server runs on: SQLite at `path`, or the PostgreSQL
+/// database standing for `path` (see [`postgres_server`]).
+async fn open_store(
+    config: &Config,
+    path: &std::path::Path,
+) -> (Arc<dyn canon_store::Store>, Option<PostgresDatabase>) {
+    let Some(admin_url) = postgres_server() else {
+        let store = SqliteStore::open_with_timeout(path, config.db_timeout).expect("open store");
+        return (Arc::new(store), None);
+    };
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    path.hash(&mut hasher);
+    let name = format!("canon_http_{}_{:016x}", std::process::id(), hasher.finish());
+    let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to CANON_TEST_POSTGRES_URL");
+    tokio::spawn(conn);
+    sweep_once(&client).await;
+    if let Err(e) = client.batch_execute(&format!("CREATE DATABASE {name}")).await {
+        // Made already by an earlier server on the same path.
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE),
+            "create a test database: {e}"
+        );
+    }
+    let base = admin_url.split('?').next().unwrap_or(&admin_url);
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    let options = canon_store::postgres::PostgresOptions {
+        pool_size: config.db_pool_size,
+        timeout: config.db_timeout,
+    };
+    let store = canon_store::postgres::PostgresStore::connect(&format!("{server}/{name}"), options)
+        .await
+        .expect("open the PostgreSQL store");
+    (Arc::new(store), Some(PostgresDatabase { admin_url, name }))
 }
 
 impl Drop for Server {
@@ -151,8 +263,17 @@ impl Server {
         extend: impl FnOnce(Flow) -> S,
         gated: bool,
     ) -> Server {
-        let store: Arc<dyn canon_store::Store> =
-            Arc::new(SqliteStore::open_with_timeout(path, config.db_timeout).expect("open store"));
+        let (store, database) = open_store(&config, path).await;
+        // A database made for a server's own temporary directory goes with
+        // the server; one standing for a path the caller keeps (nodes,
+        // restarts) stays for the next server on that path.
+        let database = match database {
+            Some(made) if dir.is_none() => {
+                std::mem::forget(made);
+                None
+            }
+            other => other,
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         config.listen = addr;
@@ -182,6 +303,7 @@ impl Server {
             store,
             app,
             _dir: dir,
+            _database: database,
             shutdown: Some(tx),
         }
     }

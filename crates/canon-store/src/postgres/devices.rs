@@ -1,0 +1,226 @@
+//! A tenant's devices ([`DeviceStore`]), as `sqlite/devices.rs` keeps them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use tokio_postgres::Row;
+
+use super::PostgresStore;
+use super::rows::*;
+use crate::device::*;
+use crate::model::*;
+use crate::{StoreError, StoreResult};
+
+const DEVICE_COLS: &str = "id, tenant_id, name, endpoint, timeout_ms, headers, version, created_at, updated_at";
+
+/// The headers column: a JSON array of `{"name", "sealed"}`.
+fn headers_text(headers: &[DeviceHeader]) -> String {
+    Value::Array(
+        headers
+            .iter()
+            .map(|h| json!({"name": h.name, "sealed": h.sealed}))
+            .collect(),
+    )
+    .to_string()
+}
+
+fn device_row(r: &Row) -> StoreResult<Device> {
+    let headers = json_text(r, 5)?;
+    let field = |h: &Value, k: &str| h.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    Ok(Device {
+        id: r.try_get(0)?,
+        tenant_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        endpoint: r.try_get(3)?,
+        timeout_ms: to_u32(Some(r.try_get(4)?)).unwrap_or_default(),
+        headers: headers
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|h| DeviceHeader {
+                        name: field(h, "name"),
+                        sealed: field(h, "sealed"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        version: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        updated_at: r.try_get(8)?,
+    })
+}
+
+async fn load_device(c: &impl Db, tenant_id: &str, name: &str, lock: bool) -> StoreResult<Option<Device>> {
+    let sql = format!(
+        "SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = $1 AND name = $2{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row = c.query_typed_opt(&sql, &[text(&tenant_id), text(&name)]).await?;
+    row.map(|r| device_row(&r)).transpose()
+}
+
+/// The live device called `name`, locked and checked against `expect`, or
+/// why not.
+async fn existing(c: &impl Db, tenant_id: &str, name: &str, expect: &Expect) -> StoreResult<Device> {
+    let Some(current) = load_device(c, tenant_id, name, true).await? else {
+        return Err(not_there(c, kind::DEVICE, tenant_id, name).await);
+    };
+    check_existing(expect, current.version, None)?;
+    Ok(current)
+}
+
+#[async_trait]
+impl DeviceStore for PostgresStore {
+    async fn create_device(&self, tenant_id: &str, new: NewDevice) -> StoreResult<Device> {
+        self.pool
+            .run(async {
+                let mut c = self.pool.conn().await?;
+                let tx = c.transaction().await?;
+                let result = async {
+                    live_tenant(&tx, tenant_id).await?;
+                    let now = now_millis();
+                    let device = Device {
+                        id: new_id(),
+                        tenant_id: tenant_id.to_owned(),
+                        name: new.name,
+                        endpoint: new.endpoint,
+                        timeout_ms: new.timeout_ms,
+                        headers: new.headers,
+                        version: 1,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    let (timeout, headers) = (i64::from(device.timeout_ms), headers_text(&device.headers));
+                    let inserted = tx
+                        .execute_typed(
+                            &format!(
+                                "INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                 ON CONFLICT DO NOTHING"
+                            ),
+                            &[
+                                text(&device.id),
+                                text(&device.tenant_id),
+                                text(&device.name),
+                                text(&device.endpoint),
+                                int(&timeout),
+                                text(&headers),
+                                int(&device.version),
+                                int(&device.created_at),
+                                int(&device.updated_at),
+                            ],
+                        )
+                        .await?;
+                    if inserted == 0 {
+                        return Err(StoreError::Conflict {
+                            pointer: "/name".into(),
+                        });
+                    }
+                    clear_tombstone(&tx, kind::DEVICE, &device.tenant_id, &device.name).await?;
+                    Ok(device)
+                }
+                .await;
+                self.pool.finish(tx, result, true).await
+            })
+            .await
+    }
+
+    async fn device(&self, tenant_id: &str, name: &str) -> StoreResult<Lookup<Device>> {
+        self.pool
+            .run(async {
+                let c = self.pool.conn().await?;
+                let device = load_device(c.client(), tenant_id, name, false).await?;
+                found_or_tombstone(c.client(), device, kind::DEVICE, tenant_id, name).await
+            })
+            .await
+    }
+
+    async fn list_devices(&self, tenant_id: &str, p: PageRequest) -> StoreResult<Page<Device>> {
+        self.pool
+            .run(async {
+                let c = self.pool.conn().await?;
+                page(
+                    c.client(),
+                    &format!("SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"),
+                    &[text(&tenant_id)],
+                    &p,
+                    device_row,
+                    |d| &d.id,
+                )
+                .await
+            })
+            .await
+    }
+
+    async fn update_device(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        changes: DeviceChanges,
+        expect: Expect,
+    ) -> StoreResult<Device> {
+        self.pool
+            .run(async {
+                let mut c = self.pool.conn().await?;
+                let tx = c.transaction().await?;
+                let result = async {
+                    let mut next = existing(&tx, tenant_id, name, &expect).await?;
+                    if let Some(endpoint) = changes.endpoint {
+                        next.endpoint = endpoint;
+                    }
+                    if let Some(timeout_ms) = changes.timeout_ms {
+                        next.timeout_ms = timeout_ms;
+                    }
+                    if let Some(headers) = changes.headers {
+                        next.headers = headers;
+                    }
+                    next.version += 1;
+                    next.updated_at = now_millis().max(next.updated_at);
+                    let (timeout, headers) = (i64::from(next.timeout_ms), headers_text(&next.headers));
+                    tx.execute_typed(
+                        "UPDATE devices SET endpoint = $1, timeout_ms = $2, headers = $3, version = $4, updated_at = $5
+                         WHERE tenant_id = $6 AND id = $7",
+                        &[
+                            text(&next.endpoint),
+                            int(&timeout),
+                            text(&headers),
+                            int(&next.version),
+                            int(&next.updated_at),
+                            text(&next.tenant_id),
+                            text(&next.id),
+                        ],
+                    )
+                    .await?;
+                    Ok(next)
+                }
+                .await;
+                self.pool.finish(tx, result, true).await
+            })
+            .await
+    }
+
+    async fn delete_device(&self, tenant_id: &str, name: &str, expect: Expect, retention: Duration) -> StoreResult<()> {
+        self.pool
+            .run(async {
+                let mut c = self.pool.conn().await?;
+                let tx = c.transaction().await?;
+                let result = async {
+                    let current = existing(&tx, tenant_id, name, &expect).await?;
+                    let gone = tx
+                        .execute_typed(
+                            "DELETE FROM devices WHERE tenant_id = $1 AND id = $2",
+                            &[text(&tenant_id), text(&current.id)],
+                        )
+                        .await?;
+                    if gone != 1 {
+                        return Err(StoreError::Vanished);
+                    }
+                    put_tombstone(&tx, kind::DEVICE, tenant_id, name, retention).await?;
+                    Ok(())
+                }
+                .await;
+                self.pool.finish(tx, result, true).await
+            })
+            .await
+    }
+}
