@@ -3,10 +3,10 @@
 //!
 //! The counting state sits behind [`RateLimiter`]: "take one request for
 //! key K under policy P at time T, from every limit or from none". The
-//! in-process [`MemoryLimiter`] holds it now; a later backend can hold the
-//! same state in Redis for several nodes (the call is async for that). Time
-//! comes from a [`Clock`], so a test moves it past midnight instead of
-//! waiting.
+//! in-process [`MemoryLimiter`] holds it per node; [`RedisLimiter`]
+//! (`--redis`) holds the same cells in Redis, shared by every node, and
+//! judges them with the same `judge` (see [`limiter_for`]). Time comes
+//! from a [`Clock`], so a test moves it past midnight instead of waiting.
 //!
 //! The per-key limit is GCRA (the generic cell rate algorithm: one
 //! "theoretical arrival time" per key), written here rather than taken from
