@@ -96,7 +96,11 @@ async fn redis_cpu(url: &str) -> Duration {
     let Ok(mut c) = client.get_multiplexed_async_connection().await else {
         return Duration::ZERO;
     };
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut c).await.unwrap_or_default();
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
     let secs: f64 = info
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -116,9 +120,8 @@ async fn main() {
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let prefix = format!("canon-bench-{}", std::process::id());
     let memory: Arc<dyn RateLimiter> = Arc::new(MemoryLimiter::default());
-    let redis: Arc<dyn RateLimiter> = Arc::new(
-        RedisLimiter::new(&url, &prefix, RedisFailure::Closed, Duration::from_secs(2)).expect("redis url"),
-    );
+    let redis: Arc<dyn RateLimiter> =
+        Arc::new(RedisLimiter::new(&url, &prefix, RedisFailure::Closed, Duration::from_secs(2)).expect("redis url"));
     // Connect and load the script before timing.
     sequential(redis.as_ref(), 100).await;
 
