@@ -132,14 +132,27 @@ async fn closed_port() -> String {
     format!("redis://127.0.0.1:{port}")
 }
 
+/// `canon_rate_limiter_unavailable_total{failure}` now (this process's
+/// recorder, shared by every server of the test binary).
+fn unavailable_count(failure: &str) -> f64 {
+    let line = format!("canon_rate_limiter_unavailable_total{{failure=\"{failure}\"}} ");
+    canon_server::metrics::render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
     let url = closed_port().await;
     let open = Server::start_with(on_redis(&url, "canon", RedisFailure::Open), |r| r).await;
     let w = world(&open, "acme").await;
+    let before = unavailable_count("open");
     let r = get(&open, &w.viewer).await;
     assert_eq!(r.status(), StatusCode::OK, "open: served");
     assert!(r.headers().get("ratelimit").is_none(), "no limit was decided");
+    assert!(unavailable_count("open") > before, "counted");
 
     let closed = Server::start_with(on_redis(&url, "canon", RedisFailure::Closed), |r| r).await;
     let r = get(&closed, OPERATOR).await;
