@@ -741,6 +741,64 @@ mod tests {
         assert!(l.acquire(&[], at(5), true).await.is_ok(), "no charge, nothing to ask");
     }
 
+    /// Forwards connections on `listener` to the Redis at `to` until the
+    /// returned set is dropped (which closes every forwarded connection).
+    fn proxy(listener: tokio::net::TcpListener, to: String) -> tokio::task::JoinSet<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = to.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        tasks
+    }
+
+    #[tokio::test]
+    async fn the_limiter_recovers_by_itself_when_redis_comes_back() {
+        let Some(url) = redis_url() else { return };
+        // host:port of the test Redis (no credentials expected in a test URL).
+        let target = url
+            .trim_start_matches("redis://")
+            .rsplit('@')
+            .next()
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr");
+        let prefix = new_prefix();
+        let l = limiter(&format!("redis://{address}"), &prefix, RedisFailure::Closed);
+        let c = [burst("k", 1, 100)];
+        let up = proxy(listener, target.clone());
+        assert!(l.acquire(&c, at(5), true).await.is_ok());
+        // Redis goes away: every connection to it is cut.
+        drop(up);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(l.acquire(&c, at(5), true).await.is_err());
+        // It comes back on the same address; after the pause, served again.
+        let listener = tokio::net::TcpListener::bind(address).await.expect("rebind");
+        let _up = proxy(listener, target);
+        tokio::time::sleep(PAUSE_AFTER_FAILURE + Duration::from_millis(100)).await;
+        let mut recovered = false;
+        for _ in 0..20 {
+            if let Ok(RateVerdict::Allowed(s)) = l.acquire(&c, at(5), true).await {
+                // The count went on from before the outage.
+                assert_eq!(s.policies[0].unwrap().remaining, 98);
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
+        }
+        assert!(recovered, "the limiter did not reconnect");
+        clean(&url, &prefix).await;
+    }
+
     #[tokio::test]
     async fn a_hung_redis_costs_a_request_at_most_the_timeout() {
         // Accepts connections and never answers.
