@@ -82,6 +82,52 @@ pub struct Config {
     pub max_in_flight_per_caller: Option<usize>,
     /// The device gateway (docs/devices.md).
     pub devices: crate::devices::DeviceConfig,
+    /// `redis://…`: rate limits and daily quotas are held in this Redis,
+    /// shared by every node on it; `None`: in process (docs/decisions.md,
+    /// "Shared limits in Redis").
+    pub redis_url: Option<String>,
+    /// What a request meets while Redis cannot be reached.
+    pub redis_failure: RedisFailure,
+    /// How long one Redis call (connecting included) may take before it
+    /// counts as a failure: a hung Redis costs a request at most this.
+    pub redis_timeout: Duration,
+    /// The first part of every Redis key (`{prefix}:gcra:…`), so that
+    /// several deployments can share one Redis.
+    pub redis_prefix: String,
+}
+
+/// What a request meets while the shared limiter (Redis) cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisFailure {
+    /// Served without limits (a warning at most once per interval, and
+    /// `canon_rate_limiter_unavailable_total`): an outage of the limiter is
+    /// not an outage of the API.
+    #[default]
+    Open,
+    /// Refused with 503 and `Retry-After`: no request goes unmetered.
+    Closed,
+}
+
+impl std::str::FromStr for RedisFailure {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "open" => Ok(RedisFailure::Open),
+            "closed" => Ok(RedisFailure::Closed),
+            other => Err(format!("{other:?} is neither `open` nor `closed`")),
+        }
+    }
+}
+
+impl RedisFailure {
+    /// `open` or `closed`, as configured and as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisFailure::Open => "open",
+            RedisFailure::Closed => "closed",
+        }
+    }
 }
 
 impl Config {
@@ -135,6 +181,10 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             max_in_flight_per_caller: None,
             devices: crate::devices::DeviceConfig::default(),
+            redis_url: None,
+            redis_failure: RedisFailure::Open,
+            redis_timeout: Duration::from_millis(250),
+            redis_prefix: "canon".into(),
         }
     }
 }

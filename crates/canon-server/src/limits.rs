@@ -3,10 +3,10 @@
 //!
 //! The counting state sits behind [`RateLimiter`]: "take one request for
 //! key K under policy P at time T, from every limit or from none". The
-//! in-process [`MemoryLimiter`] holds it now; a later backend can hold the
-//! same state in Redis for several nodes (the call is async for that). Time
-//! comes from a [`Clock`], so a test moves it past midnight instead of
-//! waiting.
+//! in-process [`MemoryLimiter`] holds it per node; [`RedisLimiter`]
+//! (`--redis`) holds the same cells in Redis, shared by every node, and
+//! judges them with the same `judge` (see [`limiter_for`]). Time comes
+//! from a [`Clock`], so a test moves it past midnight instead of waiting.
 //!
 //! The per-key limit is GCRA (the generic cell rate algorithm: one
 //! "theoretical arrival time" per key), written here rather than taken from
@@ -32,6 +32,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use canon_http::flow::BoxFuture;
 use canon_http::ratelimit::{LimitName, PolicyStanding, RateVerdict, Standing};
 use canon_store::QuotaUsage;
+
+mod redis_limiter;
+pub use redis_limiter::{RedisLimiter, limiter_for};
 
 /// Where the time comes from.
 pub trait Clock: Send + Sync {
@@ -301,6 +304,31 @@ fn judge(cell: Option<Cell>, policy: Policy, name: LimitName, now: u64) -> Judge
     }
 }
 
+/// The verdict on judged charges (in charge order): refused when any is,
+/// naming the exhausted limit that frees last; the standing of the first
+/// two either way. Shared by every backend, so the same history gives the
+/// same fields.
+fn decide<'j>(judged: impl Iterator<Item = &'j Judged>) -> RateVerdict {
+    let mut standing = Standing::default();
+    let mut refused: Option<(LimitName, u64)> = None;
+    for (slot, j) in judged.enumerate() {
+        if slot < 2 {
+            standing.policies[slot] = Some(j.standing);
+        }
+        if j.next.is_none() && refused.is_none_or(|(_, r)| j.retry_after > r) {
+            refused = Some((j.standing.name, j.retry_after));
+        }
+    }
+    match refused {
+        Some((limit, retry_after)) => RateVerdict::Refused {
+            standing,
+            limit,
+            retry_after,
+        },
+        None => RateVerdict::Allowed(standing),
+    }
+}
+
 /// Shards per key space: requests of different keys rarely wait for one
 /// another, and no lock is held across an await (the limiter never awaits).
 const SHARDS: usize = 16;
@@ -381,22 +409,9 @@ impl MemoryLimiter {
                 guards.push(guard);
             }
         }
-        let mut standing = Standing::default();
-        let mut refused: Option<(LimitName, u64)> = None;
-        for (slot, j) in judged.iter().flatten().enumerate() {
-            if slot < 2 {
-                standing.policies[slot] = Some(j.standing);
-            }
-            if j.next.is_none() && refused.is_none_or(|(_, r)| j.retry_after > r) {
-                refused = Some((j.standing.name, j.retry_after));
-            }
-        }
-        if let Some((limit, retry_after)) = refused {
-            return RateVerdict::Refused {
-                standing,
-                limit,
-                retry_after,
-            };
+        let verdict = decide(judged.iter().flatten());
+        if matches!(verdict, RateVerdict::Refused { .. }) {
+            return verdict;
         }
         if take {
             for (i, c) in charges.iter().take(3).enumerate() {
@@ -413,7 +428,7 @@ impl MemoryLimiter {
                 shard.put(c.key, next, now);
             }
         }
-        RateVerdict::Allowed(standing)
+        verdict
     }
 
     /// The synchronous body of [`RateLimiter::refund`].

@@ -37,6 +37,10 @@ pub const CONNECTIONS_REFUSED: &str = "canon_connections_refused_total";
 pub const UNMATCHED: &str = "unmatched";
 /// Requests refused by a rate limit or quota, by `limit` ([`rate_limited`]).
 pub const RATE_LIMITED: &str = "canon_rate_limited_total";
+/// Rate-limit decisions the shared limiter (Redis) could not make, by
+/// `failure` (`open`: served unlimited; `closed`: refused with 503)
+/// ([`limiter_unavailable`]).
+pub const LIMITER_UNAVAILABLE: &str = "canon_rate_limiter_unavailable_total";
 /// Look-ups of the caches in front of the store, by `cache` (`keys`,
 /// `tenants`, `collections`) and `outcome` (`hit`, `miss`).
 pub const CACHE_LOOKUPS: &str = "canon_cache_lookups_total";
@@ -116,6 +120,10 @@ fn describe() {
         "Connections closed as soon as they were accepted, by reason (per-address: its address had as many open as it may)."
     );
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit or quota, by limit.");
+    describe_counter!(
+        LIMITER_UNAVAILABLE,
+        "Rate-limit decisions (and refunds) Redis could not answer, by failure policy (open: served without limits; closed: 503)."
+    );
     describe_histogram!(
         STORE_SECONDS,
         Unit::Seconds,
@@ -129,6 +137,12 @@ fn describe() {
 /// small set of names, never a key or tenant.
 pub fn rate_limited(limit: &'static str) {
     metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
+}
+
+/// Counts a call the shared limiter could not answer, under the failure
+/// policy `failure` (`open` or `closed`).
+pub fn limiter_unavailable(failure: &'static str) {
+    metrics::counter!(LIMITER_UNAVAILABLE, "failure" => failure).increment(1);
 }
 
 /// Records one answered request.

@@ -138,7 +138,7 @@ impl App {
             schemas: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             callers_in_flight: crate::limits::InFlight::new(config.in_flight_share()),
-            limiter: Arc::new(crate::limits::MemoryLimiter::default()),
+            limiter: crate::limits::limiter_for(&config)?,
             clock,
             known_good: crate::limits::KnownGood::default(),
             cursor_key: tokio::sync::OnceCell::new(),

@@ -66,9 +66,21 @@ struct ServeArgs {
     /// Connections this process keeps to PostgreSQL at most [default: 16].
     #[arg(long, env = "CANON_DB_POOL_SIZE")]
     db_pool_size: Option<usize>,
-    /// Redis URL for shared rate-limit state (accepted; limits are kept per node until the Redis limiter is built).
-    #[arg(long = "redis", env = "CANON_REDIS_URL")]
+    /// Redis URL (redis://[user:password@]host[:port][/db]): rate limits and
+    /// daily quotas shared by every node on it [default: none, kept per node].
+    #[arg(long = "redis", env = "CANON_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// While Redis cannot be reached: `open` serves requests without limits,
+    /// `closed` refuses them with 503 [default: open].
+    #[arg(long, env = "CANON_REDIS_FAILURE")]
+    redis_failure: Option<canon_server::config::RedisFailure>,
+    /// Milliseconds one Redis call (connecting included) may take before it
+    /// counts as a failure [default: 250].
+    #[arg(long, env = "CANON_REDIS_TIMEOUT_MS")]
+    redis_timeout_ms: Option<u64>,
+    /// Prefix of Canon's Redis keys, so deployments can share one Redis [default: canon].
+    #[arg(long, env = "CANON_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
     /// TOML file with any of these settings.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -170,6 +182,9 @@ struct FileConfig {
     database_url: Option<String>,
     db_pool_size: Option<usize>,
     redis_url: Option<String>,
+    redis_failure: Option<String>,
+    redis_timeout_ms: Option<u64>,
+    redis_prefix: Option<String>,
     max_body_bytes: Option<usize>,
     body_timeout_ms: Option<u64>,
     max_import_bytes: Option<u64>,
@@ -226,11 +241,11 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
     let millis = |flag: Option<u64>, file: Option<u64>, default: Duration| {
         flag.or(file).map(Duration::from_millis).unwrap_or(default)
     };
-    if args.redis_url.or(file.redis_url).is_some() {
-        tracing::warn!(
-            "a Redis URL was given, but rate limits are kept per node for now (the Redis limiter is not built)"
-        );
-    }
+    let redis_failure = match (args.redis_failure, file.redis_failure) {
+        (Some(f), _) => f,
+        (None, Some(text)) => text.parse().map_err(|e| format!("redis_failure: {e}"))?,
+        (None, None) => d.redis_failure,
+    };
     Ok(Config {
         listen: args.listen.or(file.listen).unwrap_or(d.listen),
         database_url: args.database_url.or(file.database_url).unwrap_or(d.database_url),
@@ -304,6 +319,10 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
             .unwrap_or(d.max_connections_per_address),
         shutdown_grace: millis(args.shutdown_grace_ms, file.shutdown_grace_ms, d.shutdown_grace),
         devices: device_args::resolve(args.devices, file.devices.unwrap_or_default())?,
+        redis_url: args.redis_url.or(file.redis_url),
+        redis_failure,
+        redis_timeout: millis(args.redis_timeout_ms, file.redis_timeout_ms, d.redis_timeout),
+        redis_prefix: args.redis_prefix.or(file.redis_prefix).unwrap_or(d.redis_prefix),
     })
 }
 

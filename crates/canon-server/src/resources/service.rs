@@ -386,8 +386,10 @@ pub async fn run_within(
 }
 
 /// A limiter that cannot answer: 503, the request is not served unmetered.
+/// The limiter logs its failures itself, at most one line per interval: one
+/// line per refused request would flood the log during an outage.
 fn limiter_problem(e: crate::limits::LimiterError) -> Problem {
-    tracing::error!(error = %e, "rate limiter unavailable");
+    tracing::debug!(error = %e, "rate limiter unavailable");
     Problem::new(
         canon_http::ProblemKind::ServiceUnavailable,
         "The rate limiter cannot be reached; retry shortly.",
