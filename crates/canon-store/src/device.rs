@@ -24,6 +24,37 @@ pub struct DeviceHeader {
     pub sealed: String,
 }
 
+/// `headers` as both backends keep them: a JSON array of `{"name", "sealed"}`.
+pub(crate) fn headers_text(headers: &[DeviceHeader]) -> String {
+    serde_json::Value::Array(
+        headers
+            .iter()
+            .map(|h| serde_json::json!({"name": h.name, "sealed": h.sealed}))
+            .collect(),
+    )
+    .to_string()
+}
+
+/// The headers [`headers_text`] wrote, read back.
+pub(crate) fn headers_from(kept: &serde_json::Value) -> Vec<DeviceHeader> {
+    let field = |h: &serde_json::Value, k: &str| {
+        h.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    kept.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|h| DeviceHeader {
+                    name: field(h, "name"),
+                    sealed: field(h, "sealed"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A device of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {

@@ -342,6 +342,47 @@ pub struct Page<T> {
     pub next: Option<Cursor>,
 }
 
+impl<T> Page<T> {
+    /// The page of `limit` items out of `limit + 1` fetched in list order,
+    /// each with its sort value (`None` in id order): a row beyond `limit`
+    /// means there is more, after the last item kept. Both backends page
+    /// this way.
+    pub fn from_fetched(mut fetched: Vec<(T, Option<Value>)>, limit: usize, id_of: impl Fn(&T) -> &str) -> Page<T> {
+        let next = if fetched.len() > limit {
+            fetched.truncate(limit);
+            fetched.last().map(|(item, sort_value)| Cursor {
+                id: id_of(item).to_owned(),
+                sort_value: sort_value.clone(),
+            })
+        } else {
+            None
+        };
+        Page {
+            items: fetched.into_iter().map(|(item, _)| item).collect(),
+            next,
+        }
+    }
+}
+
+/// Checks `expect` against an existing entity at `version` (with `etag`,
+/// for records), as every backend's conditional write does inside its
+/// transaction.
+pub(crate) fn check_existing(expect: &Expect, version: i64, etag: Option<&str>) -> crate::StoreResult<()> {
+    let holds = match expect {
+        Expect::Anything => true,
+        Expect::Etag(tag) => etag == Some(tag.as_str()),
+        Expect::Version(v) => *v == version,
+        Expect::Absent => false,
+        Expect::Exists => true,
+        Expect::OneOf(tags) => etag.is_some_and(|e| tags.iter().any(|t| t == e)),
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(crate::StoreError::ExpectationFailed)
+    }
+}
+
 /// Sort order of a record list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SortOrder {

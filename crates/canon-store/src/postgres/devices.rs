@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
 use tokio_postgres::Row;
 
 use super::PostgresStore;
@@ -14,37 +13,15 @@ use crate::{StoreError, StoreResult};
 
 const DEVICE_COLS: &str = "id, tenant_id, name, endpoint, timeout_ms, headers, version, created_at, updated_at";
 
-/// The headers column: a JSON array of `{"name", "sealed"}`.
-fn headers_text(headers: &[DeviceHeader]) -> String {
-    Value::Array(
-        headers
-            .iter()
-            .map(|h| json!({"name": h.name, "sealed": h.sealed}))
-            .collect(),
-    )
-    .to_string()
-}
-
 fn device_row(r: &Row) -> StoreResult<Device> {
     let headers = json_text(r, 5)?;
-    let field = |h: &Value, k: &str| h.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
     Ok(Device {
         id: r.try_get(0)?,
         tenant_id: r.try_get(1)?,
         name: r.try_get(2)?,
         endpoint: r.try_get(3)?,
         timeout_ms: to_u32(Some(r.try_get(4)?)).unwrap_or_default(),
-        headers: headers
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|h| DeviceHeader {
-                        name: field(h, "name"),
-                        sealed: field(h, "sealed"),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        headers: headers_from(&headers),
         version: r.try_get(6)?,
         created_at: r.try_get(7)?,
         updated_at: r.try_get(8)?,

@@ -488,23 +488,11 @@ async fn list_rows<T>(
 
     let rows = c.query_typed(&sql, &args.params()).await?;
     let sorted = sort.is_some();
-    let mut items = rows
+    let items = rows
         .iter()
         .map(|r| Ok((row(r)?, if sorted { Some(sort_value(r, 7)?) } else { None })))
         .collect::<StoreResult<Vec<_>>>()?;
-    let next = if items.len() > q.page.limit {
-        items.truncate(q.page.limit);
-        items.last().map(|(r, v)| Cursor {
-            id: id_of(r).to_owned(),
-            sort_value: v.clone(),
-        })
-    } else {
-        None
-    };
-    Ok(Page {
-        items: items.into_iter().map(|(r, _)| r).collect(),
-        next,
-    })
+    Ok(Page::from_fetched(items, q.page.limit, id_of))
 }
 
 #[async_trait]

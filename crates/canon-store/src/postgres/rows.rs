@@ -202,23 +202,7 @@ pub(super) async fn live_tenant(c: &impl Db, tenant_id: &str) -> StoreResult<()>
     }
 }
 
-/// Checks `expect` against an existing entity at `version` (with `etag`,
-/// for records).
-pub(super) fn check_existing(expect: &Expect, version: i64, etag: Option<&str>) -> StoreResult<()> {
-    let holds = match expect {
-        Expect::Anything => true,
-        Expect::Etag(tag) => etag == Some(tag.as_str()),
-        Expect::Version(v) => *v == version,
-        Expect::Absent => false,
-        Expect::Exists => true,
-        Expect::OneOf(tags) => etag.is_some_and(|e| tags.iter().any(|t| t == e)),
-    };
-    if holds {
-        Ok(())
-    } else {
-        Err(StoreError::ExpectationFailed)
-    }
-}
+pub(super) use crate::model::check_existing;
 
 /// Runs a keyset-paginated query: `sql` selects rows with `id > $n` (the
 /// cursor, one after `args`) and `LIMIT $n+1`, ordered by id.
@@ -236,17 +220,11 @@ pub(super) async fn page<T>(
     all.push(text(&after));
     all.push(int(&fetch));
     let rows = c.query_typed(sql, &all).await?;
-    let mut items = rows.iter().map(map).collect::<StoreResult<Vec<T>>>()?;
-    let next = if items.len() > page.limit {
-        items.truncate(page.limit);
-        items.last().map(|t| Cursor {
-            id: id_of(t).to_owned(),
-            sort_value: None,
-        })
-    } else {
-        None
-    };
-    Ok(Page { items, next })
+    let items = rows
+        .iter()
+        .map(|r| map(r).map(|t| (t, None)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Page::from_fetched(items, page.limit, id_of))
 }
 
 pub(super) fn tenant_row(r: &Row) -> StoreResult<Tenant> {

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde_json::{Value, json};
 
 use super::SqliteStore;
 use super::rows::*;
@@ -14,37 +13,15 @@ use crate::{StoreError, StoreResult};
 
 const DEVICE_COLS: &str = "id, tenant_id, name, endpoint, timeout_ms, headers, version, created_at, updated_at";
 
-/// The headers column: a JSON array of `{"name", "sealed"}`.
-fn headers_text(headers: &[DeviceHeader]) -> String {
-    Value::Array(
-        headers
-            .iter()
-            .map(|h| json!({"name": h.name, "sealed": h.sealed}))
-            .collect(),
-    )
-    .to_string()
-}
-
 fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     let headers = json_column(r, 5)?;
-    let field = |h: &Value, k: &str| h.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
     Ok(Device {
         id: r.get(0)?,
         tenant_id: r.get(1)?,
         name: r.get(2)?,
         endpoint: r.get(3)?,
         timeout_ms: r.get(4)?,
-        headers: headers
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|h| DeviceHeader {
-                        name: field(h, "name"),
-                        sealed: field(h, "sealed"),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        headers: headers_from(&headers),
         version: r.get(6)?,
         created_at: r.get(7)?,
         updated_at: r.get(8)?,

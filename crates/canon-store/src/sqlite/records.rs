@@ -472,20 +472,8 @@ fn list_rows<T>(
             Ok((row(r)?, sort_value))
         })
         .map_err(db_error)?;
-    let mut items = rows.collect::<Result<Vec<_>, _>>().map_err(db_error)?;
-    let next = if items.len() > q.page.limit {
-        items.truncate(q.page.limit);
-        items.last().map(|(r, v)| Cursor {
-            id: id_of(r).to_owned(),
-            sort_value: v.clone(),
-        })
-    } else {
-        None
-    };
-    Ok(Page {
-        items: items.into_iter().map(|(r, _)| r).collect(),
-        next,
-    })
+    let items = rows.collect::<Result<Vec<_>, _>>().map_err(db_error)?;
+    Ok(Page::from_fetched(items, q.page.limit, id_of))
 }
 
 #[async_trait]

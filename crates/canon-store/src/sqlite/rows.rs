@@ -130,23 +130,7 @@ pub(super) fn live_tenant(conn: &Connection, tenant_id: &str) -> StoreResult<()>
     }
 }
 
-/// Checks `expect` against an existing entity at `version` (with `etag`,
-/// for records).
-pub(super) fn check_existing(expect: &Expect, version: i64, etag: Option<&str>) -> StoreResult<()> {
-    let holds = match expect {
-        Expect::Anything => true,
-        Expect::Etag(tag) => etag == Some(tag.as_str()),
-        Expect::Version(v) => *v == version,
-        Expect::Absent => false,
-        Expect::Exists => true,
-        Expect::OneOf(tags) => etag.is_some_and(|e| tags.iter().any(|t| t == e)),
-    };
-    if holds {
-        Ok(())
-    } else {
-        Err(StoreError::ExpectationFailed)
-    }
-}
+pub(super) use crate::model::check_existing;
 
 pub(super) fn found_or_tombstone<T>(
     conn: &Connection,
@@ -179,17 +163,11 @@ pub(super) fn page<T>(
         None => stmt.query_map(params![after, fetch], &map),
     }
     .map_err(db_error)?;
-    let mut items = rows.collect::<Result<Vec<T>, _>>().map_err(db_error)?;
-    let next = if items.len() > page.limit {
-        items.truncate(page.limit);
-        items.last().map(|t| Cursor {
-            id: id_of(t).to_owned(),
-            sort_value: None,
-        })
-    } else {
-        None
-    };
-    Ok(Page { items, next })
+    let items = rows
+        .map(|r| r.map(|t| (t, None)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_error)?;
+    Ok(Page::from_fetched(items, page.limit, id_of))
 }
 
 pub(super) fn tenant_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
