@@ -85,56 +85,50 @@ pub(super) async fn collection_exists(c: &impl Db, collection: &Collection) -> S
 impl CollectionStore for PostgresStore {
     async fn create_collection(&self, tenant_id: &str, new: NewCollection) -> StoreResult<Collection> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    live_tenant(&tx, tenant_id).await?;
-                    lock_names(&tx, tenant_id).await?;
-                    let now = now_millis();
-                    let col = Collection {
-                        id: new_id(),
-                        tenant_id: tenant_id.to_owned(),
-                        name: new.name,
-                        schema: new.schema,
-                        unique: new.unique,
-                        require_if_match: new.require_if_match,
-                        version: 1,
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    let (schema, unique) = (col.schema.to_string(), Value::from(col.unique.clone()).to_string());
-                    let inserted = tx
-                        .execute_typed(
-                            &format!(
-                                "INSERT INTO collections ({COLLECTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            .write(true, async |tx| {
+                live_tenant(tx, tenant_id).await?;
+                lock_names(tx, tenant_id).await?;
+                let now = now_millis();
+                let col = Collection {
+                    id: new_id(),
+                    tenant_id: tenant_id.to_owned(),
+                    name: new.name,
+                    schema: new.schema,
+                    unique: new.unique,
+                    require_if_match: new.require_if_match,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                };
+                let (schema, unique) = (col.schema.to_string(), Value::from(col.unique.clone()).to_string());
+                let inserted = tx
+                    .execute_typed(
+                        &format!(
+                            "INSERT INTO collections ({COLLECTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                                  ON CONFLICT DO NOTHING"
-                            ),
-                            &[
-                                text(&col.id),
-                                text(&col.tenant_id),
-                                text(&col.name),
-                                text(&schema),
-                                text(&unique),
-                                boolean(&col.require_if_match),
-                                int(&col.version),
-                                int(&col.created_at),
-                                int(&col.updated_at),
-                            ],
-                        )
-                        .await?;
-                    if inserted == 0 {
-                        return Err(StoreError::Conflict {
-                            pointer: "/name".into(),
-                        });
-                    }
-                    clear_tombstone(&tx, kind::COLLECTION, &col.tenant_id, &col.name).await?;
-                    // A new collection under an old name ends that name's redirect.
-                    drop_alias(&tx, &col.tenant_id, &col.name).await?;
-                    Ok(col)
+                        ),
+                        &[
+                            text(&col.id),
+                            text(&col.tenant_id),
+                            text(&col.name),
+                            text(&schema),
+                            text(&unique),
+                            boolean(&col.require_if_match),
+                            int(&col.version),
+                            int(&col.created_at),
+                            int(&col.updated_at),
+                        ],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    return Err(StoreError::Conflict {
+                        pointer: "/name".into(),
+                    });
                 }
-                .await;
-                self.pool.finish(tx, result, true).await
+                clear_tombstone(tx, kind::COLLECTION, &col.tenant_id, &col.name).await?;
+                // A new collection under an old name ends that name's redirect.
+                drop_alias(tx, &col.tenant_id, &col.name).await?;
+                Ok(col)
             })
             .await
     }
@@ -176,41 +170,35 @@ impl CollectionStore for PostgresStore {
         retention: Duration,
     ) -> StoreResult<()> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    let Some(current) = load_collection(&tx, tenant_id, name, true).await? else {
-                        return Err(not_there(&tx, kind::COLLECTION, tenant_id, name).await);
-                    };
-                    check_existing(&expect, current.version, None)?;
-                    let id = current.id;
-                    let has_records = tx
-                        .query_typed_opt(
-                            "SELECT 1 FROM records WHERE tenant_id = $1 AND collection_id = $2 LIMIT 1",
-                            &[text(&tenant_id), text(&id)],
-                        )
-                        .await?;
-                    if has_records.is_some() {
-                        return Err(StoreError::NotEmpty);
-                    }
-                    tx.execute_typed(
-                        "DELETE FROM tombstones WHERE kind = $1 AND scope = $2",
-                        &[text(&kind::RECORD), text(&id)],
+            .write(true, async |tx| {
+                let Some(current) = load_collection(tx, tenant_id, name, true).await? else {
+                    return Err(not_there(tx, kind::COLLECTION, tenant_id, name).await);
+                };
+                check_existing(&expect, current.version, None)?;
+                let id = current.id;
+                let has_records = tx
+                    .query_typed_opt(
+                        "SELECT 1 FROM records WHERE tenant_id = $1 AND collection_id = $2 LIMIT 1",
+                        &[text(&tenant_id), text(&id)],
                     )
                     .await?;
-                    for sql in [
-                        "DELETE FROM collection_aliases WHERE tenant_id = $1 AND collection_id = $2",
-                        "DELETE FROM locks WHERE tenant_id = $1 AND collection_id = $2",
-                        "DELETE FROM collections WHERE tenant_id = $1 AND id = $2",
-                    ] {
-                        tx.execute_typed(sql, &[text(&tenant_id), text(&id)]).await?;
-                    }
-                    put_tombstone(&tx, kind::COLLECTION, tenant_id, name, retention).await?;
-                    Ok(())
+                if has_records.is_some() {
+                    return Err(StoreError::NotEmpty);
                 }
-                .await;
-                self.pool.finish(tx, result, true).await
+                tx.execute_typed(
+                    "DELETE FROM tombstones WHERE kind = $1 AND scope = $2",
+                    &[text(&kind::RECORD), text(&id)],
+                )
+                .await?;
+                for sql in [
+                    "DELETE FROM collection_aliases WHERE tenant_id = $1 AND collection_id = $2",
+                    "DELETE FROM locks WHERE tenant_id = $1 AND collection_id = $2",
+                    "DELETE FROM collections WHERE tenant_id = $1 AND id = $2",
+                ] {
+                    tx.execute_typed(sql, &[text(&tenant_id), text(&id)]).await?;
+                }
+                put_tombstone(tx, kind::COLLECTION, tenant_id, name, retention).await?;
+                Ok(())
             })
             .await
     }
@@ -223,26 +211,23 @@ impl CollectionStore for PostgresStore {
         expect: Expect,
     ) -> StoreResult<Collection> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
+            .write(true, async |tx| {
                     if changes.name.is_some() {
-                        lock_names(&tx, tenant_id).await?;
+                        lock_names(tx, tenant_id).await?;
                     }
-                    let Some(current) = load_collection(&tx, tenant_id, name, true).await? else {
-                        return Err(not_there(&tx, kind::COLLECTION, tenant_id, name).await);
+                    let Some(current) = load_collection(tx, tenant_id, name, true).await? else {
+                        return Err(not_there(tx, kind::COLLECTION, tenant_id, name).await);
                     };
                     check_existing(&expect, current.version, None)?;
                     let mut next = current.clone();
                     if let Some(new_name) = changes.name.filter(|n| *n != current.name) {
-                        if load_collection(&tx, tenant_id, &new_name, false).await?.is_some() {
+                        if load_collection(tx, tenant_id, &new_name, false).await?.is_some() {
                             return Err(StoreError::Conflict {
                                 pointer: "/name".into(),
                             });
                         }
-                        drop_alias(&tx, tenant_id, &new_name).await?;
-                        clear_tombstone(&tx, kind::COLLECTION, tenant_id, &new_name).await?;
+                        drop_alias(tx, tenant_id, &new_name).await?;
+                        clear_tombstone(tx, kind::COLLECTION, tenant_id, &new_name).await?;
                         let now = now_millis();
                         tx.execute_typed(
                             "INSERT INTO collection_aliases (tenant_id, name, collection_id, created_at) VALUES ($1, $2, $3, $4)",
@@ -281,13 +266,10 @@ impl CollectionStore for PostgresStore {
                     )
                     .await?;
                     if reindexed {
-                        reindex(&tx, &next).await?;
+                        reindex(tx, &next).await?;
                     }
                     Ok(next)
-                }
-                .await;
-                self.pool.finish(tx, result, true).await
-            })
+})
             .await
     }
 

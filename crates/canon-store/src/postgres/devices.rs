@@ -51,53 +51,47 @@ async fn existing(c: &impl Db, tenant_id: &str, name: &str, expect: &Expect) -> 
 impl DeviceStore for PostgresStore {
     async fn create_device(&self, tenant_id: &str, new: NewDevice) -> StoreResult<Device> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    live_tenant(&tx, tenant_id).await?;
-                    let now = now_millis();
-                    let device = Device {
-                        id: new_id(),
-                        tenant_id: tenant_id.to_owned(),
-                        name: new.name,
-                        endpoint: new.endpoint,
-                        timeout_ms: new.timeout_ms,
-                        headers: new.headers,
-                        version: 1,
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    let (timeout, headers) = (i64::from(device.timeout_ms), headers_text(&device.headers));
-                    let inserted = tx
-                        .execute_typed(
-                            &format!(
-                                "INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            .write(true, async |tx| {
+                live_tenant(tx, tenant_id).await?;
+                let now = now_millis();
+                let device = Device {
+                    id: new_id(),
+                    tenant_id: tenant_id.to_owned(),
+                    name: new.name,
+                    endpoint: new.endpoint,
+                    timeout_ms: new.timeout_ms,
+                    headers: new.headers,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                };
+                let (timeout, headers) = (i64::from(device.timeout_ms), headers_text(&device.headers));
+                let inserted = tx
+                    .execute_typed(
+                        &format!(
+                            "INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                                  ON CONFLICT DO NOTHING"
-                            ),
-                            &[
-                                text(&device.id),
-                                text(&device.tenant_id),
-                                text(&device.name),
-                                text(&device.endpoint),
-                                int(&timeout),
-                                text(&headers),
-                                int(&device.version),
-                                int(&device.created_at),
-                                int(&device.updated_at),
-                            ],
-                        )
-                        .await?;
-                    if inserted == 0 {
-                        return Err(StoreError::Conflict {
-                            pointer: "/name".into(),
-                        });
-                    }
-                    clear_tombstone(&tx, kind::DEVICE, &device.tenant_id, &device.name).await?;
-                    Ok(device)
+                        ),
+                        &[
+                            text(&device.id),
+                            text(&device.tenant_id),
+                            text(&device.name),
+                            text(&device.endpoint),
+                            int(&timeout),
+                            text(&headers),
+                            int(&device.version),
+                            int(&device.created_at),
+                            int(&device.updated_at),
+                        ],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    return Err(StoreError::Conflict {
+                        pointer: "/name".into(),
+                    });
                 }
-                .await;
-                self.pool.finish(tx, result, true).await
+                clear_tombstone(tx, kind::DEVICE, &device.tenant_id, &device.name).await?;
+                Ok(device)
             })
             .await
     }
@@ -137,66 +131,54 @@ impl DeviceStore for PostgresStore {
         expect: Expect,
     ) -> StoreResult<Device> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    let mut next = existing(&tx, tenant_id, name, &expect).await?;
-                    if let Some(endpoint) = changes.endpoint {
-                        next.endpoint = endpoint;
-                    }
-                    if let Some(timeout_ms) = changes.timeout_ms {
-                        next.timeout_ms = timeout_ms;
-                    }
-                    if let Some(headers) = changes.headers {
-                        next.headers = headers;
-                    }
-                    next.version += 1;
-                    next.updated_at = now_millis().max(next.updated_at);
-                    let (timeout, headers) = (i64::from(next.timeout_ms), headers_text(&next.headers));
-                    tx.execute_typed(
-                        "UPDATE devices SET endpoint = $1, timeout_ms = $2, headers = $3, version = $4, updated_at = $5
-                         WHERE tenant_id = $6 AND id = $7",
-                        &[
-                            text(&next.endpoint),
-                            int(&timeout),
-                            text(&headers),
-                            int(&next.version),
-                            int(&next.updated_at),
-                            text(&next.tenant_id),
-                            text(&next.id),
-                        ],
-                    )
-                    .await?;
-                    Ok(next)
+            .write(true, async |tx| {
+                let mut next = existing(tx, tenant_id, name, &expect).await?;
+                if let Some(endpoint) = changes.endpoint {
+                    next.endpoint = endpoint;
                 }
-                .await;
-                self.pool.finish(tx, result, true).await
+                if let Some(timeout_ms) = changes.timeout_ms {
+                    next.timeout_ms = timeout_ms;
+                }
+                if let Some(headers) = changes.headers {
+                    next.headers = headers;
+                }
+                next.version += 1;
+                next.updated_at = now_millis().max(next.updated_at);
+                let (timeout, headers) = (i64::from(next.timeout_ms), headers_text(&next.headers));
+                tx.execute_typed(
+                    "UPDATE devices SET endpoint = $1, timeout_ms = $2, headers = $3, version = $4, updated_at = $5
+                         WHERE tenant_id = $6 AND id = $7",
+                    &[
+                        text(&next.endpoint),
+                        int(&timeout),
+                        text(&headers),
+                        int(&next.version),
+                        int(&next.updated_at),
+                        text(&next.tenant_id),
+                        text(&next.id),
+                    ],
+                )
+                .await?;
+                Ok(next)
             })
             .await
     }
 
     async fn delete_device(&self, tenant_id: &str, name: &str, expect: Expect, retention: Duration) -> StoreResult<()> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    let current = existing(&tx, tenant_id, name, &expect).await?;
-                    let gone = tx
-                        .execute_typed(
-                            "DELETE FROM devices WHERE tenant_id = $1 AND id = $2",
-                            &[text(&tenant_id), text(&current.id)],
-                        )
-                        .await?;
-                    if gone != 1 {
-                        return Err(StoreError::Vanished);
-                    }
-                    put_tombstone(&tx, kind::DEVICE, tenant_id, name, retention).await?;
-                    Ok(())
+            .write(true, async |tx| {
+                let current = existing(tx, tenant_id, name, &expect).await?;
+                let gone = tx
+                    .execute_typed(
+                        "DELETE FROM devices WHERE tenant_id = $1 AND id = $2",
+                        &[text(&tenant_id), text(&current.id)],
+                    )
+                    .await?;
+                if gone != 1 {
+                    return Err(StoreError::Vanished);
                 }
-                .await;
-                self.pool.finish(tx, result, true).await
+                put_tombstone(tx, kind::DEVICE, tenant_id, name, retention).await?;
+                Ok(())
             })
             .await
     }

@@ -21,13 +21,10 @@ impl IdempotencyStore for PostgresStore {
         lease: Duration,
     ) -> StoreResult<IdempotencyClaim> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
+            .write(false, async |tx| {
                     // The scope's length keeps "a" + "bc" apart from "ab" + "c".
                     let (scope, key) = (&request.scope, &request.key);
-                    lock(&tx, &format!("idempotency/{}/{scope}{key}", scope.len())).await?;
+                    lock(tx, &format!("idempotency/{}/{scope}{key}", scope.len())).await?;
                     let now = now_millis();
                     let row = tx
                         .query_typed_opt(
@@ -84,10 +81,7 @@ impl IdempotencyStore for PostgresStore {
                     )
                     .await?;
                     Ok(IdempotencyClaim::Claimed)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
-            })
+})
             .await
     }
 

@@ -161,56 +161,41 @@ pub(super) async fn insert_job(c: &impl Db, new: &NewJob, now: Millis) -> StoreR
 impl JobStore for PostgresStore {
     async fn create_job(&self, new: NewJob, now: Millis) -> StoreResult<Job> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    live_tenant(&tx, &new.tenant_id).await?;
-                    let job = insert_job(&tx, &new, now).await?;
-                    Ok(job)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+            .write(false, async |tx| {
+                live_tenant(tx, &new.tenant_id).await?;
+                let job = insert_job(tx, &new, now).await?;
+                Ok(job)
             })
             .await
     }
 
     async fn append_job_input(&self, tenant_id: &str, job_id: &str, seq: i64, chunk: Vec<u8>) -> StoreResult<()> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    live_tenant(&tx, tenant_id).await?;
-                    let job = load_job(&tx, tenant_id, job_id, true)
-                        .await?
-                        .ok_or(StoreError::Vanished)?;
-                    if job.status != JobStatus::Staged {
-                        return Err(StoreError::ExpectationFailed);
-                    }
-                    let (chunks, size) =
-                        put_chunk(&tx, &job, INPUT, seq, &chunk, (job.input_chunks, job.input_bytes)).await?;
-                    tx.execute_typed(
-                        "UPDATE jobs SET input_chunks = $1, input_bytes = $2 WHERE tenant_id = $3 AND id = $4",
-                        &[int(&chunks), int(&size), text(&tenant_id), text(&job_id)],
-                    )
-                    .await?;
-                    Ok(())
+            .write(false, async |tx| {
+                live_tenant(tx, tenant_id).await?;
+                let job = load_job(tx, tenant_id, job_id, true)
+                    .await?
+                    .ok_or(StoreError::Vanished)?;
+                if job.status != JobStatus::Staged {
+                    return Err(StoreError::ExpectationFailed);
                 }
-                .await;
-                self.pool.finish(tx, result, false).await
+                let (chunks, size) =
+                    put_chunk(tx, &job, INPUT, seq, &chunk, (job.input_chunks, job.input_bytes)).await?;
+                tx.execute_typed(
+                    "UPDATE jobs SET input_chunks = $1, input_bytes = $2 WHERE tenant_id = $3 AND id = $4",
+                    &[int(&chunks), int(&size), text(&tenant_id), text(&job_id)],
+                )
+                .await?;
+                Ok(())
             })
             .await
     }
 
     async fn enqueue_job(&self, tenant_id: &str, job_id: &str, now: Millis) -> StoreResult<Job> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    live_tenant(&tx, tenant_id).await?;
-                    let job = load_job(&tx, tenant_id, job_id, true)
+            .write(false, async |tx| {
+                    live_tenant(tx, tenant_id).await?;
+                    let job = load_job(tx, tenant_id, job_id, true)
                         .await?
                         .ok_or(StoreError::Vanished)?;
                     if job.status != JobStatus::Staged {
@@ -221,12 +206,9 @@ impl JobStore for PostgresStore {
                         &[int(&now), text(&tenant_id), text(&job_id)],
                     )
                     .await?;
-                    let job = job_or_vanished(&tx, tenant_id, job_id).await?;
+                    let job = job_or_vanished(tx, tenant_id, job_id).await?;
                     Ok(job)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
-            })
+})
             .await
     }
 
@@ -241,38 +223,32 @@ impl JobStore for PostgresStore {
 
     async fn claim_job(&self, owner: &str, lease: Duration, now: Millis) -> StoreResult<Option<Job>> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    // `status IN (…)` matches the partial index `jobs_claimable`;
-                    // a job another claimer has locked is skipped, not waited for.
-                    let next = tx
-                        .query_typed_opt(
-                            "SELECT tenant_id, id FROM jobs
+            .write(false, async |tx| {
+                // `status IN (…)` matches the partial index `jobs_claimable`;
+                // a job another claimer has locked is skipped, not waited for.
+                let next = tx
+                    .query_typed_opt(
+                        "SELECT tenant_id, id FROM jobs
                              WHERE status IN ('queued', 'running') AND (status = 'queued' OR lease_until <= $1)
                              ORDER BY queued_at, id LIMIT 1
                              FOR UPDATE SKIP LOCKED",
-                            &[int(&now)],
-                        )
-                        .await?;
-                    let Some(next) = next else {
-                        return Ok(None);
-                    };
-                    let (tenant_id, id): (String, String) = (next.try_get(0)?, next.try_get(1)?);
-                    let until = now.saturating_add(retention_ms(lease));
-                    tx.execute_typed(
-                        "UPDATE jobs SET status = 'running', owner = $1, lease_until = $2, attempts = attempts + 1,
-                           started_at = COALESCE(started_at, $3)
-                         WHERE tenant_id = $4 AND id = $5",
-                        &[text(&owner), int(&until), int(&now), text(&tenant_id), text(&id)],
+                        &[int(&now)],
                     )
                     .await?;
-                    let job = job_or_vanished(&tx, &tenant_id, &id).await?;
-                    Ok(Some(job))
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+                let Some(next) = next else {
+                    return Ok(None);
+                };
+                let (tenant_id, id): (String, String) = (next.try_get(0)?, next.try_get(1)?);
+                let until = now.saturating_add(retention_ms(lease));
+                tx.execute_typed(
+                    "UPDATE jobs SET status = 'running', owner = $1, lease_until = $2, attempts = attempts + 1,
+                           started_at = COALESCE(started_at, $3)
+                         WHERE tenant_id = $4 AND id = $5",
+                    &[text(&owner), int(&until), int(&now), text(&tenant_id), text(&id)],
+                )
+                .await?;
+                let job = job_or_vanished(tx, &tenant_id, &id).await?;
+                Ok(Some(job))
             })
             .await
     }
@@ -286,21 +262,15 @@ impl JobStore for PostgresStore {
         now: Millis,
     ) -> StoreResult<Job> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    held_job(&tx, tenant_id, job_id, owner, now).await?;
-                    tx.execute_typed(
-                        "UPDATE jobs SET lease_until = $1 WHERE tenant_id = $2 AND id = $3",
-                        &[int(&lease_until), text(&tenant_id), text(&job_id)],
-                    )
-                    .await?;
-                    let job = job_or_vanished(&tx, tenant_id, job_id).await?;
-                    Ok(job)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+            .write(false, async |tx| {
+                held_job(tx, tenant_id, job_id, owner, now).await?;
+                tx.execute_typed(
+                    "UPDATE jobs SET lease_until = $1 WHERE tenant_id = $2 AND id = $3",
+                    &[int(&lease_until), text(&tenant_id), text(&job_id)],
+                )
+                .await?;
+                let job = job_or_vanished(tx, tenant_id, job_id).await?;
+                Ok(job)
             })
             .await
     }
@@ -316,30 +286,24 @@ impl JobStore for PostgresStore {
         now: Millis,
     ) -> StoreResult<Job> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    held_job(&tx, tenant_id, job_id, owner, now).await?;
-                    let checkpoint = checkpoint.to_string();
-                    tx.execute_typed(
-                        "UPDATE jobs SET checkpoint = $1, progress_done = $2, progress_total = $3, lease_until = $4
+            .write(false, async |tx| {
+                held_job(tx, tenant_id, job_id, owner, now).await?;
+                let checkpoint = checkpoint.to_string();
+                tx.execute_typed(
+                    "UPDATE jobs SET checkpoint = $1, progress_done = $2, progress_total = $3, lease_until = $4
                          WHERE tenant_id = $5 AND id = $6",
-                        &[
-                            text(&checkpoint),
-                            int(&progress.done),
-                            int(&progress.total),
-                            int(&lease_until),
-                            text(&tenant_id),
-                            text(&job_id),
-                        ],
-                    )
-                    .await?;
-                    let job = job_or_vanished(&tx, tenant_id, job_id).await?;
-                    Ok(job)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+                    &[
+                        text(&checkpoint),
+                        int(&progress.done),
+                        int(&progress.total),
+                        int(&lease_until),
+                        text(&tenant_id),
+                        text(&job_id),
+                    ],
+                )
+                .await?;
+                let job = job_or_vanished(tx, tenant_id, job_id).await?;
+                Ok(job)
             })
             .await
     }
@@ -354,22 +318,16 @@ impl JobStore for PostgresStore {
         now: Millis,
     ) -> StoreResult<()> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    let job = held_job(&tx, tenant_id, job_id, owner, now).await?;
-                    let (chunks, size) =
-                        put_chunk(&tx, &job, RESULT, seq, &chunk, (job.result_chunks, job.result_bytes)).await?;
-                    tx.execute_typed(
-                        "UPDATE jobs SET result_chunks = $1, result_bytes = $2 WHERE tenant_id = $3 AND id = $4",
-                        &[int(&chunks), int(&size), text(&tenant_id), text(&job_id)],
-                    )
-                    .await?;
-                    Ok(())
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+            .write(false, async |tx| {
+                let job = held_job(tx, tenant_id, job_id, owner, now).await?;
+                let (chunks, size) =
+                    put_chunk(tx, &job, RESULT, seq, &chunk, (job.result_chunks, job.result_bytes)).await?;
+                tx.execute_typed(
+                    "UPDATE jobs SET result_chunks = $1, result_bytes = $2 WHERE tenant_id = $3 AND id = $4",
+                    &[int(&chunks), int(&size), text(&tenant_id), text(&job_id)],
+                )
+                .await?;
+                Ok(())
             })
             .await
     }
@@ -384,77 +342,65 @@ impl JobStore for PostgresStore {
         keep: Duration,
     ) -> StoreResult<Job> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    held_job(&tx, tenant_id, job_id, owner, now).await?;
-                    let (status, result, problem) = match &outcome {
-                        JobOutcome::Succeeded { result } => (JobStatus::Succeeded, result.as_ref(), None),
-                        JobOutcome::Failed { problem } => (JobStatus::Failed, None, Some(problem)),
-                    };
-                    let (result, problem) = (json_string(result), json_string(problem));
-                    let expires = now.saturating_add(retention_ms(keep));
-                    tx.execute_typed(
-                        "UPDATE jobs SET status = $1, result = $2, problem = $3, lease_until = NULL, finished_at = $4,
+            .write(false, async |tx| {
+                held_job(tx, tenant_id, job_id, owner, now).await?;
+                let (status, result, problem) = match &outcome {
+                    JobOutcome::Succeeded { result } => (JobStatus::Succeeded, result.as_ref(), None),
+                    JobOutcome::Failed { problem } => (JobStatus::Failed, None, Some(problem)),
+                };
+                let (result, problem) = (json_string(result), json_string(problem));
+                let expires = now.saturating_add(retention_ms(keep));
+                tx.execute_typed(
+                    "UPDATE jobs SET status = $1, result = $2, problem = $3, lease_until = NULL, finished_at = $4,
                            result_expires_at = $5
                          WHERE tenant_id = $6 AND id = $7",
-                        &[
-                            text(&status.as_str()),
-                            text(&result),
-                            text(&problem),
-                            int(&now),
-                            int(&expires),
-                            text(&tenant_id),
-                            text(&job_id),
-                        ],
-                    )
-                    .await?;
-                    let job = job_or_vanished(&tx, tenant_id, job_id).await?;
-                    Ok(job)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+                    &[
+                        text(&status.as_str()),
+                        text(&result),
+                        text(&problem),
+                        int(&now),
+                        int(&expires),
+                        text(&tenant_id),
+                        text(&job_id),
+                    ],
+                )
+                .await?;
+                let job = job_or_vanished(tx, tenant_id, job_id).await?;
+                Ok(job)
             })
             .await
     }
 
     async fn cancel_job(&self, tenant_id: &str, job_id: &str, now: Millis, keep: Duration) -> StoreResult<Job> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    let Some(job) = load_job(&tx, tenant_id, job_id, true).await? else {
-                        return Err(not_there(&tx, kind::JOB, tenant_id, job_id).await);
-                    };
-                    let job = match job.status {
-                        s if s.is_finished() => return Err(StoreError::JobFinished(s)),
-                        // Never accepted (its upload did not finish): nothing to keep.
-                        JobStatus::Staged => {
-                            drop_job(&tx, tenant_id, job_id).await?;
-                            Job {
-                                status: JobStatus::Canceled,
-                                finished_at: Some(now),
-                                ..job
-                            }
+            .write(false, async |tx| {
+                let Some(job) = load_job(tx, tenant_id, job_id, true).await? else {
+                    return Err(not_there(tx, kind::JOB, tenant_id, job_id).await);
+                };
+                let job = match job.status {
+                    s if s.is_finished() => return Err(StoreError::JobFinished(s)),
+                    // Never accepted (its upload did not finish): nothing to keep.
+                    JobStatus::Staged => {
+                        drop_job(tx, tenant_id, job_id).await?;
+                        Job {
+                            status: JobStatus::Canceled,
+                            finished_at: Some(now),
+                            ..job
                         }
-                        _ => {
-                            let expires = now.saturating_add(retention_ms(keep));
-                            tx.execute_typed(
-                                "UPDATE jobs SET status = 'canceled', lease_until = NULL, finished_at = $1,
+                    }
+                    _ => {
+                        let expires = now.saturating_add(retention_ms(keep));
+                        tx.execute_typed(
+                            "UPDATE jobs SET status = 'canceled', lease_until = NULL, finished_at = $1,
                                    result_expires_at = $2
                                  WHERE tenant_id = $3 AND id = $4",
-                                &[int(&now), int(&expires), text(&tenant_id), text(&job_id)],
-                            )
-                            .await?;
-                            job_or_vanished(&tx, tenant_id, job_id).await?
-                        }
-                    };
-                    Ok(job)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+                            &[int(&now), int(&expires), text(&tenant_id), text(&job_id)],
+                        )
+                        .await?;
+                        job_or_vanished(tx, tenant_id, job_id).await?
+                    }
+                };
+                Ok(job)
             })
             .await
     }
@@ -502,10 +448,7 @@ impl JobStore for PostgresStore {
 
     async fn purge_expired_jobs(&self, now: Millis, tombstone_keep: Duration) -> StoreResult<u64> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
+            .write(false, async |tx| {
                     let expires = now.saturating_add(retention_ms(tombstone_keep));
                     // Finished jobs past their retention leave a tombstone.
                     let expired: i64 = tx
@@ -539,10 +482,7 @@ impl JobStore for PostgresStore {
                         .await?
                         .try_get(0)?;
                     Ok(u64::try_from(expired + abandoned).unwrap_or(0))
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
-            })
+})
             .await
     }
 }

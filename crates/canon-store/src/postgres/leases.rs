@@ -57,75 +57,63 @@ impl LeaseStore for PostgresStore {
         ttl: Duration,
     ) -> StoreResult<(Lease, bool)> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    lock_record(&tx, collection_id, record_id).await?;
-                    if load_record(&tx, collection_id, record_id).await?.is_none() {
-                        return Err(StoreError::Vanished);
-                    }
-                    let now = now_millis();
-                    let renewed = match live_lease(&tx, collection_id, record_id).await? {
-                        Some(lease) if lease.holder != holder => return Err(StoreError::Locked(lease)),
-                        Some(lease) => Some(lease),
-                        None => None,
-                    };
-                    let lease = Lease {
-                        holder: holder.to_owned(),
-                        acquired_at: renewed.as_ref().map_or(now, |l| l.acquired_at),
-                        expires_at: now.saturating_add(retention_ms(ttl)),
-                    };
-                    tx.execute_typed(
-                        &format!(
-                            "INSERT INTO locks (tenant_id, collection_id, record_id, holder, acquired_at, expires_at)
+            .write(false, async |tx| {
+                lock_record(tx, collection_id, record_id).await?;
+                if load_record(tx, collection_id, record_id).await?.is_none() {
+                    return Err(StoreError::Vanished);
+                }
+                let now = now_millis();
+                let renewed = match live_lease(tx, collection_id, record_id).await? {
+                    Some(lease) if lease.holder != holder => return Err(StoreError::Locked(lease)),
+                    Some(lease) => Some(lease),
+                    None => None,
+                };
+                let lease = Lease {
+                    holder: holder.to_owned(),
+                    acquired_at: renewed.as_ref().map_or(now, |l| l.acquired_at),
+                    expires_at: now.saturating_add(retention_ms(ttl)),
+                };
+                tx.execute_typed(
+                    &format!(
+                        "INSERT INTO locks (tenant_id, collection_id, record_id, holder, acquired_at, expires_at)
                              VALUES ({TENANT_OF_COLLECTION}, $1, $2, $3, $4, $5)
                              ON CONFLICT (tenant_id, collection_id, record_id) DO UPDATE SET
                                holder = excluded.holder, acquired_at = excluded.acquired_at,
                                expires_at = excluded.expires_at"
-                        ),
-                        &[
-                            text(&collection_id),
-                            text(&record_id),
-                            text(&lease.holder),
-                            int(&lease.acquired_at),
-                            int(&lease.expires_at),
-                        ],
-                    )
-                    .await?;
-                    Ok((lease, renewed.is_none()))
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+                    ),
+                    &[
+                        text(&collection_id),
+                        text(&record_id),
+                        text(&lease.holder),
+                        int(&lease.acquired_at),
+                        int(&lease.expires_at),
+                    ],
+                )
+                .await?;
+                Ok((lease, renewed.is_none()))
             })
             .await
     }
 
     async fn release_lease(&self, collection_id: &str, record_id: &str, holder: Option<&str>) -> StoreResult<bool> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    lock_record(&tx, collection_id, record_id).await?;
-                    let Some(lease) = live_lease(&tx, collection_id, record_id).await? else {
-                        return Ok(false);
-                    };
-                    if holder.is_some_and(|h| h != lease.holder) {
-                        return Err(StoreError::Locked(lease));
-                    }
-                    tx.execute_typed(
-                        &format!(
-                            "DELETE FROM locks WHERE tenant_id = {TENANT_OF_COLLECTION} AND collection_id = $1
-                             AND record_id = $2"
-                        ),
-                        &[text(&collection_id), text(&record_id)],
-                    )
-                    .await?;
-                    Ok(true)
+            .write(false, async |tx| {
+                lock_record(tx, collection_id, record_id).await?;
+                let Some(lease) = live_lease(tx, collection_id, record_id).await? else {
+                    return Ok(false);
+                };
+                if holder.is_some_and(|h| h != lease.holder) {
+                    return Err(StoreError::Locked(lease));
                 }
-                .await;
-                self.pool.finish(tx, result, false).await
+                tx.execute_typed(
+                    &format!(
+                        "DELETE FROM locks WHERE tenant_id = {TENANT_OF_COLLECTION} AND collection_id = $1
+                             AND record_id = $2"
+                    ),
+                    &[text(&collection_id), text(&record_id)],
+                )
+                .await?;
+                Ok(true)
             })
             .await
     }

@@ -42,29 +42,23 @@ impl MaintenanceStore for PostgresStore {
         now: Millis,
     ) -> StoreResult<Maintenance> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    let current = load(&tx, true).await?;
-                    check_existing(&expect, current.version, None)?;
-                    let retry = i64::from(setting.retry_after_seconds);
-                    tx.execute_typed(
-                        "UPDATE maintenance SET enabled = $1, retry_after_seconds = $2, message = $3,
+            .write(false, async |tx| {
+                let current = load(tx, true).await?;
+                check_existing(&expect, current.version, None)?;
+                let retry = i64::from(setting.retry_after_seconds);
+                tx.execute_typed(
+                    "UPDATE maintenance SET enabled = $1, retry_after_seconds = $2, message = $3,
                            version = version + 1, updated_at = $4 WHERE id = 1",
-                        &[
-                            boolean(&setting.enabled),
-                            int(&retry),
-                            text(&setting.message),
-                            int(&now),
-                        ],
-                    )
-                    .await?;
-                    let set = load(&tx, false).await?;
-                    Ok(set)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+                    &[
+                        boolean(&setting.enabled),
+                        int(&retry),
+                        text(&setting.message),
+                        int(&now),
+                    ],
+                )
+                .await?;
+                let set = load(tx, false).await?;
+                Ok(set)
             })
             .await
     }

@@ -223,6 +223,23 @@ impl Pool {
         })
     }
 
+    /// Runs `work` as one write: a store call ([`Pool::run`]) in a
+    /// transaction of its own, ended by [`Pool::finish`] (committed when
+    /// `work` succeeds, moving the generation when `moving`).
+    pub(super) async fn write<T>(
+        &self,
+        moving: bool,
+        work: impl AsyncFnOnce(&Tx<'_>) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        self.run(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let result = work(&tx).await;
+            self.finish(tx, result, moving).await
+        })
+        .await
+    }
+
     /// Ends a write's transaction: commits it when `result` is `Ok` (moving
     /// the generation first when `moving`: see [`Pool::commit_moving`]),
     /// else rolls it back and waits for that, so its locks are gone before

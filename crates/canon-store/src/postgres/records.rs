@@ -499,18 +499,12 @@ async fn list_rows<T>(
 impl RecordStore for PostgresStore {
     async fn create_record(&self, collection: &Collection, data: Value) -> StoreResult<Record> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    collection_exists(&tx, collection).await?;
-                    let r = first_version(&collection.id, new_id(), data);
-                    insert_record(&tx, &collection.tenant_id, &r).await?;
-                    index_unique(&tx, collection, &r.id, &r.data).await?;
-                    Ok(r)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+            .write(false, async |tx| {
+                collection_exists(tx, collection).await?;
+                let r = first_version(&collection.id, new_id(), data);
+                insert_record(tx, &collection.tenant_id, &r).await?;
+                index_unique(tx, collection, &r.id, &r.data).await?;
+                Ok(r)
             })
             .await
     }
@@ -586,46 +580,40 @@ impl RecordStore for PostgresStore {
         records: Vec<(String, Value)>,
     ) -> StoreResult<Vec<StoreResult<()>>> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    collection_exists(&tx, collection).await?;
-                    let mut out = Vec::with_capacity(records.len());
-                    for (id, data) in records {
-                        // The inserts themselves are the checks (the record's
-                        // key, then its unique values, each `ON CONFLICT DO
-                        // NOTHING`), and the rare record that fails half-way is
-                        // undone by hand: no savepoint per record.
-                        let r = first_version(&collection.id, id, data);
-                        match insert_record(&tx, &collection.tenant_id, &r).await {
-                            Err(StoreError::Conflict { .. }) => {
-                                out.push(Err(StoreError::ExpectationFailed));
-                                continue;
-                            }
-                            other => other?,
-                        }
-                        if let Err(e) = index_new_unique(&tx, collection, &r.id, &r.data).await {
-                            if !matches!(e, StoreError::Conflict { .. }) {
-                                return Err(e);
-                            }
-                            for undo in [
-                                "DELETE FROM unique_values WHERE tenant_id = $1 AND collection_id = $2 AND record_id = $3",
-                                "DELETE FROM records WHERE tenant_id = $1 AND collection_id = $2 AND id = $3",
-                            ] {
-                                tx.execute_typed(undo, &[text(&collection.tenant_id), text(&collection.id), text(&r.id)])
-                                    .await?;
-                            }
-                            out.push(Err(e));
+            .write(false, async |tx| {
+                collection_exists(tx, collection).await?;
+                let mut out = Vec::with_capacity(records.len());
+                for (id, data) in records {
+                    // The inserts themselves are the checks (the record's
+                    // key, then its unique values, each `ON CONFLICT DO
+                    // NOTHING`), and the rare record that fails half-way is
+                    // undone by hand: no savepoint per record.
+                    let r = first_version(&collection.id, id, data);
+                    match insert_record(tx, &collection.tenant_id, &r).await {
+                        Err(StoreError::Conflict { .. }) => {
+                            out.push(Err(StoreError::ExpectationFailed));
                             continue;
                         }
-                        clear_tombstone(&tx, kind::RECORD, &r.collection_id, &r.id).await?;
-                        out.push(Ok(()));
+                        other => other?,
                     }
-                    Ok(out)
+                    if let Err(e) = index_new_unique(tx, collection, &r.id, &r.data).await {
+                        if !matches!(e, StoreError::Conflict { .. }) {
+                            return Err(e);
+                        }
+                        for undo in [
+                            "DELETE FROM unique_values WHERE tenant_id = $1 AND collection_id = $2 AND record_id = $3",
+                            "DELETE FROM records WHERE tenant_id = $1 AND collection_id = $2 AND id = $3",
+                        ] {
+                            tx.execute_typed(undo, &[text(&collection.tenant_id), text(&collection.id), text(&r.id)])
+                                .await?;
+                        }
+                        out.push(Err(e));
+                        continue;
+                    }
+                    clear_tombstone(tx, kind::RECORD, &r.collection_id, &r.id).await?;
+                    out.push(Ok(()));
                 }
-                .await;
-                self.pool.finish(tx, result, false).await
+                Ok(out)
             })
             .await
     }
@@ -639,16 +627,10 @@ impl RecordStore for PostgresStore {
         actor: &str,
     ) -> StoreResult<(Record, bool)> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    collection_exists(&tx, collection).await?;
-                    let written = put_one(&tx, collection, id.to_owned(), Ok(data), &expect, false, actor).await?;
-                    Ok(written)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+            .write(false, async |tx| {
+                collection_exists(tx, collection).await?;
+                let written = put_one(tx, collection, id.to_owned(), Ok(data), &expect, false, actor).await?;
+                Ok(written)
             })
             .await
     }
@@ -662,16 +644,10 @@ impl RecordStore for PostgresStore {
         actor: &str,
     ) -> StoreResult<Record> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    collection_exists(&tx, collection).await?;
-                    let r = patch_one(&tx, collection, id, apply, &expect, false, actor).await?;
-                    Ok(r)
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+            .write(false, async |tx| {
+                collection_exists(tx, collection).await?;
+                let r = patch_one(tx, collection, id, apply, &expect, false, actor).await?;
+                Ok(r)
             })
             .await
     }
@@ -684,16 +660,14 @@ impl RecordStore for PostgresStore {
         retention: Duration,
     ) -> StoreResult<Vec<RecordWritten>> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    collection_exists(&tx, collection).await?;
-                    let mut done = Vec::with_capacity(writes.len());
-                    // The first failing write returns before the commit: the
-                    // transaction rolls back, and the others with it.
-                    for (index, write) in writes.into_iter().enumerate() {
-                        let written = apply_one(&tx, collection, write, actor, retention)
+            .write(false, async |tx| {
+                collection_exists(tx, collection).await?;
+                let mut done = Vec::with_capacity(writes.len());
+                // The first failing write returns before the commit: the
+                // transaction rolls back, and the others with it.
+                for (index, write) in writes.into_iter().enumerate() {
+                    let written =
+                        apply_one(tx, collection, write, actor, retention)
                             .await
                             .map_err(|cause| match cause {
                                 // The store itself failing is not this write's fault.
@@ -703,12 +677,9 @@ impl RecordStore for PostgresStore {
                                     cause: Box::new(cause),
                                 },
                             })?;
-                        done.push(written);
-                    }
-                    Ok(done)
+                    done.push(written);
                 }
-                .await;
-                self.pool.finish(tx, result, false).await
+                Ok(done)
             })
             .await
     }
@@ -722,15 +693,9 @@ impl RecordStore for PostgresStore {
         retention: Duration,
     ) -> StoreResult<()> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    delete_one(&tx, collection_id, id, &expect, false, actor, retention).await?;
-                    Ok(())
-                }
-                .await;
-                self.pool.finish(tx, result, false).await
+            .write(false, async |tx| {
+                delete_one(tx, collection_id, id, &expect, false, actor, retention).await?;
+                Ok(())
             })
             .await
     }

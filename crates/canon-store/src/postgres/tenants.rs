@@ -96,29 +96,23 @@ const TENANT_OF_USER: &str = "(SELECT tenant_id FROM users WHERE id = $1)";
 impl TenantStore for PostgresStore {
     async fn bootstrap_operator(&self, token_hash: &str) -> StoreResult<bool> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    // Nodes starting at once: one creates the key, the others see it.
-                    lock(&tx, "operator").await?;
-                    let exists = tx
-                        .query_typed_opt("SELECT 1 FROM api_keys WHERE tenant_id = '' LIMIT 1", &[])
-                        .await?;
-                    if exists.is_some() {
-                        return Ok(false);
-                    }
-                    let (id, now) = (new_id(), now_millis());
-                    tx.execute_typed(
-                        "INSERT INTO api_keys (tenant_id, id, user_id, name, token_hash, created_at, updated_at)
-                         VALUES ('', $1, NULL, 'operator', $2, $3, $3)",
-                        &[text(&id), text(&token_hash), int(&now)],
-                    )
+            .write(true, async |tx| {
+                // Nodes starting at once: one creates the key, the others see it.
+                lock(tx, "operator").await?;
+                let exists = tx
+                    .query_typed_opt("SELECT 1 FROM api_keys WHERE tenant_id = '' LIMIT 1", &[])
                     .await?;
-                    Ok(true)
+                if exists.is_some() {
+                    return Ok(false);
                 }
-                .await;
-                self.pool.finish(tx, result, true).await
+                let (id, now) = (new_id(), now_millis());
+                tx.execute_typed(
+                    "INSERT INTO api_keys (tenant_id, id, user_id, name, token_hash, created_at, updated_at)
+                         VALUES ('', $1, NULL, 'operator', $2, $3, $3)",
+                    &[text(&id), text(&token_hash), int(&now)],
+                )
+                .await?;
+                Ok(true)
             })
             .await
     }
@@ -171,93 +165,81 @@ impl TenantStore for PostgresStore {
 
     async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    if load_deletion(&tx, name).await?.is_some() {
-                        return Err(StoreError::HeldByDeletion {
-                            pointer: "/name".into(),
-                        });
-                    }
-                    let now = now_millis();
-                    let t = Tenant {
-                        id: new_id(),
-                        name: name.to_owned(),
-                        version: 1,
-                        created_at: now,
-                        updated_at: now,
-                        limits: TenantLimits::default(),
-                    };
-                    let inserted = tx
-                        .execute_typed(
-                            "INSERT INTO tenants (id, name, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)
-                             ON CONFLICT DO NOTHING",
-                            &[
-                                text(&t.id),
-                                text(&t.name),
-                                int(&t.version),
-                                int(&t.created_at),
-                                int(&t.updated_at),
-                            ],
-                        )
-                        .await?;
-                    if inserted == 0 {
-                        return Err(StoreError::Conflict {
-                            pointer: "/name".into(),
-                        });
-                    }
-                    // A name whose deleted tenant was purged is free again.
-                    clear_tombstone(&tx, kind::TENANT, "", &t.name).await?;
-                    Ok(t)
+            .write(true, async |tx| {
+                if load_deletion(tx, name).await?.is_some() {
+                    return Err(StoreError::HeldByDeletion {
+                        pointer: "/name".into(),
+                    });
                 }
-                .await;
-                self.pool.finish(tx, result, true).await
+                let now = now_millis();
+                let t = Tenant {
+                    id: new_id(),
+                    name: name.to_owned(),
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                    limits: TenantLimits::default(),
+                };
+                let inserted = tx
+                    .execute_typed(
+                        "INSERT INTO tenants (id, name, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)
+                             ON CONFLICT DO NOTHING",
+                        &[
+                            text(&t.id),
+                            text(&t.name),
+                            int(&t.version),
+                            int(&t.created_at),
+                            int(&t.updated_at),
+                        ],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    return Err(StoreError::Conflict {
+                        pointer: "/name".into(),
+                    });
+                }
+                // A name whose deleted tenant was purged is free again.
+                clear_tombstone(tx, kind::TENANT, "", &t.name).await?;
+                Ok(t)
             })
             .await
     }
 
     async fn set_tenant_limits(&self, name: &str, limits: TenantLimits, expect: Expect) -> StoreResult<Tenant> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    let t = match load_tenant(&tx, name, true).await? {
-                        Some((t, None)) => t,
-                        Some((_, Some(_))) => return Err(StoreError::Gone),
-                        None => return Err(StoreError::Vanished),
-                    };
-                    check_existing(&expect, t.version, None)?;
-                    let t = Tenant {
-                        version: t.version + 1,
-                        updated_at: now_millis().max(t.updated_at),
-                        limits,
-                        ..t
-                    };
-                    let as_i64 = |v: Option<u32>| v.map(i64::from);
-                    let (rate, burst, quota) = (
-                        as_i64(limits.rate_limit_per_second),
-                        as_i64(limits.burst),
-                        as_i64(limits.daily_quota),
-                    );
-                    tx.execute_typed(
-                        "UPDATE tenants SET version = $2, updated_at = $3, rate_limit_per_second = $4, burst = $5,
+            .write(true, async |tx| {
+                let t = match load_tenant(tx, name, true).await? {
+                    Some((t, None)) => t,
+                    Some((_, Some(_))) => return Err(StoreError::Gone),
+                    None => return Err(StoreError::Vanished),
+                };
+                check_existing(&expect, t.version, None)?;
+                let t = Tenant {
+                    version: t.version + 1,
+                    updated_at: now_millis().max(t.updated_at),
+                    limits,
+                    ..t
+                };
+                let as_i64 = |v: Option<u32>| v.map(i64::from);
+                let (rate, burst, quota) = (
+                    as_i64(limits.rate_limit_per_second),
+                    as_i64(limits.burst),
+                    as_i64(limits.daily_quota),
+                );
+                tx.execute_typed(
+                    "UPDATE tenants SET version = $2, updated_at = $3, rate_limit_per_second = $4, burst = $5,
                                 daily_quota = $6 WHERE id = $1",
-                        &[
-                            text(&t.id),
-                            int(&t.version),
-                            int(&t.updated_at),
-                            int(&rate),
-                            int(&burst),
-                            int(&quota),
-                        ],
-                    )
-                    .await?;
-                    Ok(t)
-                }
-                .await;
-                self.pool.finish(tx, result, true).await
+                    &[
+                        text(&t.id),
+                        int(&t.version),
+                        int(&t.updated_at),
+                        int(&rate),
+                        int(&burst),
+                        int(&quota),
+                    ],
+                )
+                .await?;
+                Ok(t)
             })
             .await
     }
@@ -296,44 +278,40 @@ impl TenantStore for PostgresStore {
 
     async fn create_user(&self, tenant_id: &str, email: &str, role: TenantRole) -> StoreResult<User> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    live_tenant(&tx, tenant_id).await?;
-                    let now = now_millis();
-                    let u = User {
-                        id: new_id(),
-                        tenant_id: tenant_id.to_owned(),
-                        email: email.to_owned(),
-                        role,
-                        version: 1,
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    let inserted = tx
-                        .execute_typed(
-                            &format!("INSERT INTO users ({USER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"),
-                            &[
-                                text(&u.id),
-                                text(&u.tenant_id),
-                                text(&u.email),
-                                text(&u.role.as_str()),
-                                int(&u.version),
-                                int(&u.created_at),
-                                int(&u.updated_at),
-                            ],
-                        )
-                        .await?;
-                    if inserted == 0 {
-                        return Err(StoreError::Conflict {
-                            pointer: "/email".into(),
-                        });
-                    }
-                    Ok(u)
+            .write(true, async |tx| {
+                live_tenant(tx, tenant_id).await?;
+                let now = now_millis();
+                let u = User {
+                    id: new_id(),
+                    tenant_id: tenant_id.to_owned(),
+                    email: email.to_owned(),
+                    role,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                };
+                let inserted = tx
+                    .execute_typed(
+                        &format!(
+                            "INSERT INTO users ({USER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+                        ),
+                        &[
+                            text(&u.id),
+                            text(&u.tenant_id),
+                            text(&u.email),
+                            text(&u.role.as_str()),
+                            int(&u.version),
+                            int(&u.created_at),
+                            int(&u.updated_at),
+                        ],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    return Err(StoreError::Conflict {
+                        pointer: "/email".into(),
+                    });
                 }
-                .await;
-                self.pool.finish(tx, result, true).await
+                Ok(u)
             })
             .await
     }
@@ -367,58 +345,46 @@ impl TenantStore for PostgresStore {
 
     async fn set_user_role(&self, tenant_id: &str, id: &str, role: TenantRole, expect: Expect) -> StoreResult<User> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    let current = user_to_change(&tx, tenant_id, id, &expect, role == TenantRole::Admin).await?;
-                    let u = User {
-                        role,
-                        version: current.version + 1,
-                        updated_at: now_millis(),
-                        ..current
-                    };
-                    tx.execute_typed(
-                        "UPDATE users SET role = $1, version = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5",
-                        &[
-                            text(&u.role.as_str()),
-                            int(&u.version),
-                            int(&u.updated_at),
-                            text(&tenant_id),
-                            text(&id),
-                        ],
-                    )
-                    .await?;
-                    Ok(u)
-                }
-                .await;
-                self.pool.finish(tx, result, true).await
+            .write(true, async |tx| {
+                let current = user_to_change(tx, tenant_id, id, &expect, role == TenantRole::Admin).await?;
+                let u = User {
+                    role,
+                    version: current.version + 1,
+                    updated_at: now_millis(),
+                    ..current
+                };
+                tx.execute_typed(
+                    "UPDATE users SET role = $1, version = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5",
+                    &[
+                        text(&u.role.as_str()),
+                        int(&u.version),
+                        int(&u.updated_at),
+                        text(&tenant_id),
+                        text(&id),
+                    ],
+                )
+                .await?;
+                Ok(u)
             })
             .await
     }
 
     async fn delete_user(&self, tenant_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    user_to_change(&tx, tenant_id, id, &expect, false).await?;
-                    tx.execute_typed(
-                        "DELETE FROM api_keys WHERE tenant_id = $1 AND user_id = $2",
-                        &[text(&tenant_id), text(&id)],
-                    )
-                    .await?;
-                    tx.execute_typed(
-                        "DELETE FROM users WHERE tenant_id = $1 AND id = $2",
-                        &[text(&tenant_id), text(&id)],
-                    )
-                    .await?;
-                    put_tombstone(&tx, kind::USER, tenant_id, id, retention).await?;
-                    Ok(())
-                }
-                .await;
-                self.pool.finish(tx, result, true).await
+            .write(true, async |tx| {
+                user_to_change(tx, tenant_id, id, &expect, false).await?;
+                tx.execute_typed(
+                    "DELETE FROM api_keys WHERE tenant_id = $1 AND user_id = $2",
+                    &[text(&tenant_id), text(&id)],
+                )
+                .await?;
+                tx.execute_typed(
+                    "DELETE FROM users WHERE tenant_id = $1 AND id = $2",
+                    &[text(&tenant_id), text(&id)],
+                )
+                .await?;
+                put_tombstone(tx, kind::USER, tenant_id, id, retention).await?;
+                Ok(())
             })
             .await
     }
@@ -431,50 +397,44 @@ impl TenantStore for PostgresStore {
         token_hash: &str,
     ) -> StoreResult<ApiKey> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    live_tenant(&tx, tenant_id).await?;
-                    // The user's row stays while the key is added: a deletion of
-                    // the user waits, then deletes the key with it.
-                    let exists = tx
-                        .query_typed_opt(
-                            "SELECT 1 FROM users WHERE tenant_id = $1 AND id = $2 FOR KEY SHARE",
-                            &[text(&tenant_id), text(&user_id)],
-                        )
-                        .await?;
-                    if exists.is_none() {
-                        return Err(StoreError::Vanished);
-                    }
-                    let now = now_millis();
-                    let k = ApiKey {
-                        id: new_id(),
-                        user_id: Some(user_id.to_owned()),
-                        name: name.to_owned(),
-                        version: 1,
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    tx.execute_typed(
-                        "INSERT INTO api_keys (tenant_id, id, user_id, name, token_hash, version, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                        &[
-                            text(&tenant_id),
-                            text(&k.id),
-                            text(&k.user_id),
-                            text(&k.name),
-                            text(&token_hash),
-                            int(&k.version),
-                            int(&k.created_at),
-                            int(&k.updated_at),
-                        ],
+            .write(true, async |tx| {
+                live_tenant(tx, tenant_id).await?;
+                // The user's row stays while the key is added: a deletion of
+                // the user waits, then deletes the key with it.
+                let exists = tx
+                    .query_typed_opt(
+                        "SELECT 1 FROM users WHERE tenant_id = $1 AND id = $2 FOR KEY SHARE",
+                        &[text(&tenant_id), text(&user_id)],
                     )
                     .await?;
-                    Ok(k)
+                if exists.is_none() {
+                    return Err(StoreError::Vanished);
                 }
-                .await;
-                self.pool.finish(tx, result, true).await
+                let now = now_millis();
+                let k = ApiKey {
+                    id: new_id(),
+                    user_id: Some(user_id.to_owned()),
+                    name: name.to_owned(),
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                };
+                tx.execute_typed(
+                    "INSERT INTO api_keys (tenant_id, id, user_id, name, token_hash, version, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        text(&tenant_id),
+                        text(&k.id),
+                        text(&k.user_id),
+                        text(&k.name),
+                        text(&token_hash),
+                        int(&k.version),
+                        int(&k.created_at),
+                        int(&k.updated_at),
+                    ],
+                )
+                .await?;
+                Ok(k)
             })
             .await
     }
@@ -520,10 +480,7 @@ impl TenantStore for PostgresStore {
 
     async fn revoke_api_key(&self, user_id: &str, id: &str, expect: Expect, retention: Duration) -> StoreResult<()> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
+            .write(true, async |tx| {
                     let row = tx
                         .query_typed_opt(
                             &format!(
@@ -534,7 +491,7 @@ impl TenantStore for PostgresStore {
                         )
                         .await?;
                     let Some(row) = row else {
-                        return Err(not_there(&tx, kind::API_KEY, user_id, id).await);
+                        return Err(not_there(tx, kind::API_KEY, user_id, id).await);
                     };
                     check_existing(&expect, row.try_get(0)?, None)?;
                     tx.execute_typed(
@@ -542,57 +499,48 @@ impl TenantStore for PostgresStore {
                         &[text(&user_id), text(&id)],
                     )
                     .await?;
-                    put_tombstone(&tx, kind::API_KEY, user_id, id, retention).await?;
+                    put_tombstone(tx, kind::API_KEY, user_id, id, retention).await?;
                     Ok(())
-                }
-                .await;
-                self.pool.finish(tx, result, true).await
-            })
+})
             .await
     }
 
     async fn delete_tenant(&self, name: &str, expect: Expect, retention: Duration, now: Millis) -> StoreResult<Job> {
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    let Some((tenant, deleted_at)) = load_tenant(&tx, name, true).await? else {
-                        return Err(not_there(&tx, kind::TENANT, "", name).await);
-                    };
-                    match deleted_at {
-                        None => check_existing(&expect, tenant.version, None)?,
-                        // Deleted already: only a deletion that stopped starts again.
-                        Some(_) => {
-                            if !load_deletion(&tx, name).await?.is_some_and(|d| d.stopped()) {
-                                return Err(StoreError::Gone);
-                            }
+            .write(true, async |tx| {
+                let Some((tenant, deleted_at)) = load_tenant(tx, name, true).await? else {
+                    return Err(not_there(tx, kind::TENANT, "", name).await);
+                };
+                match deleted_at {
+                    None => check_existing(&expect, tenant.version, None)?,
+                    // Deleted already: only a deletion that stopped starts again.
+                    Some(_) => {
+                        if !load_deletion(tx, name).await?.is_some_and(|d| d.stopped()) {
+                            return Err(StoreError::Gone);
                         }
                     }
-                    let job = insert_job(
-                        &tx,
-                        &NewJob {
-                            tenant_id: tenant.id.clone(),
-                            kind: JobKind::DeleteTenant,
-                            params: serde_json::json!({"tenant": tenant.name, "tenant_id": tenant.id}),
-                            total: None,
-                            with_input: false,
-                        },
-                        now,
-                    )
-                    .await?;
-                    tx.execute_typed(
-                        "UPDATE tenants SET deleted_at = COALESCE(deleted_at, $1), deletion_job = $2,
+                }
+                let job = insert_job(
+                    tx,
+                    &NewJob {
+                        tenant_id: tenant.id.clone(),
+                        kind: JobKind::DeleteTenant,
+                        params: serde_json::json!({"tenant": tenant.name, "tenant_id": tenant.id}),
+                        total: None,
+                        with_input: false,
+                    },
+                    now,
+                )
+                .await?;
+                tx.execute_typed(
+                    "UPDATE tenants SET deleted_at = COALESCE(deleted_at, $1), deletion_job = $2,
                            version = version + 1, updated_at = $1
                          WHERE id = $3",
-                        &[int(&now), text(&job.id), text(&tenant.id)],
-                    )
-                    .await?;
-                    put_tombstone(&tx, kind::TENANT, "", &tenant.name, retention).await?;
-                    Ok(job)
-                }
-                .await;
-                self.pool.finish(tx, result, true).await
+                    &[int(&now), text(&job.id), text(&tenant.id)],
+                )
+                .await?;
+                put_tombstone(tx, kind::TENANT, "", &tenant.name, retention).await?;
+                Ok(job)
             })
             .await
     }
@@ -623,15 +571,9 @@ impl TenantStore for PostgresStore {
             now,
         };
         self.pool
-            .run(async {
-                let mut c = self.pool.conn().await?;
-                let tx = c.transaction().await?;
-                let result = async {
-                    let step = deletion.step(&tx, limit).await?;
-                    Ok(step)
-                }
-                .await;
-                self.pool.finish(tx, result, true).await
+            .write(true, async |tx| {
+                let step = deletion.step(tx, limit).await?;
+                Ok(step)
             })
             .await
     }
