@@ -407,7 +407,6 @@ pub static ROUTES: &[RouteSpec] = &[
         summary: "Imports: an NDJSON upload of records (streamed, up to CANON_MAX_IMPORT_BYTES), run as a job (202).",
         states: IN_COLLECTION,
     },
-    // Named by the contract, built by later work: it answers 501.
     RouteSpec {
         name: name::EXPORTS,
         pattern: "/v1/tenants/{tenant}/collections/{collection}/exports",
