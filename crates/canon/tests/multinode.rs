@@ -1,6 +1,8 @@
 //! Two `canon serve` processes on one PostgreSQL database and one Redis,
 //! behind an HAProxy on loopback (issue 13): what one node does, the other
-//! sees, through either node directly and through the load balancer.
+//! sees, through either node directly and through the load balancer; a
+//! node killed loses no acknowledged write, and a rolling restart with
+//! SIGTERM fails no request through HAProxy.
 //!
 //! Runs when `CANON_TEST_POSTGRES_URL` and `CANON_TEST_REDIS_URL` are set
 //! and `haproxy` is installed (`.ci/run` sees to all three); prints a note
@@ -12,6 +14,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,10 +42,37 @@ const SLACK: Duration = Duration::from_millis(500);
 
 // ---------------------------------------------------------------- the cluster
 
-/// One `canon serve` process.
+/// One `canon serve` process, and how to start it again.
 struct Member {
     child: Process,
     base: String,
+    /// `spawn_node`'s arguments.
+    port: u16,
+    database: String,
+    redis: String,
+    prefix: String,
+    log: PathBuf,
+}
+
+impl Member {
+    /// Starts `canon serve` on `port` over `database` and the shared Redis.
+    fn start(port: u16, database: &str, redis: &str, prefix: &str, log: PathBuf) -> Member {
+        Member {
+            child: spawn_node(database, port, redis, prefix, &log),
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            database: database.to_owned(),
+            redis: redis.to_owned(),
+            prefix: prefix.to_owned(),
+            log,
+        }
+    }
+
+    /// The same node started again (after it exited), its log kept.
+    fn respawn(&self) -> Process {
+        let log = self.log.with_extension("restarted.log");
+        spawn_node(&self.database, self.port, &self.redis, &self.prefix, &log)
+    }
 }
 
 /// Two nodes, the HAProxy in front of them, and what they share.
@@ -70,7 +100,7 @@ impl Drop for Workdir {
         if !std::thread::panicking() {
             return;
         }
-        for name in ["a.log", "b.log", "haproxy.log"] {
+        for name in ["a.log", "b.log", "a.restarted.log", "b.restarted.log", "haproxy.log"] {
             let text = std::fs::read_to_string(self.0.path().join(name)).unwrap_or_default();
             eprintln!("---- {name}\n{text}");
         }
@@ -186,10 +216,9 @@ impl Cluster {
             .unwrap();
 
         // Both at once: one migrates and bootstraps, the other waits for it.
-        let a = spawn_node(&db.url, pa, &redis_url, &prefix, &dir.0.path().join("a.log"));
-        let b = spawn_node(&db.url, pb, &redis_url, &prefix, &dir.0.path().join("b.log"));
-        let (base_a, base_b) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
-        tokio::join!(wait_ready(&client, &base_a), wait_ready(&client, &base_b));
+        let a = Member::start(pa, &db.url, &redis_url, &prefix, dir.0.path().join("a.log"));
+        let b = Member::start(pb, &db.url, &redis_url, &prefix, dir.0.path().join("b.log"));
+        tokio::join!(wait_ready(&client, &a.base), wait_ready(&client, &b.base));
 
         let config = dir.0.path().join("haproxy.cfg");
         std::fs::write(&config, haproxy_config(plb, pstats, pa, pb)).unwrap();
@@ -205,8 +234,8 @@ impl Cluster {
                 .expect("spawn haproxy"),
         );
         let cluster = Cluster {
-            a: Member { child: a, base: base_a },
-            b: Member { child: b, base: base_b },
+            a,
+            b,
             lb: format!("http://127.0.0.1:{plb}"),
             stats: format!("http://127.0.0.1:{pstats}"),
             haproxy,
@@ -242,14 +271,15 @@ impl Cluster {
     }
 
     /// Waits (at most 20 s) until HAProxy gives each named node the status
-    /// named; answers how long that took.
+    /// named (exactly: `UP 1/2` is a node going down, `DOWN 1/2` one coming
+    /// back); answers how long that took.
     async fn wait_for_servers(&self, want: &[(&str, &str)]) -> Duration {
         let start = Instant::now();
         loop {
             let states = self.server_states().await;
             let all = want
                 .iter()
-                .all(|(n, s)| states.iter().any(|(sn, ss)| sn == n && ss.starts_with(s)));
+                .all(|(n, s)| states.iter().any(|(sn, ss)| sn == n && ss == s));
             if all {
                 return start.elapsed();
             }
@@ -956,129 +986,233 @@ struct Sent {
     answer: Result<u16, String>,
 }
 
+/// Tasks creating records in `acme/c` as fast as they can until stopped,
+/// each remembering what every create came to and the ids answered 201.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sent: Arc<Mutex<Vec<Sent>>>,
+    acknowledged: Arc<Mutex<Vec<String>>>,
+}
+
+impl Writers {
+    /// One writer per entry of `ways` (0: A, 1: B, 2: HAProxy). A writer
+    /// to a node directly stops at its first failure (the node is dead).
+    fn start(c: &Cluster, token: &str, ways: &[usize]) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (w, &way) in ways.iter().enumerate() {
+            let url = format!("{}{RECORDS}", c.ways()[way]);
+            let (client, token) = (c.client.clone(), token.to_owned());
+            let (stop, sent, acknowledged) = (stop.clone(), sent.clone(), acknowledged.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let at = Instant::now();
+                    let r = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"n": w * 1_000_000 + n}))
+                        .send()
+                        .await;
+                    let answer = match r {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let body: Value = r.json().await.unwrap_or(Value::Null);
+                            if status == 201 {
+                                let id = body["id"].as_str().expect("an id").to_owned();
+                                acknowledged.lock().unwrap().push(id);
+                            }
+                            Ok(status)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let failed = answer != Ok(201);
+                    sent.lock().unwrap().push(Sent { way, at, answer });
+                    if failed && way != 2 {
+                        return;
+                    }
+                }
+            }));
+        }
+        Writers {
+            stop,
+            tasks,
+            sent,
+            acknowledged,
+        }
+    }
+
+    /// How many creates were answered 201 so far.
+    fn acknowledged(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// Stops every writer; answers what each create came to, and the ids
+    /// answered 201.
+    async fn stop(self) -> (Vec<Sent>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let sent = std::mem::take(&mut *self.sent.lock().unwrap());
+        let acknowledged = std::mem::take(&mut *self.acknowledged.lock().unwrap());
+        (sent, acknowledged)
+    }
+}
+
+/// Of the creates sent through `way` from `from` until `to`: how many, and
+/// what each that was not 201 came to.
+fn tally(sent: &[Sent], way: usize, from: Instant, to: Instant) -> (usize, Vec<&Result<u16, String>>) {
+    let of_way: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.way == way && s.at >= from && s.at < to)
+        .collect();
+    let failures = of_way.iter().map(|s| &s.answer).filter(|a| **a != Ok(201)).collect();
+    (of_way.len(), failures)
+}
+
+/// Asserts that every id in `ids` is read (200) through `way`, and that
+/// listing the collection there finds at least as many records.
+async fn all_readable(c: &Cluster, way: &str, ids: &[String], token: &str) {
+    let reads = ids.iter().map(|id| {
+        let url = format!("{way}{RECORDS}/{id}");
+        async move { (id, call(&c.client, Method::GET, &url, token, None).await.status) }
+    });
+    let statuses: Vec<(&String, u16)> = stream::iter(reads).buffer_unordered(16).collect().await;
+    let missing: Vec<_> = statuses.iter().filter(|(_, status)| *status != 200).collect();
+    assert!(
+        missing.is_empty(),
+        "{way}: {} of {} acknowledged creates missing: {missing:?}",
+        missing.len(),
+        ids.len()
+    );
+    let listed = all_n(c, way, "c", token).await.len();
+    assert!(
+        listed >= ids.len(),
+        "{way}: {listed} listed, {} acknowledged",
+        ids.len()
+    );
+}
+
 /// 8. SIGKILL of node A under write load through A, B and HAProxy: every
 ///    create answered 201 (before the kill or after) is read through B and
 ///    through HAProxy; B never fails; HAProxy's health check marks A down,
 ///    and from then on every request through HAProxy succeeds. Until then a
 ///    request HAProxy cannot connect to A with is retried on B
 ///    (`retry-on conn-failure`, `option redispatch`); one A was serving
-///    when it died is lost to its client (502), never acknowledged.
+///    when it died is lost to its client, never acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_loses_no_acknowledged_write_and_haproxy_routes_around_it() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     let Some(mut c) = Cluster::start("multikill").await else {
         return;
     };
     acme(&c).await;
     let (_, _, editor) = add_user(&c, "acme", "editor@acme.example", "editor").await;
-    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sent = Arc::new(Mutex::new(Vec::<Sent>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for w in 0..6 {
-        let way = w % 3;
-        let url = format!("{}{RECORDS}", c.ways()[way]);
-        let (client, editor) = (c.client.clone(), editor.clone());
-        let (acknowledged, sent, stop) = (acknowledged.clone(), sent.clone(), stop.clone());
-        writers.push(tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let at = Instant::now();
-                let r = client
-                    .post(&url)
-                    .bearer_auth(&editor)
-                    .json(&json!({"n": w * 1_000_000 + n}))
-                    .send()
-                    .await;
-                let answer = match r {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let body: Value = r.json().await.unwrap_or(Value::Null);
-                        if status == 201 {
-                            let id = body["id"].as_str().expect("an id").to_owned();
-                            acknowledged.lock().unwrap().push(id);
-                        }
-                        Ok(status)
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                let failed = answer != Ok(201);
-                sent.lock().unwrap().push(Sent { way, at, answer });
-                // A dead node is not hammered in a loop.
-                if failed && way == 0 {
-                    return;
-                }
-            }
-        }));
-    }
+    let writers = Writers::start(&c, &editor, &[0, 1, 2, 0, 1, 2]);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = acknowledged.lock().unwrap().len();
+    let before = writers.acknowledged();
     let killed_at = Instant::now();
     c.a.child.kill().expect("SIGKILL node A");
     c.a.child.wait().unwrap();
     let noticed = c.wait_for_servers(&[("a", "DOWN"), ("b", "UP")]).await;
     let noticed_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await.unwrap();
-    }
+    let (sent, acknowledged) = writers.stop().await;
 
-    let sent = std::mem::take(&mut *sent.lock().unwrap());
-    let failed = |way: usize, from: Instant, to: Instant| {
-        let of_way: Vec<&Sent> = sent
-            .iter()
-            .filter(|s| s.way == way && s.at >= from && s.at < to)
-            .collect();
-        let failures: Vec<&Result<u16, String>> = of_way.iter().map(|s| &s.answer).filter(|a| **a != Ok(201)).collect();
-        (of_way.len(), format!("{failures:?}"), failures.len())
-    };
-    let far = Instant::now() + Duration::from_secs(3600);
-    let start = killed_at - Duration::from_secs(3600);
-    let (b_sent, b_failures, b_failed) = failed(1, start, far);
-    assert_eq!(b_failed, 0, "node B failed writes: {b_failures}");
-    let (lb_after, lb_failures, lb_failed) = failed(2, noticed_at, far);
+    let (past, future) = (killed_at - Duration::from_secs(3600), Instant::now());
+    let (b_sent, b_failures) = tally(&sent, 1, past, future);
+    assert!(b_failures.is_empty(), "node B failed writes: {b_failures:?}");
+    let (lb_after, after_failures) = tally(&sent, 2, noticed_at, future);
     assert!(lb_after > 0, "writes went through HAProxy after A was marked down");
-    assert_eq!(
-        lb_failed, 0,
-        "HAProxy failed writes after marking A down: {lb_failures}"
-    );
-    let (lb_window, window_failures, window_failed) = failed(2, killed_at, noticed_at);
-    // A request A was serving when it died fails (502 through HAProxy):
-    // it was never acknowledged.
-    let (lb_before, before_failures, lb_before_failed) = failed(2, start, killed_at);
-
-    // Every acknowledged create is there, through B and through HAProxy.
-    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
-    for way in [&c.b.base, &c.lb] {
-        let reads = acknowledged.iter().map(|id| {
-            let url = format!("{way}{RECORDS}/{id}");
-            let (client, editor) = (&c.client, &editor);
-            async move { (id, call(client, Method::GET, &url, editor, None).await.status) }
-        });
-        let statuses: Vec<(&String, u16)> = stream::iter(reads).buffer_unordered(16).collect().await;
-        let missing: Vec<_> = statuses.iter().filter(|(_, status)| *status != 200).collect();
-        assert!(
-            missing.is_empty(),
-            "{way}: {} of {} acknowledged creates missing: {missing:?}",
-            missing.len(),
-            acknowledged.len()
-        );
-    }
-    let listed = all_n(&c, &c.b.base, "c", &editor).await.len();
     assert!(
-        listed >= acknowledged.len(),
-        "{listed} listed, {} acknowledged",
-        acknowledged.len()
+        after_failures.is_empty(),
+        "HAProxy failed writes after marking A down: {after_failures:?}"
     );
+    let (lb_window, window_failures) = tally(&sent, 2, killed_at, noticed_at);
+    // A request A was serving when it died fails: never acknowledged.
+    let (lb_before, before_failures) = tally(&sent, 2, past, killed_at);
+
+    for way in [&c.b.base, &c.lb] {
+        all_readable(&c, way, &acknowledged, &editor).await;
+    }
     eprintln!(
         "{} creates acknowledged ({before} before SIGKILL), all read through B and HAProxy; \
          HAProxy marked A down {noticed:?} after the kill; through HAProxy: {lb_before} sent before \
-         ({lb_before_failed} failed, in flight at the kill: {before_failures}), {lb_window} in between ({window_failed} failed: {window_failures}), \
-         {lb_after} after (0 failed); node B: {b_sent} sent, 0 failed",
+         (failed, in flight at the kill: {before_failures:?}), {lb_window} in between (failed: \
+         {window_failures:?}), {lb_after} after (0 failed); node B: {b_sent} sent, 0 failed",
         acknowledged.len()
+    );
+    c.finish().await;
+}
+
+/// Sends SIGTERM to `process` and waits for it to exit (at most `limit`);
+/// answers its exit status and how long it took.
+async fn terminate(process: &mut Process, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &process.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    loop {
+        if let Some(status) = process.try_wait().unwrap() {
+            return (status, signalled.elapsed());
+        }
+        assert!(signalled.elapsed() < limit, "no exit within {limit:?} of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// 9. A rolling restart under write load through HAProxy: each node in
+///    turn is drained with SIGTERM (exits 0), started again on its port and
+///    taken back by HAProxy's health check. Every create through HAProxy
+///    meanwhile is answered 201 (a drained node refuses new connections, and
+///    HAProxy retries those on the other node), and every one is read
+///    afterwards through each node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_sigterm_fails_no_request_through_haproxy() {
+    let Some(mut c) = Cluster::start("multiroll").await else {
+        return;
+    };
+    acme(&c).await;
+    let (_, _, editor) = add_user(&c, "acme", "editor@acme.example", "editor").await;
+    let writers = Writers::start(&c, &editor, &[2; 6]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut steps = Vec::new();
+    for name in ["a", "b"] {
+        let member = if name == "a" { &mut c.a } else { &mut c.b };
+        let (status, took) = terminate(&mut member.child, Duration::from_secs(30)).await;
+        assert!(status.success(), "node {name} exited with {status:?}");
+        // As an upgrade would: the new process starts once the old one is
+        // out of the pool.
+        let out = c.wait_for_servers(&[(name, "DOWN")]).await;
+        let member = if name == "a" { &mut c.a } else { &mut c.b };
+        member.child = member.respawn();
+        let base = member.base.clone();
+        wait_ready(&c.client, &base).await;
+        let back = c.wait_for_servers(&[(name, "UP")]).await;
+        steps.push(format!(
+            "{name}: exit 0 {took:?} after SIGTERM, out of HAProxy {out:?} later, back {back:?} after ready"
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (sent, acknowledged) = writers.stop().await;
+    let (lb_sent, failures) = tally(&sent, 2, Instant::now() - Duration::from_secs(3600), Instant::now());
+    assert!(
+        failures.is_empty(),
+        "{} of {lb_sent} creates failed: {failures:?}",
+        failures.len()
+    );
+    for way in [&c.a.base, &c.b.base] {
+        all_readable(&c, way, &acknowledged, &editor).await;
+    }
+    eprintln!(
+        "rolling restart: {lb_sent} creates through HAProxy, all 201 and read back; {}",
+        steps.join("; ")
     );
     c.finish().await;
 }
