@@ -60,6 +60,12 @@ pub struct Config {
     pub max_connections_per_address: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// How long a process told to stop keeps serving, with `/readyz`
+    /// answering 503, before it stops accepting: the time a load balancer
+    /// needs to take it out of its pool (its health check's interval times
+    /// its failure count), so no request is sent to a connection closing
+    /// under it. 0 (the default): stop accepting at once.
+    pub shutdown_delay: Duration,
     /// Requests per second each API key may send (GCRA refill rate), unless
     /// its tenant has its own; 0 turns per-key limiting off.
     pub rate_limit_per_second: u32,
@@ -173,6 +179,7 @@ impl Default for Config {
             max_connections: 4096,
             max_connections_per_address: 256,
             shutdown_grace: Duration::from_millis(30_000),
+            shutdown_delay: Duration::ZERO,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
             daily_quota: 1_000_000,

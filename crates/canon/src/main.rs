@@ -156,6 +156,10 @@ struct ServeArgs {
     /// Milliseconds shutdown (SIGTERM, SIGINT) waits for requests in flight [default: 30000].
     #[arg(long, env = "CANON_SHUTDOWN_GRACE_MS")]
     shutdown_grace_ms: Option<u64>,
+    /// Milliseconds a stopping server keeps serving with /readyz 503, so a load balancer takes
+    /// it out first [default: 0].
+    #[arg(long, env = "CANON_SHUTDOWN_DELAY_MS")]
+    shutdown_delay_ms: Option<u64>,
     /// Log lines as `text` or `json` (one object a line) [default: text].
     #[arg(long, env = "CANON_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -207,6 +211,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_address: Option<usize>,
     shutdown_grace_ms: Option<u64>,
+    shutdown_delay_ms: Option<u64>,
     log_format: Option<LogFormat>,
     devices: Option<device_args::DeviceFile>,
 }
@@ -318,6 +323,7 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
             .or(file.max_connections_per_address)
             .unwrap_or(d.max_connections_per_address),
         shutdown_grace: millis(args.shutdown_grace_ms, file.shutdown_grace_ms, d.shutdown_grace),
+        shutdown_delay: millis(args.shutdown_delay_ms, file.shutdown_delay_ms, d.shutdown_delay),
         devices: device_args::resolve(args.devices, file.devices.unwrap_or_default())?,
         redis_url: args.redis_url.or(file.redis_url),
         redis_failure,
@@ -393,7 +399,7 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    tracing::info!("shutting down");
 }
 
 async fn serve(config: Config) -> Result<(), String> {
