@@ -36,6 +36,11 @@ const MAINTENANCE_BOUND: Duration = canon_server::maintenance::REFRESH_EVERY;
 /// 1 s; the cache generation is polled every `GENERATION_POLL` (50 ms).
 const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 
+/// How long a node told to stop serves on with `/readyz` 503: HAProxy's
+/// checks here (every 200 ms, down after 2 failures) take it out within
+/// about 400–600 ms, and a margin.
+const SHUTDOWN_DELAY: Duration = Duration::from_millis(1000);
+
 /// What a loaded 2-core machine may add to a bound: a poll's round trip,
 /// the test's own polling step.
 const SLACK: Duration = Duration::from_millis(500);
@@ -185,6 +190,7 @@ fn spawn_node(db: &str, port: u16, redis: &str, prefix: &str, log: &Path) -> Pro
         // HAProxy's X-Forwarded-For names the client; its connections
         // are not held to one client address's share.
         .env("CANON_TRUSTED_PROXIES", "127.0.0.1/32")
+        .env("CANON_SHUTDOWN_DELAY_MS", SHUTDOWN_DELAY.as_millis().to_string())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -1149,30 +1155,35 @@ async fn a_node_killed_loses_no_acknowledged_write_and_haproxy_routes_around_it(
     c.finish().await;
 }
 
-/// Sends SIGTERM to `process` and waits for it to exit (at most `limit`);
-/// answers its exit status and how long it took.
-async fn terminate(process: &mut Process, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let signalled = Instant::now();
+/// Sends SIGTERM to `process`.
+fn sigterm(process: &Process) {
     let status = Command::new("kill")
         .args(["-TERM", &process.id().to_string()])
         .status()
         .expect("run kill");
     assert!(status.success());
+}
+
+/// Waits for `process` to exit, at most `limit`.
+async fn exited(process: &mut Process, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
     loop {
         if let Some(status) = process.try_wait().unwrap() {
-            return (status, signalled.elapsed());
+            return status;
         }
-        assert!(signalled.elapsed() < limit, "no exit within {limit:?} of SIGTERM");
+        assert!(start.elapsed() < limit, "no exit within {limit:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// 9. A rolling restart under write load through HAProxy: each node in
-///    turn is drained with SIGTERM (exits 0), started again on its port and
-///    taken back by HAProxy's health check. Every create through HAProxy
-///    meanwhile is answered 201 (a drained node refuses new connections, and
-///    HAProxy retries those on the other node), and every one is read
-///    afterwards through each node.
+///    turn gets SIGTERM, answers `/readyz` 503 while it still serves (the
+///    shutdown delay), is taken out by HAProxy's health check before it
+///    stops accepting, exits 0, is started again on its port and taken back.
+///    Every create through HAProxy meanwhile is answered 201, and every one
+///    is read afterwards through each node. (Without the delay, a request
+///    HAProxy writes to a kept-alive connection as the node closes it fails
+///    unanswered: docs/deploy.md, "Rolling upgrades".)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_with_sigterm_fails_no_request_through_haproxy() {
     let Some(mut c) = Cluster::start("multiroll").await else {
@@ -1184,19 +1195,31 @@ async fn a_rolling_restart_with_sigterm_fails_no_request_through_haproxy() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut steps = Vec::new();
     for name in ["a", "b"] {
-        let member = if name == "a" { &mut c.a } else { &mut c.b };
-        let (status, took) = terminate(&mut member.child, Duration::from_secs(30)).await;
-        assert!(status.success(), "node {name} exited with {status:?}");
-        // As an upgrade would: the new process starts once the old one is
-        // out of the pool.
+        let member = if name == "a" { &c.a } else { &c.b };
+        let base = member.base.clone();
+        let signalled = Instant::now();
+        sigterm(&member.child);
+        // Draining: not ready, still serving.
+        let not_ready = until_status(&c, &format!("{base}/readyz"), &editor, 503).await;
+        let r = c
+            .call(Method::GET, &format!("{base}{RECORDS}?limit=1"), &editor, None)
+            .await;
+        assert_eq!(r.status, 200, "node {name} serves while it drains");
         let out = c.wait_for_servers(&[(name, "DOWN")]).await;
         let member = if name == "a" { &mut c.a } else { &mut c.b };
+        assert!(
+            member.child.try_wait().unwrap().is_none(),
+            "node {name} exited before HAProxy took it out"
+        );
+        let status = exited(&mut member.child, SHUTDOWN_DELAY + Duration::from_secs(30)).await;
+        assert!(status.success(), "node {name} exited with {status:?}");
+        let stopped = signalled.elapsed();
         member.child = member.respawn();
-        let base = member.base.clone();
         wait_ready(&c.client, &base).await;
         let back = c.wait_for_servers(&[(name, "UP")]).await;
         steps.push(format!(
-            "{name}: exit 0 {took:?} after SIGTERM, out of HAProxy {out:?} later, back {back:?} after ready"
+            "{name}: /readyz 503 {not_ready:?} after SIGTERM, out of HAProxy {out:?} later, \
+             exit 0 {stopped:?} after SIGTERM, back {back:?} after ready"
         ));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
