@@ -1,5 +1,5 @@
 //! A PostgreSQL database made for one test on `CANON_TEST_POSTGRES_URL`'s
-//! server, dropped at its end.
+//! server, dropped at its end, or when the test fails.
 
 use tokio_postgres::NoTls;
 
@@ -12,6 +12,8 @@ pub struct Database {
     pub name: String,
     /// The test database's URL.
     pub url: String,
+    admin_url: String,
+    dropped: bool,
 }
 
 impl Database {
@@ -34,7 +36,13 @@ impl Database {
             None => base,
         };
         let url = format!("{server}/{name}");
-        Some(Database { admin, name, url })
+        Some(Database {
+            admin,
+            name,
+            url,
+            admin_url,
+            dropped: false,
+        })
     }
 
     /// A connection to the test database itself (to look at its rows).
@@ -45,10 +53,36 @@ impl Database {
     }
 
     /// Drops the database, ending the connections still open to it.
-    pub async fn drop_it(self) {
-        let _ = self
-            .admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .await;
+    pub async fn drop_it(mut self) {
+        self.dropped = true;
+        let _ = self.admin.batch_execute(&self.drop_statement()).await;
+    }
+
+    fn drop_statement(&self) -> String {
+        format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)
+    }
+}
+
+impl Drop for Database {
+    /// A test that failed before `drop_it` leaves no database behind: the
+    /// drop runs on a thread of its own (the test's runtime may be
+    /// unwinding), on a connection of its own.
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let (url, statement) = (self.admin_url.clone(), self.drop_statement());
+        let dropping = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
+                tokio::spawn(conn);
+                client.batch_execute(&statement).await
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        });
+        if let Ok(Err(e)) = dropping.join() {
+            eprintln!("could not drop the test database {}: {e}", self.name);
+        }
     }
 }
