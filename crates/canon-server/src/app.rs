@@ -244,10 +244,12 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     Response::from_parts(parts, crate::body::outgoing(bytes))
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves; then stops
-/// accepting, lets the requests in flight finish (up to the shutdown
-/// grace), stops the job workers and closes the store, so every
-/// acknowledged write is in the database file when this returns.
+/// Serves `app` on `listener` until `shutdown` resolves; then, after the
+/// shutdown delay (serving on, `/readyz` 503, so a load balancer takes the
+/// process out of its pool first), stops accepting, lets the requests in
+/// flight finish (up to the shutdown grace), stops the job workers and
+/// closes the store, so every acknowledged write is in the database file
+/// when this returns.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
@@ -258,7 +260,7 @@ pub async fn serve(
     let quotas = crate::quotas::watch(&app);
     let workers = crate::worker::start(&app, app.config.job_workers);
     let limits = Limits::from_config(&app.config);
-    serve_connections(listener, app.service(), limits, shutdown).await;
+    serve_connections(listener, app.service(), limits, drain(app.clone(), shutdown)).await;
     purge.abort();
     maintenance.abort();
     quotas.abort();
@@ -282,6 +284,26 @@ pub async fn serve(
         Err(e) => return Err(std::io::Error::other(e)),
     }
     Ok(())
+}
+
+/// Resolves `shutdown_delay` after `shutdown` does, `/readyz` answering
+/// 503 from the moment `shutdown` resolved. Closing the listener and the
+/// idle keep-alive connections at once would race a load balancer still
+/// sending on them (a request written to a connection as it closes fails
+/// unanswered); meanwhile the balancer's health check takes the process
+/// out, and requests keep being served as usual.
+async fn drain(app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    shutdown.await;
+    app.start_draining();
+    let delay = app.config.shutdown_delay;
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "draining: /readyz answers 503, requests are still served until the delay ends"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    tracing::info!("no new connections; finishing the requests in flight");
 }
 
 /// [`serve_connections`] with the default connection limits.

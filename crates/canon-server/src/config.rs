@@ -66,6 +66,12 @@ pub struct Config {
     /// shared, work-stealing runtime instead. The default is one per CPU
     /// (docs/performance.md, "Connection threads").
     pub connection_threads: usize,
+    /// How long a process told to stop keeps serving, with `/readyz`
+    /// answering 503, before it stops accepting: the time a load balancer
+    /// needs to take it out of its pool (its health check's interval times
+    /// its failure count), so no request is sent to a connection closing
+    /// under it. 0 (the default): stop accepting at once.
+    pub shutdown_delay: Duration,
     /// Requests per second each API key may send (GCRA refill rate), unless
     /// its tenant has its own; 0 turns per-key limiting off.
     pub rate_limit_per_second: u32,
@@ -180,6 +186,7 @@ impl Default for Config {
             max_connections_per_address: 256,
             shutdown_grace: Duration::from_millis(30_000),
             connection_threads: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            shutdown_delay: Duration::ZERO,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
             daily_quota: 1_000_000,

@@ -134,7 +134,7 @@ pub static ROUTES: &[RouteSpec] = &[
         pattern: "/readyz",
         methods: &[get(Guard::Public, JSON).bodies(None, Some("Health"))],
         planned: &[],
-        summary: "The database answers.",
+        summary: "The database answers and the process is not stopping (503 from SIGTERM on, through `CANON_SHUTDOWN_DELAY_MS`, while it still serves).",
         states: States::FIXED,
     },
     RouteSpec {

@@ -52,6 +52,9 @@ pub struct App {
     pub(crate) devices: crate::devices::Gateway,
     /// Maintenance mode as last read from the store (`crate::maintenance`).
     maintenance: std::sync::RwLock<Arc<canon_store::Maintenance>>,
+    /// Told to stop: `/readyz` answers 503 while the process still serves
+    /// (`Config::shutdown_delay`).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// What this process tells its own workers and waiting monitors about
@@ -153,6 +156,7 @@ impl App {
                 version: 0,
                 updated_at: 0,
             })),
+            draining: std::sync::atomic::AtomicBool::new(false),
             config,
         }))
     }
@@ -180,6 +184,16 @@ impl App {
             Ok(m) => m.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Whether the process was told to stop (it may still be serving).
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks the process as stopping: from now on `/readyz` answers 503.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Keeps `m` as the current maintenance mode, unless an equal or newer

@@ -160,6 +160,10 @@ struct ServeArgs {
     /// them on the shared work-stealing runtime [default: one per CPU].
     #[arg(long, env = "CANON_CONNECTION_THREADS")]
     connection_threads: Option<usize>,
+    /// Milliseconds a stopping server keeps serving with /readyz 503, so a load balancer takes
+    /// it out first [default: 0].
+    #[arg(long, env = "CANON_SHUTDOWN_DELAY_MS")]
+    shutdown_delay_ms: Option<u64>,
     /// Log lines as `text` or `json` (one object a line) [default: text].
     #[arg(long, env = "CANON_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -212,6 +216,7 @@ struct FileConfig {
     max_connections_per_address: Option<usize>,
     shutdown_grace_ms: Option<u64>,
     connection_threads: Option<usize>,
+    shutdown_delay_ms: Option<u64>,
     log_format: Option<LogFormat>,
     devices: Option<device_args::DeviceFile>,
 }
@@ -327,6 +332,7 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
             .connection_threads
             .or(file.connection_threads)
             .unwrap_or(d.connection_threads),
+        shutdown_delay: millis(args.shutdown_delay_ms, file.shutdown_delay_ms, d.shutdown_delay),
         devices: device_args::resolve(args.devices, file.devices.unwrap_or_default())?,
         redis_url: args.redis_url.or(file.redis_url),
         redis_failure,
@@ -402,7 +408,7 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    tracing::info!("shutting down");
 }
 
 async fn serve(config: Config) -> Result<(), String> {

@@ -8,64 +8,27 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::database::Database;
 use common::{Process, free_port, wait_ready};
 use serde_json::{Value, json};
-use tokio_postgres::NoTls;
 
 const TOKEN: &str = "postgres-test-operator";
 
-/// A connection to the server's maintenance database, and the name of a
-/// database made on it for this test (dropped at the end).
-struct Database {
-    admin: tokio_postgres::Client,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn make() -> Option<Database> {
-        let Ok(admin_url) = std::env::var("CANON_TEST_POSTGRES_URL") else {
-            eprintln!("CANON_TEST_POSTGRES_URL is not set: skipping a PostgreSQL test");
-            return None;
-        };
-        let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls).await.expect("connect");
-        tokio::spawn(conn);
-        let name = format!("canon_serve_{}_{}", std::process::id(), canon_store::now_millis());
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        // The admin URL's database swapped for this one.
-        let base = admin_url.split('?').next().unwrap_or(&admin_url);
-        let scheme_end = base.find("://").map_or(0, |i| i + 3);
-        let server = match base[scheme_end..].find('/') {
-            Some(slash) => &base[..scheme_end + slash],
-            None => base,
-        };
-        let url = format!("{server}/{name}");
-        Some(Database { admin, name, url })
-    }
-
-    /// Whether the database accepts connections; refusing also ends the
-    /// open ones, as a database going away would.
-    async fn accept_connections(&self, allow: bool) {
-        self.admin
-            .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", self.name))
+/// Whether `db` accepts connections; refusing also ends the open ones, as
+/// a database going away would.
+async fn accept_connections(db: &Database, allow: bool) {
+    db.admin
+        .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", db.name))
+        .await
+        .unwrap();
+    if !allow {
+        db.admin
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                db.name
+            ))
             .await
             .unwrap();
-        if !allow {
-            self.admin
-                .batch_execute(&format!(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-                    self.name
-                ))
-                .await
-                .unwrap();
-        }
-    }
-
-    async fn drop_it(self) {
-        let _ = self
-            .admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .await;
     }
 }
 
@@ -97,7 +60,7 @@ async fn status(client: &reqwest::Client, method: reqwest::Method, url: String, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_from_postgres_answers_503_without_it_and_recovers() {
-    let Some(db) = Database::make().await else {
+    let Some(db) = Database::make("canon_serve").await else {
         return;
     };
     let port = free_port();
@@ -123,7 +86,7 @@ async fn serves_from_postgres_answers_503_without_it_and_recovers() {
     );
 
     // The database goes away: readiness and every call that needs it answer 503.
-    db.accept_connections(false).await;
+    accept_connections(&db, false).await;
     let started = Instant::now();
     let mut ready = 200;
     while ready != 503 && started.elapsed() < Duration::from_secs(10) {
@@ -142,7 +105,7 @@ async fn serves_from_postgres_answers_503_without_it_and_recovers() {
     assert_eq!(code, 503);
 
     // It comes back: the server serves again by itself.
-    db.accept_connections(true).await;
+    accept_connections(&db, true).await;
     wait_ready(&client, &base).await;
     let (code, again) = status(&client, Method::GET, record_url.clone(), None).await;
     assert_eq!((code, again["id"].as_str()), (200, Some(id.as_str())));

@@ -153,6 +153,61 @@ async fn sigterm_under_write_load_loses_no_acknowledged_write() {
     );
 }
 
+/// `CANON_SHUTDOWN_DELAY_MS`: after SIGTERM `/readyz` answers 503 at once
+/// while the API, `/healthz` and keep-alive connections go on being served
+/// for the delay (a load balancer takes the node out meanwhile); then the
+/// listener closes and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_delay_answers_readyz_503_and_serves_on_until_it_ends() {
+    const DELAY: Duration = Duration::from_millis(1500);
+    let dir = tempfile::tempdir().unwrap();
+    let delay = DELAY.as_millis().to_string();
+    let env = [("CANON_SHUTDOWN_DELAY_MS", delay.as_str())];
+    let node = common::Node::start(&dir.path().join("canon.db"), TOKEN, &env).await;
+    let get = |path: &str| {
+        node.client
+            .get(format!("{}{path}", node.base))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    assert_eq!(get("/v1/tenants").await.unwrap().status(), 200);
+    let mut child = node.child;
+    let signalled = Instant::now();
+    signal(&child, "TERM");
+    // Until the delay ends: not ready, and everything else served as before
+    // (on this client's kept-alive connection and on new ones).
+    let mut served = 0;
+    while signalled.elapsed() < DELAY - Duration::from_millis(300) {
+        let ready = get("/readyz").await.unwrap();
+        if ready.status() == 200 {
+            // The signal may not have been handled yet.
+            assert!(signalled.elapsed() < Duration::from_millis(200), "ready after SIGTERM");
+            continue;
+        }
+        assert_eq!(ready.status(), 503);
+        assert!(ready.headers().contains_key("retry-after"));
+        assert_eq!(get("/healthz").await.unwrap().status(), 200);
+        let fresh = reqwest::Client::new();
+        let r = fresh
+            .get(format!("{}/v1/tenants", node.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "served during the delay");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served > 5, "{served} rounds served during the delay");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, DELAY + Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took >= DELAY, "exited {took:?} after SIGTERM, before the delay ended");
+    assert!(get("/healthz").await.is_err(), "the listener is closed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_an_idle_server_at_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,8 @@ impl Resource for Health {
     }
 }
 
-/// `GET /readyz`: the database answers.
+/// `GET /readyz`: the database answers, and the process was not told to
+/// stop (a draining process still serves, but takes no new traffic).
 pub struct Ready(pub Cx);
 
 impl Resource for Ready {
@@ -35,6 +36,12 @@ impl Resource for Ready {
     }
     fn execute(&mut self, _: Option<MediaType>) -> BoxFuture<'_, Result<Success, Problem>> {
         Box::pin(async move {
+            if self.0.app.draining() {
+                return Err(
+                    Problem::new(ProblemKind::ServiceUnavailable, "The server is shutting down.")
+                        .with("retry_after", 5),
+                );
+            }
             match self.0.app.store.ping().await {
                 Ok(()) => Ok(Success::Ok(Representation::json(&json!({"status": "ready"})))),
                 Err(e) => {
