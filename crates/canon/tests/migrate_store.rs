@@ -454,3 +454,35 @@ async fn a_source_in_use_or_of_another_schema_version_is_refused() {
     assert_eq!(old.status.code(), Some(1));
     assert!(text(&old.stderr).contains("schema is v10"), "{}", text(&old.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_that_differs_after_the_copy_fails_the_move() {
+    let Some(db) = TestDatabase::make("canon_migrate_mismatch").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("canon.db");
+    let node = common::Node::start(&file, TOKEN, &[]).await;
+    node.post_ok("/v1/tenants", json!({"name": "acme"})).await;
+    stop(node.child).await;
+    // A unique value whose collection is gone: the copy (which finds each
+    // row's tenant through its collection) cannot carry it, and the counts
+    // must say so.
+    let conn = rusqlite::Connection::open(&file).expect("open");
+    conn.execute(
+        "INSERT INTO unique_values (collection_id, field, value, record_id) VALUES ('gone', 'sku', '\"x\"', 'r')",
+        [],
+    )
+    .expect("insert an orphan");
+    drop(conn);
+    let moved = migrate(&file, &db.url);
+    let out = text(&moved.stdout);
+    assert_eq!(moved.status.code(), Some(2), "{out}\n{}", text(&moved.stderr));
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["unique_values", "1", "0", "MISMATCH"]),
+        "{out}"
+    );
+    assert!(!out.contains("verified"), "{out}");
+    db.drop_it().await;
+}

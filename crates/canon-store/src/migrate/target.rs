@@ -33,6 +33,15 @@ impl Target {
                 tracing::warn!(error = %e, "the connection to the target ended");
             }
         });
+        // Each batch commits without waiting for its WAL flush: the last
+        // write of the move (`move_generation`) commits synchronously, which
+        // flushes the WAL up to it, every batch included, before the move
+        // reports success. A crash before that leaves a partial copy, which
+        // the operator recreates anyway.
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(target_error)?;
         let mut inserts = Vec::with_capacity(TABLES.len());
         for table in TABLES {
             inserts.push(client.prepare(&table.insert()).await.map_err(target_error)?);
@@ -142,7 +151,13 @@ impl Target {
     /// Moves the cache generation past both the source's and the target's
     /// (every node on the target starts from it; moving it is never wrong,
     /// at worst it costs cache misses).
+    /// This is the move's last write, and it commits synchronously: its
+    /// flush makes every batch before it durable.
     pub(crate) async fn move_generation(&self, source: i64) -> Result<i64, MigrateError> {
+        self.client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(target_error)?;
         let row = self
             .client
             .query_one(
