@@ -11,6 +11,7 @@
 
 pub mod device;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;

@@ -3,9 +3,11 @@
 //! `canon serve` reads flags, then `CANON_*` environment variables, then the
 //! `--config` TOML file (same keys, snake_case), then defaults, in that order
 //! of precedence. `canon import` and `canon export` are clients of a running
-//! server (`transfer`).
+//! server (`transfer`). `canon migrate-store` moves a stopped server's SQLite
+//! store into PostgreSQL (`migrate_store`).
 
 mod device_args;
+mod migrate_store;
 mod transfer;
 
 /// mimalloc rather than glibc's malloc: allocation and freeing were about a
@@ -53,6 +55,9 @@ enum Command {
     /// Export a collection of a running server to a file (NDJSON or CSV), as a job.
     #[command(after_help = transfer::EXIT_STATUS_HELP)]
     Export(transfer::export::ExportArgs),
+    /// Copy a stopped server's SQLite store into an empty PostgreSQL database, and verify it.
+    #[command(after_help = migrate_store::EXIT_STATUS_HELP)]
+    MigrateStore(migrate_store::MigrateStoreArgs),
 }
 
 #[derive(Args, Default)]
@@ -502,6 +507,10 @@ fn main() -> ExitCode {
         Command::Export(args) => match runtime() {
             Ok(rt) => transfer::finish(rt.block_on(transfer::export::run(args))),
             Err(()) => transfer::Exit::Broken.into(),
+        },
+        Command::MigrateStore(args) => match runtime() {
+            Ok(rt) => rt.block_on(migrate_store::run(args)),
+            Err(()) => ExitCode::FAILURE,
         },
     }
 }

@@ -42,6 +42,7 @@ use crate::model::*;
 use crate::{Store, StoreResult};
 pub use pool::{GENERATION_POLL, PostgresOptions, call_bound};
 use pool::{Pool, Tx};
+pub(crate) use records::jsonb_text;
 use rows::*;
 
 /// The PostgreSQL store.

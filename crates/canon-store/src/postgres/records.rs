@@ -133,7 +133,7 @@ async fn replace_record(c: &impl Db, tenant_id: &str, current: Record, data: Val
 /// `body` keeps the data exactly. The one inexactness: a string holding
 /// U+0000 and one holding the six characters `\u0000` instead compare equal
 /// there.
-fn jsonb_text(json: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn jsonb_text(json: &str) -> std::borrow::Cow<'_, str> {
     if !json.contains("\\u0000") {
         return std::borrow::Cow::Borrowed(json);
     }

@@ -55,6 +55,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v11.sql"),
 ];
 
+/// The schema version this build writes (`PRAGMA user_version` after
+/// every migration ran).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 /// The SQLite store.
 pub struct SqliteStore {
     engine: Engine,

@@ -137,3 +137,22 @@ impl Node {
         assert!(r.status().is_success(), "POST {path}: {}", r.status());
     }
 }
+
+/// Starts `canon serve` on `port` over the database URL `url` (SQLite or
+/// PostgreSQL), with the operator token `token`, limits off, and `env`.
+pub fn spawn_on(url: &str, port: u16, token: &str, env: &[(&str, &str)]) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_canon"));
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", url])
+        .env("CANON_BOOTSTRAP_TOKEN", token)
+        .env("CANON_LOG", "warn")
+        .env("CANON_DB_POOL_SIZE", "4")
+        .env("CANON_RATE_LIMIT_PER_SECOND", "0")
+        .env("CANON_DAILY_QUOTA", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Process::new(command.spawn().expect("spawn canon"))
+}
