@@ -51,7 +51,7 @@ async fn start(limits: bool) -> Running {
     tokio::spawn(canon_server::serve_router(listener, app.service(), async move {
         let _ = rx.await;
     }));
-    let client = reqwest::Client::new();
+    let client = canon_server::http_client::client();
     let post = |path: String, token: String, body: Value| {
         let client = client.clone();
         let url = format!("{base}{path}");
@@ -118,7 +118,7 @@ async fn round(server: &Running, secs: u64, connections: usize) -> f64 {
     for _ in 0..connections {
         let (done, url, key) = (done.clone(), url.clone(), server.key.clone());
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
+            let client = canon_server::http_client::builder()
                 .pool_max_idle_per_host(1)
                 .build()
                 .expect("client");

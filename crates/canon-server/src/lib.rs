@@ -13,6 +13,7 @@ pub mod cursor;
 pub mod devices;
 pub mod error;
 pub mod export;
+pub mod http_client;
 pub mod idempotency;
 pub mod import;
 pub mod input;

@@ -461,7 +461,8 @@ pub static ROUTES: &[RouteSpec] = &[
         planned: &[],
         summary: "A tenant's devices: appliances whose management endpoints Canon relays requests to. Registering \
                   one (admin) checks its endpoint's addresses (docs/devices.md); its `headers` are stored \
-                  encrypted and shown by name only.",
+                  encrypted and shown by name only; an `https` device's certificate is trusted by the system's \
+                  roots, or by its own `tls.ca_certificate` (PEM) and/or pinned `tls.certificate_sha256`.",
         states: IN_TENANT,
     },
     RouteSpec {
@@ -508,7 +509,7 @@ pub static ROUTES: &[RouteSpec] = &[
         summary: "The device gateway: the request is relayed to `{endpoint}/{path}` with its query and body \
                   (streamed), without the caller's Authorization and with the device's own headers; the \
                   device's status, headers and body come back as they are (streamed). 502 when the device \
-                  refuses, resets or answers garbage, 504 when it sends no response headers within its \
+                  refuses, resets or answers garbage, or its TLS certificate is not trusted, 504 when it sends no response headers within its \
                   `timeout_ms`, 503 while its circuit is open or its concurrency limit is reached.",
         states: BELOW_DELETABLE,
     },

@@ -639,6 +639,9 @@ pub struct Device {
     /// values are kept encrypted and never shown.
     #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
     pub headers: Vec<String>,
+    /// How Canon trusts the device's TLS certificate (`https` endpoints):
+    /// `{}` for the system's roots.
+    pub tls: DeviceTls,
     /// How the device has been answering this Canon process.
     pub health: DeviceHealth,
     /// When it was registered.
@@ -647,6 +650,29 @@ pub struct Device {
     /// When it last changed.
     #[schemars(extend("format" = "date-time", "maxLength" = 30))]
     pub updated_at: Timestamp,
+}
+
+/// How Canon trusts an `https` device's certificate (docs/devices.md,
+/// "HTTPS endpoints"). Neither field: the system's roots, and the
+/// certificate must name the endpoint's host. Both: both checks.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceTls {
+    /// PEM certificates (`-----BEGIN CERTIFICATE-----`) of the CAs the
+    /// device's certificate must chain to, instead of the system's roots
+    /// (its host name is still checked). A self-signed certificate can be
+    /// its own CA unless it is marked as a CA itself: then pin it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536), extend("type" = "string"))]
+    pub ca_certificate: Option<String>,
+    /// The SHA-256 digest of the device's own certificate (DER), as
+    /// `openssl x509 -noout -fingerprint -sha256` prints it or as 64 hex
+    /// digits; shown as 64 lower-case hex digits. Only that certificate is
+    /// accepted; with no `ca_certificate`, its chain, name and dates are
+    /// not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2}){31}$"), length(max = 95), extend("type" = "string"))]
+    pub certificate_sha256: Option<String>,
 }
 
 /// A device's circuit breaker as this process sees it.
@@ -690,6 +716,10 @@ pub struct NewDevice {
     #[serde(default)]
     #[schemars(extend("maxProperties" = 32, "propertyNames" = {"pattern": HEADER_NAME, "maxLength": 64}, "additionalProperties" = {"type": "string", "maxLength": 4096, "pattern": "^[\\x20-\\x7e]*$"}))]
     pub headers: serde_json::Map<String, Value>,
+    /// How the device's TLS certificate is trusted; the system's roots
+    /// when absent.
+    #[serde(default)]
+    pub tls: DeviceTls,
 }
 
 /// The body of `PATCH …/devices/{device}`: a merge patch of its settings;
@@ -706,6 +736,11 @@ pub struct DevicePatch {
     /// New headers, replacing the old ones (`{}` removes them all).
     #[schemars(extend("type" = "object", "maxProperties" = 32, "propertyNames" = {"pattern": HEADER_NAME, "maxLength": 64}, "additionalProperties" = {"type": "string", "maxLength": 4096, "pattern": "^[\\x20-\\x7e]*$"}))]
     pub headers: Option<serde_json::Map<String, Value>>,
+    /// A new trust setting, replacing the old one whole (`{}`: the
+    /// system's roots again).
+    // Not `null`: a setting cannot be removed, only replaced (`{}`).
+    #[schemars(extend("anyOf" = [{"$ref": "#/components/schemas/DeviceTls"}]))]
+    pub tls: Option<DeviceTls>,
 }
 
 /// The body of `POST …/devices/{device}/commands`: one request for the

@@ -152,7 +152,7 @@ async fn open_connections_are_bounded() {
     let b = TcpStream::connect(s.addr).await.unwrap();
     // Both accepted (the server holds them while they send nothing).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let client = reqwest::Client::new();
+    let client = canon_server::http_client::client();
     let url = s.url("/healthz");
     let third = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) });
     tokio::time::sleep(Duration::from_millis(500)).await;

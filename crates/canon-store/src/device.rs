@@ -55,6 +55,20 @@ pub(crate) fn headers_from(kept: &serde_json::Value) -> Vec<DeviceHeader> {
         .unwrap_or_default()
 }
 
+/// How the gateway trusts a device's TLS certificate (`https` endpoints;
+/// docs/devices.md). Both `None`: the system's roots. The server checks both
+/// fields before they reach the store (PEM that parses, 64 hex digits);
+/// neither is a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct DeviceTls {
+    /// A PEM bundle of the CAs the device's certificate must chain to,
+    /// instead of the system's roots.
+    pub ca_certificate: Option<String>,
+    /// The SHA-256 digest of the device's own certificate (DER), 64
+    /// lower-case hex digits: the certificate it must present.
+    pub certificate_sha256: Option<String>,
+}
+
 /// A device of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
@@ -70,6 +84,8 @@ pub struct Device {
     pub timeout_ms: u32,
     /// Headers added to every forwarded request, in the order given.
     pub headers: Vec<DeviceHeader>,
+    /// How its TLS certificate is trusted.
+    pub tls: DeviceTls,
     /// 1 at creation, +1 on every change.
     pub version: i64,
     /// Creation time.
@@ -89,6 +105,8 @@ pub struct NewDevice {
     pub timeout_ms: u32,
     /// Sealed static headers.
     pub headers: Vec<DeviceHeader>,
+    /// How its TLS certificate is trusted.
+    pub tls: DeviceTls,
 }
 
 /// Changes to a device; `None` leaves a setting as it is. The name is not
@@ -101,6 +119,8 @@ pub struct DeviceChanges {
     pub timeout_ms: Option<u32>,
     /// A new set of headers, replacing every old one.
     pub headers: Option<Vec<DeviceHeader>>,
+    /// A new trust setting, replacing the old one.
+    pub tls: Option<DeviceTls>,
 }
 
 /// A tenant's devices.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-pub use device::{Device, DeviceChanges, DeviceHeader, DeviceStore, NewDevice};
+pub use device::{Device, DeviceChanges, DeviceHeader, DeviceStore, DeviceTls, NewDevice};
 pub use model::*;
 
 /// The store traits, for `use canon_store::prelude::*`: calling a domain

@@ -222,3 +222,52 @@ async fn schema_v11_keeps_every_job_when_it_rebuilds_the_jobs_table() {
     };
     store.create_job(command, 3_000).await.unwrap();
 }
+
+#[tokio::test]
+async fn schema_v12_gives_existing_devices_the_system_roots() {
+    use canon_store::{DeviceStore, DeviceTls, NewDevice};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    let tenant = {
+        let store = SqliteStore::open(&path).unwrap();
+        let t = store.create_tenant("acme").await.unwrap();
+        store.close().await.unwrap();
+        t
+    };
+    // Back to v11: a device row as v11 wrote it, without the TLS columns.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE devices DROP COLUMN tls_ca_certificate;
+             ALTER TABLE devices DROP COLUMN tls_certificate_sha256;
+             PRAGMA user_version = 11;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO devices (id, tenant_id, name, endpoint, timeout_ms, headers, version, created_at, updated_at)
+             VALUES ('d1', ?1, 'fw', 'https://10.0.0.1/', 1000, '[]', 1, 5, 5)",
+            [&tenant.id],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let Lookup::Found(old) = store.device(&tenant.id, "fw").await.unwrap() else {
+        panic!("the v11 device is gone");
+    };
+    assert_eq!(
+        (old.endpoint.as_str(), old.tls.clone()),
+        ("https://10.0.0.1/", DeviceTls::default())
+    );
+    let new = NewDevice {
+        name: "fw2".into(),
+        endpoint: "https://10.0.0.2/".into(),
+        timeout_ms: 1000,
+        headers: Vec::new(),
+        tls: DeviceTls {
+            ca_certificate: None,
+            certificate_sha256: Some("00".repeat(32)),
+        },
+    };
+    let created = store.create_device(&tenant.id, new).await.unwrap();
+    assert_eq!(created.tls.certificate_sha256, Some("00".repeat(32)));
+}

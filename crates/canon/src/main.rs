@@ -463,6 +463,9 @@ fn serve_config(args: ServeArgs) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    // TLS's crypto provider (ring), before anything can build an HTTP client;
+    // every client is built through `http_client`, which would install it too.
+    canon_server::http_client::install_crypto_provider();
     let cli = Cli::parse();
     // `serve` starts logging once its config is read (the file can name the format).
     if !matches!(cli.command, Command::Serve(_)) {

@@ -41,7 +41,10 @@ async fn one_more_is_refused(args: &[&str], env: &[(&str, &str)], cap: usize) ->
         command.env(k, v);
     }
     let mut child = command.spawn().unwrap();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let client = canon_server::http_client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     wait_ready(&client, &format!("http://127.0.0.1:{port}")).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let held: Vec<TcpStream> = (0..cap)

@@ -95,7 +95,7 @@ async fn one_json_line_per_request_without_tokens_or_bodies() {
     // Debug level: even the most talkative logs must not carry a secret.
     let (mut child, port, rx) = serve_logged(dir.path(), &["--log-format", "json"], &[("CANON_LOG", "debug")]);
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canon_server::http_client::client();
     let body_secret = "body-secret-value-never-logged";
     let r = client
         .post(format!("{base}/v1/tenants"))

@@ -65,7 +65,7 @@ async fn serves_from_postgres_answers_503_without_it_and_recovers() {
     };
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canon_server::http_client::client();
     let node = spawn(&db.url, port);
     wait_ready(&client, &base).await;
 

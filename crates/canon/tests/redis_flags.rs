@@ -63,7 +63,7 @@ async fn an_unreachable_redis_is_open_by_default_and_closed_when_told() {
             .spawn()
             .expect("spawn canon"),
     );
-    let client = reqwest::Client::new();
+    let client = canon_server::http_client::client();
     common::wait_ready(&client, &base).await;
     let r = client
         .get(format!("{base}/v1/tenants"))

@@ -149,6 +149,12 @@ fn device_failure(e: &reqwest::Error) -> Failure {
         }
         source = err.source();
     }
+    if let Some(why) = super::tls::failure(e) {
+        return Failure::Device(Problem::new(
+            ProblemKind::BadGateway,
+            format!("TLS with the device failed: {why}."),
+        ));
+    }
     let detail = if e.is_connect() {
         "The device's endpoint refused the connection or could not be reached."
     } else {

@@ -12,12 +12,15 @@ pub mod config;
 pub mod endpoint;
 pub mod forward;
 pub mod seal;
+pub mod tls;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use canon_http::body::Body;
 use canon_http::{FieldError, Problem, ProblemKind};
-use canon_store::Device;
+use canon_store::{Device, DeviceTls};
 use http::Response;
 use http::header::{HeaderName, HeaderValue};
 
@@ -26,6 +29,12 @@ use breaker::{Breakers, Health, Refused};
 pub use config::{DeviceConfig, SecretKey};
 use forward::{Failure, Guarded, Outgoing};
 use seal::Sealer;
+use sha2::{Digest, Sha256};
+use tls::Trust;
+
+/// How many HTTP clients with a trust setting of their own the gateway
+/// keeps; past it, it starts over (a client is cheap to build again).
+const MAX_TRUST_CLIENTS: usize = 256;
 
 /// What every request to a device shares.
 pub struct Gateway {
@@ -33,7 +42,12 @@ pub struct Gateway {
     pub config: DeviceConfig,
     sealer: Option<Sealer>,
     policy: AddressPolicy,
+    /// The client of devices without a trust setting (the system's roots).
     client: reqwest::Client,
+    /// A client per distinct trust setting, by the setting's digest: a
+    /// device whose setting changed finds another client, so a connection
+    /// made under the old trust is never reused under the new.
+    trusted: Mutex<HashMap<[u8; 32], reqwest::Client>>,
     breakers: Breakers,
     /// This process's `Via` value (`1.1 canon-` and a random token, which
     /// also tells a request that looped back through this process).
@@ -52,25 +66,97 @@ impl Gateway {
     /// The gateway of a server listening on `listen`.
     pub fn new(config: DeviceConfig, listen: std::net::SocketAddr) -> Result<Gateway, reqwest::Error> {
         let policy = AddressPolicy::new(config.allowed_networks.clone(), listen);
-        let client = reqwest::Client::builder()
-            // A device's redirect is its answer, relayed; never followed
-            // (a redirect could lead anywhere the address rules refuse).
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(std::sync::Arc::new(Guarded {
-                policy: policy.clone(),
-                lookup: config.lookup.clone(),
-            }))
-            .build()?;
+        let client = Self::build_client(&policy, &config, None)?;
         let token: u32 = rand::random();
         Ok(Gateway {
             sealer: config.secret_key.as_ref().map(Sealer::new),
             breakers: Breakers::new(config.breaker_threshold, config.breaker_open, config.max_concurrency),
             policy,
             client,
+            trusted: Mutex::new(HashMap::new()),
             via: format!("1.1 canon-{token:08x}"),
             config,
         })
+    }
+
+    /// A client for devices: every one resolves names through the address
+    /// rules ([`Guarded`]), none follows redirects or uses a proxy; `tls`
+    /// replaces reqwest's own verification (the system's roots).
+    fn build_client(
+        policy: &AddressPolicy,
+        config: &DeviceConfig,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<reqwest::Client, reqwest::Error> {
+        let mut builder = crate::http_client::builder()
+            // A device's redirect is its answer, relayed; never followed
+            // (a redirect could lead anywhere the address rules refuse).
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(Guarded {
+                policy: policy.clone(),
+                lookup: config.lookup.clone(),
+            }));
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        builder.build()
+    }
+
+    /// The client for a device with this trust setting, built at first use.
+    fn client_for(&self, tls: &DeviceTls) -> Result<reqwest::Client, Problem> {
+        let broken = |why: String| {
+            tracing::error!(error = %why, "a device's stored TLS setting is unusable");
+            Problem::new(
+                ProblemKind::BadGateway,
+                format!("The device's stored TLS setting cannot be used ({why}); an admin must set it again."),
+            )
+        };
+        let Some(trust) = Trust::of(tls).map_err(|e| broken(e.to_string()))? else {
+            return Ok(self.client.clone());
+        };
+        let mut hasher = Sha256::new();
+        for field in [&tls.ca_certificate, &tls.certificate_sha256] {
+            let text = field.as_deref().unwrap_or_default();
+            hasher.update((text.len() as u64).to_be_bytes());
+            hasher.update(text.as_bytes());
+        }
+        let key: [u8; 32] = hasher.finalize().into();
+        if let Some(client) = self.trusted.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(client);
+        }
+        let config = trust.client_config().map_err(|e| broken(e.to_string()))?;
+        let client = Self::build_client(&self.policy, &self.config, Some(config)).map_err(|e| broken(e.to_string()))?;
+        if let Ok(mut cache) = self.trusted.lock() {
+            if cache.len() >= MAX_TRUST_CLIENTS {
+                cache.clear();
+            }
+            cache.insert(key, client.clone());
+        }
+        Ok(client)
+    }
+
+    /// Checks a trust setting for registration: the 400 points at its
+    /// field below `pointer`.
+    pub fn admit_tls(&self, tls: &DeviceTls, pointer: &str) -> Result<DeviceTls, Problem> {
+        let refuse = |e: tls::TrustError| {
+            let at = e.pointer(pointer);
+            Problem::new(
+                ProblemKind::InvalidField,
+                format!("`{}` {e}.", at.trim_start_matches('/').replace('/', ".")),
+            )
+            .with_errors(vec![FieldError::new(&at, e.to_string())])
+        };
+        let kept = DeviceTls {
+            ca_certificate: tls.ca_certificate.clone(),
+            certificate_sha256: tls
+                .certificate_sha256
+                .as_deref()
+                .map(tls::normalize_fingerprint)
+                .transpose()
+                .map_err(refuse)?,
+        };
+        Trust::of(&kept).map_err(refuse)?;
+        Ok(kept)
     }
 
     /// The sealer, when `CANON_SECRET_KEY` is set.
@@ -171,7 +257,8 @@ impl Gateway {
             ));
         }
         out.device_headers = self.open_headers(device)?;
-        match forward::relay(&self.client, out, &self.via, pass).await {
+        let client = self.client_for(&device.tls)?;
+        match forward::relay(&client, out, &self.via, pass).await {
             Ok(response) => Ok(response),
             Err(Failure::Device(problem) | Failure::Other(problem)) => Err(problem),
         }

@@ -7,7 +7,7 @@ use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resou
 use canon_http::media::MediaType;
 use canon_http::validators::{EntityTag, Validators};
 use canon_http::{FieldError, Problem, ProblemKind};
-use canon_store::{Device, DeviceChanges, DeviceHeader, NewDevice, Tenant};
+use canon_store::{Device, DeviceChanges, DeviceHeader, DeviceTls, NewDevice, Tenant};
 use http::{HeaderMap, Method};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -132,6 +132,10 @@ fn render(d: &Device, gateway: &Gateway) -> Value {
         endpoint: d.endpoint.clone(),
         timeout_ms: d.timeout_ms,
         headers: d.headers.iter().map(|h| h.name.clone()).collect(),
+        tls: wire::DeviceTls {
+            ca_certificate: d.tls.ca_certificate.clone(),
+            certificate_sha256: d.tls.certificate_sha256.clone(),
+        },
         health: wire::DeviceHealth {
             circuit: health.circuit.as_str().to_owned(),
             consecutive_failures: health.consecutive_failures,
@@ -174,6 +178,18 @@ struct Registration {
     endpoint: String,
     timeout_ms: u32,
     headers: Vec<(String, String)>,
+    tls: DeviceTls,
+}
+
+/// A trust setting as given, checked (a 400 at its field below `/tls`).
+fn trust(gateway: &Gateway, given: wire::DeviceTls) -> Result<DeviceTls, Problem> {
+    gateway.admit_tls(
+        &DeviceTls {
+            ca_certificate: given.ca_certificate,
+            certificate_sha256: given.certificate_sha256,
+        },
+        "/tls",
+    )
 }
 
 /// `GET, POST /v1/tenants/{tenant}/devices`.
@@ -209,6 +225,7 @@ impl Resource for Devices {
             self.new = Some(Registration {
                 timeout_ms: timeout(body.timeout_ms, &self.cx.app.devices)?,
                 headers: header_values(body.headers, "/headers")?,
+                tls: trust(&self.cx.app.devices, body.tls)?,
                 name: body.name,
                 endpoint: body.endpoint,
             });
@@ -263,6 +280,7 @@ impl Resource for Devices {
                             endpoint: new.endpoint,
                             timeout_ms: new.timeout_ms,
                             headers,
+                            tls: new.tls,
                         },
                     )
                     .await
@@ -298,6 +316,7 @@ struct Changes {
     endpoint: Option<String>,
     timeout_ms: Option<u32>,
     headers: Option<Vec<(String, String)>>,
+    tls: Option<DeviceTls>,
 }
 
 /// `GET, PATCH, DELETE /v1/tenants/{tenant}/devices/{device}`.
@@ -335,6 +354,7 @@ impl Resource for OneDevice {
                     .map(|ms| timeout(ms, &self.cx.app.devices))
                     .transpose()?,
                 headers: patch.headers.map(|h| header_values(h, "/headers")).transpose()?,
+                tls: patch.tls.map(|t| trust(&self.cx.app.devices, t)).transpose()?,
                 endpoint: patch.endpoint,
             });
         }
@@ -387,6 +407,7 @@ impl Resource for OneDevice {
                                 endpoint: changes.endpoint,
                                 timeout_ms: changes.timeout_ms,
                                 headers,
+                                tls: changes.tls,
                             },
                             expect,
                         )

@@ -293,7 +293,7 @@ impl Server {
         } else {
             tokio::spawn(canon_server::serve_connections(listener, router, limits, stop));
         }
-        let client = Client::builder()
+        let client = canon_server::http_client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("client");

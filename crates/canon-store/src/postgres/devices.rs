@@ -11,7 +11,8 @@ use crate::device::*;
 use crate::model::*;
 use crate::{StoreError, StoreResult};
 
-const DEVICE_COLS: &str = "id, tenant_id, name, endpoint, timeout_ms, headers, version, created_at, updated_at";
+const DEVICE_COLS: &str = "id, tenant_id, name, endpoint, timeout_ms, headers, version, created_at, updated_at, \
+     tls_ca_certificate, tls_certificate_sha256";
 
 fn device_row(r: &Row) -> StoreResult<Device> {
     let headers = json_text(r, 5)?;
@@ -22,6 +23,10 @@ fn device_row(r: &Row) -> StoreResult<Device> {
         endpoint: r.try_get(3)?,
         timeout_ms: to_u32(Some(r.try_get(4)?)).unwrap_or_default(),
         headers: headers_from(&headers),
+        tls: DeviceTls {
+            ca_certificate: r.try_get(9)?,
+            certificate_sha256: r.try_get(10)?,
+        },
         version: r.try_get(6)?,
         created_at: r.try_get(7)?,
         updated_at: r.try_get(8)?,
@@ -61,6 +66,7 @@ impl DeviceStore for PostgresStore {
                     endpoint: new.endpoint,
                     timeout_ms: new.timeout_ms,
                     headers: new.headers,
+                    tls: new.tls,
                     version: 1,
                     created_at: now,
                     updated_at: now,
@@ -69,7 +75,7 @@ impl DeviceStore for PostgresStore {
                 let inserted = tx
                     .execute_typed(
                         &format!(
-                            "INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                            "INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                                  ON CONFLICT DO NOTHING"
                         ),
                         &[
@@ -82,6 +88,8 @@ impl DeviceStore for PostgresStore {
                             int(&device.version),
                             int(&device.created_at),
                             int(&device.updated_at),
+                            text(&device.tls.ca_certificate),
+                            text(&device.tls.certificate_sha256),
                         ],
                     )
                     .await?;
@@ -142,11 +150,15 @@ impl DeviceStore for PostgresStore {
                 if let Some(headers) = changes.headers {
                     next.headers = headers;
                 }
+                if let Some(tls) = changes.tls {
+                    next.tls = tls;
+                }
                 next.version += 1;
                 next.updated_at = now_millis().max(next.updated_at);
                 let (timeout, headers) = (i64::from(next.timeout_ms), headers_text(&next.headers));
                 tx.execute_typed(
-                    "UPDATE devices SET endpoint = $1, timeout_ms = $2, headers = $3, version = $4, updated_at = $5
+                    "UPDATE devices SET endpoint = $1, timeout_ms = $2, headers = $3, version = $4, updated_at = $5,
+                         tls_ca_certificate = $8, tls_certificate_sha256 = $9
                          WHERE tenant_id = $6 AND id = $7",
                     &[
                         text(&next.endpoint),
@@ -156,6 +168,8 @@ impl DeviceStore for PostgresStore {
                         int(&next.updated_at),
                         text(&next.tenant_id),
                         text(&next.id),
+                        text(&next.tls.ca_certificate),
+                        text(&next.tls.certificate_sha256),
                     ],
                 )
                 .await?;

@@ -30,7 +30,11 @@ pub const GENERATION_POLL: Duration = Duration::from_millis(50);
 /// The migrations, in order; `canon_schema.version` records how many ran.
 /// PostgreSQL's list starts at SQLite's v10 in one step (no PostgreSQL
 /// database predates it); later schema changes are added to both lists.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// The advisory lock key every node's migration takes ("canon" in ASCII).
 const MIGRATION_LOCK: i64 = 0x63_61_6e_6f_6e;

@@ -11,7 +11,8 @@ use crate::device::*;
 use crate::model::*;
 use crate::{StoreError, StoreResult};
 
-const DEVICE_COLS: &str = "id, tenant_id, name, endpoint, timeout_ms, headers, version, created_at, updated_at";
+const DEVICE_COLS: &str = "id, tenant_id, name, endpoint, timeout_ms, headers, version, created_at, updated_at, \
+     tls_ca_certificate, tls_certificate_sha256";
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     let headers = json_column(r, 5)?;
@@ -22,6 +23,10 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
         endpoint: r.get(3)?,
         timeout_ms: r.get(4)?,
         headers: headers_from(&headers),
+        tls: DeviceTls {
+            ca_certificate: r.get(9)?,
+            certificate_sha256: r.get(10)?,
+        },
         version: r.get(6)?,
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
@@ -60,12 +65,15 @@ impl DeviceStore for SqliteStore {
                     endpoint: new.endpoint,
                     timeout_ms: new.timeout_ms,
                     headers: new.headers,
+                    tls: new.tls,
                     version: 1,
                     created_at: now,
                     updated_at: now,
                 };
                 c.execute(
-                    &format!("INSERT INTO devices ({DEVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    &format!(
+                        "INSERT INTO devices ({DEVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    ),
                     params![
                         device.id,
                         device.tenant_id,
@@ -75,7 +83,9 @@ impl DeviceStore for SqliteStore {
                         headers_text(&device.headers),
                         device.version,
                         device.created_at,
-                        device.updated_at
+                        device.updated_at,
+                        device.tls.ca_certificate,
+                        device.tls.certificate_sha256
                     ],
                 )
                 .map_err(|e| conflict_or_internal(e, "/name"))?;
@@ -130,10 +140,14 @@ impl DeviceStore for SqliteStore {
                 if let Some(headers) = changes.headers {
                     next.headers = headers;
                 }
+                if let Some(tls) = changes.tls {
+                    next.tls = tls;
+                }
                 next.version += 1;
                 next.updated_at = now_millis().max(next.updated_at);
                 c.execute(
-                    "UPDATE devices SET endpoint = ?1, timeout_ms = ?2, headers = ?3, version = ?4, updated_at = ?5
+                    "UPDATE devices SET endpoint = ?1, timeout_ms = ?2, headers = ?3, version = ?4, updated_at = ?5,
+                         tls_ca_certificate = ?7, tls_certificate_sha256 = ?8
                      WHERE id = ?6",
                     params![
                         next.endpoint,
@@ -141,7 +155,9 @@ impl DeviceStore for SqliteStore {
                         headers_text(&next.headers),
                         next.version,
                         next.updated_at,
-                        next.id
+                        next.id,
+                        next.tls.ca_certificate,
+                        next.tls.certificate_sha256
                     ],
                 )
                 .map_err(db_error)?;

@@ -17,6 +17,7 @@ pub fn new_device(name: &str) -> NewDevice {
             name: "x-device-token".into(),
             sealed: "v1.c2VhbGVk".into(),
         }],
+        tls: DeviceTls::default(),
     }
 }
 
@@ -135,6 +136,76 @@ pub async fn device_headers_are_kept_as_given(store: Arc<dyn Store>) {
     assert!(replaced.headers.is_empty());
     assert_eq!(replaced.endpoint, "https://fw.example/");
     assert_eq!(store.device(&t.id, "fw").await.unwrap(), Lookup::Found(replaced));
+}
+
+pub async fn device_tls_settings_are_kept_and_replaced(store: Arc<dyn Store>) {
+    let t = tenant(&*store, "acme").await;
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let pin = "ab".repeat(32);
+    let d = store
+        .create_device(
+            &t.id,
+            NewDevice {
+                endpoint: "https://10.0.0.1/".into(),
+                tls: DeviceTls {
+                    ca_certificate: Some(pem.into()),
+                    certificate_sha256: None,
+                },
+                ..new_device("fw")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.tls.ca_certificate.as_deref(), Some(pem), "kept byte for byte");
+    assert_eq!(d.tls.certificate_sha256, None);
+    assert_eq!(store.device(&t.id, "fw").await.unwrap(), Lookup::Found(d.clone()));
+    // Another change leaves it; a new setting replaces it whole.
+    let timed = store
+        .update_device(
+            &t.id,
+            "fw",
+            DeviceChanges {
+                timeout_ms: Some(100),
+                ..DeviceChanges::default()
+            },
+            Expect::Anything,
+        )
+        .await
+        .unwrap();
+    assert_eq!(timed.tls, d.tls);
+    let pinned = store
+        .update_device(
+            &t.id,
+            "fw",
+            DeviceChanges {
+                tls: Some(DeviceTls {
+                    ca_certificate: None,
+                    certificate_sha256: Some(pin.clone()),
+                }),
+                ..DeviceChanges::default()
+            },
+            Expect::Anything,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pinned.tls.ca_certificate, None);
+    assert_eq!(pinned.tls.certificate_sha256, Some(pin));
+    let listed = store.list_devices(&t.id, first_page(10)).await.unwrap();
+    assert_eq!(listed.items, vec![pinned.clone()]);
+    let cleared = store
+        .update_device(
+            &t.id,
+            "fw",
+            DeviceChanges {
+                tls: Some(DeviceTls::default()),
+                ..DeviceChanges::default()
+            },
+            Expect::Anything,
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.tls, DeviceTls::default());
+    assert_eq!(store.device(&t.id, "fw").await.unwrap(), Lookup::Found(cleared));
 }
 
 pub async fn devices_are_per_tenant(store: Arc<dyn Store>) {

@@ -2364,6 +2364,7 @@ macro_rules! conformance_tests {
             close_finishes_submitted_writes_and_refuses_later_ones,
             devices_crud_versions_and_tombstones,
             device_headers_are_kept_as_given,
+            device_tls_settings_are_kept_and_replaced,
             devices_are_per_tenant,
         );
     };

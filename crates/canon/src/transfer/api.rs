@@ -43,7 +43,7 @@ impl Api {
                 target.url
             )));
         }
-        let client = reqwest::Client::builder()
+        let client = canon_server::http_client::builder()
             // The monitor's 303 is read, not followed blindly.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))

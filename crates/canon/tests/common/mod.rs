@@ -112,7 +112,7 @@ impl Node {
     pub async fn start(db: &std::path::Path, token: &str, env: &[(&str, &str)]) -> Node {
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = canon_server::http_client::client();
         let child = spawn(db, port, token, env);
         wait_ready(&client, &base).await;
         Node {
