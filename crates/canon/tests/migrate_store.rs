@@ -112,7 +112,7 @@ struct Client {
 impl Client {
     fn new(port: u16) -> Client {
         Client {
-            http: reqwest::Client::builder()
+            http: canon_server::http_client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("client"),
@@ -264,6 +264,8 @@ async fn populate(c: &Client, device_port: u16) -> Made {
             "endpoint": format!("http://127.0.0.1:{device_port}"),
             "timeout_ms": 2000,
             "headers": {"x-api-key": DEVICE_SECRET},
+            // Kept and shown, unused on an http endpoint: shows it is copied.
+            "tls": {"certificate_sha256": "ab".repeat(32)},
         })),
     )
     .await;

@@ -215,7 +215,7 @@ impl Cluster {
         // Before anything that may fail, so a failure shows the logs.
         let dir = Workdir(tempfile::tempdir().unwrap());
         let (pa, pb, plb, pstats) = (free_port(), free_port(), free_port(), free_port());
-        let client = reqwest::Client::builder()
+        let client = canon_server::http_client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(20))
             .build()

@@ -187,7 +187,7 @@ async fn sigterm_with_a_delay_answers_readyz_503_and_serves_on_until_it_ends() {
         assert_eq!(ready.status(), 503);
         assert!(ready.headers().contains_key("retry-after"));
         assert_eq!(get("/healthz").await.unwrap().status(), 200);
-        let fresh = reqwest::Client::new();
+        let fresh = canon_server::http_client::client();
         let r = fresh
             .get(format!("{}/v1/tenants", node.base))
             .bearer_auth(TOKEN)

@@ -293,6 +293,9 @@ pub(crate) const TABLES: &[Table] = &[
             Column::same("version", Int),
             Column::same("created_at", Int),
             Column::same("updated_at", Int),
+            // The TLS trust setting (v12): not secret, copied as it is.
+            Column::same("tls_ca_certificate", Text),
+            Column::same("tls_certificate_sha256", Text),
         ],
     },
     Table {
