@@ -72,57 +72,91 @@ impl Bouncer {
             .await
             .expect("create a test database");
 
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let dir = tempfile::tempdir().unwrap();
-        let ini = dir.path().join("pgbouncer.ini");
-        let users = dir.path().join("users.txt");
-        std::fs::write(&users, format!("\"{user}\" \"\"\n")).unwrap();
-        std::fs::write(
-            &ini,
-            format!(
-                "[databases]\n* = host={host} port={port}\n\
-                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n\
-                 auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
-                 default_pool_size = 4\nmax_client_conn = 500\n",
-                users.display()
-            ),
-        )
-        .unwrap();
-        let mut command = Command::new(binary);
-        // PgBouncer refuses to run as root: it then runs as `postgres`, and
-        // must be able to read its files.
-        if is_root() {
-            use std::os::unix::fs::PermissionsExt as _;
-            for (path, mode) in [(dir.path(), 0o755), (ini.as_path(), 0o644), (users.as_path(), 0o644)] {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        // A free port is only free until someone takes it: a test running
+        // beside this one may pick the same one between our probe and
+        // PgBouncer's bind. PgBouncer then exits, and the port answers with
+        // the other test's PgBouncer, which goes away with that test. So a
+        // PgBouncer that exited is started again on another port.
+        for _attempt in 0..5 {
+            let listen = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = spawn_pgbouncer(&binary, dir.path(), &host, port, &user, listen);
+            let started = Instant::now();
+            let mut listening = false;
+            while started.elapsed() < Duration::from_secs(10) {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
+                    // Ours, unless it exits now having lost the bind.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    listening = child.try_wait().ok().flatten().is_none();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            command.args(["-u", "postgres"]);
+            if !listening {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue;
+            }
+            let url = format!("postgres://{user}@127.0.0.1:{listen}/{database}");
+            return Some(Bouncer {
+                child,
+                _dir: dir,
+                admin_url,
+                database,
+                url,
+            });
         }
-        let child = command
-            .arg(&ini)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pgbouncer");
-        let url = format!("postgres://{user}@127.0.0.1:{listen}/{database}");
-        let bouncer = Bouncer {
-            child,
-            _dir: dir,
-            admin_url,
-            database,
-            url,
-        };
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "pgbouncer did not listen");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Some(bouncer)
+        panic!("pgbouncer did not start listening in five attempts");
     }
+}
+
+/// Starts PgBouncer in transaction pooling on `listen`, for every database
+/// of the server at `host:port`, its files in `dir`.
+fn spawn_pgbouncer(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    host: &str,
+    port: u16,
+    user: &str,
+    listen: u16,
+) -> Child {
+    let ini = dir.join("pgbouncer.ini");
+    let users = dir.join("users.txt");
+    std::fs::write(&users, format!("\"{user}\" \"\"\n")).unwrap();
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n* = host={host} port={port}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
+             default_pool_size = 4\nmax_client_conn = 500\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(binary);
+    // PgBouncer refuses to run as root: it then runs as `postgres`, and
+    // must be able to read its files.
+    if is_root() {
+        use std::os::unix::fs::PermissionsExt as _;
+        for (path, mode) in [(dir, 0o755), (ini.as_path(), 0o644), (users.as_path(), 0o644)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        command.args(["-u", "postgres"]);
+    }
+    command
+        .arg(&ini)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgbouncer")
 }
 
 fn is_root() -> bool {
