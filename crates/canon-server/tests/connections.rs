@@ -248,14 +248,18 @@ async fn an_answer_from_the_head_reaches_a_client_still_sending_its_body() {
 #[tokio::test]
 async fn a_streaming_http_client_gets_the_early_answer() {
     // What `canon import` does: a large body streamed with reqwest at once
-    // (no `Expect: 100-continue`, no wait), refused from its head. 64 MiB:
-    // more than the server's lingering read takes, so the server closes
-    // while the client is still sending; hyper's client reads the answer
-    // as it writes, and reports it rather than the broken pipe.
+    // (no `Expect: 100-continue`, no wait), refused from its head. 12 MiB:
+    // within what the server's lingering read takes (16 MiB), so the server
+    // reads it all and closes with a FIN, never a reset, and the streaming
+    // client gets the answer whatever the threads' timing. Above that bound
+    // the server resets the connection and whether a client that is still
+    // writing saw the answer first is a race of its own (docs/http.md); the
+    // server on a thread of its own made this test lose it 2 times in 12
+    // at 64 MiB.
     let s = Server::start().await;
     let _ = world(&s, "acme").await;
     let chunks = futures_util::stream::iter(
-        (0..1024).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'{'; 64 * 1024]))),
+        (0..192).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'{'; 64 * 1024]))),
     );
     let r = s
         .client

@@ -320,7 +320,7 @@ async fn a_store_moved_to_postgres_answers_as_before() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("canon.db");
     let sqlite_url = format!("sqlite://{}", file.display());
-    let env = [("CANON_SECRET_KEY", SECRET_KEY)];
+    let env = [("CANON_SECRET_KEY", SECRET_KEY), ("CANON_DB_POOL_SIZE", "4")];
     let (device_port, device) = fake_device().await;
 
     let port = free_port();

@@ -52,20 +52,7 @@ impl Drop for Process {
 /// server as fast as they can on purpose (tests/limits.rs in canon-server
 /// tests the limits).
 pub fn spawn(db: &std::path::Path, port: u16, token: &str, env: &[(&str, &str)]) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_canon"));
-    command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database"])
-        .arg(format!("sqlite://{}", db.display()))
-        .env("CANON_BOOTSTRAP_TOKEN", token)
-        .env("CANON_LOG", "warn")
-        .env("CANON_RATE_LIMIT_PER_SECOND", "0")
-        .env("CANON_DAILY_QUOTA", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    Process::new(command.spawn().expect("spawn canon"))
+    spawn_on(&format!("sqlite://{}", db.display()), port, token, env)
 }
 
 /// Waits until `/readyz` answers 2xx (at most 20 s).
@@ -139,14 +126,14 @@ impl Node {
 }
 
 /// Starts `canon serve` on `port` over the database URL `url` (SQLite or
-/// PostgreSQL), with the operator token `token`, limits off, and `env`.
+/// PostgreSQL), with the operator token `token`, limits off (as [`spawn`]),
+/// and `env`.
 pub fn spawn_on(url: &str, port: u16, token: &str, env: &[(&str, &str)]) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_canon"));
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", url])
         .env("CANON_BOOTSTRAP_TOKEN", token)
         .env("CANON_LOG", "warn")
-        .env("CANON_DB_POOL_SIZE", "4")
         .env("CANON_RATE_LIMIT_PER_SECOND", "0")
         .env("CANON_DAILY_QUOTA", "0")
         .stdout(Stdio::null())
