@@ -60,12 +60,6 @@ pub struct Config {
     pub max_connections_per_address: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
-    /// Threads that serve connections, each with a single-threaded runtime
-    /// of its own; an accepted connection is handed to one of them (in
-    /// turn) and served there until it closes. 0 serves connections on the
-    /// shared, work-stealing runtime instead. The default is one per CPU
-    /// (docs/performance.md, "Connection threads").
-    pub connection_threads: usize,
     /// How long a process told to stop keeps serving, with `/readyz`
     /// answering 503, before it stops accepting: the time a load balancer
     /// needs to take it out of its pool (its health check's interval times
@@ -185,7 +179,6 @@ impl Default for Config {
             max_connections: 4096,
             max_connections_per_address: 256,
             shutdown_grace: Duration::from_millis(30_000),
-            connection_threads: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             shutdown_delay: Duration::ZERO,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,

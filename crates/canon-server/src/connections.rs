@@ -65,9 +65,6 @@ pub struct Limits {
     /// How long shutdown waits for requests in flight before closing their
     /// connections.
     pub shutdown_grace: Duration,
-    /// Threads serving connections on runtimes of their own (0: the shared
-    /// runtime); see [`Config::connection_threads`].
-    pub connection_threads: usize,
 }
 
 impl Limits {
@@ -80,7 +77,6 @@ impl Limits {
             max_connections_per_address: config.max_connections_per_address,
             uncapped: config.trusted_proxies.clone(),
             shutdown_grace: config.shutdown_grace,
-            connection_threads: config.connection_threads,
         }
     }
 }
@@ -145,7 +141,6 @@ pub async fn serve_connections<S: ConnectionService>(
         // (docs/performance.md); more than 100 fields is answered by hyper
         // (a bare 431, docs/http.md).
         .header_read_timeout(limits.header_timeout);
-    let threads = ConnectionThreads::start(limits.connection_threads);
     tokio::pin!(shutdown);
     loop {
         // A slot first, then a connection: at the limit the loop waits here
@@ -180,20 +175,6 @@ pub async fn serve_connections<S: ConnectionService>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        // A socket is registered with the reactor of the runtime that
-        // accepted it: one going to a connection thread leaves it here and
-        // joins that thread's reactor there.
-        let stream = if threads.is_some() {
-            match stream.into_std() {
-                Ok(s) => Stream::Moved(s),
-                Err(e) => {
-                    tracing::debug!(error = %e, %peer, "accepted connection lost before it was served");
-                    continue;
-                }
-            }
-        } else {
-            Stream::Local(stream)
-        };
         let connection = Connection {
             stream,
             peer,
@@ -202,18 +183,12 @@ pub async fn serve_connections<S: ConnectionService>(
             idle_timeout: limits.idle_timeout,
             stopping: stopping.clone(),
         };
-        let task = async move {
+        tokio::spawn(async move {
             let _permit = permit;
             let _address_slot = address_slot;
             let _open = crate::metrics::OpenConnection::new();
             connection.run().await;
-        };
-        match &threads {
-            Some(t) => t.spawn(task),
-            None => {
-                tokio::spawn(task);
-            }
-        }
+        });
     }
     drop(listener);
     tracing::info!("no longer accepting connections; finishing requests in flight");
@@ -232,83 +207,9 @@ pub async fn serve_connections<S: ConnectionService>(
     }
 }
 
-/// Threads serving connections, each on a single-threaded runtime of its
-/// own. A connection stays on the thread it was handed to, so its requests
-/// never wake a worker on another core to steal them: on the shared
-/// work-stealing runtime about one futex wake-up per request went to that
-/// (docs/performance.md, "Connection threads"). Work that blocks still
-/// goes to a blocking pool, and the job workers and background tasks stay
-/// on the shared runtime.
-struct ConnectionThreads {
-    handles: Vec<tokio::runtime::Handle>,
-    next: AtomicUsize,
-    /// Dropped when serving ends: each thread then shuts its runtime down
-    /// (what is left on it is cancelled) and exits.
-    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl ConnectionThreads {
-    /// `n` threads, or `None` for 0 (or when the system cannot give them:
-    /// then the shared runtime serves, and the log says why).
-    fn start(n: usize) -> Option<ConnectionThreads> {
-        if n == 0 {
-            return None;
-        }
-        let mut handles = Vec::with_capacity(n);
-        let mut stops = Vec::with_capacity(n);
-        for i in 0..n {
-            let started = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .and_then(|runtime| {
-                    let handle = runtime.handle().clone();
-                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                    std::thread::Builder::new()
-                        .name(format!("canon-conn-{i}"))
-                        .spawn(move || {
-                            runtime.block_on(async {
-                                let _ = stopped.await;
-                            });
-                            runtime.shutdown_background();
-                        })
-                        .map(|_| (handle, stop))
-                });
-            match started {
-                Ok((handle, stop)) => {
-                    handles.push(handle);
-                    stops.push(stop);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start a connection thread; serving on the shared runtime");
-                    return None;
-                }
-            }
-        }
-        Some(ConnectionThreads {
-            handles,
-            next: AtomicUsize::new(0),
-            _stops: stops,
-        })
-    }
-
-    /// Runs `task` on the next thread in turn.
-    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles[i].spawn(task);
-    }
-}
-
-/// A socket accepted on one runtime, moved to the runtime that serves it.
-enum Stream {
-    /// Served on the runtime that accepted it.
-    Local(TcpStream),
-    /// To be registered with the runtime that serves it.
-    Moved(std::net::TcpStream),
-}
-
 /// One accepted connection and what serving it needs.
 struct Connection<S> {
-    stream: Stream,
+    stream: TcpStream,
     peer: std::net::SocketAddr,
     service: S,
     builder: hyper::server::conn::http1::Builder,
@@ -330,16 +231,6 @@ impl<S: ConnectionService> Connection<S> {
             idle_timeout,
             mut stopping,
         } = self;
-        let stream = match stream {
-            Stream::Local(s) => s,
-            Stream::Moved(s) => match TcpStream::from_std(s) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(error = %e, %peer, "connection could not join its thread's reactor");
-                    return;
-                }
-            },
-        };
         let activity = Arc::new(Activity::new());
         let seen = activity.clone();
         let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {

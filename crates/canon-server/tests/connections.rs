@@ -323,25 +323,3 @@ async fn a_trusted_proxy_is_not_capped_per_address() {
         socks.push(sock);
     }
 }
-
-#[tokio::test]
-async fn connections_are_served_on_connection_threads_or_on_the_shared_runtime() {
-    // 0: the shared runtime; 1 and 3: connection threads, each connection
-    // moved from the accepting runtime's reactor to its thread's.
-    for threads in [0, 1, 3] {
-        let mut config = config();
-        config.connection_threads = threads;
-        let s = Server::start_with(config, |r| r).await;
-        let mut socks = Vec::new();
-        for _ in 0..6 {
-            socks.push(TcpStream::connect(s.addr).await.unwrap());
-        }
-        for _ in 0..3 {
-            for sock in &mut socks {
-                tokio::time::timeout(Duration::from_secs(5), one_request(sock))
-                    .await
-                    .unwrap_or_else(|_| panic!("no answer with {threads} connection threads"));
-            }
-        }
-    }
-}

@@ -161,10 +161,6 @@ struct ServeArgs {
     /// Milliseconds shutdown (SIGTERM, SIGINT) waits for requests in flight [default: 30000].
     #[arg(long, env = "CANON_SHUTDOWN_GRACE_MS")]
     shutdown_grace_ms: Option<u64>,
-    /// Threads serving connections, each on a runtime of its own; 0 serves
-    /// them on the shared work-stealing runtime [default: one per CPU].
-    #[arg(long, env = "CANON_CONNECTION_THREADS")]
-    connection_threads: Option<usize>,
     /// Milliseconds a stopping server keeps serving with /readyz 503, so a load balancer takes
     /// it out first [default: 0].
     #[arg(long, env = "CANON_SHUTDOWN_DELAY_MS")]
@@ -220,7 +216,6 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_address: Option<usize>,
     shutdown_grace_ms: Option<u64>,
-    connection_threads: Option<usize>,
     shutdown_delay_ms: Option<u64>,
     log_format: Option<LogFormat>,
     devices: Option<device_args::DeviceFile>,
@@ -333,10 +328,6 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
             .or(file.max_connections_per_address)
             .unwrap_or(d.max_connections_per_address),
         shutdown_grace: millis(args.shutdown_grace_ms, file.shutdown_grace_ms, d.shutdown_grace),
-        connection_threads: args
-            .connection_threads
-            .or(file.connection_threads)
-            .unwrap_or(d.connection_threads),
         shutdown_delay: millis(args.shutdown_delay_ms, file.shutdown_delay_ms, d.shutdown_delay),
         devices: device_args::resolve(args.devices, file.devices.unwrap_or_default())?,
         redis_url: args.redis_url.or(file.redis_url),
