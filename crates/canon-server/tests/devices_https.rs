@@ -427,6 +427,20 @@ async fn a_bad_trust_setting_is_400_at_its_field() {
             json!({"certificate_sha256": "zz".repeat(32)}),
             "/tls/certificate_sha256",
         ),
+        (
+            json!({"certificate_sha256": format!(" {} ", "ab".repeat(32))}),
+            "/tls/certificate_sha256",
+        ),
+        // `tls` is replaced whole: a member is left out, never null (a
+        // null pin must not drop the CA with it and widen the trust).
+        (json!({"certificate_sha256": null}), "/tls/certificate_sha256"),
+        (
+            json!({"ca_certificate": null, "certificate_sha256": "ab".repeat(32)}),
+            "/tls/ca_certificate",
+        ),
+        // An object, not its fields by position.
+        (json!([null, "ab".repeat(32)]), "/tls"),
+        (json!([]), "/tls"),
     ];
     for (tls, pointer) in &cases {
         let r = register(&s, &w, "fw", "https://127.0.0.1:9/", Some(tls.clone())).await;

@@ -449,6 +449,18 @@ async fn a_source_in_use_or_of_another_schema_version_is_refused() {
         "a stopped server's file is free: {}",
         text(&stopped.stderr)
     );
+    // The target cannot be reached: the cause is named, and nothing was
+    // written there, so no advice to drop it.
+    assert!(
+        text(&stopped.stderr).contains("cannot use the target: error connecting to server: Connection refused"),
+        "{}",
+        text(&stopped.stderr)
+    );
+    assert!(
+        !text(&stopped.stderr).contains("may hold part"),
+        "{}",
+        text(&stopped.stderr)
+    );
 
     let conn = rusqlite::Connection::open(&file).expect("open");
     conn.pragma_update(None, "user_version", 10).expect("set the version");

@@ -42,7 +42,7 @@ impl TrustError {
 /// `:` as `openssl x509 -fingerprint -sha256` prints them), as kept: 64
 /// lower-case hex digits.
 pub fn normalize_fingerprint(text: &str) -> Result<String, TrustError> {
-    let hex: String = text.trim().chars().filter(|c| *c != ':').collect();
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(TrustError::Fingerprint(
             "must be the certificate's SHA-256 digest: 64 hexadecimal digits, optionally in pairs separated by `:`"

@@ -181,6 +181,33 @@ struct Registration {
     tls: DeviceTls,
 }
 
+/// The shape of a body's `tls` member, before it is decoded: an object
+/// whose members are strings. serde would take an array for the struct (its
+/// fields by position) and `null` for an absent field, and a PATCH of
+/// `{"tls": {"certificate_sha256": null}}` would then drop the whole setting
+/// (the CA with the pin) and fall back to the system's roots: wider trust
+/// than the client asked for. `tls` is replaced whole, so a member is given
+/// or left out, never `null`.
+fn tls_shape(body: &Value) -> Result<(), Problem> {
+    let Some(tls) = body.get("tls") else {
+        return Ok(());
+    };
+    let Some(members) = tls.as_object() else {
+        return if tls.is_null() {
+            Ok(()) // decoding (POST) or `no_removals` (PATCH) decides
+        } else {
+            Err(invalid_field("/tls", "must be an object"))
+        };
+    };
+    match members.iter().find(|(_, v)| v.is_null()) {
+        Some((k, _)) => Err(invalid_field(
+            &format!("/tls/{k}"),
+            "cannot be null: `tls` is replaced whole, so leave the member out ({} for the system's roots)",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A trust setting as given, checked (a 400 at its field below `/tls`).
 fn trust(gateway: &Gateway, given: wire::DeviceTls) -> Result<DeviceTls, Problem> {
     gateway.admit_tls(
@@ -219,7 +246,9 @@ impl Resource for Devices {
         self.cx.remember(&input);
         if self.cx.method == Method::POST {
             Query::parse(&input.head.uri, &[])?;
-            let body: wire::NewDevice = decode(json_body(input.body.as_ref())?)?;
+            let body = json_body(input.body.as_ref())?;
+            tls_shape(&body)?;
+            let body: wire::NewDevice = decode(body)?;
             slug(&body.name, "/name")?;
             crate::devices::endpoint::parse(&body.endpoint).map_err(|why| invalid_field("/endpoint", &why))?;
             self.new = Some(Registration {
@@ -344,6 +373,7 @@ impl Resource for OneDevice {
         if self.cx.method == Method::PATCH {
             let body = json_body(input.body.as_ref())?;
             crate::input::no_removals(&body)?;
+            tls_shape(&body)?;
             let patch: wire::DevicePatch = decode(body)?;
             if let Some(endpoint) = &patch.endpoint {
                 crate::devices::endpoint::parse(endpoint).map_err(|why| invalid_field("/endpoint", &why))?;

@@ -85,8 +85,12 @@ pub enum MigrateError {
     /// Reading the source failed.
     #[error("the source: {0}")]
     Source(String),
-    /// Migrating or writing the target failed. The target may hold part of
-    /// the copy: drop and recreate the database before running again.
+    /// The target could not be connected to or migrated: nothing of the
+    /// copy was written (its schema may have been, which a next run uses).
+    #[error("cannot use the target: {0}")]
+    TargetUnavailable(String),
+    /// Writing the target failed during the copy. The target may hold part
+    /// of the copy: drop and recreate the database before running again.
     #[error("the target: {0}")]
     Target(String),
 }

@@ -23,16 +23,21 @@ impl Target {
     /// Runs the migrations `canon serve` runs (by connecting the store as it
     /// does), then connects for the copy.
     pub(crate) async fn open(url: &str) -> Result<Target, MigrateError> {
-        let store = PostgresStore::connect(url, PostgresOptions::default())
+        // A connection of its own first: its error says what is wrong (no
+        // such database, authentication, refused) where the pool's says only
+        // that no connection could be made.
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
             .await
-            .map_err(|e| MigrateError::Target(e.to_string()))?;
-        drop(store);
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(target_error)?;
+            .map_err(|e| MigrateError::TargetUnavailable(describe(&e)))?;
         let connection = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "the connection to the target ended");
             }
         });
+        let store = PostgresStore::connect(url, PostgresOptions::default())
+            .await
+            .map_err(|e| MigrateError::TargetUnavailable(e.to_string()))?;
+        drop(store);
         // Each batch commits without waiting for its WAL flush: the last
         // write of the move (`move_generation`) commits synchronously, which
         // flushes the WAL up to it, every batch included, before the move
@@ -197,6 +202,11 @@ fn describe(e: &tokio_postgres::Error) -> String {
             Some(detail) => format!("{} ({detail})", db.message()),
             None => db.message().to_owned(),
         },
-        None => e.to_string(),
+        // tokio-postgres says "error connecting to server" and keeps the
+        // cause (refused, no such host, …) as the source.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
