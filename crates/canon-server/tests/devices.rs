@@ -5,17 +5,15 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body as AxumBody;
 use axum::extract::Request;
 use axum::response::Response as AxumResponse;
-use canon_http::flow::BoxFuture;
-use canon_server::devices::config::NameLookup;
 use canon_server::devices::{DeviceConfig, SecretKey};
-use common::{Server, World, assert_problem, header, world};
+use common::{FakeDns, Server, World, assert_problem, header, world};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -510,24 +508,6 @@ async fn beyond_the_per_device_limit_is_503_with_retry_after() {
     assert_problem(second, 503, "device-busy").await;
     // The slot is free again once the first answer is done.
     assert_eq!(s.call(Method::GET, api, &w.viewer, None).await.status(), 200);
-}
-
-/// A resolver that answers from a table, and may change its answer
-/// (DNS rebinding).
-struct FakeDns(Mutex<Vec<(String, IpAddr)>>);
-
-impl NameLookup for FakeDns {
-    fn lookup<'a>(&'a self, host: &'a str) -> BoxFuture<'a, std::io::Result<Vec<IpAddr>>> {
-        let found: Vec<IpAddr> = self
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(h, _)| h == host)
-            .map(|(_, ip)| *ip)
-            .collect();
-        Box::pin(async move { Ok(found) })
-    }
 }
 
 #[tokio::test]

@@ -9,10 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use canon_http::flow::BoxFuture;
 use canon_server::devices::DeviceConfig;
-use canon_server::devices::config::NameLookup;
-use common::{Server, World, assert_problem, world};
+use common::{FakeDns, Server, World, assert_problem, world};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use reqwest::Method;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -133,23 +131,6 @@ async fn not_tls() -> SocketAddr {
         }
     });
     addr
-}
-
-/// Names the test resolves itself (`NameLookup`), changeable mid-test.
-struct FakeDns(Mutex<Vec<(String, IpAddr)>>);
-
-impl NameLookup for FakeDns {
-    fn lookup<'a>(&'a self, host: &'a str) -> BoxFuture<'a, std::io::Result<Vec<IpAddr>>> {
-        let found: Vec<IpAddr> = self
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(h, _)| h == host)
-            .map(|(_, ip)| *ip)
-            .collect();
-        Box::pin(async move { Ok(found) })
-    }
 }
 
 async fn start(dns: Arc<FakeDns>) -> (Server, World) {

@@ -299,6 +299,19 @@ async fn populate(c: &Client, device_port: u16) -> Made {
 
 /// Every path of `made`, as the server at `c` answers it (the operator's
 /// paths with the operator token, the rest with the user's key).
+/// The device's sealed header opens: the fake device sees the secret.
+async fn assert_device_opens(c: &Client, made: &Made) {
+    let relayed = c
+        .ok(
+            Method::GET,
+            "/v1/tenants/acme/devices/meter/api/ping",
+            &made.user_token,
+            None,
+        )
+        .await;
+    assert_eq!(relayed["key"], DEVICE_SECRET, "{relayed}");
+}
+
 async fn look(c: &Client, made: &Made) -> Vec<(String, Seen)> {
     let mut seen = Vec::new();
     for path in &made.paths {
@@ -329,15 +342,7 @@ async fn a_store_moved_to_postgres_answers_as_before() {
     wait_ready(&c.http, &c.base).await;
     let made = populate(&c, device_port).await;
     let before = look(&c, &made).await;
-    let relayed = c
-        .ok(
-            Method::GET,
-            "/v1/tenants/acme/devices/meter/api/ping",
-            &made.user_token,
-            None,
-        )
-        .await;
-    assert_eq!(relayed["key"], DEVICE_SECRET, "{relayed}");
+    assert_device_opens(&c, &made).await;
 
     // While the server runs, the file is in use: refused, nothing copied.
     let refused = migrate(&file, &db.url);
@@ -410,15 +415,7 @@ async fn a_store_moved_to_postgres_answers_as_before() {
     )
     .await;
     // The device's sealed header opens under the same key.
-    let relayed = p
-        .ok(
-            Method::GET,
-            "/v1/tenants/acme/devices/meter/api/ping",
-            &made.user_token,
-            None,
-        )
-        .await;
-    assert_eq!(relayed["key"], DEVICE_SECRET, "{relayed}");
+    assert_device_opens(&p, &made).await;
 
     // The target holds data now: a second move is refused.
     let again = migrate(&file, &db.url);

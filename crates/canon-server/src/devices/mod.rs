@@ -111,9 +111,11 @@ impl Gateway {
                 format!("The device's stored TLS setting cannot be used ({why}); an admin must set it again."),
             )
         };
-        let Some(trust) = Trust::of(tls).map_err(|e| broken(e.to_string()))? else {
+        if tls.ca_certificate.is_none() && tls.certificate_sha256.is_none() {
             return Ok(self.client.clone());
-        };
+        }
+        // The cache is keyed by the setting's text, so a request to a device
+        // whose client exists parses no certificate and builds no verifier.
         let mut hasher = Sha256::new();
         for field in [&tls.ca_certificate, &tls.certificate_sha256] {
             let text = field.as_deref().unwrap_or_default();
@@ -124,6 +126,9 @@ impl Gateway {
         if let Some(client) = self.trusted.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(client);
         }
+        let Some(trust) = Trust::of(tls).map_err(|e| broken(e.to_string()))? else {
+            return Ok(self.client.clone());
+        };
         let config = trust.client_config().map_err(|e| broken(e.to_string()))?;
         let client = Self::build_client(&self.policy, &self.config, Some(config)).map_err(|e| broken(e.to_string()))?;
         if let Ok(mut cache) = self.trusted.lock() {

@@ -422,3 +422,21 @@ pub async fn assert_problem(r: Response, status: u16, slug: &str) -> Value {
     assert_eq!(body["request_id"], rid);
     body
 }
+
+/// A resolver for the device gateway that answers from a table the test
+/// holds, and may change mid-test (DNS rebinding).
+pub struct FakeDns(pub std::sync::Mutex<Vec<(String, std::net::IpAddr)>>);
+
+impl canon_server::devices::config::NameLookup for FakeDns {
+    fn lookup<'a>(&'a self, host: &'a str) -> canon_http::flow::BoxFuture<'a, std::io::Result<Vec<std::net::IpAddr>>> {
+        let found: Vec<std::net::IpAddr> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(h, _)| h == host)
+            .map(|(_, ip)| *ip)
+            .collect();
+        Box::pin(async move { Ok(found) })
+    }
+}
