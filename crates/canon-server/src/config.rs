@@ -31,6 +31,9 @@ pub struct Config {
     /// holds, a free reader, a place in the writer's queue) before it fails
     /// with 503 (docs/decisions.md, "When the database is unavailable").
     pub db_timeout: Duration,
+    /// Who may open the SQLite file while the server runs (exclusive: this
+    /// process alone; docs/decisions.md, "Who may open the SQLite file").
+    pub sqlite_locking: canon_store::sqlite::FileLocking,
     /// Jobs run at once by this process (workers claiming from the queue).
     pub job_workers: usize,
     /// How long a worker's claim on a job lasts without a checkpoint; a job
@@ -170,6 +173,7 @@ impl Default for Config {
             min_upload_rate: 1024,
             max_in_flight: 1024,
             db_timeout: canon_store::sqlite::DEFAULT_TIMEOUT,
+            sqlite_locking: canon_store::sqlite::FileLocking::default(),
             job_workers: 2,
             job_lease: Duration::from_secs(30),
             tombstone_retention: Duration::from_secs(30 * 86_400),

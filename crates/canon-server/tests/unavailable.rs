@@ -22,6 +22,9 @@ const DB_TIMEOUT: Duration = Duration::from_millis(200);
 fn config() -> canon_server::Config {
     canon_server::Config {
         db_timeout: DB_TIMEOUT,
+        // Another process on the file (its lock) is what most of these
+        // tests are about: only shared locking lets one in.
+        sqlite_locking: canon_store::sqlite::FileLocking::Shared,
         ..common::config()
     }
 }

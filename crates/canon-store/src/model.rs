@@ -19,7 +19,10 @@ pub fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
-/// A new time-ordered id (UUIDv7), so ids sort in creation order.
+/// A new time-ordered id (UUIDv7), so ids sort in creation order (the
+/// crate's shared counter orders ids of one millisecond). Its random bits
+/// come from the thread's generator (`uuid`'s `fast-rng`), not a system call
+/// per id.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

@@ -271,3 +271,81 @@ async fn schema_v12_gives_existing_devices_the_system_roots() {
     let created = store.create_device(&tenant.id, new).await.unwrap();
     assert_eq!(created.tls.certificate_sha256, Some("00".repeat(32)));
 }
+
+/// The record cache (exclusive locking, the default): a record read once is
+/// served from memory until a write changes it, and every kind of write,
+/// through this store or another one of the process on the same file, is
+/// seen by the very next read.
+#[tokio::test]
+async fn a_cached_record_is_never_served_after_a_write_through_any_store_of_the_file() {
+    use canon_store::{Expect, NewCollection, RecordWrite};
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    let t = a.create_tenant("acme").await.unwrap();
+    let new = NewCollection {
+        name: "devices".into(),
+        schema: json!({"type": "object"}),
+        unique: vec![],
+        require_if_match: false,
+    };
+    let c = a.create_collection(&t.id, new).await.unwrap();
+    let data = |r: Lookup<canon_store::RawRecord>| r.found().map(|r| r.data);
+    let r = a.create_record(&c, json!({"n": 1})).await.unwrap();
+    let mut expected = r#"{"n":1}"#.to_owned();
+    for (n, write) in ["put through a", "put through b", "batch through a"]
+        .into_iter()
+        .enumerate()
+    {
+        // Read twice through both stores: the second read of each is a hit.
+        for store in [&a, &b, &a, &b] {
+            assert_eq!(
+                data(store.raw_record(&c.id, &r.id).await.unwrap()).as_deref(),
+                Some(expected.as_str()),
+                "{write}"
+            );
+        }
+        let next = json!({"n": n + 2});
+        match write {
+            "put through a" => drop(
+                a.put_record(&c, &r.id, next.clone(), Expect::Anything, "u")
+                    .await
+                    .unwrap(),
+            ),
+            "put through b" => drop(
+                b.put_record(&c, &r.id, next.clone(), Expect::Anything, "u")
+                    .await
+                    .unwrap(),
+            ),
+            _ => {
+                let writes = vec![RecordWrite::Put {
+                    id: r.id.clone(),
+                    data: Ok(next.clone()),
+                    expect: Expect::Anything,
+                }];
+                a.apply_atomically(&c, writes, "u", std::time::Duration::from_secs(60))
+                    .await
+                    .unwrap();
+            }
+        }
+        expected = next.to_string();
+        for store in [&a, &b] {
+            assert_eq!(
+                data(store.raw_record(&c.id, &r.id).await.unwrap()).as_deref(),
+                Some(expected.as_str()),
+                "after {write}"
+            );
+        }
+    }
+    b.delete_record(&c.id, &r.id, Expect::Anything, "u", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    for store in [&a, &b] {
+        assert!(
+            matches!(store.raw_record(&c.id, &r.id).await.unwrap(), Lookup::Gone),
+            "a deleted record is gone at once"
+        );
+    }
+}

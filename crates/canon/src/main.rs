@@ -109,6 +109,11 @@ struct ServeArgs {
     /// elsewhere, a free reader, the writer's queue) before 503 [default: 1000].
     #[arg(long, env = "CANON_DB_TIMEOUT_MS")]
     db_timeout_ms: Option<u64>,
+    /// Who may open the SQLite file while this server runs: `exclusive`
+    /// (this process alone, the fastest) or `shared` (also a `sqlite3`
+    /// shell or a backup tool) [default: exclusive].
+    #[arg(long, env = "CANON_SQLITE_LOCKING")]
+    sqlite_locking: Option<canon_store::sqlite::FileLocking>,
     /// Jobs this process runs at once [default: 2].
     #[arg(long, env = "CANON_JOB_WORKERS")]
     job_workers: Option<usize>,
@@ -200,6 +205,7 @@ struct FileConfig {
     min_upload_rate: Option<u64>,
     max_in_flight: Option<usize>,
     db_timeout_ms: Option<u64>,
+    sqlite_locking: Option<String>,
     job_workers: Option<usize>,
     job_lease_ms: Option<u64>,
     tombstone_days: Option<u64>,
@@ -250,6 +256,11 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
     let d = Config::default();
     let millis = |flag: Option<u64>, file: Option<u64>, default: Duration| {
         flag.or(file).map(Duration::from_millis).unwrap_or(default)
+    };
+    let sqlite_locking = match (args.sqlite_locking, file.sqlite_locking) {
+        (Some(locking), _) => locking,
+        (None, Some(text)) => text.parse().map_err(|e| format!("sqlite_locking: {e}"))?,
+        (None, None) => d.sqlite_locking,
     };
     let redis_failure = match (args.redis_failure, file.redis_failure) {
         (Some(f), _) => f,
@@ -332,6 +343,7 @@ fn resolve_unchecked(args: ServeArgs, file: FileConfig) -> Result<Config, String
         devices: device_args::resolve(args.devices, file.devices.unwrap_or_default())?,
         redis_url: args.redis_url.or(file.redis_url),
         redis_failure,
+        sqlite_locking,
         redis_timeout: millis(args.redis_timeout_ms, file.redis_timeout_ms, d.redis_timeout),
         redis_prefix: args.redis_prefix.or(file.redis_prefix).unwrap_or(d.redis_prefix),
     })
@@ -372,8 +384,11 @@ async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, String), String>
         return Ok((Arc::new(store), redacted(url)));
     }
     let path = sqlite_path(url)?;
-    let store = SqliteStore::open_with_timeout(&path, config.db_timeout)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let options = canon_store::sqlite::Options {
+        timeout: config.db_timeout,
+        locking: config.sqlite_locking,
+    };
+    let store = SqliteStore::open_with(&path, options).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     Ok((Arc::new(store), path.display().to_string()))
 }
 

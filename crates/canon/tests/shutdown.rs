@@ -233,7 +233,8 @@ async fn sigint_stops_an_idle_server_at_once() {
 async fn sigterm_while_another_process_holds_the_write_lock_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("canon.db");
-    let env = [("CANON_DB_TIMEOUT_MS", "300")];
+    // Another process can take the lock only when the file is shared.
+    let env = [("CANON_DB_TIMEOUT_MS", "300"), ("CANON_SQLITE_LOCKING", "shared")];
     let node = common::Node::start(&db, TOKEN, &env).await;
     node.post_ok("/v1/tenants", json!({"name": "acme"})).await;
     node.post_ok("/v1/tenants/acme/collections", json!({"name": "c"})).await;

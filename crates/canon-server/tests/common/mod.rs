@@ -102,7 +102,14 @@ async fn open_store(
     path: &std::path::Path,
 ) -> (Arc<dyn canon_store::Store>, Option<PostgresDatabase>) {
     let Some(admin_url) = postgres_server() else {
-        let store = SqliteStore::open_with_timeout(path, config.db_timeout).expect("open store");
+        let store = SqliteStore::open_with(
+            path,
+            canon_store::sqlite::Options {
+                timeout: config.db_timeout,
+                locking: config.sqlite_locking,
+            },
+        )
+        .expect("open store");
         return (Arc::new(store), None);
     };
     use std::hash::{Hash as _, Hasher as _};

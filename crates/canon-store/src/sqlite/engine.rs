@@ -27,6 +27,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::record_cache::RecordCache;
 use crate::{StoreError, StoreResult};
 
 /// Most writes committed together.
@@ -46,10 +47,79 @@ type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 /// that error at once and does not run.
 type Job = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Completion) + Send>;
 
-/// Opens a connection with Canon's pragmas; `busy` bounds how long a
-/// statement waits for a lock another connection holds.
-fn open(path: &Path, read_only: bool, busy: Duration) -> rusqlite::Result<Connection> {
-    let flags = if read_only {
+/// Who may open the database file while an engine has it open.
+///
+/// `Exclusive` (the default) uses SQLite's `unix-excl` VFS: the first
+/// connection locks the file for this process and keeps the lock until the
+/// last one closes, and the WAL index lives in this process's memory instead
+/// of a shared `-shm` file. A read transaction then takes no POSIX lock
+/// (`fcntl`) at all and contends for no cross-process mutex, which were
+/// three of the five system calls of a record GET (docs/performance.md).
+/// Any other process (a second `canon`, the `sqlite3` shell, a backup
+/// tool) cannot open the file while Canon runs. `Shared` keeps SQLite's
+/// default locking, for operators who need such a tool beside a running
+/// server (docs/decisions.md, "Who may open the SQLite file").
+///
+/// On platforms without the `unix-excl` VFS both behave as `Shared`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileLocking {
+    /// This process only.
+    #[default]
+    Exclusive,
+    /// Any process, with SQLite's default POSIX locks.
+    Shared,
+}
+
+impl FileLocking {
+    /// The setting's name in configuration (`exclusive`, `shared`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileLocking::Exclusive => "exclusive",
+            FileLocking::Shared => "shared",
+        }
+    }
+}
+
+impl std::str::FromStr for FileLocking {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exclusive" => Ok(FileLocking::Exclusive),
+            "shared" => Ok(FileLocking::Shared),
+            other => Err(format!("expected exclusive or shared, not {other:?}")),
+        }
+    }
+}
+
+/// How an engine opens its database: the bound on every wait and who else
+/// may open the file.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// The bound on every wait for the database (see [`Engine::start`]).
+    pub timeout: Duration,
+    /// Who else may open the file.
+    pub locking: FileLocking,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            timeout: DEFAULT_TIMEOUT,
+            locking: FileLocking::default(),
+        }
+    }
+}
+
+/// Opens a connection with Canon's pragmas; `options.timeout` bounds how long
+/// a statement waits for a lock another connection holds.
+fn open(path: &Path, read_only: bool, options: Options) -> rusqlite::Result<Connection> {
+    let exclusive = cfg!(unix) && options.locking == FileLocking::Exclusive;
+    // A connection opened read-only takes real POSIX locks even under
+    // `unix-excl` (SQLite exempts read-only files from the process lock), so
+    // under it readers open read-write and are kept from writing by
+    // `query_only` instead.
+    let flags = if read_only && !exclusive {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -57,9 +127,15 @@ fn open(path: &Path, read_only: bool, busy: Duration) -> rusqlite::Result<Connec
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI
     };
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(busy)?;
-    if !read_only {
+    let conn = if exclusive {
+        Connection::open_with_flags_and_vfs(path, flags, "unix-excl")?
+    } else {
+        Connection::open_with_flags(path, flags)?
+    };
+    conn.busy_timeout(options.timeout)?;
+    if read_only {
+        conn.pragma_update(None, "query_only", true)?;
+    } else {
         // WAL lets readers run beside the writer; FULL syncs the WAL on every
         // commit, so a committed write survives power loss and kill -9.
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -76,6 +152,38 @@ fn open(path: &Path, read_only: bool, busy: Duration) -> rusqlite::Result<Connec
     Ok(conn)
 }
 
+/// The error of opening the writer's connection: a file another process
+/// holds gets a message that says so, and what to do.
+fn opening(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => StoreError::Unavailable(
+            "the database file is in use by another process (another canon, or a tool such as the sqlite3 shell); \
+             Canon opens its SQLite file for itself alone unless CANON_SQLITE_LOCKING=shared"
+                .into(),
+        ),
+        _ => internal(e),
+    }
+}
+
+/// Records a point read's time. The histogram's handle is kept per thread:
+/// finding it in the recorder's registry by name and label on every read
+/// cost more than recording.
+fn read_seconds(elapsed: Duration) {
+    thread_local! {
+        static READS: metrics::Histogram = metrics::histogram!(crate::metrics::STORE_SECONDS, "op" => "read");
+    }
+    READS.with(|h| h.record(elapsed.as_secs_f64()));
+}
+
+/// Records a write's time (its wait for the group commit included), as
+/// [`read_seconds`] does.
+fn write_seconds(elapsed: Duration) {
+    thread_local! {
+        static WRITES: metrics::Histogram = metrics::histogram!(crate::metrics::STORE_SECONDS, "op" => "write");
+    }
+    WRITES.with(|h| h.record(elapsed.as_secs_f64()));
+}
+
 /// The writer and the readers of one database file.
 pub struct Engine {
     path: PathBuf,
@@ -89,11 +197,13 @@ pub struct Engine {
     /// Set while the file at `path` is not the one the connections have
     /// open (moved, removed, replaced); kept up to date by the checkpointer.
     detached: Arc<AtomicBool>,
-    /// The bound on every wait for the database.
-    timeout: Duration,
+    /// The bound on every wait and who else may open the file.
+    options: Options,
     /// Moves whenever the `cache_generation` row does: see
     /// [`Engine::generation`].
     generation: Arc<Generation>,
+    /// Records read by key, while the file is this process's alone.
+    records: Option<Arc<RecordCache>>,
 }
 
 /// The in-process view of the database's `cache_generation` counter
@@ -222,22 +332,33 @@ impl FileIdentity {
 
 impl Engine {
     /// Opens `path` (creating it), runs `setup` on the writer connection
-    /// before anything else, and starts the writer thread. `timeout` bounds
-    /// every wait for the database (a lock held elsewhere, a free reader, a
+    /// before anything else, and starts the writer thread. `options.timeout`
+    /// bounds every wait for the database (a lock held elsewhere, a free reader, a
     /// place in the writer's queue): past it a call fails with
     /// [`StoreError::Unavailable`].
     pub fn start(
         path: &Path,
         readers: usize,
-        timeout: Duration,
+        options: Options,
         setup: impl FnOnce(&mut Connection) -> StoreResult<()>,
     ) -> StoreResult<Engine> {
-        let mut writer = open(path, false, timeout).map_err(internal)?;
+        let mut writer = open(path, false, options).map_err(opening)?;
         setup(&mut writer)?;
         writer
             .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
             .map_err(internal)?;
-        let checkpointer = open(path, false, timeout).map_err(internal)?;
+        // No other process can write an exclusively locked file, so this
+        // process's writer sees every change to a record: what a cache of
+        // records needs (super::record_cache).
+        let records = match (options.locking, FileIdentity::of(path)) {
+            (FileLocking::Exclusive, Some(file)) if cfg!(unix) => Some(RecordCache::of_file(file.device, file.inode)),
+            _ => None,
+        };
+        let written = Arc::new(Mutex::new(Vec::new()));
+        if records.is_some() {
+            watch_record_writes(&writer, written.clone()).map_err(internal)?;
+        }
+        let checkpointer = open(path, false, options).map_err(internal)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let detached = Arc::new(AtomicBool::new(false));
         let (flag, seen) = (stopping.clone(), detached.clone());
@@ -251,13 +372,14 @@ impl Engine {
         let readers = readers.max(1);
         let mut pool = Vec::with_capacity(readers);
         for _ in 0..readers {
-            pool.push(open(path, true, timeout).map_err(internal)?);
+            pool.push(open(path, true, options).map_err(internal)?);
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let written = generation.clone();
+        let moved = generation.clone();
+        let dropped = records.clone().map(|cache| (cache, written));
         std::thread::Builder::new()
             .name("canon-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, written))
+            .spawn(move || writer_loop(writer, rx, moved, dropped))
             .map_err(|e| StoreError::Internal(format!("cannot start writer: {e}")))?;
         Ok(Engine {
             path: path.to_owned(),
@@ -267,8 +389,9 @@ impl Engine {
             stopping,
             closed: AtomicBool::new(false),
             detached,
-            timeout,
+            options,
             generation,
+            records,
         })
     }
 
@@ -281,9 +404,15 @@ impl Engine {
         self.generation.get()
     }
 
+    /// The cache of records read by key: only while the file is this
+    /// process's alone (see [`FileLocking`]).
+    pub fn record_cache(&self) -> Option<&RecordCache> {
+        self.records.as_deref()
+    }
+
     /// [`StoreError::Unavailable`] while the database file is not the one
     /// open (see [`FileIdentity`]).
-    fn attached(&self) -> StoreResult<()> {
+    pub fn attached(&self) -> StoreResult<()> {
         if self.detached.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(format!(
                 "the database file {} was moved, removed or replaced",
@@ -317,7 +446,7 @@ impl Engine {
         }
         let started = std::time::Instant::now();
         let written = self.enqueue(op).await;
-        metrics::histogram!(crate::metrics::STORE_SECONDS, "op" => "write").record(started.elapsed().as_secs_f64());
+        write_seconds(started.elapsed());
         written
     }
 
@@ -337,9 +466,9 @@ impl Engine {
         // batch when the transaction could not begin).
         let drained = self.enqueue(|_| Ok(())).await;
         self.stopping.store(true, Ordering::Relaxed);
-        let (path, timeout) = (self.path.clone(), self.timeout);
+        let (path, options) = (self.path.clone(), self.options);
         let checkpointed = tokio::task::spawn_blocking(move || {
-            let conn = open(&path, false, timeout).map_err(super::rows::db_error)?;
+            let conn = open(&path, false, options).map_err(super::rows::db_error)?;
             // A checkpoint that cannot take the lock within the busy timeout
             // is no error to SQLite: it says so in its first column.
             let busy: i64 = conn
@@ -386,7 +515,7 @@ impl Engine {
         });
         // A full queue means the writer is stuck (each batch waiting out the
         // timeout on a lock): nothing was submitted yet, so refusing is safe.
-        match tokio::time::timeout(self.timeout, self.writes.send(job)).await {
+        match tokio::time::timeout(self.options.timeout, self.writes.send(job)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(StoreError::Unavailable("the writer has stopped".into())),
             Err(_) => {
@@ -417,7 +546,7 @@ impl Engine {
     {
         let started = std::time::Instant::now();
         let result = self.read_now(op).await;
-        metrics::histogram!(crate::metrics::STORE_SECONDS, "op" => "read").record(started.elapsed().as_secs_f64());
+        read_seconds(started.elapsed());
         result
     }
 
@@ -443,7 +572,7 @@ impl Engine {
             // replaces it on the next read.
             Err(_) => Err(StoreError::Internal("a read panicked".into())),
         };
-        metrics::histogram!(crate::metrics::STORE_SECONDS, "op" => "read").record(started.elapsed().as_secs_f64());
+        read_seconds(started.elapsed());
         result
     }
 
@@ -452,7 +581,7 @@ impl Engine {
     /// disk) or overloaded: answer now rather than queue.
     async fn reader(&self) -> StoreResult<(tokio::sync::SemaphorePermit<'_>, Connection)> {
         self.attached()?;
-        let permit = match tokio::time::timeout(self.timeout, self.read_permits.acquire()).await {
+        let permit = match tokio::time::timeout(self.options.timeout, self.read_permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(StoreError::Unavailable("the readers are closed".into())),
             Err(_) => {
@@ -464,7 +593,7 @@ impl Engine {
         let conn = self.readers.lock().map_err(|_| internal("reader pool poisoned"))?.pop();
         let conn = match conn {
             Some(c) => c,
-            None => open(&self.path, true, self.timeout).map_err(super::rows::db_error)?,
+            None => open(&self.path, true, self.options).map_err(super::rows::db_error)?,
         };
         Ok((permit, conn))
     }
@@ -499,7 +628,46 @@ impl Engine {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, generation: Arc<Generation>) {
+/// The records a batch wrote, as the writer's temporary triggers report
+/// them: (collection id, record id).
+type Written = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Makes every insert, update and delete of a record on the writer's
+/// connection report the record's key into `written` (temporary triggers,
+/// this connection's only: nothing is stored in the file). Deletes that
+/// cascade from a collection's or tenant's deletion fire them too.
+fn watch_record_writes(conn: &Connection, written: Written) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "canon_record_written",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY,
+        move |ctx| {
+            let key = (ctx.get::<String>(0)?, ctx.get::<String>(1)?);
+            written.lock().unwrap_or_else(|e| e.into_inner()).push(key);
+            Ok(rusqlite::types::Null)
+        },
+    )?;
+    conn.execute_batch(
+        "CREATE TEMP TRIGGER canon_record_inserted AFTER INSERT ON main.records
+           BEGIN SELECT canon_record_written(NEW.collection_id, NEW.id); END;
+         CREATE TEMP TRIGGER canon_record_updated AFTER UPDATE ON main.records
+           BEGIN SELECT canon_record_written(OLD.collection_id, OLD.id);
+                 SELECT canon_record_written(NEW.collection_id, NEW.id); END;
+         CREATE TEMP TRIGGER canon_record_deleted AFTER DELETE ON main.records
+           BEGIN SELECT canon_record_written(OLD.collection_id, OLD.id); END;",
+    )
+}
+
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    generation: Arc<Generation>,
+    records: Option<(Arc<RecordCache>, Written)>,
+) {
+    // The batch's written keys, moved out of the triggers' list so the
+    // cache's lock is never taken while holding it.
+    let mut written = Vec::new();
     let mut seen = stored_generation(&conn);
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
@@ -567,6 +735,11 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, generation: Arc<Ge
             // must not be served from a cache.
             generation.advance();
             seen = now;
+        }
+        if let Some((cache, reported)) = &records {
+            // Likewise: the request after a write reads the record anew.
+            std::mem::swap(&mut written, &mut *reported.lock().unwrap_or_else(|e| e.into_inner()));
+            cache.batch_finished(&mut written);
         }
         for done in completions.drain(..) {
             done(commit_error.as_ref());

@@ -19,6 +19,7 @@ mod jobs;
 mod leases;
 mod maintenance;
 mod quotas;
+mod record_cache;
 mod records;
 mod rows;
 mod secrets;
@@ -35,7 +36,7 @@ use crate::model::*;
 use crate::{Store, StoreResult};
 use engine::Engine;
 use engine::internal;
-pub use engine::{DEFAULT_TIMEOUT, MAX_BATCH};
+pub use engine::{DEFAULT_TIMEOUT, FileLocking, MAX_BATCH, Options};
 pub use records::SORT_PREFIX_CHARS;
 pub(crate) use records::register_functions;
 use rows::db_error;
@@ -77,7 +78,19 @@ impl SqliteStore {
     /// in the writer's queue) lasts at most `timeout`, then the call fails
     /// with [`crate::StoreError::Unavailable`].
     pub fn open_with_timeout(path: impl AsRef<Path>, timeout: Duration) -> StoreResult<SqliteStore> {
-        let engine = Engine::start(path.as_ref(), 4, timeout, migrate)?;
+        Self::open_with(
+            path,
+            Options {
+                timeout,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// Opens the database at `path` with `options`: the bound on every wait
+    /// for it and who else may open the file ([`FileLocking`]).
+    pub fn open_with(path: impl AsRef<Path>, options: Options) -> StoreResult<SqliteStore> {
+        let engine = Engine::start(path.as_ref(), 4, options, migrate)?;
         Ok(SqliteStore { engine })
     }
 }

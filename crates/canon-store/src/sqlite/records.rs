@@ -74,12 +74,18 @@ pub(super) fn new_etag() -> String {
     format!("{:020x}", bits >> 48)
 }
 
+/// The point read of one record by key, written out once: every GET and
+/// write prepares it from the statement cache, which is looked up by text.
+fn select_record_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {RECORD_COLS} FROM records WHERE collection_id = ?1 AND id = ?2"));
+    &SQL
+}
+
 pub(super) fn load_record(conn: &Connection, collection_id: &str, id: &str) -> StoreResult<Option<Record>> {
-    conn.prepare_cached(&format!(
-        "SELECT {RECORD_COLS} FROM records WHERE collection_id = ?1 AND id = ?2"
-    ))
-    .and_then(|mut s| s.query_row(params![collection_id, id], record_row).optional())
-    .map_err(db_error)
+    conn.prepare_cached(select_record_sql())
+        .and_then(|mut s| s.query_row(params![collection_id, id], record_row).optional())
+        .map_err(db_error)
 }
 
 /// Inserts a new record row; a taken id is a conflict on `/id`.
@@ -506,17 +512,32 @@ impl RecordStore for SqliteStore {
     }
 
     async fn raw_record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<RawRecord>> {
-        self.engine
+        let cache = self.engine.record_cache();
+        let ticket = match cache {
+            Some(cache) => {
+                // A moved or replaced file refuses every call, cached or not.
+                self.engine.attached()?;
+                if let Some(hit) = cache.get(collection_id, id) {
+                    return Ok(Lookup::Found(hit));
+                }
+                Some(cache.ticket())
+            }
+            None => None,
+        };
+        let read = self
+            .engine
             .read_point(|c| {
                 let r = c
-                    .prepare_cached(&format!(
-                        "SELECT {RECORD_COLS} FROM records WHERE collection_id = ?1 AND id = ?2"
-                    ))
+                    .prepare_cached(select_record_sql())
                     .and_then(|mut s| s.query_row(params![collection_id, id], raw_record_row).optional())
                     .map_err(db_error)?;
                 found_or_tombstone(c, r, kind::RECORD, collection_id, id)
             })
-            .await
+            .await?;
+        if let (Some(cache), Some(ticket), Lookup::Found(record)) = (cache, ticket, &read) {
+            cache.offer(ticket, collection_id, record);
+        }
+        Ok(read)
     }
 
     async fn list_raw_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<RawRecord>> {
