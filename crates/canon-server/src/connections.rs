@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
+use hyper::body::Body as _;
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -236,7 +237,17 @@ impl<S: ConnectionService> Connection<S> {
         let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let busy = Busy::new(seen.clone());
-            let response = service.clone().oneshot(req.map(Body::new));
+            // A body is unread until it is read to its end; one that is
+            // empty by its head needs no watching (every GET).
+            let unread = !req.body().is_end_stream();
+            seen.unread.store(unread, Ordering::Relaxed);
+            let req = if unread {
+                let activity = seen.clone();
+                req.map(|inner| Body::new(Tracked { inner, activity }))
+            } else {
+                req.map(Body::new)
+            };
+            let response = service.clone().oneshot(req);
             Box::pin(async move {
                 let response = response.await;
                 drop(busy);
@@ -267,8 +278,16 @@ impl<S: ConnectionService> Connection<S> {
         };
         match ended {
             Some(Ok(())) => {
-                let stream = conn.into_parts().io.into_inner().inner;
-                linger(stream).await;
+                let parts = conn.into_parts();
+                // Only a client that may still be sending needs the
+                // lingering read; an idle connection (keep-alive ended by
+                // shutdown, or by the client) closes at once, so it holds
+                // no slot and does not keep shutdown waiting.
+                let unread = activity.unread.load(Ordering::Relaxed) || !parts.read_buf.is_empty();
+                let stream = parts.io.into_inner().inner;
+                if unread {
+                    linger(stream).await;
+                }
             }
             Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
             None => tracing::debug!(%peer, "idle connection closed"),
@@ -401,6 +420,9 @@ struct Activity {
     busy: AtomicUsize,
     /// The last write found the socket's buffer full.
     write_pending: AtomicBool,
+    /// The last request's body has not been read to its end (the answer
+    /// came from its head): the client may still be sending it.
+    unread: AtomicBool,
 }
 
 impl Activity {
@@ -410,6 +432,7 @@ impl Activity {
             last: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
             write_pending: AtomicBool::new(false),
+            unread: AtomicBool::new(false),
         }
     }
 
@@ -444,6 +467,37 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+    }
+}
+
+/// A request body that clears its connection's [`Activity::unread`] once
+/// read to its end.
+struct Tracked {
+    inner: hyper::body::Incoming,
+    activity: Arc<Activity>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.activity.unread.store(false, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -661,7 +661,9 @@ pub struct DeviceTls {
     /// PEM certificates (`-----BEGIN CERTIFICATE-----`) of the CAs the
     /// device's certificate must chain to, instead of the system's roots
     /// (its host name is still checked). A self-signed certificate can be
-    /// its own CA unless it is marked as a CA itself: then pin it.
+    /// its own CA unless it is marked as a CA itself: then pin it. Kept
+    /// and shown as its certificates alone, re-encoded (text around the
+    /// PEM sections is dropped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 65536), extend("type" = "string"))]
     pub ca_certificate: Option<String>,

@@ -347,6 +347,117 @@ async fn a_self_signed_certificate_is_its_own_ca_unless_marked_as_one_and_can_al
 }
 
 #[tokio::test]
+async fn a_pinned_certificate_its_ca_bundle_refuses_says_the_pin_held_and_what_failed() {
+    let (s, w) = start(dns(&["other.test"])).await;
+    // A self-signed certificate marked as a CA, given as its own CA and
+    // pinned: the pin held, so "pin it" would be no advice at all.
+    let marked = self_signed(true);
+    let (addr, _) = https_device(&marked, false).await;
+    let pin = fingerprint(&marked.leaf);
+    registered(
+        &s,
+        &w,
+        "marked-both",
+        &format!("https://{addr}/"),
+        Some(json!({"ca_certificate": marked.ca_pem, "certificate_sha256": pin})),
+    )
+    .await;
+    // Another CA's bundle with the right pin; the right CA and pin under a
+    // name the certificate does not carry.
+    let device = pki(&["127.0.0.1"]);
+    let stranger = pki(&["127.0.0.1"]);
+    let (addr, _) = https_device(&device, false).await;
+    let pin = fingerprint(&device.leaf);
+    registered(
+        &s,
+        &w,
+        "other-ca-pinned",
+        &format!("https://{addr}/"),
+        Some(json!({"ca_certificate": stranger.ca_pem, "certificate_sha256": pin})),
+    )
+    .await;
+    registered(
+        &s,
+        &w,
+        "wrong-name-pinned",
+        &format!("https://other.test:{}/", addr.port()),
+        Some(json!({"ca_certificate": device.ca_pem, "certificate_sha256": pin})),
+    )
+    .await;
+    for (name, what) in [
+        ("marked-both", "marked as a CA"),
+        ("other-ca-pinned", "not signed by a CA in tls.ca_certificate"),
+        ("wrong-name-pinned", "host name"),
+    ] {
+        let problem = assert_problem(relay(&s, &w, name).await, 502, "bad-gateway").await;
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("TLS"), "{name}: {detail}");
+        assert!(detail.contains("is the one pinned"), "{name}: {detail}");
+        assert!(detail.contains(what), "{name}: {detail}");
+        assert!(
+            !detail.contains("pin it") && !detail.contains("or pin the"),
+            "{name}: {detail}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_ca_bundle_is_kept_and_shown_as_its_certificates_alone() {
+    let (s, w) = start(dns(&[])).await;
+    let first = pki(&["127.0.0.1"]);
+    let device = pki(&["127.0.0.1"]);
+    let (addr, _) = https_device(&device, false).await;
+    // What bundles and openssl's output carry around the sections: titles,
+    // `subject=` lines, a dump; CRLF line ends; longer base64 lines.
+    let crlf = first.ca_pem.replace('\n', "\r\n");
+    let long_lines = {
+        let body: String = device.ca_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let (a, b) = body.split_at(76.min(body.len()));
+        format!("-----BEGIN CERTIFICATE-----\n{a}\n{b}\n-----END CERTIFICATE-----")
+    };
+    let given = format!(
+        "Appliance Test CA\n=================\n{crlf}\nsubject=CN = Appliance Test CA\n\
+         issuer=CN = Appliance Test CA\n{long_lines}\nCertificate:\n    Data:\n        Version: 3 (0x2)\n"
+    );
+    let canonical = format!("{}{}", first.ca_pem, device.ca_pem);
+    assert_ne!(given, canonical);
+    let created = registered(
+        &s,
+        &w,
+        "fw",
+        &format!("https://{addr}/"),
+        Some(json!({"ca_certificate": given})),
+    )
+    .await;
+    assert_eq!(
+        created["tls"]["ca_certificate"],
+        canonical.as_str(),
+        "what is trusted, only"
+    );
+    let path = "/v1/tenants/acme/devices/fw";
+    let shown: Value = s.call(Method::GET, path, &w.viewer, None).await.json().await.unwrap();
+    assert_eq!(shown["tls"]["ca_certificate"], canonical.as_str());
+    assert_eq!(
+        relay(&s, &w, "fw").await.status(),
+        200,
+        "the second certificate is trusted"
+    );
+    // PATCH keeps it the same way.
+    let given = format!("# the site's CA\n{}trailing words\n", device.ca_pem);
+    let r = s
+        .call(
+            Method::PATCH,
+            path,
+            &w.admin,
+            Some(json!({"tls": {"ca_certificate": given}})),
+        )
+        .await;
+    let patched: Value = r.json().await.unwrap();
+    assert_eq!(patched["tls"]["ca_certificate"], device.ca_pem.as_str());
+    assert_eq!(relay(&s, &w, "fw").await.status(), 200);
+}
+
+#[tokio::test]
 async fn a_changed_trust_setting_takes_effect_at_the_next_request() {
     let (s, w) = start(dns(&[])).await;
     let device = pki(&["127.0.0.1"]);

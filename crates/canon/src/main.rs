@@ -441,11 +441,11 @@ async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Logs go to stderr, filtered by `CANON_LOG` (default `info`). Each request
+/// Logs go to stderr, filtered by `CANON_LOG` (default `level`). Each request
 /// is one line (target `canon::request`): method, route template, status,
 /// latency, request id, tenant; never a header, a query or a body.
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CANON_LOG").unwrap_or_else(|_| "info".into());
+fn init_logs(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CANON_LOG").unwrap_or_else(|_| level.into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -464,8 +464,26 @@ fn init_logs(format: LogFormat) {
 fn serve_config(args: ServeArgs) -> Result<Config, String> {
     let file = file_config(&args)?;
     let format = args.log_format.or(file.log_format).unwrap_or_default();
-    init_logs(format);
+    init_logs(format, "info");
     resolve(args, file)
+}
+
+/// The level a command logs at unless `CANON_LOG` says otherwise: a client
+/// command told to be quiet (`--progress none`: nothing on stderr but
+/// errors) logs warnings and errors only, not what it did step by step
+/// (`migrate-store`'s target migrations).
+fn default_log_level(command: &Command) -> &'static str {
+    let progress = match command {
+        Command::Import(args) => args.target.progress,
+        Command::Export(args) => args.target.progress,
+        Command::MigrateStore(args) => args.progress,
+        Command::Serve(_) | Command::Openapi => return "info",
+    };
+    if progress == transfer::progress::ProgressMode::None {
+        "warn"
+    } else {
+        "info"
+    }
 }
 
 fn main() -> ExitCode {
@@ -475,7 +493,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `serve` starts logging once its config is read (the file can name the format).
     if !matches!(cli.command, Command::Serve(_)) {
-        init_logs(LogFormat::Text);
+        init_logs(LogFormat::Text, default_log_level(&cli.command));
     }
     let runtime = || {
         tokio::runtime::Builder::new_multi_thread()

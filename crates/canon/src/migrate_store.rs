@@ -4,11 +4,12 @@
 //! summary on stdout.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use canon_store::migrate::{self, MigrateError, MigrateOptions, Progress, Summary};
 use clap::Args;
 
-use crate::transfer::progress::{Phase, ProgressMode, Reporter, Unit};
+use crate::transfer::progress::{Phase, ProgressMode, Reporter, Unit, per_second};
 
 /// Exit status: 0 copied and verified; 1 refused or failed (nothing usable
 /// on the target); 2 copied, but the counts differ.
@@ -55,14 +56,25 @@ impl Progress for Bar {
             phase.inc(rows);
         }
     }
+
+    // The phase's last line is over the copy alone, as the summary's rate:
+    // the verification that follows is no part of it.
+    fn done(&self, _rows: u64, took: Duration) {
+        if let Ok(mut slot) = self.phase.lock()
+            && let Some(phase) = slot.take()
+        {
+            phase.finish_after(took);
+        }
+    }
 }
 
 impl Bar {
-    fn end(&self, finished: bool) {
-        if let Ok(slot) = self.phase.lock()
-            && let Some(phase) = slot.as_ref()
+    /// Clears a phase that broke off (an error follows).
+    fn abandon(&self) {
+        if let Ok(mut slot) = self.phase.lock()
+            && let Some(phase) = slot.take()
         {
-            if finished { phase.finish() } else { phase.abandon() }
+            phase.abandon();
         }
     }
 }
@@ -92,7 +104,6 @@ pub async fn run(args: MigrateStoreArgs) -> ExitCode {
         .note(&format!("moving {} to {}", from.display(), crate::redacted(&args.to)));
     match migrate::sqlite_to_postgres(&from, &args.to, options, &bar).await {
         Ok(summary) => {
-            bar.end(true);
             print_summary(&summary);
             if summary.mismatches().is_empty() {
                 println!("verified: every count matches; start `canon serve --database <the PostgreSQL URL>`");
@@ -103,7 +114,7 @@ pub async fn run(args: MigrateStoreArgs) -> ExitCode {
             }
         }
         Err(e) => {
-            bar.end(false);
+            bar.abandon();
             eprintln!("canon: {e}");
             if matches!(e, MigrateError::Target(_)) {
                 eprintln!("canon: the target may hold part of the copy: drop and recreate it before trying again");
@@ -135,12 +146,15 @@ fn print_summary(summary: &Summary) {
             count.table, count.source, count.target
         );
     }
-    let secs = summary.elapsed.as_secs_f64().max(0.001);
+    // The rate is over the copy alone, as the progress line's; the whole
+    // move (opening, migrating the target, counting, verifying) is apart.
     println!(
-        "copied {} rows in {:.1} s ({:.0} rows/s); cache generation now {}",
+        "copied {} rows in {:.1} s ({} rows/s); {:.1} s in all, with the target's migrations and the \
+         verification; cache generation now {}",
         summary.rows,
-        secs,
-        summary.rows as f64 / secs,
+        summary.copying.as_secs_f64(),
+        per_second(summary.rows, summary.copying),
+        summary.elapsed.as_secs_f64(),
         summary.generation
     );
     for (table, why) in migrate::NOT_COPIED {

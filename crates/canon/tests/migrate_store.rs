@@ -33,6 +33,28 @@ fn migrate(db: &Path, to: &str) -> Output {
         .expect("run canon migrate-store")
 }
 
+/// Runs `canon migrate-store --progress none` as a script would: with no
+/// `CANON_LOG` (the command's own default level).
+fn migrate_quietly(db: &Path, to: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args(["migrate-store", "--progress", "none", "--to", to, "--from"])
+        .arg(format!("sqlite://{}", db.display()))
+        .env_remove("CANON_LOG")
+        .env_remove("CANON_PROGRESS")
+        .output()
+        .expect("run canon migrate-store")
+}
+
+/// The number before ` rows/s` in `line` (`12,345 rows/s` or `(12345 rows/s)`).
+fn rate_in(line: &str) -> u64 {
+    let before = line.split(" rows/s").next().unwrap_or_default();
+    let number = before.rsplit([' ', '(']).next().unwrap_or_default();
+    number
+        .replace(',', "")
+        .parse()
+        .unwrap_or_else(|_| panic!("no rate in {line:?}"))
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -364,6 +386,19 @@ async fn a_store_moved_to_postgres_answers_as_before() {
         "progress is shown: {}",
         text(&moved.stderr)
     );
+    // The progress's last line and the summary give one rate: over the
+    // copy alone (the verification after it is in neither).
+    let stderr = text(&moved.stderr);
+    let progress = stderr
+        .lines()
+        .find(|l| l.starts_with("copy: ") && l.contains("done in"))
+        .unwrap_or_else(|| panic!("a last progress line: {stderr}"));
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("copied "))
+        .unwrap_or_else(|| panic!("a summary line: {out}"));
+    assert_eq!(rate_in(progress), rate_in(summary), "{progress}\n{summary}");
+    assert!(summary.contains("in all"), "{summary}");
 
     let port = free_port();
     let node = spawn_on(&db.url, port, TOKEN, &env);
@@ -487,9 +522,16 @@ async fn a_count_that_differs_after_the_copy_fails_the_move() {
     )
     .expect("insert an orphan");
     drop(conn);
-    let moved = migrate(&file, &db.url);
+    // `--progress none`, as a script runs it: stderr holds the error alone,
+    // no progress, no log line of the steps (the target's migrations).
+    let moved = migrate_quietly(&file, &db.url);
     let out = text(&moved.stdout);
     assert_eq!(moved.status.code(), Some(2), "{out}\n{}", text(&moved.stderr));
+    assert_eq!(
+        text(&moved.stderr),
+        "canon: the counts differ (marked above): do not switch to the target\n",
+        "nothing on stderr but the error"
+    );
     assert!(
         out.lines()
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["unique_values", "1", "0", "MISMATCH"]),

@@ -224,6 +224,58 @@ async fn sigint_stops_an_idle_server_at_once() {
     );
 }
 
+/// An idle keep-alive connection (its request answered, nothing unread,
+/// a client that neither sends nor closes) is closed as soon as shutdown
+/// begins: no lingering read keeps the process waiting (the lingering read
+/// is for an answer that left a request body unread; docs/http.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(&dir.path().join("canon.db"), TOKEN, &[]).await;
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // The whole response: its head, then as many bytes as it declares.
+    let complete = |r: &[u8]| {
+        let Some(end) = r.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&r[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a content-length");
+        r.len() >= end + 4 + length
+    };
+    while !complete(&response) {
+        let n = idle.read(&mut buffer).unwrap();
+        assert!(n > 0, "closed before the response ended");
+        response.extend_from_slice(&buffer[..n]);
+    }
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+
+    let mut child = node.child;
+    let signalled = Instant::now();
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    // The lingering read would hold it for connections::LINGER_TIME (2 s).
+    assert!(took < Duration::from_secs(1), "exited {took:?} after SIGTERM");
+    assert_eq!(idle.read(&mut buffer).unwrap(), 0, "the server closed it");
+}
+
 /// SIGTERM while another process holds the database's write lock (the
 /// sqlite3 shell in a transaction, a backup): the final checkpoint cannot
 /// run, but every acknowledged write is already committed in the WAL, so

@@ -151,8 +151,16 @@ impl Gateway {
             )
             .with_errors(vec![FieldError::new(&at, e.to_string())])
         };
+        // Kept canonical: the certificates alone, so what GET shows is
+        // what is trusted, and the client cache's key (the setting's text)
+        // is the same for two settings that trust the same certificates.
         let kept = DeviceTls {
-            ca_certificate: tls.ca_certificate.clone(),
+            ca_certificate: tls
+                .ca_certificate
+                .as_deref()
+                .map(tls::canonical_bundle)
+                .transpose()
+                .map_err(refuse)?,
             certificate_sha256: tls
                 .certificate_sha256
                 .as_deref()

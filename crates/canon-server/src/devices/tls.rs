@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use canon_store::DeviceTls;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -85,6 +87,31 @@ fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, TrustError> {
     Ok(out)
 }
 
+/// A CA bundle as it is kept and shown: its certificates alone, each
+/// re-encoded as a PEM section (64 base64 characters a line, `\n` line
+/// ends), one after another. Whatever else the text held (a bundle's
+/// comments, `openssl x509 -text`'s dump, `s_client`'s `subject=` lines)
+/// is dropped, so what is shown is exactly what is trusted.
+pub fn canonical_bundle(pem: &str) -> Result<String, TrustError> {
+    let mut out = String::with_capacity(pem.len());
+    for cert in certificates(pem)? {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let encoded = STANDARD.encode(cert.as_ref());
+        // Base64 is ASCII, so every 64-byte chunk is a whole `str`.
+        for line in encoded.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    // Shorter lines than the given text's can make it longer: it is shown
+    // under the same bound it was admitted by.
+    if out.len() > MAX_CA_BUNDLE {
+        return Err(TrustError::Ca(format!("must be at most {MAX_CA_BUNDLE} bytes")));
+    }
+    Ok(out)
+}
+
 /// A device's trust setting, checked and ready to build a TLS client
 /// configuration from.
 #[derive(Debug, Clone)]
@@ -155,6 +182,13 @@ impl Trust {
 #[error("the certificate's SHA-256 digest is not the device's certificate_sha256")]
 pub struct PinMismatch;
 
+/// The device's certificate had the pinned digest, and the CA bundle's
+/// check then refused it (why, as webpki said). Kept apart from the same
+/// refusal without a pin, whose advice ("pin it") would be wrong here.
+#[derive(Debug, thiserror::Error)]
+#[error("the certificate is the pinned one, but tls.ca_certificate's check refused it ({0:?})")]
+pub struct PinnedButRefused(pub CertificateError);
+
 impl ServerCertVerifier for Trust {
     fn verify_server_cert(
         &self,
@@ -173,7 +207,15 @@ impl ServerCertVerifier for Trust {
             }
         }
         match &self.verifier {
-            Some(verifier) => verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            Some(verifier) => verifier
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map_err(|e| match e {
+                    // The pin held (checked above): say so with the refusal.
+                    rustls::Error::InvalidCertificate(why) if self.pin.is_some() => rustls::Error::InvalidCertificate(
+                        CertificateError::Other(OtherError(Arc::new(PinnedButRefused(why)))),
+                    ),
+                    other => other,
+                }),
             // Pinned only: the digest is the device's identity; its chain,
             // name and dates are not checked (a self-signed appliance
             // certificate often has none that would pass).
@@ -233,33 +275,84 @@ pub fn failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 fn describe(e: &rustls::Error) -> String {
     match e {
         rustls::Error::InvalidCertificate(cert) => match cert {
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                "the device's certificate is not signed by a CA trusted for it (register its CA as \
-                 tls.ca_certificate, or pin the certificate with tls.certificate_sha256)"
-                    .into()
-            }
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                "the device's certificate is not valid for the endpoint's host name".into()
-            }
-            CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. } => {
-                "the device's certificate is expired or not yet valid".into()
-            }
             CertificateError::Other(OtherError(other)) if other.downcast_ref::<PinMismatch>().is_some() => {
                 "the device's certificate is not the one pinned (its SHA-256 digest is not tls.certificate_sha256)"
                     .into()
             }
-            // rustls-webpki's own error, not re-exported by rustls: known by name.
-            other if format!("{other:?}").contains("CaUsedAsEndEntity") => {
-                "the device's certificate is marked as a CA, so it cannot be trusted as its own CA (as \
-                 `openssl req -x509` makes them): pin it with tls.certificate_sha256 instead"
-                    .into()
+            CertificateError::Other(OtherError(other)) if other.downcast_ref::<PinnedButRefused>().is_some() => {
+                let why = other
+                    .downcast_ref::<PinnedButRefused>()
+                    .map(|p| refused_with_pin(&p.0))
+                    .unwrap_or_default();
+                format!("the device's certificate is the one pinned (tls.certificate_sha256), but {why}")
             }
-            other => format!("the device's certificate was refused ({other:?})"),
+            cert => refused(cert),
         },
         other => format!("the handshake failed ({other})"),
+    }
+}
+
+/// Whether webpki's refusal was of a CA certificate presented as the
+/// server's own (rustls-webpki's `CaUsedAsEndEntity`, not re-exported by
+/// rustls: known by name).
+fn ca_as_end_entity(e: &CertificateError) -> bool {
+    format!("{e:?}").contains("CaUsedAsEndEntity")
+}
+
+/// A certificate refused by the system's roots or the device's CA bundle,
+/// with no pin set: the advice may be to pin it.
+fn refused(e: &CertificateError) -> String {
+    match e {
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+            "the device's certificate is not signed by a CA trusted for it (register its CA as \
+             tls.ca_certificate, or pin the certificate with tls.certificate_sha256)"
+                .into()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "the device's certificate is not valid for the endpoint's host name".into()
+        }
+        CertificateError::Expired
+        | CertificateError::ExpiredContext { .. }
+        | CertificateError::NotValidYet
+        | CertificateError::NotValidYetContext { .. } => "the device's certificate is expired or not yet valid".into(),
+        other if ca_as_end_entity(other) => {
+            "the device's certificate is marked as a CA, so it cannot be trusted as its own CA (as \
+             `openssl req -x509` makes them): pin it with tls.certificate_sha256 instead"
+                .into()
+        }
+        other => format!("the device's certificate was refused ({other:?})"),
+    }
+}
+
+/// Why the device's CA bundle refused a certificate that had the pinned
+/// digest: the pin is set already, so the way out is the bundle (fix it,
+/// or leave it out and trust the pin alone).
+fn refused_with_pin(e: &CertificateError) -> String {
+    match e {
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+            "it is not signed by a CA in tls.ca_certificate (register its CA there, or leave \
+             tls.ca_certificate out to trust the pin alone)"
+                .into()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "it is not valid for the endpoint's host name (checked because tls.ca_certificate is set; \
+             the pin alone does not check it)"
+                .into()
+        }
+        CertificateError::Expired
+        | CertificateError::ExpiredContext { .. }
+        | CertificateError::NotValidYet
+        | CertificateError::NotValidYetContext { .. } => {
+            "it is expired or not yet valid (checked because tls.ca_certificate is set; the pin alone \
+             does not check it)"
+                .into()
+        }
+        other if ca_as_end_entity(other) => {
+            "it is marked as a CA, so tls.ca_certificate cannot vouch for it as its own CA (as \
+             `openssl req -x509` makes them): leave tls.ca_certificate out and the pin alone is trusted"
+                .into()
+        }
+        other => format!("tls.ca_certificate's check refused it ({other:?})"),
     }
 }
 

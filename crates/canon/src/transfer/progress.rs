@@ -28,6 +28,13 @@ pub const PLAIN_EVERY: Duration = Duration::from_secs(1);
 /// updates: a job is looked at only every second or so.
 const BAR_TICK: Duration = Duration::from_millis(200);
 
+/// `done` over `elapsed`, per second, as every rate of items is shown: a
+/// phase's lines and a command's summary (`migrate-store`) agree when
+/// given the same figures.
+pub fn per_second(done: u64, elapsed: Duration) -> u64 {
+    (done as f64 / elapsed.as_secs_f64().max(0.001)).round() as u64
+}
+
 /// What a phase counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -143,9 +150,15 @@ impl Phase {
     /// Ends the phase with its last line (the bar gives way to it, so the
     /// terminal keeps one line per phase, as a log does).
     pub fn finish(&self) {
+        self.finish_after(self.elapsed());
+    }
+
+    /// [`Phase::finish`], the phase having taken `elapsed` as the work
+    /// measured it (so its rate is the one the work reports too).
+    pub fn finish_after(&self, elapsed: Duration) {
         self.bar.finish_and_clear();
         if self.style != Style::Quiet {
-            eprintln!("{}", self.line(self.elapsed(), true));
+            eprintln!("{}", self.line(elapsed, true));
         }
     }
 
@@ -197,7 +210,7 @@ impl Phase {
         }
         match self.unit {
             Unit::Bytes => line.push_str(&format!(", {}/s", BinaryBytes(rate as u64))),
-            Unit::Items(what) => line.push_str(&format!(", {} {what}/s", HumanCount(rate.round() as u64))),
+            Unit::Items(what) => line.push_str(&format!(", {} {what}/s", HumanCount(per_second(done, elapsed)))),
         }
         if finished {
             line.push_str(&format!(", done in {}", HumanDuration(elapsed)));
