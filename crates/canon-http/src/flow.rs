@@ -1095,7 +1095,11 @@ fn is_valid_host(value: &HeaderValue) -> bool {
 
 /// Whether a segment of `path` is `.` or `..`, literally or percent-encoded.
 fn has_dot_segment(path: &str) -> bool {
-    // Without decoding into new strings: this runs on every request.
+    // Without decoding into new strings: this runs on every request, and
+    // most paths have neither a dot nor an escape at all.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     path.split('/').any(|seg| {
         let mut rest = seg.as_bytes();
         let mut dots = 0;
@@ -1211,6 +1215,35 @@ fn negotiated(head: &Parts, response: &mut Response<Body>) {
 fn add_vary<B>(response: &mut Response<B>, token: &'static str) {
     const BOTH: &str = "Accept, Accept-Encoding";
     let headers = response.headers_mut();
+    // The common cases without building the line: no `Vary` yet, or the
+    // one line `negotiated` itself writes. (The general case below allocated
+    // and split a string twice per answer.)
+    let fast = {
+        let mut lines = headers.get_all(header::VARY).iter();
+        match (lines.next(), lines.next()) {
+            (None, _) => Some(Some(token)),
+            (Some(one), None) => {
+                let one = one.as_bytes();
+                let both = token == "Accept" || token == "Accept-Encoding";
+                if one.eq_ignore_ascii_case(token.as_bytes()) || (both && one == BOTH.as_bytes()) {
+                    Some(None)
+                } else if one == b"Accept" && token == "Accept-Encoding" {
+                    Some(Some(BOTH))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    };
+    match fast {
+        Some(Some(value)) => {
+            headers.insert(header::VARY, HeaderValue::from_static(value));
+            return;
+        }
+        Some(None) => return,
+        None => {}
+    }
     let line = headers
         .get_all(header::VARY)
         .iter()

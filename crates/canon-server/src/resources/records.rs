@@ -5,7 +5,6 @@ use canon_http::Problem;
 use canon_http::access::{Principal, Role};
 use canon_http::flow::{BoxFuture, Existence, Found, Input, LockInfo, Representation, Resource, Success};
 use canon_http::media::MediaType;
-use canon_http::validators::Validators;
 use canon_store::{
     ApplyPatch, Collection, Expect, Lease, Lookup, Record, RecordQuery, RejectedWrite, SortOrder, is_field_name,
 };
@@ -367,8 +366,8 @@ pub(crate) fn actor(cx: &Cx) -> &str {
 pub struct OneRecord {
     cx: Cx,
     collection: Option<Arc<Collection>>,
-    record: Option<Record>,
-    /// A GET's or HEAD's record, its data as stored: sent as it is.
+    /// The record as stored: a GET or HEAD sends it as it is; a write
+    /// expects its tag.
     raw: Option<canon_store::RawRecord>,
     data: Option<Value>,
     patch: Option<PatchDocument>,
@@ -380,7 +379,6 @@ impl OneRecord {
         Self {
             cx,
             collection: None,
-            record: None,
             raw: None,
             data: None,
             patch: None,
@@ -391,7 +389,7 @@ impl OneRecord {
     /// precondition, exactly the state the flow evaluated it against, checked
     /// again inside the write's transaction.
     fn expect(&self) -> Expect {
-        match (&self.record, self.cx.conditional) {
+        match (&self.raw, self.cx.conditional) {
             (_, false) => Expect::Anything,
             (Some(r), true) => Expect::Etag(r.etag.clone()),
             (None, true) => Expect::Absent,
@@ -467,34 +465,13 @@ impl Resource for OneRecord {
                     let id = self.cx.param("id");
                     let require_if_match = collection.require_if_match;
                     let writes = !matches!(self.cx.method, Method::GET | Method::HEAD);
-                    if !writes {
-                        // A read sends the stored text as it is: no parse,
-                        // no tree, no second serialization.
-                        let lookup = (self.cx.app.store)
-                            .raw_record(&collection.id, id)
-                            .await
-                            .map_err(store_problem)?;
-                        let existence = match lookup {
-                            Lookup::Found(r) => {
-                                let validators = render::raw_record_validators(&r);
-                                self.raw = Some(r);
-                                Existence::Found(Found {
-                                    validators,
-                                    require_if_match,
-                                    ..Found::default()
-                                })
-                            }
-                            Lookup::Gone => Existence::Gone,
-                            Lookup::Missing => Existence::Missing,
-                        };
-                        self.collection = Some(collection);
-                        return Ok(existence);
-                    }
-                    let lookup = self
-                        .cx
-                        .app
-                        .store
-                        .record(&collection.id, id)
+                    // The stored text as it is (from the record cache where
+                    // there is one): a read sends it without a parse, a tree
+                    // or a second serialization; a write needs only its tag,
+                    // since the write itself reads the record again inside
+                    // its transaction.
+                    let lookup = (self.cx.app.store)
+                        .raw_record(&collection.id, id)
                         .await
                         .map_err(store_problem)?;
                     let existence = match lookup {
@@ -504,8 +481,8 @@ impl Resource for OneRecord {
                             } else {
                                 None
                             };
-                            let validators: Validators = render::record_validators(&r);
-                            self.record = Some(r);
+                            let validators = render::raw_record_validators(&r);
+                            self.raw = Some(r);
                             Existence::Found(Found {
                                 validators,
                                 require_if_match,
