@@ -152,15 +152,28 @@ fn open(path: &Path, read_only: bool, options: Options) -> rusqlite::Result<Conn
     Ok(conn)
 }
 
-/// The error of opening the writer's connection: a file another process
-/// holds gets a message that says so, and what to do.
-fn opening(e: rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => StoreError::Unavailable(
-            "the database file is in use by another process (another canon, or a tool such as the sqlite3 shell); \
-             Canon opens its SQLite file for itself alone unless CANON_SQLITE_LOCKING=shared"
-                .into(),
-        ),
+/// The error of opening the writer's connection with `locking`: a file
+/// another process holds gets a message that says so, and what to do. The
+/// advice depends on what this process asked for: one that already shares
+/// was refused by a process holding the file for itself alone (or a tool's
+/// lock), so telling it to share would send the operator in a circle.
+fn opening(locking: FileLocking) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            let advice = match locking {
+                FileLocking::Exclusive => {
+                    "Canon opens its SQLite file for itself alone unless CANON_SQLITE_LOCKING=shared"
+                }
+                FileLocking::Shared => {
+                    "a canon opens its SQLite file for itself alone by default: to share the file, every process \
+                     on it needs CANON_SQLITE_LOCKING=shared (and no tool may hold a lock on it)"
+                }
+            };
+            StoreError::Unavailable(format!(
+                "the database file is in use by another process (another canon, or a tool such as the sqlite3 \
+                 shell); {advice}"
+            ))
+        }
         _ => internal(e),
     }
 }
@@ -342,7 +355,7 @@ impl Engine {
         options: Options,
         setup: impl FnOnce(&mut Connection) -> StoreResult<()>,
     ) -> StoreResult<Engine> {
-        let mut writer = open(path, false, options).map_err(opening)?;
+        let mut writer = open(path, false, options).map_err(opening(options.locking))?;
         setup(&mut writer)?;
         writer
             .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
