@@ -128,12 +128,16 @@ async fn writer(
     let mut seq = 1;
     let mut deleted = false;
     let mut writes = 0;
+    // The entity tag of the last acknowledged write (the record as set up
+    // at first): conditional writes send it and must never be refused.
+    let first = get(&client, &a, &path, &token).await;
+    let mut last_etag = header(&first, "etag").to_owned();
     while Instant::now() < deadline {
         seq += 1;
         // Through which node this write goes, and its kind.
         let (node, other) = if seq % 2 == 0 { (&a, &b) } else { (&b, &a) };
         let batch = node.url(&format!("{COLLECTION}/records/batch"));
-        let kind = if deleted { 99 } else { (seq as usize + n) % 9 };
+        let kind = if deleted { 99 } else { (seq as usize + n) % 10 };
         acked.sending(seq);
         let (status, etag, now_deleted) = match kind {
             99 | 0 | 1 => {
@@ -194,18 +198,41 @@ async fn writer(
                 seq -= 1;
                 (StatusCode::OK, None, false)
             }
-            _ => {
+            8 => {
+                // A conditional write with the tag of the last acknowledged
+                // write: its precondition is evaluated against the record
+                // as loaded (from the cache where there is one), so a stale
+                // entry would refuse it.
                 let r = client
-                    .delete(node.url(&path))
+                    .put(node.url(&path))
                     .bearer_auth(&token)
+                    .header("if-match", &last_etag)
+                    .json(&json!({"seq": seq}))
                     .send()
                     .await
-                    .expect("delete");
-                assert_eq!(r.status(), StatusCode::NO_CONTENT, "DELETE {path}");
+                    .expect("put");
+                assert_eq!(r.status(), StatusCode::OK, "PUT {path} If-Match: {last_etag}");
+                (r.status(), Some(header(&r, "etag").to_owned()), false)
+            }
+            _ => {
+                // DELETE, conditional on every other record.
+                let mut request = client.delete(node.url(&path)).bearer_auth(&token);
+                if n % 2 == 0 {
+                    request = request.header("if-match", &last_etag);
+                }
+                let r = request.send().await.expect("delete");
+                assert_eq!(
+                    r.status(),
+                    StatusCode::NO_CONTENT,
+                    "DELETE {path} (If-Match: {last_etag})"
+                );
                 (r.status(), None, true)
             }
         };
         assert!(status.is_success(), "write {kind} of {path}: {status}");
+        if let Some(etag) = &etag {
+            last_etag = etag.clone();
+        }
         deleted = now_deleted;
         acked.publish(seq, deleted);
         writes += 1;
