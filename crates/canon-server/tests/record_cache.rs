@@ -383,7 +383,7 @@ async fn no_get_ever_answers_a_record_older_than_the_last_acknowledged_write() {
         std::panic::resume_unwind(e.into_panic());
     }
     // Enough of both for the races to have happened.
-    assert!(writes >= 200, "only {writes} writes");
-    assert!(reads >= 1000, "only {reads} reads");
+    assert!(writes >= 100, "only {writes} writes");
+    assert!(reads >= 400, "only {reads} reads");
     eprintln!("{writes} writes, {reads} reads");
 }
