@@ -9,6 +9,10 @@
 //! through both stores. Readers on more threads than there are cores read
 //! every record as fast as they can and check each answer against what was
 //! acknowledged before they asked.
+//!
+//! Also: a cached record is refused, as every read is, while the database
+//! file is moved away (over HTTP other reads of the request would answer 503
+//! first, so only the store can tell).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -149,4 +153,55 @@ async fn a_read_that_raced_a_commit_never_leaves_the_old_record_cached() {
     }
     eprintln!("{writes} writes, {reads} reads");
     assert!(writes >= 200 && reads >= 2000, "{writes} writes, {reads} reads");
+}
+
+/// A record in the cache is refused like every read of the file once the
+/// database file is moved away (the engine's check of its file), and served
+/// again once the file is back: the cache answers only for the file it was
+/// filled from, while that file is where it was.
+#[tokio::test]
+async fn a_cached_record_is_refused_while_the_database_file_is_moved_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("data");
+    std::fs::create_dir(&home).unwrap();
+    let store = SqliteStore::open(home.join("canon.db")).unwrap();
+    let tenant = store.create_tenant("acme").await.unwrap();
+    let new = NewCollection {
+        name: "notes".into(),
+        schema: json!({"type": "object"}),
+        unique: vec![],
+        require_if_match: false,
+    };
+    let collection = store.create_collection(&tenant.id, new).await.unwrap();
+    store
+        .put_record(&collection, "r", json!({}), Expect::Anything, "t")
+        .await
+        .unwrap();
+    // Read twice: the second answer comes from the cache.
+    for _ in 0..2 {
+        assert!(matches!(
+            store.raw_record(&collection.id, "r").await,
+            Ok(Lookup::Found(_))
+        ));
+    }
+
+    let away = dir.path().join("elsewhere");
+    std::fs::rename(&home, &away).unwrap();
+    let started = Instant::now();
+    let mut read = store.raw_record(&collection.id, "r").await;
+    while read.is_ok() && started.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        read = store.raw_record(&collection.id, "r").await;
+    }
+    assert!(
+        matches!(read, Err(canon_store::StoreError::Unavailable(_))),
+        "a cached record outlived its file: {read:?}"
+    );
+
+    std::fs::rename(&away, &home).unwrap();
+    let started = Instant::now();
+    while !matches!(store.raw_record(&collection.id, "r").await, Ok(Lookup::Found(_))) {
+        assert!(started.elapsed() < Duration::from_secs(2), "not served again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
