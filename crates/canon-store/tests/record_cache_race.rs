@@ -12,7 +12,8 @@
 //!
 //! Also: a cached record is refused, as every read is, while the database
 //! file is moved away (over HTTP other reads of the request would answer 503
-//! first, so only the store can tell).
+//! first, so only the store can tell); and records cached before their
+//! tenant is deleted are not served once the deletion's step removed them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -203,5 +204,65 @@ async fn a_cached_record_is_refused_while_the_database_file_is_moved_away() {
     while !matches!(store.raw_record(&collection.id, "r").await, Ok(Lookup::Found(_))) {
         assert!(started.elapsed() < Duration::from_secs(2), "not served again");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A tenant's deletion removes its records in bounded steps (a job's
+/// deletes, not a record DELETE each): every record cached before is gone
+/// from the cache once the step that removed it is answered, never served
+/// from memory after it.
+#[tokio::test]
+async fn records_cached_before_their_tenant_is_deleted_are_not_served_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("canon.db")).unwrap();
+    let tenant = store.create_tenant("acme").await.unwrap();
+    let new = NewCollection {
+        name: "notes".into(),
+        schema: json!({"type": "object"}),
+        unique: vec![],
+        require_if_match: false,
+    };
+    let collection = store.create_collection(&tenant.id, new).await.unwrap();
+    for n in 0..RECORDS {
+        store
+            .put_record(&collection, &id(n), json!({}), Expect::Anything, "t")
+            .await
+            .unwrap();
+        // Read twice: the second answer comes from the cache.
+        for _ in 0..2 {
+            assert!(matches!(
+                store.raw_record(&collection.id, &id(n)).await,
+                Ok(Lookup::Found(_))
+            ));
+        }
+    }
+    let now = canon_store::now_millis();
+    let job = store
+        .delete_tenant("acme", Expect::Anything, Duration::from_secs(60), now)
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_job("w", Duration::from_secs(30), now)
+        .await
+        .unwrap()
+        .expect("the deletion's job");
+    assert_eq!(claimed.id, job.id);
+    // Steps of 3 rows: the records go over several commits.
+    loop {
+        let step = store
+            .delete_tenant_step(&tenant.id, &job.id, "w", "acme/", 3, now)
+            .await
+            .unwrap();
+        let removed = step.deleted.records as usize;
+        let mut served = 0;
+        for n in 0..RECORDS {
+            if let Lookup::Found(_) = store.raw_record(&collection.id, &id(n)).await.unwrap() {
+                served += 1;
+            }
+        }
+        assert_eq!(served, RECORDS - removed, "records served after a step removed them");
+        if step.finished {
+            break;
+        }
     }
 }
