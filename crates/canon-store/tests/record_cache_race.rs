@@ -97,14 +97,7 @@ async fn a_read_that_raced_a_commit_never_leaves_the_old_record_cached() {
     let path = dir.path().join("canon.db");
     let a = Arc::new(SqliteStore::open(&path).unwrap());
     let b = Arc::new(SqliteStore::open(&path).unwrap());
-    let tenant = a.create_tenant("acme").await.unwrap();
-    let new = NewCollection {
-        name: "notes".into(),
-        schema: json!({"type": "object"}),
-        unique: vec![],
-        require_if_match: false,
-    };
-    let collection = a.create_collection(&tenant.id, new).await.unwrap();
+    let (_, collection) = acme_notes(&a).await;
     let mut acked = Vec::new();
     for n in 0..RECORDS {
         let (r, _) = a
@@ -160,12 +153,8 @@ async fn a_read_that_raced_a_commit_never_leaves_the_old_record_cached() {
 /// database file is moved away (the engine's check of its file), and served
 /// again once the file is back: the cache answers only for the file it was
 /// filled from, while that file is where it was.
-#[tokio::test]
-async fn a_cached_record_is_refused_while_the_database_file_is_moved_away() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("data");
-    std::fs::create_dir(&home).unwrap();
-    let store = SqliteStore::open(home.join("canon.db")).unwrap();
+/// Tenant `acme` and its collection `notes` (any object), made through `store`.
+async fn acme_notes(store: &SqliteStore) -> (canon_store::Tenant, Collection) {
     let tenant = store.create_tenant("acme").await.unwrap();
     let new = NewCollection {
         name: "notes".into(),
@@ -174,6 +163,16 @@ async fn a_cached_record_is_refused_while_the_database_file_is_moved_away() {
         require_if_match: false,
     };
     let collection = store.create_collection(&tenant.id, new).await.unwrap();
+    (tenant, collection)
+}
+
+#[tokio::test]
+async fn a_cached_record_is_refused_while_the_database_file_is_moved_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("data");
+    std::fs::create_dir(&home).unwrap();
+    let store = SqliteStore::open(home.join("canon.db")).unwrap();
+    let (_, collection) = acme_notes(&store).await;
     store
         .put_record(&collection, "r", json!({}), Expect::Anything, "t")
         .await
@@ -215,14 +214,7 @@ async fn a_cached_record_is_refused_while_the_database_file_is_moved_away() {
 async fn records_cached_before_their_tenant_is_deleted_are_not_served_after() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("canon.db")).unwrap();
-    let tenant = store.create_tenant("acme").await.unwrap();
-    let new = NewCollection {
-        name: "notes".into(),
-        schema: json!({"type": "object"}),
-        unique: vec![],
-        require_if_match: false,
-    };
-    let collection = store.create_collection(&tenant.id, new).await.unwrap();
+    let (tenant, collection) = acme_notes(&store).await;
     for n in 0..RECORDS {
         store
             .put_record(&collection, &id(n), json!({}), Expect::Anything, "t")
