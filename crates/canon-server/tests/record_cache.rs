@@ -62,7 +62,7 @@ impl Acknowledged {
 
 /// A client with connections of its own (a separate pool).
 fn own_client() -> Client {
-    Client::builder().build().expect("client")
+    canon_server::http_client::builder().build().expect("client")
 }
 
 fn record_path(n: usize) -> String {
@@ -85,18 +85,25 @@ async fn get(client: &Client, node: &Server, path: &str, token: &str) -> Respons
         .expect("send")
 }
 
-/// The record at `path` read right after a write acknowledged `seq` (or
-/// its deletion): exactly that, since no other write of it is in flight.
+/// What a write's 2xx said the record now is.
+#[derive(Clone, Copy)]
+struct Expected<'a> {
+    seq: u64,
+    etag: Option<&'a str>,
+    deleted: bool,
+}
+
+/// The record at `path` read right after a write acknowledged `expected`
+/// (or its deletion): exactly that, since no other write of it is in flight.
 async fn assert_reads_back(
     client: &Client,
     node: &Server,
     path: &str,
     token: &str,
-    seq: u64,
-    etag: Option<&str>,
-    deleted: bool,
+    expected: Expected<'_>,
     what: &str,
 ) {
+    let Expected { seq, etag, deleted } = expected;
     let r = get(client, node, path, token).await;
     let status = r.status();
     let tag = header(&r, "etag").to_owned();
@@ -153,7 +160,7 @@ async fn writer(
                 assert_eq!(r.status(), expected, "PUT {path}");
                 (r.status(), Some(header(&r, "etag").to_owned()), false)
             }
-            2 | 3 | 4 => {
+            2..=4 => {
                 let r = client
                     .patch(node.url(&path))
                     .bearer_auth(&token)
@@ -217,7 +224,7 @@ async fn writer(
             _ => {
                 // DELETE, conditional on every other record.
                 let mut request = client.delete(node.url(&path)).bearer_auth(&token);
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     request = request.header("if-match", &last_etag);
                 }
                 let r = request.send().await.expect("delete");
@@ -237,10 +244,15 @@ async fn writer(
         acked.publish(seq, deleted);
         writes += 1;
         let what = format!("write kind {kind}");
-        assert_reads_back(&client, node, &path, &token, seq, etag.as_deref(), deleted, &what).await;
+        let expected = Expected {
+            seq,
+            etag: etag.as_deref(),
+            deleted,
+        };
+        assert_reads_back(&client, node, &path, &token, expected, &what).await;
         let fresh = own_client();
-        assert_reads_back(&fresh, other, &path, &token, seq, etag.as_deref(), deleted, &what).await;
-        assert_reads_back(&client, node, &path, &token, seq, etag.as_deref(), deleted, &what).await;
+        assert_reads_back(&fresh, other, &path, &token, expected, &what).await;
+        assert_reads_back(&client, node, &path, &token, expected, &what).await;
     }
     writes
 }
