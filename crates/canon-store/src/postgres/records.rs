@@ -523,18 +523,27 @@ impl RecordStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let row = c
-                    .client()
-                    .query_typed_opt(
-                        &format!(
-                            "SELECT {RECORD_COLS} FROM records
-                             WHERE tenant_id = {TENANT_OF_COLLECTION} AND collection_id = $1 AND id = $2"
-                        ),
-                        &[text(&collection_id), text(&id)],
-                    )
-                    .await?;
-                let r = row.map(|r| raw_record_row(&r)).transpose()?;
-                found_or_tombstone(c.client(), r, kind::RECORD, collection_id, id).await
+                let sql = format!(
+                    "SELECT {RECORD_COLS} FROM records
+                     WHERE tenant_id = {TENANT_OF_COLLECTION} AND collection_id = $1 AND id = $2"
+                );
+                let read = || async {
+                    let row = c
+                        .client()
+                        .query_typed_opt(&sql, &[text(&collection_id), text(&id)])
+                        .await?;
+                    row.map(|r| raw_record_row(&r)).transpose()
+                };
+                let r = read().await?;
+                match found_or_tombstone(c.client(), r, kind::RECORD, collection_id, id).await? {
+                    // The two statements read two snapshots (READ
+                    // COMMITTED): a PUT that re-created a deleted record
+                    // between them removed its tombstone after the first
+                    // missed the record. Read the record again rather than
+                    // answer that it never existed.
+                    Lookup::Missing => Ok(read().await?.map_or(Lookup::Missing, Lookup::Found)),
+                    other => Ok(other),
+                }
             })
             .await
     }
