@@ -1218,31 +1218,23 @@ fn add_vary<B>(response: &mut Response<B>, token: &'static str) {
     // The common cases without building the line: no `Vary` yet, or the
     // one line `negotiated` itself writes. (The general case below allocated
     // and split a string twice per answer.)
-    let fast = {
-        let mut lines = headers.get_all(header::VARY).iter();
-        match (lines.next(), lines.next()) {
-            (None, _) => Some(Some(token)),
-            (Some(one), None) => {
-                let one = one.as_bytes();
-                let both = token == "Accept" || token == "Accept-Encoding";
-                if one.eq_ignore_ascii_case(token.as_bytes()) || (both && one == BOTH.as_bytes()) {
-                    Some(None)
-                } else if one == b"Accept" && token == "Accept-Encoding" {
-                    Some(Some(BOTH))
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        }
-    };
-    match fast {
-        Some(Some(value)) => {
-            headers.insert(header::VARY, HeaderValue::from_static(value));
+    let mut lines = headers.get_all(header::VARY).iter();
+    let (first, more) = (lines.next(), lines.next().is_some());
+    let fast: Option<&'static str> = match first.map(HeaderValue::as_bytes) {
+        None => Some(token),
+        Some(one)
+            if !more
+                && (one.eq_ignore_ascii_case(token.as_bytes())
+                    || (one == BOTH.as_bytes() && matches!(token, "Accept" | "Accept-Encoding"))) =>
+        {
             return;
         }
-        Some(None) => return,
-        None => {}
+        Some(b"Accept") if !more && token == "Accept-Encoding" => Some(BOTH),
+        Some(_) => None,
+    };
+    if let Some(value) = fast {
+        headers.insert(header::VARY, HeaderValue::from_static(value));
+        return;
     }
     let line = headers
         .get_all(header::VARY)

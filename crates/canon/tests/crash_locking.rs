@@ -117,6 +117,33 @@ async fn assert_every_acknowledged_write_is_there(client: &reqwest::Client, base
     }
 }
 
+/// Writes to every record until at least 300 more are acknowledged, then
+/// SIGKILLs `child` in the middle of them and lets the writers see it.
+async fn kill_9_under_writes(child: &mut common::Process, client: &reqwest::Client, base: &str, writes: &Shared) {
+    let writers = start_writers(client, base, writes);
+    kill_9_under_load(child, writes, 300).await;
+    for w in writers {
+        let _ = w.await;
+    }
+}
+
+/// Starts `canon serve` on `db` again with `env`, and checks that every
+/// acknowledged write is there (`when` names the round in failures).
+async fn restart(
+    db: &std::path::Path,
+    port: u16,
+    env: &[(&str, &str)],
+    client: &reqwest::Client,
+    base: &str,
+    writes: &Shared,
+    when: &str,
+) -> common::Process {
+    let child = common::spawn(db, port, TOKEN, env);
+    common::wait_ready(client, base).await;
+    assert_every_acknowledged_write_is_there(client, base, writes, when).await;
+    child
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_updates_and_deletes_survive_kill_9_in_and_across_both_locking_modes() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,11 +157,7 @@ async fn acknowledged_updates_and_deletes_survive_kill_9_in_and_across_both_lock
     let writes: Shared = Arc::new(Mutex::new(vec![Writes::default(); RECORDS]));
 
     // Round 1: exclusive (the default), restarted shared.
-    let writers = start_writers(&client, &base, &writes);
-    kill_9_under_load(&mut child, &writes, 300).await;
-    for w in writers {
-        let _ = w.await;
-    }
+    kill_9_under_writes(&mut child, &client, &base, &writes).await;
     assert!(
         !shm.exists(),
         "exclusive locking keeps the WAL index in memory, not in a -shm file"
@@ -144,35 +167,19 @@ async fn acknowledged_updates_and_deletes_survive_kill_9_in_and_across_both_lock
         "the kill left a WAL to recover from"
     );
     let shared = [("CANON_SQLITE_LOCKING", "shared")];
-    let mut child = common::spawn(&db, port, TOKEN, &shared);
-    common::wait_ready(&client, &base).await;
-    assert_every_acknowledged_write_is_there(&client, &base, &writes, "exclusive, then shared").await;
+    let mut child = restart(&db, port, &shared, &client, &base, &writes, "exclusive, then shared").await;
 
     // Round 2: shared, restarted exclusive.
-    let writers = start_writers(&client, &base, &writes);
-    kill_9_under_load(&mut child, &writes, 300).await;
-    for w in writers {
-        let _ = w.await;
-    }
-    let mut child = common::spawn(&db, port, TOKEN, &[]);
-    common::wait_ready(&client, &base).await;
-    assert_every_acknowledged_write_is_there(&client, &base, &writes, "shared, then exclusive").await;
+    kill_9_under_writes(&mut child, &client, &base, &writes).await;
+    let mut child = restart(&db, port, &[], &client, &base, &writes, "shared, then exclusive").await;
 
     // Round 3: exclusive, restarted exclusive; then once more with nothing
     // written between two kills (a recovery of a recovered file).
-    let writers = start_writers(&client, &base, &writes);
-    kill_9_under_load(&mut child, &writes, 300).await;
-    for w in writers {
-        let _ = w.await;
-    }
-    let mut child = common::spawn(&db, port, TOKEN, &[]);
-    common::wait_ready(&client, &base).await;
-    assert_every_acknowledged_write_is_there(&client, &base, &writes, "exclusive, then exclusive").await;
+    kill_9_under_writes(&mut child, &client, &base, &writes).await;
+    let mut child = restart(&db, port, &[], &client, &base, &writes, "exclusive, then exclusive").await;
     child.kill().expect("kill -9");
     let _ = child.wait();
-    let mut child = common::spawn(&db, port, TOKEN, &[]);
-    common::wait_ready(&client, &base).await;
-    assert_every_acknowledged_write_is_there(&client, &base, &writes, "killed idle, then exclusive").await;
+    let mut child = restart(&db, port, &[], &client, &base, &writes, "killed idle, then exclusive").await;
     child.kill().expect("kill -9");
     let _ = child.wait();
 }

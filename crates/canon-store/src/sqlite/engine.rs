@@ -70,16 +70,6 @@ pub enum FileLocking {
     Shared,
 }
 
-impl FileLocking {
-    /// The setting's name in configuration (`exclusive`, `shared`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileLocking::Exclusive => "exclusive",
-            FileLocking::Shared => "shared",
-        }
-    }
-}
-
 impl std::str::FromStr for FileLocking {
     type Err = String;
 
@@ -367,10 +357,14 @@ impl Engine {
             (FileLocking::Exclusive, Some(file)) if cfg!(unix) => Some(RecordCache::of_file(file.device, file.inode)),
             _ => None,
         };
-        let written = Arc::new(Mutex::new(Vec::new()));
-        if records.is_some() {
-            watch_record_writes(&writer, written.clone()).map_err(internal)?;
-        }
+        let dropped = match &records {
+            Some(cache) => {
+                let written = Written::default();
+                watch_record_writes(&writer, written.clone()).map_err(internal)?;
+                Some((cache.clone(), written))
+            }
+            None => None,
+        };
         let checkpointer = open(path, false, options).map_err(internal)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let detached = Arc::new(AtomicBool::new(false));
@@ -389,7 +383,6 @@ impl Engine {
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let moved = generation.clone();
-        let dropped = records.clone().map(|cache| (cache, written));
         std::thread::Builder::new()
             .name("canon-sqlite-writer".into())
             .spawn(move || writer_loop(writer, rx, moved, dropped))

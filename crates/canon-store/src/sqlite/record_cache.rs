@@ -36,6 +36,11 @@ const MAX_BYTES: usize = 32 << 20;
 /// would displace hundreds of ordinary ones.
 const MAX_RECORD_BYTES: usize = 16 << 10;
 
+/// The bytes of a record the cache counts against [`MAX_BYTES`].
+fn footprint(record: &RawRecord) -> usize {
+    record.data.len() + record.id.len() + record.etag.len()
+}
+
 /// What a read knew of the writer before it began: see the module's docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(u64);
@@ -92,7 +97,7 @@ impl RecordCache {
     /// batch of writes finished since the ticket was taken (the read may
     /// have seen the record before that batch changed it).
     pub fn offer(&self, ticket: Ticket, collection_id: &str, record: &RawRecord) {
-        let size = record.data.len() + record.id.len() + record.etag.len();
+        let size = footprint(record);
         if size > MAX_RECORD_BYTES {
             return;
         }
@@ -105,8 +110,7 @@ impl RecordCache {
         }
         let records = entries.by_collection.entry(collection_id.to_owned()).or_default();
         if let Some(old) = records.insert(record.id.clone(), record.clone()) {
-            let old_size = old.data.len() + old.id.len() + old.etag.len();
-            entries.bytes -= old_size;
+            entries.bytes -= footprint(&old);
             entries.count -= 1;
         }
         entries.bytes += size;
@@ -124,11 +128,10 @@ impl RecordCache {
                 continue;
             };
             if let Some(old) = records.remove(&id) {
-                let size = old.data.len() + old.id.len() + old.etag.len();
                 if records.is_empty() {
                     entries.by_collection.remove(&collection_id);
                 }
-                entries.bytes -= size;
+                entries.bytes -= footprint(&old);
                 entries.count -= 1;
             }
         }
