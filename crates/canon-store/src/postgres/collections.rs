@@ -137,8 +137,19 @@ impl CollectionStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let col = load_collection(c.client(), tenant_id, name, false).await?;
-                found_or_tombstone(c.client(), col, kind::COLLECTION, tenant_id, name).await
+                let tombstone = Tombstone {
+                    kind: kind::COLLECTION,
+                    scope: tenant_id,
+                    key: name,
+                };
+                lookup(
+                    c.client(),
+                    &format!("SELECT {COLLECTION_COLS} FROM collections WHERE tenant_id = $1 AND name = $2"),
+                    &[text(&tenant_id), text(&name)],
+                    collection_row,
+                    tombstone,
+                )
+                .await
             })
             .await
     }

@@ -33,11 +33,10 @@ fn device_row(r: &Row) -> StoreResult<Device> {
     })
 }
 
-async fn load_device(c: &impl Db, tenant_id: &str, name: &str, lock: bool) -> StoreResult<Option<Device>> {
-    let sql = format!(
-        "SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = $1 AND name = $2{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
+/// The tenant's device called `name`, its row locked for the rest of the
+/// transaction.
+async fn lock_device(c: &impl Db, tenant_id: &str, name: &str) -> StoreResult<Option<Device>> {
+    let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = $1 AND name = $2 FOR UPDATE");
     let row = c.query_typed_opt(&sql, &[text(&tenant_id), text(&name)]).await?;
     row.map(|r| device_row(&r)).transpose()
 }
@@ -45,7 +44,7 @@ async fn load_device(c: &impl Db, tenant_id: &str, name: &str, lock: bool) -> St
 /// The live device called `name`, locked and checked against `expect`, or
 /// why not.
 async fn existing(c: &impl Db, tenant_id: &str, name: &str, expect: &Expect) -> StoreResult<Device> {
-    let Some(current) = load_device(c, tenant_id, name, true).await? else {
+    let Some(current) = lock_device(c, tenant_id, name).await? else {
         return Err(not_there(c, kind::DEVICE, tenant_id, name).await);
     };
     check_existing(expect, current.version, None)?;
@@ -108,8 +107,19 @@ impl DeviceStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let device = load_device(c.client(), tenant_id, name, false).await?;
-                found_or_tombstone(c.client(), device, kind::DEVICE, tenant_id, name).await
+                let tombstone = Tombstone {
+                    kind: kind::DEVICE,
+                    scope: tenant_id,
+                    key: name,
+                };
+                lookup(
+                    c.client(),
+                    &format!("SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = $1 AND name = $2"),
+                    &[text(&tenant_id), text(&name)],
+                    device_row,
+                    tombstone,
+                )
+                .await
             })
             .await
     }

@@ -409,10 +409,20 @@ impl JobStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let job = load_job(c.client(), tenant_id, job_id, false)
-                    .await?
-                    .filter(|j| j.status != JobStatus::Staged);
-                found_or_tombstone(c.client(), job, kind::JOB, tenant_id, job_id).await
+                let tombstone = Tombstone {
+                    kind: kind::JOB,
+                    scope: tenant_id,
+                    key: job_id,
+                };
+                // A staged job is not there yet.
+                lookup(
+                    c.client(),
+                    &format!("SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND id = $2 AND status <> 'staged'"),
+                    &[text(&tenant_id), text(&job_id)],
+                    job_row,
+                    tombstone,
+                )
+                .await
             })
             .await
     }

@@ -48,17 +48,44 @@ pub(super) async fn lock_record(c: &impl Db, collection_id: &str, id: &str) -> S
     lock(c, &format!("record/{collection_id}/{id}")).await
 }
 
+/// Selects the record `$2` of the collection `$1`.
+fn select_record_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {RECORD_COLS} FROM records
+             WHERE tenant_id = {TENANT_OF_COLLECTION} AND collection_id = $1 AND id = $2"
+        )
+    });
+    &SQL
+}
+
 pub(super) async fn load_record(c: &impl Db, collection_id: &str, id: &str) -> StoreResult<Option<Record>> {
     let row = c
-        .query_typed_opt(
-            &format!(
-                "SELECT {RECORD_COLS} FROM records
-                 WHERE tenant_id = {TENANT_OF_COLLECTION} AND collection_id = $1 AND id = $2"
-            ),
-            &[text(&collection_id), text(&id)],
-        )
+        .query_typed_opt(select_record_sql(), &[text(&collection_id), text(&id)])
         .await?;
     row.map(|r| record_row(&r)).transpose()
+}
+
+/// A record looked up by a read, as `map` reads its row.
+async fn lookup_record<T>(
+    c: &impl Db,
+    collection_id: &str,
+    id: &str,
+    map: impl Fn(&tokio_postgres::Row) -> StoreResult<T>,
+) -> StoreResult<Lookup<T>> {
+    let tombstone = Tombstone {
+        kind: kind::RECORD,
+        scope: collection_id,
+        key: id,
+    };
+    lookup(
+        c,
+        select_record_sql(),
+        &[text(&collection_id), text(&id)],
+        map,
+        tombstone,
+    )
+    .await
 }
 
 /// Inserts a new record row; a taken id is a conflict on `/id`.
@@ -513,8 +540,7 @@ impl RecordStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let r = load_record(c.client(), collection_id, id).await?;
-                found_or_tombstone(c.client(), r, kind::RECORD, collection_id, id).await
+                lookup_record(c.client(), collection_id, id, record_row).await
             })
             .await
     }
@@ -523,27 +549,7 @@ impl RecordStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let sql = format!(
-                    "SELECT {RECORD_COLS} FROM records
-                     WHERE tenant_id = {TENANT_OF_COLLECTION} AND collection_id = $1 AND id = $2"
-                );
-                let read = || async {
-                    let row = c
-                        .client()
-                        .query_typed_opt(&sql, &[text(&collection_id), text(&id)])
-                        .await?;
-                    row.map(|r| raw_record_row(&r)).transpose()
-                };
-                let r = read().await?;
-                match found_or_tombstone(c.client(), r, kind::RECORD, collection_id, id).await? {
-                    // The two statements read two snapshots (READ
-                    // COMMITTED): a PUT that re-created a deleted record
-                    // between them removed its tombstone after the first
-                    // missed the record. Read the record again rather than
-                    // answer that it never existed.
-                    Lookup::Missing => Ok(read().await?.map_or(Lookup::Missing, Lookup::Found)),
-                    other => Ok(other),
-                }
+                lookup_record(c.client(), collection_id, id, raw_record_row).await
             })
             .await
     }

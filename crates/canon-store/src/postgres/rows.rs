@@ -146,8 +146,9 @@ pub(super) async fn clear_tombstone(c: &impl Db, kind: &str, scope: &str, key: &
     Ok(())
 }
 
-/// `Gone` when a live tombstone exists, else `Missing`.
-pub(super) async fn absent<T>(c: &impl Db, kind: &str, scope: &str, key: &str) -> StoreResult<Lookup<T>> {
+/// `Gone` when a live tombstone exists, else `Missing`. Only for writes,
+/// which hold the lock a re-create takes (see [`lookup`] for reads).
+async fn absent<T>(c: &impl Db, kind: &str, scope: &str, key: &str) -> StoreResult<Lookup<T>> {
     let now = now_millis();
     let live = c
         .query_typed_opt(
@@ -168,16 +169,66 @@ pub(super) async fn not_there(c: &impl Db, kind: &str, scope: &str, key: &str) -
     }
 }
 
-pub(super) async fn found_or_tombstone<T>(
+/// What a lookup's tombstone is keyed by: the kind of thing, its parent's
+/// id (`""` for tenant names) and its key.
+pub(super) struct Tombstone<'a> {
+    pub kind: &'a str,
+    pub scope: &'a str,
+    pub key: &'a str,
+}
+
+/// Looks up one thing: `select` selects its row (at most one) with `args`,
+/// `map` reads it, and a miss is told `Gone` from `Missing` by `tombstone`.
+///
+/// The answer comes from one snapshot (docs/decisions.md, "A lookup
+/// decides found, gone or missing from one snapshot"). Under READ COMMITTED
+/// each statement has its own, so reading the row and then the tombstone in
+/// two statements answered `Missing` when a re-create (which removes the
+/// tombstone and inserts the row) committed between them.
+///
+/// A hit is the row's select alone, as fast as it ever was: statements are
+/// planned at each call (nothing is prepared by name, for PgBouncer), and
+/// one statement probing the tombstone too would cost every hit its
+/// planning (about twice the select's). A miss asks again with one
+/// statement reading the row and the tombstone together, and that statement
+/// alone decides.
+pub(super) async fn lookup<T>(
     c: &impl Db,
-    row: Option<T>,
-    kind: &str,
-    scope: &str,
-    key: &str,
+    select: &str,
+    args: &[Param<'_>],
+    map: impl Fn(&Row) -> StoreResult<T>,
+    tombstone: Tombstone<'_>,
 ) -> StoreResult<Lookup<T>> {
-    match row {
-        Some(t) => Ok(Lookup::Found(t)),
-        None => absent(c, kind, scope, key).await,
+    if let Some(row) = c.query_typed_opt(select, args).await? {
+        return Ok(Lookup::Found(map(&row)?));
+    }
+    let n = args.len();
+    let sql = format!(
+        "SELECT found.*, EXISTS (SELECT 1 FROM tombstones WHERE kind = ${} AND scope = ${} AND key = ${} AND expires_at > ${})
+         FROM (SELECT 1) AS one LEFT JOIN (SELECT q.*, TRUE AS canon_found FROM ({select}) AS q) AS found ON TRUE",
+        n + 1,
+        n + 2,
+        n + 3,
+        n + 4
+    );
+    let now = now_millis();
+    let mut all = args.to_vec();
+    all.extend([
+        text(&tombstone.kind),
+        text(&tombstone.scope),
+        text(&tombstone.key),
+        int(&now),
+    ]);
+    // Exactly one row: the thing's columns (NULL on a miss), whether it was
+    // found, whether its tombstone is live.
+    let row = c.query_typed_one(&sql, &all).await?;
+    let width = row.len();
+    if row.try_get::<_, Option<bool>>(width - 2)?.is_some() {
+        Ok(Lookup::Found(map(&row)?))
+    } else if row.try_get::<_, bool>(width - 1)? {
+        Ok(Lookup::Gone)
+    } else {
+        Ok(Lookup::Missing)
     }
 }
 

@@ -12,13 +12,10 @@ use crate::model::*;
 use crate::prelude::*;
 use crate::{StoreError, StoreResult};
 
-/// The tenant called `name` and, once its deletion started, when it did;
-/// `lock` takes its row for the rest of the transaction.
-async fn load_tenant(c: &impl Db, name: &str, lock: bool) -> StoreResult<Option<(Tenant, Option<Millis>)>> {
-    let sql = format!(
-        "SELECT {TENANT_COLS}, deleted_at FROM tenants WHERE name = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
+/// The tenant called `name` and, once its deletion started, when it did,
+/// its row locked for the rest of the transaction.
+async fn lock_tenant(c: &impl Db, name: &str) -> StoreResult<Option<(Tenant, Option<Millis>)>> {
+    let sql = format!("SELECT {TENANT_COLS}, deleted_at FROM tenants WHERE name = $1 FOR UPDATE");
     let row = c.query_typed_opt(&sql, &[text(&name)]).await?;
     row.map(|r| Ok((tenant_row(&r)?, r.try_get(8)?))).transpose()
 }
@@ -47,11 +44,10 @@ async fn load_deletion(c: &impl Db, name: &str) -> StoreResult<Option<TenantDele
     .transpose()
 }
 
-async fn load_user(c: &impl Db, tenant_id: &str, id: &str, lock: bool) -> StoreResult<Option<User>> {
-    let sql = format!(
-        "SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND id = $2{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
+/// The user `id` of the tenant, its row locked for the rest of the
+/// transaction.
+async fn lock_user(c: &impl Db, tenant_id: &str, id: &str) -> StoreResult<Option<User>> {
+    let sql = format!("SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND id = $2 FOR UPDATE");
     let row = c.query_typed_opt(&sql, &[text(&tenant_id), text(&id)]).await?;
     row.map(|r| user_row(&r)).transpose()
 }
@@ -69,7 +65,7 @@ async fn user_to_change(
     stays_admin: bool,
 ) -> StoreResult<User> {
     lock(c, &format!("users/{tenant_id}")).await?;
-    let Some(user) = load_user(c, tenant_id, id, true).await? else {
+    let Some(user) = lock_user(c, tenant_id, id).await? else {
         return Err(not_there(c, kind::USER, tenant_id, id).await);
     };
     check_existing(expect, user.version, None)?;
@@ -208,7 +204,7 @@ impl TenantStore for PostgresStore {
     async fn set_tenant_limits(&self, name: &str, limits: TenantLimits, expect: Expect) -> StoreResult<Tenant> {
         self.pool
             .write(true, async |tx| {
-                let t = match load_tenant(tx, name, true).await? {
+                let t = match lock_tenant(tx, name).await? {
                     Some((t, None)) => t,
                     Some((_, Some(_))) => return Err(StoreError::Gone),
                     None => return Err(StoreError::Vanished),
@@ -248,11 +244,25 @@ impl TenantStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                match load_tenant(c.client(), name, false).await? {
-                    Some((t, None)) => Ok(Lookup::Found(t)),
-                    Some((_, Some(_deleted_at))) => Ok(Lookup::Gone),
-                    None => absent(c.client(), kind::TENANT, "", name).await,
-                }
+                let tombstone = Tombstone {
+                    kind: kind::TENANT,
+                    scope: "",
+                    key: name,
+                };
+                let found = lookup(
+                    c.client(),
+                    &format!("SELECT {TENANT_COLS}, deleted_at FROM tenants WHERE name = $1"),
+                    &[text(&name)],
+                    |r| Ok((tenant_row(r)?, r.try_get::<_, Option<Millis>>(8)?)),
+                    tombstone,
+                )
+                .await?;
+                // A tenant being deleted still holds its name: it is gone.
+                Ok(match found {
+                    Lookup::Found((t, None)) => Lookup::Found(t),
+                    Lookup::Found((_, Some(_))) | Lookup::Gone => Lookup::Gone,
+                    Lookup::Missing => Lookup::Missing,
+                })
             })
             .await
     }
@@ -320,8 +330,19 @@ impl TenantStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let u = load_user(c.client(), tenant_id, id, false).await?;
-                found_or_tombstone(c.client(), u, kind::USER, tenant_id, id).await
+                let tombstone = Tombstone {
+                    kind: kind::USER,
+                    scope: tenant_id,
+                    key: id,
+                };
+                lookup(
+                    c.client(),
+                    &format!("SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND id = $2"),
+                    &[text(&tenant_id), text(&id)],
+                    user_row,
+                    tombstone,
+                )
+                .await
             })
             .await
     }
@@ -443,17 +464,21 @@ impl TenantStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let row = c
-                    .client()
-                    .query_typed_opt(
-                        &format!(
-                            "SELECT {KEY_COLS} FROM api_keys WHERE tenant_id = {TENANT_OF_USER} AND user_id = $1 AND id = $2"
-                        ),
-                        &[text(&user_id), text(&id)],
-                    )
-                    .await?;
-                let k = row.map(|r| key_row(&r)).transpose()?;
-                found_or_tombstone(c.client(), k, kind::API_KEY, user_id, id).await
+                let tombstone = Tombstone {
+                    kind: kind::API_KEY,
+                    scope: user_id,
+                    key: id,
+                };
+                lookup(
+                    c.client(),
+                    &format!(
+                        "SELECT {KEY_COLS} FROM api_keys WHERE tenant_id = {TENANT_OF_USER} AND user_id = $1 AND id = $2"
+                    ),
+                    &[text(&user_id), text(&id)],
+                    key_row,
+                    tombstone,
+                )
+                .await
             })
             .await
     }
@@ -508,7 +533,7 @@ impl TenantStore for PostgresStore {
     async fn delete_tenant(&self, name: &str, expect: Expect, retention: Duration, now: Millis) -> StoreResult<Job> {
         self.pool
             .write(true, async |tx| {
-                let Some((tenant, deleted_at)) = load_tenant(tx, name, true).await? else {
+                let Some((tenant, deleted_at)) = lock_tenant(tx, name).await? else {
                     return Err(not_there(tx, kind::TENANT, "", name).await);
                 };
                 match deleted_at {

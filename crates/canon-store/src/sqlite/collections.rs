@@ -155,8 +155,18 @@ impl CollectionStore for SqliteStore {
     async fn collection(&self, tenant_id: &str, name: &str) -> StoreResult<Lookup<Collection>> {
         self.engine
             .read_point(|c| {
-                let col = load_collection(c, tenant_id, name)?;
-                found_or_tombstone(c, col, kind::COLLECTION, tenant_id, name)
+                let tombstone = Tombstone {
+                    kind: kind::COLLECTION,
+                    scope: tenant_id,
+                    key: name,
+                };
+                lookup(
+                    c,
+                    &format!("SELECT {COLLECTION_COLS} FROM collections WHERE tenant_id = ?1 AND name = ?2"),
+                    params![tenant_id, name],
+                    collection_row,
+                    tombstone,
+                )
             })
             .await
     }

@@ -98,8 +98,18 @@ impl DeviceStore for SqliteStore {
     async fn device(&self, tenant_id: &str, name: &str) -> StoreResult<Lookup<Device>> {
         self.engine
             .read_point(|c| {
-                let device = load_device(c, tenant_id, name)?;
-                found_or_tombstone(c, device, kind::DEVICE, tenant_id, name)
+                let tombstone = Tombstone {
+                    kind: kind::DEVICE,
+                    scope: tenant_id,
+                    key: name,
+                };
+                lookup(
+                    c,
+                    &format!("SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = ?1 AND name = ?2"),
+                    params![tenant_id, name],
+                    device_row,
+                    tombstone,
+                )
             })
             .await
     }

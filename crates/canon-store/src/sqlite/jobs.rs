@@ -377,8 +377,19 @@ impl JobStore for SqliteStore {
         let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.to_owned());
         self.engine
             .read(move |c| {
-                let job = load_job(c, &tenant_id, &job_id)?.filter(|j| j.status != JobStatus::Staged);
-                found_or_tombstone(c, job, kind::JOB, &tenant_id, &job_id)
+                let tombstone = Tombstone {
+                    kind: kind::JOB,
+                    scope: &tenant_id,
+                    key: &job_id,
+                };
+                // A staged job is not there yet.
+                lookup(
+                    c,
+                    &format!("SELECT {JOB_COLS} FROM jobs WHERE tenant_id = ?1 AND id = ?2 AND status <> 'staged'"),
+                    params![tenant_id, job_id],
+                    job_row,
+                    tombstone,
+                )
             })
             .await
     }

@@ -88,6 +88,21 @@ pub(super) fn load_record(conn: &Connection, collection_id: &str, id: &str) -> S
         .map_err(db_error)
 }
 
+/// A record looked up by a read, as `map` reads its row.
+fn lookup_record<T>(
+    conn: &Connection,
+    collection_id: &str,
+    id: &str,
+    map: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Lookup<T>> {
+    let tombstone = Tombstone {
+        kind: kind::RECORD,
+        scope: collection_id,
+        key: id,
+    };
+    lookup(conn, select_record_sql(), params![collection_id, id], map, tombstone)
+}
+
 /// Inserts a new record row; a taken id is a conflict on `/id`.
 pub(super) fn insert_record(conn: &Connection, r: &Record) -> StoreResult<()> {
     conn.prepare_cached(&format!(
@@ -499,10 +514,7 @@ impl RecordStore for SqliteStore {
 
     async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>> {
         self.engine
-            .read_point(|c| {
-                let r = load_record(c, collection_id, id)?;
-                found_or_tombstone(c, r, kind::RECORD, collection_id, id)
-            })
+            .read_point(|c| lookup_record(c, collection_id, id, record_row))
             .await
     }
 
@@ -526,13 +538,7 @@ impl RecordStore for SqliteStore {
         };
         let read = self
             .engine
-            .read_point(|c| {
-                let r = c
-                    .prepare_cached(select_record_sql())
-                    .and_then(|mut s| s.query_row(params![collection_id, id], raw_record_row).optional())
-                    .map_err(db_error)?;
-                found_or_tombstone(c, r, kind::RECORD, collection_id, id)
-            })
+            .read_point(|c| lookup_record(c, collection_id, id, raw_record_row))
             .await?;
         if let (Some(cache), Some(ticket), Lookup::Found(record)) = (cache, ticket, &read) {
             cache.offer(ticket, collection_id, record);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, ToSql, params};
 use serde_json::Value;
 
 use crate::model::*;
@@ -89,7 +89,8 @@ pub(super) fn clear_tombstone(conn: &Connection, kind: &str, scope: &str, key: &
     Ok(())
 }
 
-/// `Gone` when a live tombstone exists, else `Missing`.
+/// `Gone` when a live tombstone exists, else `Missing`. Only for writes,
+/// inside the writer's transaction (see [`lookup`] for reads).
 pub(super) fn absent<T>(conn: &Connection, kind: &str, scope: &str, key: &str) -> StoreResult<Lookup<T>> {
     let live: Option<i64> = conn
         .query_row(
@@ -132,17 +133,71 @@ pub(super) fn live_tenant(conn: &Connection, tenant_id: &str) -> StoreResult<()>
 
 pub(super) use crate::model::check_existing;
 
-pub(super) fn found_or_tombstone<T>(
+/// What a lookup's tombstone is keyed by: the kind of thing, its parent's
+/// id (`""` for tenant names) and its key.
+pub(super) struct Tombstone<'a> {
+    pub kind: &'a str,
+    pub scope: &'a str,
+    pub key: &'a str,
+}
+
+/// Looks up one thing: `select` selects its row (at most one) with `args`
+/// (`?1`..), `map` reads it, and a miss is told `Gone` from `Missing` by
+/// `tombstone`.
+///
+/// The answer comes from one snapshot (docs/decisions.md, "A lookup
+/// decides found, gone or missing from one snapshot"). A reader runs
+/// outside any transaction, so each statement is its own read transaction
+/// and, in WAL mode, its own snapshot: reading the row and then the
+/// tombstone in two statements answered `Missing` when a re-create (which
+/// removes the tombstone and inserts the row) committed between them.
+///
+/// A hit is the row's select alone, as fast as it ever was; a miss asks
+/// again with one statement reading the row and the tombstone together, and
+/// that statement alone decides (a read transaction around both statements
+/// would cost every hit its `BEGIN` and `COMMIT`).
+pub(super) fn lookup<T>(
     conn: &Connection,
-    row: Option<T>,
-    kind: &str,
-    scope: &str,
-    key: &str,
+    select: &str,
+    args: &[&dyn ToSql],
+    map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+    tombstone: Tombstone<'_>,
 ) -> StoreResult<Lookup<T>> {
-    match row {
-        Some(t) => Ok(Lookup::Found(t)),
-        None => absent(conn, kind, scope, key),
+    let hit = conn
+        .prepare_cached(select)
+        .and_then(|mut s| s.query_row(args, &map).optional())
+        .map_err(db_error)?;
+    if let Some(t) = hit {
+        return Ok(Lookup::Found(t));
     }
+    let n = args.len();
+    let sql = format!(
+        "SELECT found.*, EXISTS (SELECT 1 FROM tombstones WHERE kind = ?{} AND scope = ?{} AND key = ?{} AND expires_at > ?{})
+         FROM (SELECT 1) AS one LEFT JOIN (SELECT q.*, 1 AS canon_found FROM ({select}) AS q) AS found ON 1",
+        n + 1,
+        n + 2,
+        n + 3,
+        n + 4
+    );
+    let now = now_millis();
+    let mut all = args.to_vec();
+    all.extend([&tombstone.kind as &dyn ToSql, &tombstone.scope, &tombstone.key, &now]);
+    // Exactly one row: the thing's columns (NULL on a miss), whether it was
+    // found, whether its tombstone is live.
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_row(&*all, |r| {
+                let width = r.as_ref().column_count();
+                if r.get::<_, Option<i64>>(width - 2)?.is_some() {
+                    map(r).map(Lookup::Found)
+                } else if r.get::<_, bool>(width - 1)? {
+                    Ok(Lookup::Gone)
+                } else {
+                    Ok(Lookup::Missing)
+                }
+            })
+        })
+        .map_err(db_error)
 }
 
 /// Runs a keyset-paginated query: `sql` must select rows with `id > ?` bound

@@ -217,10 +217,25 @@ impl TenantStore for SqliteStore {
 
     async fn tenant(&self, name: &str) -> StoreResult<Lookup<Tenant>> {
         self.engine
-            .read_point(|c| match load_tenant(c, name)? {
-                Some((t, None)) => Ok(Lookup::Found(t)),
-                Some((_, Some(_deleted_at))) => Ok(Lookup::Gone),
-                None => absent(c, kind::TENANT, "", name),
+            .read_point(|c| {
+                let tombstone = Tombstone {
+                    kind: kind::TENANT,
+                    scope: "",
+                    key: name,
+                };
+                let found = lookup(
+                    c,
+                    &format!("SELECT {TENANT_COLS}, deleted_at FROM tenants WHERE name = ?1"),
+                    params![name],
+                    |r| Ok((tenant_row(r)?, r.get::<_, Option<Millis>>(8)?)),
+                    tombstone,
+                )?;
+                // A tenant being deleted still holds its name: it is gone.
+                Ok(match found {
+                    Lookup::Found((t, None)) => Lookup::Found(t),
+                    Lookup::Found((_, Some(_))) | Lookup::Gone => Lookup::Gone,
+                    Lookup::Missing => Lookup::Missing,
+                })
             })
             .await
     }
@@ -279,8 +294,18 @@ impl TenantStore for SqliteStore {
         let (tenant_id, id) = (tenant_id.to_owned(), id.to_owned());
         self.engine
             .read(move |c| {
-                let u = load_user(c, &tenant_id, &id)?;
-                found_or_tombstone(c, u, kind::USER, &tenant_id, &id)
+                let tombstone = Tombstone {
+                    kind: kind::USER,
+                    scope: &tenant_id,
+                    key: &id,
+                };
+                lookup(
+                    c,
+                    &format!("SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 AND id = ?2"),
+                    params![tenant_id, id],
+                    user_row,
+                    tombstone,
+                )
             })
             .await
     }
@@ -397,13 +422,18 @@ impl TenantStore for SqliteStore {
         let (user_id, id) = (user_id.to_owned(), id.to_owned());
         self.engine
             .read(move |c| {
-                let k = c
-                    .prepare_cached(&format!(
-                        "SELECT {KEY_COLS} FROM api_keys WHERE user_id = ?1 AND id = ?2"
-                    ))
-                    .and_then(|mut s| s.query_row([&user_id, &id], key_row).optional())
-                    .map_err(db_error)?;
-                found_or_tombstone(c, k, kind::API_KEY, &user_id, &id)
+                let tombstone = Tombstone {
+                    kind: kind::API_KEY,
+                    scope: &user_id,
+                    key: &id,
+                };
+                lookup(
+                    c,
+                    &format!("SELECT {KEY_COLS} FROM api_keys WHERE user_id = ?1 AND id = ?2"),
+                    params![user_id, id],
+                    key_row,
+                    tombstone,
+                )
             })
             .await
     }

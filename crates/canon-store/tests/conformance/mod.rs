@@ -3,6 +3,7 @@
 //! it talks to.
 
 mod devices;
+mod recreated;
 mod tenant_deletion;
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use canon_store::*;
 pub use devices::*;
+pub use recreated::*;
 use serde_json::json;
 pub use tenant_deletion::*;
 
@@ -2366,6 +2368,9 @@ macro_rules! conformance_tests {
             device_headers_are_kept_as_given,
             device_tls_settings_are_kept_and_replaced,
             devices_are_per_tenant,
+            a_recreated_record_is_never_missing,
+            a_recreated_collection_is_never_missing,
+            a_recreated_device_is_never_missing,
         );
     };
     (@each $make:expr; $($name:ident,)+) => {
