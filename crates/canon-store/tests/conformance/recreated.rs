@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use canon_store::*;
@@ -79,9 +80,9 @@ pub async fn a_recreated_record_is_never_missing(store: Arc<dyn Store>) {
         }
     });
     // Both reads of one record: the parsed one and the stored text.
-    let reads = std::sync::atomic::AtomicU64::new(0);
+    let reads = AtomicU64::new(0);
     race("record", deadline, writer, || async {
-        if reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0 {
+        if reads.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
             store.record(&c.id, "r").await.map(|l| l.map(drop))
         } else {
             store.raw_record(&c.id, "r").await.map(|l| l.map(drop))
