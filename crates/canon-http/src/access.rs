@@ -6,6 +6,7 @@
 //! never that they are forbidden (403), so existence is not revealed.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The role a route demands, ordered from least to most privileged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,22 +77,23 @@ impl TenantRole {
     }
 }
 
-/// An authenticated caller.
+/// An authenticated caller. Its names are shared (`Arc<str>`): one is
+/// made for every request, and copies of it go to the resource and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     /// The operator: manages tenants and may act in any tenant.
     Operator {
         /// The API key used.
-        key_id: String,
+        key_id: Arc<str>,
     },
     /// A user of one tenant, acting through one of its API keys.
     Member {
         /// The API key used.
-        key_id: String,
+        key_id: Arc<str>,
         /// The tenant's name.
-        tenant: String,
+        tenant: Arc<str>,
         /// The user's id.
-        user_id: String,
+        user_id: Arc<str>,
         /// The user's role.
         role: TenantRole,
     },
@@ -156,7 +158,7 @@ pub fn authorize(principal: &Principal, tenant: Option<&str>, required: Role) ->
     match principal {
         Principal::Operator { .. } => Access::Granted,
         Principal::Member { tenant: own, role, .. } => {
-            if tenant.is_some_and(|t| t != own && t != CURRENT_TENANT) {
+            if tenant.is_some_and(|t| t != &**own && t != CURRENT_TENANT) {
                 Access::Invisible
             } else if role.role() >= required {
                 Access::Granted

@@ -616,7 +616,7 @@ pub struct Decision {
     pub route: Option<&'static str>,
     /// The tenant the request acted in, when known: the caller's own, or
     /// the one an authenticated operator named in the path.
-    pub tenant: Option<String>,
+    pub tenant: Option<std::sync::Arc<str>>,
 }
 
 /// Methods Canon implements somewhere; `OPTIONS *` lists them.
@@ -678,7 +678,7 @@ struct Walk<'r> {
     /// See [`Decision::route`].
     route: Option<&'static str>,
     /// See [`Decision::tenant`].
-    tenant: Option<String>,
+    tenant: Option<std::sync::Arc<str>>,
 }
 
 impl Walk<'_> {
@@ -816,7 +816,7 @@ async fn decide(service: &dyn Service, walk: &mut Walk<'_>, body: Box<dyn BodySo
             .as_ref()
             .and_then(|(_, params)| params.get("tenant"))
             .filter(|t| *t != crate::access::CURRENT_TENANT)
-            .map(str::to_owned),
+            .map(Into::into),
         None => None,
     };
 

@@ -283,19 +283,56 @@ impl RouteSpec {
     }
 }
 
+/// The most parameters one route captures (`{tenant}`, `{collection}`,
+/// `{id}` and room for one more); [`RouteTable::new`] refuses a pattern
+/// with more.
+pub const MAX_PARAMS: usize = 4;
+
 /// Path parameters captured by a match, in pattern order.
+///
+/// The decoded values sit one after another in one string, each named with
+/// where it ends: a match allocates once, whatever the number of parameters
+/// (every API request is matched).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(Vec<(&'static str, String)>);
+pub struct Params {
+    /// The values, concatenated.
+    text: String,
+    /// Each parameter's name and the end of its value in `text`; its start
+    /// is the end of the one before.
+    ends: [(&'static str, usize); MAX_PARAMS],
+    len: usize,
+}
 
 impl Params {
     /// The value of the parameter `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        let mut start = 0;
+        for &(key, end) in &self.ends[..self.len] {
+            if key == name {
+                return self.text.get(start..end);
+            }
+            start = end;
+        }
+        None
     }
 
-    /// Builds parameters from pairs (for tests and internal dispatch).
+    /// Builds parameters from pairs (for tests and internal dispatch); at
+    /// most [`MAX_PARAMS`] of them, the rest are dropped.
     pub fn from_pairs(pairs: Vec<(&'static str, String)>) -> Self {
-        Self(pairs)
+        let mut params = Self::default();
+        for (name, value) in pairs.into_iter().take(MAX_PARAMS) {
+            params.text.push_str(&value);
+            params.push_end(name);
+        }
+        params
+    }
+
+    /// Ends the value written last to `text`, naming it `name`.
+    fn push_end(&mut self, name: &'static str) {
+        if let Some(slot) = self.ends.get_mut(self.len) {
+            *slot = (name, self.text.len());
+            self.len += 1;
+        }
     }
 }
 
@@ -327,13 +364,19 @@ impl RouteTable {
                 pattern: r.pattern,
                 reason: e.to_string(),
             })?;
-            param_names.push(
-                r.pattern
-                    .split('/')
-                    .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-                    .map(|s| s.trim_start_matches('*'))
-                    .collect(),
-            );
+            let names: Vec<&'static str> = r
+                .pattern
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .map(|s| s.trim_start_matches('*'))
+                .collect();
+            if names.len() > MAX_PARAMS {
+                return Err(RouteTableError {
+                    pattern: r.pattern,
+                    reason: format!("more than {MAX_PARAMS} parameters"),
+                });
+            }
+            param_names.push(names);
         }
         Ok(Self {
             routes,
@@ -351,34 +394,46 @@ impl RouteTable {
     pub fn lookup(&self, path: &str) -> Option<(&'static RouteSpec, Params)> {
         let matched = self.router.at(path).ok()?;
         let idx = *matched.value;
-        let mut params = Vec::with_capacity(self.param_names[idx].len());
-        for name in &self.param_names[idx] {
-            let raw = matched.params.get(name)?;
-            params.push((*name, percent_decode(raw)?));
+        let names = &self.param_names[idx];
+        let raw_len: usize = names
+            .iter()
+            .filter_map(|name| matched.params.get(name))
+            .map(str::len)
+            .sum();
+        let mut params = Params {
+            text: String::with_capacity(raw_len),
+            ..Params::default()
+        };
+        for name in names {
+            percent_decode_into(&mut params.text, matched.params.get(name)?)?;
+            params.push_end(name);
         }
-        Some((&self.routes[idx], Params(params)))
+        Some((&self.routes[idx], params))
     }
 }
 
-/// Decodes `%XX` escapes; `None` for bad escapes or a result that is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+/// Appends `s` to `out` with its `%XX` escapes decoded; `None` for bad
+/// escapes or a result that is not UTF-8 (`out` is then left as it was).
+fn percent_decode_into(out: &mut String, s: &str) -> Option<()> {
     if !s.contains('%') {
-        return Some(s.to_owned());
+        out.push_str(s);
+        return Some(());
     }
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+    let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
-            out.push(bytes[i]);
+            decoded.push(bytes[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    out.push_str(std::str::from_utf8(&decoded).ok()?);
+    Some(())
 }
 
 #[cfg(test)]
@@ -422,6 +477,21 @@ mod tests {
         assert!(t.lookup("/v1/things/%zz").is_none());
         assert!(t.lookup("/v1/things").is_none());
         assert!(t.lookup("/v1/things/a/b").is_none());
+    }
+
+    #[test]
+    fn params_share_one_buffer_and_keep_their_bounds() {
+        let p = Params::from_pairs(vec![
+            ("tenant", "acme".into()),
+            ("collection", "".into()),
+            ("id", "r 1".into()),
+        ]);
+        assert_eq!(p.get("tenant"), Some("acme"));
+        assert_eq!(p.get("collection"), Some(""));
+        assert_eq!(p.get("id"), Some("r 1"));
+        assert_eq!(p.get("other"), None);
+        let too_many = (0..MAX_PARAMS + 1).map(|n| ("p", n.to_string())).collect();
+        assert_eq!(Params::from_pairs(too_many).len, MAX_PARAMS);
     }
 
     #[test]

@@ -35,25 +35,23 @@ pub fn write_timestamp(out: &mut String, ms: Millis) {
         out.push_str(&t.format(&format).unwrap_or_default());
         return;
     }
-    let digits = |out: &mut String, n: u32, width: u32| {
-        for place in (0..width).rev() {
-            out.push(char::from(b'0' + ((n / 10u32.pow(place)) % 10) as u8));
+    // Written into a stack buffer, then appended once.
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut digits = |at: usize, width: usize, mut n: u32| {
+        for place in (at..at + width).rev() {
+            text[place] = b'0' + (n % 10) as u8;
+            n /= 10;
         }
     };
-    digits(out, year.unsigned_abs(), 4);
-    out.push('-');
-    digits(out, u32::from(u8::from(t.month())), 2);
-    out.push('-');
-    digits(out, u32::from(t.day()), 2);
-    out.push('T');
-    digits(out, u32::from(t.hour()), 2);
-    out.push(':');
-    digits(out, u32::from(t.minute()), 2);
-    out.push(':');
-    digits(out, u32::from(t.second()), 2);
-    out.push('.');
-    digits(out, u32::from(t.millisecond()), 3);
-    out.push('Z');
+    digits(0, 4, year.unsigned_abs());
+    digits(5, 2, u32::from(u8::from(t.month())));
+    digits(8, 2, u32::from(t.day()));
+    digits(11, 2, u32::from(t.hour()));
+    digits(14, 2, u32::from(t.minute()));
+    digits(17, 2, u32::from(t.second()));
+    digits(20, 3, u32::from(t.millisecond()));
+    // Only ASCII digits were written into an ASCII template.
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
 
 /// Milliseconds since the epoch as a `SystemTime`.
@@ -173,7 +171,9 @@ pub fn record_json(r: &Record) -> String {
     let _ = serde_json::to_writer(StringWriter(&mut out), &r.id);
     out.push_str(",\"data\":");
     let _ = serde_json::to_writer(StringWriter(&mut out), &r.data);
-    let _ = write!(out, ",\"version\":{},\"created_at\":\"", r.version);
+    out.push_str(",\"version\":");
+    out.push_str(itoa::Buffer::new().format(r.version));
+    out.push_str(",\"created_at\":\"");
     write_timestamp(&mut out, r.created_at);
     out.push_str("\",\"updated_at\":\"");
     write_timestamp(&mut out, r.updated_at);
@@ -199,13 +199,14 @@ pub fn raw_record_validators(r: &canon_store::RawRecord) -> Validators {
 /// Appends [`record`] of `r` to `out`, written around its stored data
 /// text instead of parsing and re-writing it (a GET, an export's line).
 pub fn write_raw_record(out: &mut String, r: &canon_store::RawRecord) {
-    use std::fmt::Write as _;
     out.push_str("{\"id\":");
     // Ids are JSON strings as any other: escaped by the JSON writer.
     let _ = serde_json::to_writer(StringWriter(out), &r.id);
     out.push_str(",\"data\":");
     out.push_str(&r.data);
-    let _ = write!(out, ",\"version\":{},\"created_at\":\"", r.version);
+    out.push_str(",\"version\":");
+    out.push_str(itoa::Buffer::new().format(r.version));
+    out.push_str(",\"created_at\":\"");
     write_timestamp(out, r.created_at);
     out.push_str("\",\"updated_at\":\"");
     write_timestamp(out, r.updated_at);

@@ -859,7 +859,7 @@ async fn idempotency_keys_replay_refuse_reuse_and_refuse_overlap() {
     let principal = canon_http::access::Principal::Member {
         key_id: "k".into(),
         tenant: "acme".into(),
-        user_id: w.editor_id.clone(),
+        user_id: w.editor_id.as_str().into(),
         role: canon_http::access::TenantRole::Editor,
     };
     let request = canon_server::idempotency::ledger_request(&canon_http::flow::Keyed {

@@ -16,6 +16,7 @@ pub mod model;
 pub mod postgres;
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -387,8 +388,9 @@ pub trait RecordStore: Send + Sync {
     async fn record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Record>>;
     /// A record by id as [`RecordStore::record`] finds it, its data still
     /// the JSON text the store holds (compact, canonical): for reads that
-    /// only send the record out (a GET).
-    async fn raw_record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<RawRecord>>;
+    /// only send the record out (a GET). Shared: a store that keeps records
+    /// in memory hands out the record it keeps, not a copy.
+    async fn raw_record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Arc<RawRecord>>>;
     /// A page of records.
     async fn list_records(&self, collection_id: &str, query: RecordQuery) -> StoreResult<Page<Record>>;
     /// A page of records as [`RecordStore::list_records`] finds them, each

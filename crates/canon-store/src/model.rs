@@ -3,6 +3,8 @@
 //! Times are milliseconds since the Unix epoch (UTC) so every backend stores
 //! them the same way; the server formats them.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -180,30 +182,32 @@ pub struct ApiKey {
     pub updated_at: Millis,
 }
 
-/// Who holds an API key, as found by its token hash.
+/// Who holds an API key, as found by its token hash. Its names are
+/// shared (`Arc<str>`): every request's principal is made from a cached
+/// owner, and copies them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyOwner {
     /// The operator.
     Operator {
         /// Key id.
-        key_id: String,
+        key_id: Arc<str>,
         /// The stored hash, for the constant-time comparison.
         token_hash: String,
     },
     /// A tenant's user.
     Member {
         /// Key id.
-        key_id: String,
+        key_id: Arc<str>,
         /// The stored hash, for the constant-time comparison.
         token_hash: String,
         /// Tenant name.
-        tenant: String,
+        tenant: Arc<str>,
         /// User id.
-        user_id: String,
+        user_id: Arc<str>,
         /// The user's role.
         role: TenantRole,
         /// The tenant's id.
-        tenant_id: String,
+        tenant_id: Arc<str>,
         /// The tenant's own rate limits, loaded with the key so that
         /// limiting costs no read of its own.
         limits: TenantLimits,

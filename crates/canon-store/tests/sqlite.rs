@@ -292,7 +292,7 @@ async fn a_cached_record_is_never_served_after_a_write_through_any_store_of_the_
         require_if_match: false,
     };
     let c = a.create_collection(&t.id, new).await.unwrap();
-    let data = |r: Lookup<canon_store::RawRecord>| r.found().map(|r| r.data);
+    let data = |r: Lookup<std::sync::Arc<canon_store::RawRecord>>| r.found().map(|r| r.data.clone());
     let r = a.create_record(&c, json!({"n": 1})).await.unwrap();
     let mut expected = r#"{"n":1}"#.to_owned();
     for (n, write) in ["put through a", "put through b", "batch through a"]

@@ -368,7 +368,7 @@ pub struct OneRecord {
     collection: Option<Arc<Collection>>,
     /// The record as stored: a GET or HEAD sends it as it is; a write
     /// expects its tag.
-    raw: Option<canon_store::RawRecord>,
+    raw: Option<Arc<canon_store::RawRecord>>,
     data: Option<Value>,
     patch: Option<PatchDocument>,
 }
@@ -523,7 +523,7 @@ impl Resource for OneRecord {
                         .map_err(store_problem)?;
                     Ok(Success::NoContent)
                 }
-                _ => Ok(Success::Ok(render::raw_record_representation(&still_there(
+                _ => Ok(Success::Ok(render::raw_record_representation(&*still_there(
                     self.raw.take(),
                 )?))),
             }

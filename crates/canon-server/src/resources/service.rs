@@ -35,7 +35,7 @@ pub struct Exchange<'a> {
     /// were charged once, for the request that holds it.
     pub nested: bool,
     /// The caller's tenant and its limits, loaded with the key.
-    caller: OnceLock<(String, TenantLimits)>,
+    caller: OnceLock<(Arc<str>, TenantLimits)>,
     /// The caller's share of the slots in flight, held until the exchange ends.
     held: Mutex<Option<Held>>,
     /// What the RateLimit node took from the caller's limits, given back
@@ -262,8 +262,8 @@ impl Service for Exchange<'_> {
             }
             let config = &self.app.config;
             let (key, tenant) = match principal {
-                Principal::Operator { key_id } => (key_id.as_str(), None),
-                Principal::Member { key_id, .. } => (key_id.as_str(), self.caller.get()),
+                Principal::Operator { key_id } => (&**key_id, None),
+                Principal::Member { key_id, .. } => (&**key_id, self.caller.get()),
             };
             let own = tenant.map(|(_, l)| *l).unwrap_or_default();
             let per_second = own.rate_limit_per_second.unwrap_or(config.rate_limit_per_second);
@@ -301,7 +301,7 @@ impl Service for Exchange<'_> {
                 [None, None] => &[],
             };
             let now = self.now();
-            let held = self.app.callers_in_flight.enter(key, tenant.map(|(id, _)| id.as_str()));
+            let held = self.app.callers_in_flight.enter(key, tenant.map(|(id, _)| &**id));
             let Some(held) = held else {
                 // Over its share of the slots: refused, nothing taken; the
                 // fields still say where it stands.

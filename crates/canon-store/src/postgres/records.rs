@@ -8,6 +8,7 @@
 //! `body`, the JSON text Canon wrote, which reads return as it is (key
 //! order and the spelling of numbers kept, as on SQLite).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -545,11 +546,12 @@ impl RecordStore for PostgresStore {
             .await
     }
 
-    async fn raw_record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<RawRecord>> {
+    async fn raw_record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Arc<RawRecord>>> {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                lookup_record(c.client(), collection_id, id, raw_record_row).await
+                let found = lookup_record(c.client(), collection_id, id, raw_record_row).await?;
+                Ok(found.map(Arc::new))
             })
             .await
     }

@@ -138,15 +138,18 @@ impl TenantStore for PostgresStore {
                 let token_hash: String = r.try_get(1)?;
                 let tenant_id: String = r.try_get(2)?;
                 Ok(Some(if tenant_id.is_empty() {
-                    KeyOwner::Operator { key_id, token_hash }
+                    KeyOwner::Operator {
+                        key_id: key_id.into(),
+                        token_hash,
+                    }
                 } else {
                     KeyOwner::Member {
-                        key_id,
+                        key_id: key_id.into(),
                         token_hash,
-                        tenant: r.try_get(3)?,
-                        user_id: r.try_get(4)?,
+                        tenant: r.try_get::<_, String>(3)?.into(),
+                        user_id: r.try_get::<_, String>(4)?.into(),
                         role: role(r.try_get(5)?)?,
-                        tenant_id,
+                        tenant_id: tenant_id.into(),
                         limits: TenantLimits {
                             rate_limit_per_second: to_u32(r.try_get(6)?),
                             burst: to_u32(r.try_get(7)?),

@@ -56,7 +56,11 @@ pub struct RecordCache {
 #[derive(Debug, Default)]
 struct Entries {
     /// By collection id, then record id: looked up with borrowed keys.
-    by_collection: HashMap<String, HashMap<String, RawRecord>>,
+    /// Records are shared with the readers they are handed to, so a hit
+    /// copies nothing. foldhash with a per-map random seed rather than
+    /// SipHash: two lookups per GET, and record ids (which a client may
+    /// choose) meet a seed it cannot know.
+    by_collection: foldhash::HashMap<String, foldhash::HashMap<String, Arc<RawRecord>>>,
     count: usize,
     bytes: usize,
 }
@@ -88,7 +92,7 @@ impl RecordCache {
     }
 
     /// The record, if cached.
-    pub fn get(&self, collection_id: &str, id: &str) -> Option<RawRecord> {
+    pub fn get(&self, collection_id: &str, id: &str) -> Option<Arc<RawRecord>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.by_collection.get(collection_id)?.get(id).cloned()
     }
@@ -96,7 +100,7 @@ impl RecordCache {
     /// Keeps `record` of `collection_id`, read under `ticket`, unless a
     /// batch of writes finished since the ticket was taken (the read may
     /// have seen the record before that batch changed it).
-    pub fn offer(&self, ticket: Ticket, collection_id: &str, record: &RawRecord) {
+    pub fn offer(&self, ticket: Ticket, collection_id: &str, record: &Arc<RawRecord>) {
         let size = footprint(record);
         if size > MAX_RECORD_BYTES {
             return;
@@ -109,7 +113,7 @@ impl RecordCache {
             *entries = Entries::default();
         }
         let records = entries.by_collection.entry(collection_id.to_owned()).or_default();
-        if let Some(old) = records.insert(record.id.clone(), record.clone()) {
+        if let Some(old) = records.insert(record.id.clone(), Arc::clone(record)) {
             entries.bytes -= footprint(&old);
             entries.count -= 1;
         }
@@ -148,15 +152,15 @@ impl RecordCache {
 mod tests {
     use super::*;
 
-    fn record(id: &str, data: &str) -> RawRecord {
-        RawRecord {
+    fn record(id: &str, data: &str) -> Arc<RawRecord> {
+        Arc::new(RawRecord {
             id: id.into(),
             data: data.into(),
             version: 1,
             etag: "t".into(),
             created_at: 1,
             updated_at: 1,
-        }
+        })
     }
 
     #[test]
@@ -179,7 +183,7 @@ mod tests {
         assert_eq!(cache.get("c", "r"), None);
         // A read that begins now is kept.
         cache.offer(cache.ticket(), "c", &record("r", "new"));
-        assert_eq!(cache.get("c", "r").map(|r| r.data), Some("new".into()));
+        assert_eq!(cache.get("c", "r").map(|r| r.data.clone()), Some("new".into()));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Records: conditional writes, patches, unique values, sorted lists
 //! ([`RecordStore`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -523,7 +524,7 @@ impl RecordStore for SqliteStore {
         self.engine.read(move |c| list_records(c, &collection_id, &query)).await
     }
 
-    async fn raw_record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<RawRecord>> {
+    async fn raw_record(&self, collection_id: &str, id: &str) -> StoreResult<Lookup<Arc<RawRecord>>> {
         let cache = self.engine.record_cache();
         let ticket = match cache {
             Some(cache) => {
@@ -539,7 +540,8 @@ impl RecordStore for SqliteStore {
         let read = self
             .engine
             .read_point(|c| lookup_record(c, collection_id, id, raw_record_row))
-            .await?;
+            .await?
+            .map(Arc::new);
         if let (Some(cache), Some(ticket), Lookup::Found(record)) = (cache, ticket, &read) {
             cache.offer(ticket, collection_id, record);
         }

@@ -127,14 +127,17 @@ impl TenantStore for SqliteStore {
                         let token_hash: String = r.get(1)?;
                         let tenant_id: Option<String> = r.get(2)?;
                         Ok(match tenant_id {
-                            None => KeyOwner::Operator { key_id, token_hash },
-                            Some(tenant_id) => KeyOwner::Member {
-                                key_id,
+                            None => KeyOwner::Operator {
+                                key_id: key_id.into(),
                                 token_hash,
-                                tenant: r.get(3)?,
-                                user_id: r.get(4)?,
+                            },
+                            Some(tenant_id) => KeyOwner::Member {
+                                key_id: key_id.into(),
+                                token_hash,
+                                tenant: r.get::<_, String>(3)?.into(),
+                                user_id: r.get::<_, String>(4)?.into(),
                                 role: role_from_sql(r.get(5)?)?,
-                                tenant_id,
+                                tenant_id: tenant_id.into(),
                                 limits: TenantLimits {
                                     rate_limit_per_second: r.get(6)?,
                                     burst: r.get(7)?,

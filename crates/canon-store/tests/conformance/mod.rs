@@ -83,7 +83,7 @@ pub async fn tenant_limits_are_versioned_and_come_with_the_key(store: Arc<dyn St
             ..
         }) => {
             assert_eq!(
-                (seen, tenant_id.as_str(), tenant_version),
+                (seen, &*tenant_id, tenant_version),
                 (limits, t.id.as_str(), changed.version)
             );
         }
@@ -170,7 +170,7 @@ pub async fn users_keys_and_authentication(store: Arc<dyn Store>) {
             ..
         }) => {
             assert_eq!(
-                (tenant.as_str(), user_id.as_str(), role, key_id.as_str()),
+                (&*tenant, &*user_id, role, &*key_id),
                 ("acme", u.id.as_str(), TenantRole::Editor, k.id.as_str())
             );
         }
