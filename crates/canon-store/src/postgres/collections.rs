@@ -29,8 +29,17 @@ async fn load_collection(c: &impl Db, tenant_id: &str, name: &str, lock: bool) -
     row.map(|r| collection_row(&r)).transpose()
 }
 
-/// Serializes the changes of one tenant's collection names (creations and
-/// renames), so a name checked free stays free until the change commits.
+/// Serializes the writes of one tenant's collections: creations, updates
+/// (renames among them) and deletions. A name checked free stays free until
+/// the change commits, and a write that misses its collection reads the
+/// tombstone in a second statement (after waiting on a concurrent
+/// deletion's row lock it must see that deletion's tombstone) with no
+/// re-create committing between the two, which would make a collection that
+/// is there answer `Vanished`.
+///
+/// Lock order: the tenant's row (`FOR SHARE`, creations only) before this
+/// lock, this lock before a collection's row; record writes take the
+/// collection's row, then the record's lock, and never this one.
 async fn lock_names(c: &impl Db, tenant_id: &str) -> StoreResult<()> {
     lock(c, &format!("collection-names/{tenant_id}")).await
 }
@@ -182,6 +191,7 @@ impl CollectionStore for PostgresStore {
     ) -> StoreResult<()> {
         self.pool
             .write(true, async |tx| {
+                lock_names(tx, tenant_id).await?;
                 let Some(current) = load_collection(tx, tenant_id, name, true).await? else {
                     return Err(not_there(tx, kind::COLLECTION, tenant_id, name).await);
                 };
@@ -223,9 +233,7 @@ impl CollectionStore for PostgresStore {
     ) -> StoreResult<Collection> {
         self.pool
             .write(true, async |tx| {
-                    if changes.name.is_some() {
-                        lock_names(tx, tenant_id).await?;
-                    }
+                    lock_names(tx, tenant_id).await?;
                     let Some(current) = load_collection(tx, tenant_id, name, true).await? else {
                         return Err(not_there(tx, kind::COLLECTION, tenant_id, name).await);
                     };

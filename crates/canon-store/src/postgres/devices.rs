@@ -41,9 +41,24 @@ async fn lock_device(c: &impl Db, tenant_id: &str, name: &str) -> StoreResult<Op
     row.map(|r| device_row(&r)).transpose()
 }
 
-/// The live device called `name`, locked and checked against `expect`, or
-/// why not.
+/// Holds the lock on the tenant's device name `name` until the transaction
+/// ends. Every write of a device name takes it: its creation, update and
+/// deletion. A write that misses the device reads its tombstone in a second
+/// statement (after waiting on a concurrent deletion's row lock it must see
+/// that deletion's tombstone); holding this lock, no re-create commits
+/// between the two, which would make a device that is there answer
+/// `Vanished`.
+///
+/// Lock order: the tenant's row (`FOR SHARE`, creations only) before this
+/// lock, this lock before the device's row.
+async fn lock_name(c: &impl Db, tenant_id: &str, name: &str) -> StoreResult<()> {
+    lock(c, &format!("device/{tenant_id}/{name}")).await
+}
+
+/// The live device called `name`, its name and row locked and checked
+/// against `expect`, or why not.
 async fn existing(c: &impl Db, tenant_id: &str, name: &str, expect: &Expect) -> StoreResult<Device> {
+    lock_name(c, tenant_id, name).await?;
     let Some(current) = lock_device(c, tenant_id, name).await? else {
         return Err(not_there(c, kind::DEVICE, tenant_id, name).await);
     };
@@ -57,6 +72,7 @@ impl DeviceStore for PostgresStore {
         self.pool
             .write(true, async |tx| {
                 live_tenant(tx, tenant_id).await?;
+                lock_name(tx, tenant_id, &new.name).await?;
                 let now = now_millis();
                 let device = Device {
                     id: new_id(),

@@ -20,6 +20,17 @@ async fn lock_tenant(c: &impl Db, name: &str) -> StoreResult<Option<(Tenant, Opt
     row.map(|r| Ok((tenant_row(&r)?, r.try_get(8)?))).transpose()
 }
 
+/// Holds the lock on the tenant name `name` until the transaction ends. Its
+/// creation and its deletion take it: a deletion that misses the tenant
+/// (its name released) reads the tombstone in a second statement, and no
+/// re-create commits between the two, which would make a tenant that is
+/// there answer `Vanished`.
+///
+/// Lock order: this lock before the tenant's row.
+async fn lock_name(c: &impl Db, name: &str) -> StoreResult<()> {
+    lock(c, &format!("tenant/{name}")).await
+}
+
 /// The deletion of the tenant called `name`, while its row holds the name.
 async fn load_deletion(c: &impl Db, name: &str) -> StoreResult<Option<TenantDeletion>> {
     let row = c
@@ -165,6 +176,7 @@ impl TenantStore for PostgresStore {
     async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
         self.pool
             .write(true, async |tx| {
+                lock_name(tx, name).await?;
                 if load_deletion(tx, name).await?.is_some() {
                     return Err(StoreError::HeldByDeletion {
                         pointer: "/name".into(),
@@ -536,6 +548,7 @@ impl TenantStore for PostgresStore {
     async fn delete_tenant(&self, name: &str, expect: Expect, retention: Duration, now: Millis) -> StoreResult<Job> {
         self.pool
             .write(true, async |tx| {
+                lock_name(tx, name).await?;
                 let Some((tenant, deleted_at)) = lock_tenant(tx, name).await? else {
                     return Err(not_there(tx, kind::TENANT, "", name).await);
                 };

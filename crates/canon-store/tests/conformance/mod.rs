@@ -4,6 +4,7 @@
 
 mod devices;
 mod recreated;
+mod recreated_writes;
 mod tenant_deletion;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use canon_store::*;
 pub use devices::*;
 pub use recreated::*;
+pub use recreated_writes::*;
 use serde_json::json;
 pub use tenant_deletion::*;
 
@@ -2371,6 +2373,9 @@ macro_rules! conformance_tests {
             a_recreated_record_is_never_missing,
             a_recreated_collection_is_never_missing,
             a_recreated_device_is_never_missing,
+            writes_to_a_recreated_device_are_never_vanished,
+            writes_to_a_recreated_collection_are_never_vanished,
+            deletes_of_a_recreated_tenant_are_never_vanished,
         );
     };
     (@each $make:expr; $($name:ident,)+) => {
