@@ -1322,7 +1322,7 @@ fn advertise<B>(standing: &Standing, response: &mut Response<B>) {
 
 async fn authenticate(service: &dyn Service, walk: &mut Walk<'_>) -> Result<Principal, Halt> {
     let head = walk.head;
-    let values: Vec<&HeaderValue> = head.headers.get_all(header::AUTHORIZATION).iter().collect();
+    let mut values = head.headers.get_all(header::AUTHORIZATION).iter();
     // RFC 6750 §3.1: a request without a usable bearer token gets the bare
     // challenge (no error code); a malformed bearer request gets
     // `invalid_request`; a well-formed but unknown token `invalid_token`.
@@ -1334,12 +1334,12 @@ async fn authenticate(service: &dyn Service, walk: &mut Walk<'_>) -> Result<Prin
         Halt::from(Problem::new(ProblemKind::CredentialsRequired, detail.to_owned()))
             .with(header::WWW_AUTHENTICATE, format!("{REALM}, error=\"invalid_request\""))
     };
-    let value = match values.as_slice() {
-        [] => return Err(no_bearer("Send an API key as `Authorization: Bearer <token>`.")),
-        [one] => one
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Err(no_bearer("Send an API key as `Authorization: Bearer <token>`.")),
+        (Some(one), None) => one
             .to_str()
             .map_err(|_| malformed("The Authorization header is not visible ASCII."))?,
-        _ => return Err(malformed("Send exactly one Authorization header.")),
+        (Some(_), Some(_)) => return Err(malformed("Send exactly one Authorization header.")),
     };
     let value = value.trim();
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
@@ -1614,8 +1614,11 @@ fn set_validators<B>(response: &mut Response<B>, v: &Validators) {
     {
         response.headers_mut().insert(header::ETAG, value);
     }
-    if let Some(t) = v.last_modified {
-        set(response, header::LAST_MODIFIED, &validators::http_date(t));
+    if let Some(t) = v.last_modified
+        && let Ok(value) = HeaderValue::try_from(validators::http_date(t))
+    {
+        // From the `String` itself: no second copy.
+        response.headers_mut().insert(header::LAST_MODIFIED, value);
     }
 }
 

@@ -109,6 +109,24 @@ impl Standing {
 
     /// `RateLimit-Policy`: `"burst";q=100;w=1, "daily";q=100000;w=86400`.
     pub fn policy_field(&self) -> Option<HeaderValue> {
+        // The policies change only when an operator changes limits, and
+        // most callers share the defaults: each thread keeps the last field
+        // it built, and a response with the same policies shares its bytes.
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(Policies, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+        }
+        let policies = self.policies.map(|p| p.map(|p| (p.name, p.quota, p.window)));
+        LAST.with_borrow_mut(|last| match last {
+            Some((kept, field)) if *kept == policies => Some(field.clone()),
+            _ => {
+                let field = self.build_policy_field()?;
+                *last = Some((policies, field.clone()));
+                Some(field)
+            }
+        })
+    }
+
+    fn build_policy_field(&self) -> Option<HeaderValue> {
         // Built by hand (itoa for the numbers): every limited response
         // sends both fields, and `format!` was a visible share of a GET.
         let mut field = String::with_capacity(64);
@@ -129,6 +147,9 @@ impl Standing {
         HeaderValue::try_from(field).ok()
     }
 }
+
+/// What `RateLimit-Policy` says: each policy's name, quota and window.
+type Policies = [Option<(LimitName, u64, u64)>; 2];
 
 /// Appends one structured-field item: `"name";k=v;k=v`.
 fn item(field: &mut String, name: LimitName, parameters: [(&str, u64); 2]) {
@@ -203,6 +224,17 @@ mod tests {
             p(LimitName::Daily, 100_000, 86_400, 99_987, 43_000),
         );
         assert_eq!(s.limit_field().unwrap(), "\"daily\";r=99987;t=43000");
+    }
+
+    #[test]
+    fn the_policy_field_kept_by_a_thread_follows_the_policies() {
+        let burst = |quota| Standing::one(p(LimitName::Burst, quota, 1, 1, 1));
+        assert_eq!(burst(10).policy_field().unwrap(), "\"burst\";q=10;w=1");
+        assert_eq!(burst(10).policy_field().unwrap(), "\"burst\";q=10;w=1");
+        assert_eq!(burst(20).policy_field().unwrap(), "\"burst\";q=20;w=1");
+        let daily = Standing::one(p(LimitName::Daily, 20, 86_400, 1, 1));
+        assert_eq!(daily.policy_field().unwrap(), "\"daily\";q=20;w=86400");
+        assert_eq!(Standing::default().policy_field(), None);
     }
 
     #[test]

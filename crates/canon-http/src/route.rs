@@ -395,17 +395,19 @@ impl RouteTable {
         let matched = self.router.at(path).ok()?;
         let idx = *matched.value;
         let names = &self.param_names[idx];
-        let raw_len: usize = names
-            .iter()
-            .filter_map(|name| matched.params.get(name))
-            .map(str::len)
-            .sum();
+        // matchit yields the values in pattern order, as `names` lists them:
+        // one pass, no look-up by name.
+        if matched.params.len() != names.len() {
+            return None;
+        }
+        // The path's length bounds the values' (decoding only shortens): no
+        // second pass over them, each of which matchit checks as UTF-8.
         let mut params = Params {
-            text: String::with_capacity(raw_len),
+            text: String::with_capacity(if names.is_empty() { 0 } else { path.len() }),
             ..Params::default()
         };
-        for name in names {
-            percent_decode_into(&mut params.text, matched.params.get(name)?)?;
+        for (name, (_, value)) in names.iter().zip(matched.params.iter()) {
+            percent_decode_into(&mut params.text, value)?;
             params.push_end(name);
         }
         Some((&self.routes[idx], params))
@@ -477,6 +479,24 @@ mod tests {
         assert!(t.lookup("/v1/things/%zz").is_none());
         assert!(t.lookup("/v1/things").is_none());
         assert!(t.lookup("/v1/things/a/b").is_none());
+    }
+
+    #[test]
+    fn lookup_names_each_param_in_pattern_order() {
+        static NESTED: &[RouteSpec] = &[RouteSpec {
+            name: "nested",
+            pattern: "/v1/outer/{outer}/inner/{inner}/{leaf}",
+            methods: &[],
+            planned: &[],
+            summary: "",
+            states: States::FIXED,
+        }];
+        let t = RouteTable::new(NESTED).unwrap();
+        let (_, p) = t.lookup("/v1/outer/a/inner/b%2Fc/d").unwrap();
+        assert_eq!(
+            (p.get("outer"), p.get("inner"), p.get("leaf")),
+            (Some("a"), Some("b/c"), Some("d"))
+        );
     }
 
     #[test]

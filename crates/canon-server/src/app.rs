@@ -95,14 +95,14 @@ where
         let method = req.method().clone();
         // Kept for a panic's problem only; the request moves on.
         let uri = req.uri().clone();
-        req.extensions_mut().insert(RequestId(id.clone()));
+        req.extensions_mut().insert(RequestId(Arc::clone(&id)));
         let answer = self.inner.call(req);
         Box::pin(async move {
             let mut response = match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
                 Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
                 Err(_) => {
-                    tracing::error!(%method, path = uri.path(), request_id = id, "request handler panicked");
+                    tracing::error!(%method, path = uri.path(), request_id = &*id, "request handler panicked");
                     let (parts, bytes) = flow::problem_response(&internal(), uri.path(), &id, &[]).into_parts();
                     Response::from_parts(parts, Body::from(bytes))
                 }
@@ -115,20 +115,21 @@ where
     }
 }
 
-/// The request id of the request being served, set by [`Enveloped`].
+/// The request id of the request being served, set by [`Enveloped`];
+/// shared, since the flow, the log line and the response header all take it.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub Arc<str>);
 
 /// The client's request id when it is sane (1–128 characters from a safe
 /// set), otherwise a new one.
-pub(crate) fn request_id(req: &Request) -> String {
+pub(crate) fn request_id(req: &Request) -> Arc<str> {
     req.headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
             !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
-        .map(str::to_owned)
+        .map(Arc::from)
         .unwrap_or_else(new_request_id)
 }
 
@@ -136,13 +137,13 @@ pub(crate) fn request_id(req: &Request) -> String {
 /// generator. `Uuid::now_v7` asks the kernel for them on every call, a
 /// system call per request; request ids need neither that nor its ordering
 /// within a millisecond.
-fn new_request_id() -> String {
+fn new_request_id() -> Arc<str> {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random())
-        .into_uuid()
-        .to_string()
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
+    // Written on the stack, then shared: one allocation.
+    Arc::from(&*id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
 }
 
 /// `Content-Length` from a body whose size is known (unless the answer set
@@ -169,8 +170,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     let request_id = req
         .extensions()
         .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+        .map_or_else(|| Arc::from(""), |r| Arc::clone(&r.0));
     // The gate in front of the envelope (`shed::gated`) took the request's
     // in-flight slot and answered the shed ones already. Served without it,
     // the slot is taken here and the flow's first node sheds. Probes are
@@ -225,7 +225,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
             route,
             status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id,
+            request_id = &*request_id,
             tenant = decision.tenant.as_deref(),
             "request"
         );

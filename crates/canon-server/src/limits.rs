@@ -400,13 +400,14 @@ impl MemoryLimiter {
         // scope, locked in scope order: no two requests wait on each other
         // in a circle.
         let ordered = charges.windows(2).all(|w| w[0].scope < w[1].scope);
-        let mut guards: Vec<MutexGuard<'_, Shard>> = Vec::with_capacity(charges.len());
+        // On the stack: every request is charged.
+        let mut guards: [Option<MutexGuard<'_, Shard>>; 3] = [None, None, None];
         let mut judged: [Option<Judged>; 3] = [None, None, None];
         for (i, c) in charges.iter().take(3).enumerate() {
             let guard = self.shard(c.scope, c.key);
             judged[i] = Some(judge(guard.cells.get(c.key).copied(), c.policy, c.name, now));
             if ordered {
-                guards.push(guard);
+                guards[i] = Some(guard);
             }
         }
         let verdict = decide(judged.iter().flatten());
@@ -419,11 +420,12 @@ impl MemoryLimiter {
                     continue;
                 };
                 let mut own;
-                let shard: &mut Shard = if ordered {
-                    &mut guards[i]
-                } else {
-                    own = self.shard(c.scope, c.key);
-                    &mut own
+                let shard: &mut Shard = match &mut guards[i] {
+                    Some(held) => held,
+                    None => {
+                        own = self.shard(c.scope, c.key);
+                        &mut own
+                    }
                 };
                 shard.put(c.key, next, now);
             }

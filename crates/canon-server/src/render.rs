@@ -21,20 +21,24 @@ pub fn timestamp(ms: Millis) -> String {
 
 /// Appends `ms` (milliseconds since the epoch) as RFC 3339, UTC, with
 /// milliseconds: `2026-12-02T08:04:07.290Z`. Every representation carries
-/// two of these and exports write millions, so the digits are written by
-/// hand rather than through `time`'s format descriptions (a tenth of an
-/// export's time, measured); `time` still does the calendar.
+/// two of these and exports write millions, so the calendar and the digits
+/// are done here (a few dozen instructions) rather than through `time`
+/// (hundreds, and its format descriptions a tenth of an export's time);
+/// `time` writes the years RFC 3339 has no four digits for.
 pub fn write_timestamp(out: &mut String, ms: Millis) {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let year = t.year();
-    if !(0..=9999).contains(&year) {
+    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (year, month, day) = civil_from_days(days);
+    let Ok(year @ 0..=9999) = u32::try_from(year) else {
         // Outside four digits RFC 3339 has no form; `time` writes a sign.
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
         let format =
             time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
         out.push_str(&t.format(&format).unwrap_or_default());
         return;
-    }
+    };
+    // Below a day's milliseconds: every part fits in a u32.
+    let in_day = u32::try_from(in_day).unwrap_or(0);
     // Written into a stack buffer, then appended once.
     let mut text = *b"0000-00-00T00:00:00.000Z";
     let mut digits = |at: usize, width: usize, mut n: u32| {
@@ -43,15 +47,35 @@ pub fn write_timestamp(out: &mut String, ms: Millis) {
             n /= 10;
         }
     };
-    digits(0, 4, year.unsigned_abs());
-    digits(5, 2, u32::from(u8::from(t.month())));
-    digits(8, 2, u32::from(t.day()));
-    digits(11, 2, u32::from(t.hour()));
-    digits(14, 2, u32::from(t.minute()));
-    digits(17, 2, u32::from(t.second()));
-    digits(20, 3, u32::from(t.millisecond()));
+    digits(0, 4, year);
+    digits(5, 2, month);
+    digits(8, 2, day);
+    digits(11, 2, in_day / 3_600_000);
+    digits(14, 2, in_day / 60_000 % 60);
+    digits(17, 2, in_day / 1000 % 60);
+    digits(20, 3, in_day % 1000);
     // Only ASCII digits were written into an ASCII template.
     out.push_str(std::str::from_utf8(&text).unwrap_or_default());
+}
+
+/// The proleptic Gregorian (year, month, day) of `days` since 1970-01-01:
+/// Howard Hinnant's `civil_from_days`, in whole 400-year eras.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    // Months counted from March, so that February's leap day comes last.
+    let march_month = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * march_month + 2) / 5 + 1) as u32;
+    let month = if march_month < 10 {
+        march_month + 3
+    } else {
+        march_month - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Milliseconds since the epoch as a `SystemTime`.
@@ -165,7 +189,6 @@ pub fn record_representation(r: &Record) -> Representation {
 /// [`record`] serialized: the same bytes `serde_json::to_vec(&record(r))`
 /// gives (field order, escaping, timestamps), without building it first.
 pub fn record_json(r: &Record) -> String {
-    use std::fmt::Write as _;
     let mut out = String::with_capacity(128);
     out.push_str("{\"id\":");
     let _ = serde_json::to_writer(StringWriter(&mut out), &r.id);
@@ -200,8 +223,15 @@ pub fn raw_record_validators(r: &canon_store::RawRecord) -> Validators {
 /// text instead of parsing and re-writing it (a GET, an export's line).
 pub fn write_raw_record(out: &mut String, r: &canon_store::RawRecord) {
     out.push_str("{\"id\":");
-    // Ids are JSON strings as any other: escaped by the JSON writer.
-    let _ = serde_json::to_writer(StringWriter(out), &r.id);
+    // Ids are JSON strings as any other: escaped by the JSON writer when
+    // there is anything to escape (ids are almost always plain).
+    if r.id.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(&r.id);
+        out.push('"');
+    } else {
+        let _ = serde_json::to_writer(StringWriter(out), &r.id);
+    }
     out.push_str(",\"data\":");
     out.push_str(&r.data);
     out.push_str(",\"version\":");
@@ -345,6 +375,7 @@ mod tests {
                 serde_json::json!({"z": 1, "a": [1.5, "x\"y", null], "m": {"é": "\u{1}"}}),
             ),
             make("we\"ird\\id", serde_json::json!({})),
+            make("tab\tand\u{7f}é", serde_json::json!({})),
         ] {
             assert_eq!(record_json(&r).into_bytes(), serde_json::to_vec(&record(&r)).unwrap());
             // Read with its stored text (what the store writes: the compact form).
@@ -381,5 +412,9 @@ mod tests {
             ms += 86_399_999_937; // ~1000 days less a little: walks every field
         }
         assert_eq!(timestamp(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        // Years without four digits, and year 0, go through `time`'s path or ours alike.
+        for ms in [-62_167_219_200_001, -62_167_219_200_000] {
+            assert_eq!(timestamp(ms), by_time(ms), "{ms}");
+        }
     }
 }

@@ -34,12 +34,13 @@ pub fn digest_bytes(token: &str) -> [u8; 32] {
 /// `digest` in lower-case hex, as stored digests are written.
 pub fn hex(digest: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for &b in digest {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+    // Written on the stack, then copied once: every request hashes a token.
+    let mut out = [0u8; 64];
+    for (pair, &b) in out.chunks_exact_mut(2).zip(digest) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
-    out
+    std::str::from_utf8(&out).unwrap_or_default().to_owned()
 }
 
 /// Constant-time equality of two digests.
