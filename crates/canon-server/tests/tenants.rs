@@ -314,3 +314,104 @@ async fn a_deleted_tenants_name_is_free_once_its_job_expired() {
     let users = s.ok_json(Method::GET, &format!("{ACME}/users"), OPERATOR, None).await;
     assert_eq!(users["items"], json!([]));
 }
+
+/// Deletes the tenant `name` through `store` and runs its deletion to the
+/// end, the job purged and the name released (its tombstone stays).
+/// Whether it went so: `false` when a server's worker claimed the job first.
+async fn delete_and_release(store: &dyn canon_store::Store, name: &str) -> bool {
+    use canon_store::{Expect, JobOutcome, now_millis};
+    let keep = Duration::from_secs(3600);
+    let job = store
+        .delete_tenant(name, Expect::Anything, keep, now_millis())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_job("w", Duration::from_secs(30), now_millis())
+        .await
+        .unwrap();
+    if claimed.map(|j| j.id) != Some(job.id.clone()) {
+        return false;
+    }
+    let tenant_id = job.tenant_id.clone();
+    while !store
+        .delete_tenant_step(&tenant_id, &job.id, "w", &format!("{name}/"), 500, now_millis())
+        .await
+        .unwrap()
+        .finished
+    {}
+    let outcome = JobOutcome::Succeeded { result: None };
+    let done = store
+        .finish_job(&tenant_id, &job.id, "w", outcome, now_millis(), Duration::ZERO)
+        .await
+        .unwrap();
+    store
+        .purge_expired_jobs(done.result_expires_at.unwrap(), keep)
+        .await
+        .unwrap();
+    store.purge_expired().await.unwrap();
+    assert_eq!(store.tenant_deletion(name).await.unwrap(), None, "released");
+    true
+}
+
+/// A PATCH of a tenant's limits that loaded the tenant before another node
+/// released its name (node a serves it from its cache until it sees b's
+/// changes) is 410 like every later request, not 404: the store's write
+/// finds the tombstone.
+#[tokio::test]
+async fn a_limits_patch_racing_the_release_of_the_name_is_410() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canon.db");
+    let a = Server::start_on(&path).await;
+    // b writes behind a's back, its changes seen by a within its bound;
+    // it runs the deletion itself (no worker of its own to beat to it).
+    let b = node_store(&path).await;
+    for attempt in 0..20 {
+        let name = format!("t{attempt}");
+        let tenant_path = format!("/v1/tenants/{name}");
+        let before = a.store.generation();
+        b.create_tenant(&name).await.unwrap();
+        // Right after a saw b's change: the most time before it looks again.
+        let waited = std::time::Instant::now();
+        while a.store.generation() == before {
+            assert!(waited.elapsed() < Duration::from_secs(2), "a never saw b's change");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let r = a.call(Method::GET, &tenant_path, OPERATOR, None).await;
+        assert_eq!(r.status(), 200, "a holds the tenant");
+        if !delete_and_release(&*b, &name).await {
+            continue;
+        }
+        let r = a
+            .req(Method::PATCH, &tenant_path, Some(OPERATOR))
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"burst": 5}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&r, "etag"), "", "no validators on a problem");
+        let body = assert_problem(r, 410, "gone").await;
+        if body["detail"] == format!("{tenant_path} was deleted.") {
+            // a saw the release before the PATCH: its lookup answered.
+            continue;
+        }
+        assert_eq!(
+            body["detail"], "The resource was deleted while this request was handled.",
+            "the store's write answered"
+        );
+        // Once a sees b's changes (within its bound), its lookup answers 410
+        // too, from the tombstone.
+        let seen = std::time::Instant::now();
+        let r = loop {
+            let r = a.call(Method::GET, &tenant_path, OPERATOR, None).await;
+            if r.status() != 200 || seen.elapsed() > Duration::from_secs(1) {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let body = assert_problem(r, 410, "gone").await;
+        assert_eq!(body["detail"], format!("{tenant_path} was deleted."));
+        eprintln!("the PATCH raced the release at attempt {attempt}");
+        return;
+    }
+    panic!("a never patched before it saw the release");
+}

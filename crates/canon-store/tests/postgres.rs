@@ -342,3 +342,112 @@ async fn a_lock_held_elsewhere_bounds_the_write_waiting_for_it() {
         .unwrap();
     assert!(set.enabled, "the write goes through once the lock is gone");
 }
+
+/// Backends of the test's database waiting for a lock.
+async fn waiting_for_locks(client: &tokio_postgres::Client, db: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Polls `condition` every 10 ms for up to 10 s.
+async fn eventually(what: &str, condition: impl AsyncFn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A DELETE restarting a tenant's deletion whose job was purged (it counts
+/// as stopped) races the release of the tenant's name: the release must not
+/// remove the tenant the restart just pointed at its new job. A single
+/// release statement read the row before the restart committed, waited for
+/// its lock, re-checked the row but not the job (its subquery kept the old
+/// snapshot) and removed the tenant, orphaning the job the 202 handed out.
+/// The interleaving is forced: another client holds the tenant's tombstone,
+/// which the restart writes last, so the restart holds the tenant's row
+/// while the purge runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_tenant_deletion_is_not_released_under_it() {
+    use canon_store::{Expect, JobOutcome, JobStatus, now_millis};
+    let Some(db) = TestDatabase::make().await else {
+        return;
+    };
+    let store = Arc::new(db.open().await);
+    let keep = Duration::from_secs(3600);
+    let t = store.create_tenant("acme").await.unwrap();
+    let first = store
+        .delete_tenant("acme", Expect::Anything, keep, now_millis())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_job("w", Duration::from_secs(30), now_millis())
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|j| j.id), Some(first.id.clone()));
+    while !store
+        .delete_tenant_step(&t.id, &first.id, "w", "acme/", 100, now_millis())
+        .await
+        .unwrap()
+        .finished
+    {}
+    let outcome = JobOutcome::Succeeded { result: None };
+    let done = store
+        .finish_job(&t.id, &first.id, "w", outcome, now_millis(), Duration::ZERO)
+        .await
+        .unwrap();
+    store
+        .purge_expired_jobs(done.result_expires_at.unwrap(), keep)
+        .await
+        .unwrap();
+    let stopped = store.tenant_deletion("acme").await.unwrap().unwrap();
+    assert!(stopped.emptied_at.is_some() && stopped.stopped(), "{stopped:?}");
+
+    let (mut other, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let (watcher, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let held = other.transaction().await.unwrap();
+    held.batch_execute("SELECT 1 FROM tombstones WHERE kind = 'tenant' AND scope = '' AND key = 'acme' FOR UPDATE")
+        .await
+        .unwrap();
+    let restart = tokio::spawn({
+        let store = store.clone();
+        async move { store.delete_tenant("acme", Expect::Anything, keep, now_millis()).await }
+    });
+    eventually("the restart waits for the tombstone", async || {
+        waiting_for_locks(&watcher, &db.name).await == 1
+    })
+    .await;
+    let purge = tokio::spawn({
+        let store = store.clone();
+        async move { store.purge_expired().await }
+    });
+    // The purge either waits for the tenant's row or passes it by.
+    eventually("the purge waits or ends", async || {
+        purge.is_finished() || waiting_for_locks(&watcher, &db.name).await == 2
+    })
+    .await;
+    held.commit().await.unwrap();
+    let second = restart.await.unwrap().expect("the restart's 202");
+    purge.await.unwrap().unwrap();
+
+    let deletion = store.tenant_deletion("acme").await.unwrap();
+    let deletion = deletion.unwrap_or_else(|| panic!("the tenant was released under its new job {}", second.id));
+    assert_eq!(
+        (deletion.job_id.as_str(), deletion.job_status),
+        (second.id.as_str(), Some(JobStatus::Queued))
+    );
+    // The new job is there to run, and is the one claimed.
+    let claimed = store
+        .claim_job("w", Duration::from_secs(30), now_millis())
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|j| j.id), Some(second.id.clone()));
+}

@@ -145,6 +145,15 @@ async fn open_store(
     (Arc::new(store), Some(PostgresDatabase { admin_url, name }))
 }
 
+/// Another handle on the database of the servers on `path` (a node without
+/// a server: no workers, no caches), for tests that write behind the
+/// servers' backs. The database stays for the servers.
+pub async fn node_store(path: &std::path::Path) -> Arc<dyn canon_store::Store> {
+    let (store, database) = open_store(&config(), path).await;
+    std::mem::forget(database);
+    store
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -6,7 +6,7 @@
 //!
 //! [`TenantStore::delete_tenant_step`]: crate::TenantStore::delete_tenant_step
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::jobs::held_job;
 use super::rows::*;
@@ -348,11 +348,40 @@ impl Deletion {
 
 /// Releases the names of deleted tenants that were emptied and whose
 /// deletion job was purged. Returns how many went.
+///
+/// Two statements, because one is wrong under READ COMMITTED. A DELETE that
+/// restarts such a deletion (a purged job counts as stopped) locks the
+/// tenant's row, queues a new job and points the row at it. A single
+/// `DELETE … WHERE … NOT EXISTS (job)` that read the row before that commit
+/// waited for the row's lock, then re-checked its WHERE on the updated row
+/// (EvalPlanQual) but ran the subquery in its own, older snapshot, where the
+/// new job does not exist: it removed the tenant and orphaned the job its
+/// 202 had handed out. So the first statement only locks the candidates,
+/// skipping rows a restart holds (they wait for the next purge), and the
+/// second decides in a snapshot of its own, taken after every lock was
+/// granted: a restart that changed a locked row committed before its lock
+/// was granted, so its job is seen; none can change the row afterwards.
+/// (Clearing `emptied_at` on restart would also fail the re-check, but
+/// leans on what EvalPlanQual re-reads, and changes what the column means.)
 pub(super) async fn release_names(c: &impl Db) -> StoreResult<u64> {
+    const RELEASABLE: &str = "emptied_at IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM jobs j WHERE j.tenant_id = tenants.id AND j.id = tenants.deletion_job)";
+    let locked = c
+        .query_typed(
+            &format!("SELECT id FROM tenants WHERE {RELEASABLE} FOR UPDATE SKIP LOCKED"),
+            &[],
+        )
+        .await?;
+    if locked.is_empty() {
+        return Ok(0);
+    }
+    let ids = locked
+        .iter()
+        .map(|r| r.try_get::<_, String>(0))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(c.execute_typed(
-        "DELETE FROM tenants WHERE emptied_at IS NOT NULL AND NOT EXISTS (
-               SELECT 1 FROM jobs j WHERE j.tenant_id = tenants.id AND j.id = tenants.deletion_job)",
-        &[],
+        &format!("DELETE FROM tenants WHERE id = ANY($1) AND {RELEASABLE}"),
+        &[(&ids, Type::TEXT_ARRAY)],
     )
     .await?)
 }

@@ -21,10 +21,11 @@ async fn lock_tenant(c: &impl Db, name: &str) -> StoreResult<Option<(Tenant, Opt
 }
 
 /// Holds the lock on the tenant name `name` until the transaction ends. Its
-/// creation and its deletion take it: a deletion that misses the tenant
-/// (its name released) reads the tombstone in a second statement, and no
-/// re-create commits between the two, which would make a tenant that is
-/// there answer `Vanished`.
+/// creation takes it, and so do the writes to the tenant by name (its
+/// deletion, its limits): one that misses the tenant (its name released)
+/// reads the tombstone in a second statement, and no re-create commits
+/// between the two, which would make a tenant that is there answer
+/// `Vanished`.
 ///
 /// Lock order: this lock before the tenant's row.
 async fn lock_name(c: &impl Db, name: &str) -> StoreResult<()> {
@@ -219,10 +220,13 @@ impl TenantStore for PostgresStore {
     async fn set_tenant_limits(&self, name: &str, limits: TenantLimits, expect: Expect) -> StoreResult<Tenant> {
         self.pool
             .write(true, async |tx| {
+                // A name released since its deletion still has its tombstone
+                // (410); read after the miss, with no re-create in between.
+                lock_name(tx, name).await?;
                 let t = match lock_tenant(tx, name).await? {
                     Some((t, None)) => t,
                     Some((_, Some(_))) => return Err(StoreError::Gone),
-                    None => return Err(StoreError::Vanished),
+                    None => return Err(not_there(tx, kind::TENANT, "", name).await),
                 };
                 check_existing(&expect, t.version, None)?;
                 let t = Tenant {

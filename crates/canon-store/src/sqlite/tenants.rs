@@ -191,7 +191,8 @@ impl TenantStore for SqliteStore {
                 let t = match load_tenant(c, &name)? {
                     Some((t, None)) => t,
                     Some((_, Some(_))) => return Err(StoreError::Gone),
-                    None => return Err(StoreError::Vanished),
+                    // A name released since its deletion: its tombstone answers.
+                    None => return Err(not_there(c, kind::TENANT, "", &name)),
                 };
                 check_existing(&expect, t.version, None)?;
                 let t = Tenant {

@@ -2375,7 +2375,7 @@ macro_rules! conformance_tests {
             a_recreated_device_is_never_missing,
             writes_to_a_recreated_device_are_never_vanished,
             writes_to_a_recreated_collection_are_never_vanished,
-            deletes_of_a_recreated_tenant_are_never_vanished,
+            writes_to_a_recreated_tenant_are_never_vanished,
         );
     };
     (@each $make:expr; $($name:ident,)+) => {

@@ -437,6 +437,13 @@ pub async fn tenant_deletion_steps_empty_the_tenant_and_count_what_went(store: A
         Lookup::Gone,
         "the tombstone answers"
     );
+    // So it does to a write by the name (410, not 404).
+    assert!(matches!(
+        store
+            .set_tenant_limits("acme", TenantLimits::default(), Expect::Anything)
+            .await,
+        Err(StoreError::Gone)
+    ));
     let again = store.create_tenant("acme").await.expect("the name is free again");
     assert_ne!(again.id, t.id);
     assert_eq!(store.tenant("acme").await.unwrap(), Lookup::Found(again));
