@@ -189,11 +189,14 @@ pub fn record_representation(r: &Record) -> Representation {
 /// [`record`] serialized: the same bytes `serde_json::to_vec(&record(r))`
 /// gives (field order, escaping, timestamps), without building it first.
 pub fn record_json(r: &Record) -> String {
-    let mut out = String::with_capacity(128);
+    // The data through serde_json's writer into bytes, then appended once:
+    // a `String` writer checks every piece it is given as UTF-8.
+    let data = serde_json::to_vec(&r.data).unwrap_or_default();
+    let mut out = String::with_capacity(data.len() + 128);
     out.push_str("{\"id\":");
-    let _ = serde_json::to_writer(StringWriter(&mut out), &r.id);
+    write_json_string(&mut out, &r.id);
     out.push_str(",\"data\":");
-    let _ = serde_json::to_writer(StringWriter(&mut out), &r.data);
+    out.push_str(std::str::from_utf8(&data).unwrap_or("null"));
     out.push_str(",\"version\":");
     out.push_str(itoa::Buffer::new().format(r.version));
     out.push_str(",\"created_at\":\"");
@@ -223,15 +226,7 @@ pub fn raw_record_validators(r: &canon_store::RawRecord) -> Validators {
 /// text instead of parsing and re-writing it (a GET, an export's line).
 pub fn write_raw_record(out: &mut String, r: &canon_store::RawRecord) {
     out.push_str("{\"id\":");
-    // Ids are JSON strings as any other: escaped by the JSON writer when
-    // there is anything to escape (ids are almost always plain).
-    if r.id.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(&r.id);
-        out.push('"');
-    } else {
-        let _ = serde_json::to_writer(StringWriter(out), &r.id);
-    }
+    write_json_string(out, &r.id);
     out.push_str(",\"data\":");
     out.push_str(&r.data);
     out.push_str(",\"version\":");
@@ -241,6 +236,19 @@ pub fn write_raw_record(out: &mut String, r: &canon_store::RawRecord) {
     out.push_str("\",\"updated_at\":\"");
     write_timestamp(out, r.updated_at);
     out.push_str("\"}");
+}
+
+/// Appends `text` as a JSON string. Ids are JSON strings as any other:
+/// escaped by the JSON writer when there is anything to escape (ids almost
+/// never have).
+fn write_json_string(out: &mut String, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        let _ = serde_json::to_writer(StringWriter(out), text);
+    }
 }
 
 /// `io::Write` into a `String`, for serde_json's writer (which writes only

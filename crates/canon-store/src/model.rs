@@ -780,3 +780,12 @@ pub struct MaintenanceSetting {
     /// The operator's words for refused clients.
     pub message: String,
 }
+
+/// `value` as compact JSON text, as stores keep record data: through
+/// serde_json's writer into one buffer (`Value`'s `Display` goes through the
+/// formatting machinery, checking each piece it writes as UTF-8).
+pub(crate) fn compact_json(value: &Value) -> String {
+    // A `Value` always serializes (its map keys are strings); the fallback
+    // is the same text by the slower path.
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
+}

@@ -91,7 +91,7 @@ async fn lookup_record<T>(
 
 /// Inserts a new record row; a taken id is a conflict on `/id`.
 async fn insert_record(c: &impl Db, tenant_id: &str, r: &Record) -> StoreResult<()> {
-    let body = r.data.to_string();
+    let body = crate::model::compact_json(&r.data);
     let data = jsonb_text(&body);
     let inserted = c
         .execute_typed(
@@ -135,7 +135,7 @@ async fn replace_record(c: &impl Db, tenant_id: &str, current: Record, data: Val
         updated_at: now_millis(),
         ..current
     };
-    let body = r.data.to_string();
+    let body = crate::model::compact_json(&r.data);
     let data = jsonb_text(&body);
     c.execute_typed(
         "UPDATE records SET data = $8::JSONB, body = $1, version = $2, etag = $3, updated_at = $4

@@ -54,7 +54,7 @@ pub(super) fn replace_record(conn: &Connection, current: Record, data: Value) ->
         conn,
         "UPDATE records SET data = ?1, version = ?2, etag = ?3, updated_at = ?4 WHERE collection_id = ?5 AND id = ?6",
         params![
-            r.data.to_string(),
+            crate::model::compact_json(&r.data),
             r.version,
             r.etag,
             r.updated_at,
@@ -113,7 +113,7 @@ pub(super) fn insert_record(conn: &Connection, r: &Record) -> StoreResult<()> {
         s.execute(params![
             r.collection_id,
             r.id,
-            r.data.to_string(),
+            crate::model::compact_json(&r.data),
             r.version,
             r.etag,
             r.created_at,
