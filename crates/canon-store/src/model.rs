@@ -789,3 +789,19 @@ pub(crate) fn compact_json(value: &Value) -> String {
     // is the same text by the slower path.
     serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
 }
+
+/// What a lookup's tombstone is keyed by: the kind of thing, its parent's
+/// id (`""` for tenant names) and its key. Both backends' `rows::lookup`
+/// take one to tell `Gone` from `Missing` on a miss.
+pub(crate) struct Tombstone<'a> {
+    pub kind: &'a str,
+    pub scope: &'a str,
+    pub key: &'a str,
+}
+
+impl<'a> Tombstone<'a> {
+    /// The tombstone of `key` of `kind` within `scope`.
+    pub(crate) const fn new(kind: &'a str, scope: &'a str, key: &'a str) -> Self {
+        Self { kind, scope, key }
+    }
+}

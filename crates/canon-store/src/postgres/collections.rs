@@ -146,11 +146,7 @@ impl CollectionStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let tombstone = Tombstone {
-                    kind: kind::COLLECTION,
-                    scope: tenant_id,
-                    key: name,
-                };
+                let tombstone = Tombstone::new(kind::COLLECTION, tenant_id, name);
                 lookup(
                     c.client(),
                     &format!("SELECT {COLLECTION_COLS} FROM collections WHERE tenant_id = $1 AND name = $2"),

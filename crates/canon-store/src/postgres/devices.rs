@@ -123,11 +123,7 @@ impl DeviceStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let tombstone = Tombstone {
-                    kind: kind::DEVICE,
-                    scope: tenant_id,
-                    key: name,
-                };
+                let tombstone = Tombstone::new(kind::DEVICE, tenant_id, name);
                 lookup(
                     c.client(),
                     &format!("SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = $1 AND name = $2"),

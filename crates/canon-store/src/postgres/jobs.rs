@@ -409,11 +409,7 @@ impl JobStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let tombstone = Tombstone {
-                    kind: kind::JOB,
-                    scope: tenant_id,
-                    key: job_id,
-                };
+                let tombstone = Tombstone::new(kind::JOB, tenant_id, job_id);
                 // A staged job is not there yet.
                 lookup(
                     c.client(),

@@ -74,11 +74,7 @@ async fn lookup_record<T>(
     id: &str,
     map: impl Fn(&tokio_postgres::Row) -> StoreResult<T>,
 ) -> StoreResult<Lookup<T>> {
-    let tombstone = Tombstone {
-        kind: kind::RECORD,
-        scope: collection_id,
-        key: id,
-    };
+    let tombstone = Tombstone::new(kind::RECORD, collection_id, id);
     lookup(
         c,
         select_record_sql(),

@@ -169,13 +169,7 @@ pub(super) async fn not_there(c: &impl Db, kind: &str, scope: &str, key: &str) -
     }
 }
 
-/// What a lookup's tombstone is keyed by: the kind of thing, its parent's
-/// id (`""` for tenant names) and its key.
-pub(super) struct Tombstone<'a> {
-    pub kind: &'a str,
-    pub scope: &'a str,
-    pub key: &'a str,
-}
+pub(super) use crate::model::Tombstone;
 
 /// Looks up one thing: `select` selects its row (at most one) with `args`,
 /// `map` reads it, and a miss is told `Gone` from `Missing` by `tombstone`.

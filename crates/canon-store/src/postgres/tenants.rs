@@ -263,11 +263,7 @@ impl TenantStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let tombstone = Tombstone {
-                    kind: kind::TENANT,
-                    scope: "",
-                    key: name,
-                };
+                let tombstone = Tombstone::new(kind::TENANT, "", name);
                 let found = lookup(
                     c.client(),
                     &format!("SELECT {TENANT_COLS}, deleted_at FROM tenants WHERE name = $1"),
@@ -349,11 +345,7 @@ impl TenantStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let tombstone = Tombstone {
-                    kind: kind::USER,
-                    scope: tenant_id,
-                    key: id,
-                };
+                let tombstone = Tombstone::new(kind::USER, tenant_id, id);
                 lookup(
                     c.client(),
                     &format!("SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND id = $2"),
@@ -483,11 +475,7 @@ impl TenantStore for PostgresStore {
         self.pool
             .run(async {
                 let c = self.pool.conn().await?;
-                let tombstone = Tombstone {
-                    kind: kind::API_KEY,
-                    scope: user_id,
-                    key: id,
-                };
+                let tombstone = Tombstone::new(kind::API_KEY, user_id, id);
                 lookup(
                     c.client(),
                     &format!(

@@ -155,11 +155,7 @@ impl CollectionStore for SqliteStore {
     async fn collection(&self, tenant_id: &str, name: &str) -> StoreResult<Lookup<Collection>> {
         self.engine
             .read_point(|c| {
-                let tombstone = Tombstone {
-                    kind: kind::COLLECTION,
-                    scope: tenant_id,
-                    key: name,
-                };
+                let tombstone = Tombstone::new(kind::COLLECTION, tenant_id, name);
                 lookup(
                     c,
                     &format!("SELECT {COLLECTION_COLS} FROM collections WHERE tenant_id = ?1 AND name = ?2"),

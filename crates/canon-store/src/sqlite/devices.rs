@@ -98,11 +98,7 @@ impl DeviceStore for SqliteStore {
     async fn device(&self, tenant_id: &str, name: &str) -> StoreResult<Lookup<Device>> {
         self.engine
             .read_point(|c| {
-                let tombstone = Tombstone {
-                    kind: kind::DEVICE,
-                    scope: tenant_id,
-                    key: name,
-                };
+                let tombstone = Tombstone::new(kind::DEVICE, tenant_id, name);
                 lookup(
                     c,
                     &format!("SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = ?1 AND name = ?2"),

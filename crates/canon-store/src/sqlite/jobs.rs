@@ -377,11 +377,7 @@ impl JobStore for SqliteStore {
         let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.to_owned());
         self.engine
             .read(move |c| {
-                let tombstone = Tombstone {
-                    kind: kind::JOB,
-                    scope: &tenant_id,
-                    key: &job_id,
-                };
+                let tombstone = Tombstone::new(kind::JOB, &tenant_id, &job_id);
                 // A staged job is not there yet.
                 lookup(
                     c,

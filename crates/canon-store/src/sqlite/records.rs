@@ -96,11 +96,7 @@ fn lookup_record<T>(
     id: &str,
     map: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> StoreResult<Lookup<T>> {
-    let tombstone = Tombstone {
-        kind: kind::RECORD,
-        scope: collection_id,
-        key: id,
-    };
+    let tombstone = Tombstone::new(kind::RECORD, collection_id, id);
     lookup(conn, select_record_sql(), params![collection_id, id], map, tombstone)
 }
 

@@ -133,13 +133,7 @@ pub(super) fn live_tenant(conn: &Connection, tenant_id: &str) -> StoreResult<()>
 
 pub(super) use crate::model::check_existing;
 
-/// What a lookup's tombstone is keyed by: the kind of thing, its parent's
-/// id (`""` for tenant names) and its key.
-pub(super) struct Tombstone<'a> {
-    pub kind: &'a str,
-    pub scope: &'a str,
-    pub key: &'a str,
-}
+pub(super) use crate::model::Tombstone;
 
 /// Looks up one thing: `select` selects its row (at most one) with `args`
 /// (`?1`..), `map` reads it, and a miss is told `Gone` from `Missing` by

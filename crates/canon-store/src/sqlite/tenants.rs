@@ -222,11 +222,7 @@ impl TenantStore for SqliteStore {
     async fn tenant(&self, name: &str) -> StoreResult<Lookup<Tenant>> {
         self.engine
             .read_point(|c| {
-                let tombstone = Tombstone {
-                    kind: kind::TENANT,
-                    scope: "",
-                    key: name,
-                };
+                let tombstone = Tombstone::new(kind::TENANT, "", name);
                 let found = lookup(
                     c,
                     &format!("SELECT {TENANT_COLS}, deleted_at FROM tenants WHERE name = ?1"),
@@ -298,11 +294,7 @@ impl TenantStore for SqliteStore {
         let (tenant_id, id) = (tenant_id.to_owned(), id.to_owned());
         self.engine
             .read(move |c| {
-                let tombstone = Tombstone {
-                    kind: kind::USER,
-                    scope: &tenant_id,
-                    key: &id,
-                };
+                let tombstone = Tombstone::new(kind::USER, &tenant_id, &id);
                 lookup(
                     c,
                     &format!("SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 AND id = ?2"),
@@ -426,11 +418,7 @@ impl TenantStore for SqliteStore {
         let (user_id, id) = (user_id.to_owned(), id.to_owned());
         self.engine
             .read(move |c| {
-                let tombstone = Tombstone {
-                    kind: kind::API_KEY,
-                    scope: &user_id,
-                    key: &id,
-                };
+                let tombstone = Tombstone::new(kind::API_KEY, &user_id, &id);
                 lookup(
                     c,
                     &format!("SELECT {KEY_COLS} FROM api_keys WHERE user_id = ?1 AND id = ?2"),
