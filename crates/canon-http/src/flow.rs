@@ -1178,8 +1178,13 @@ fn negotiated(head: &Parts, response: &mut Response<Body>) {
     if !(status.is_success() || status == StatusCode::NOT_MODIFIED) {
         return;
     }
-    add_vary(response, "Accept");
-    add_vary(response, "Accept-Encoding");
+    if response.headers().contains_key(header::VARY) {
+        add_vary(response, "Accept");
+        add_vary(response, "Accept-Encoding");
+    } else {
+        // The common case, in one insert: what the two calls above write.
+        set_static(response, header::VARY, "Accept, Accept-Encoding");
+    }
     let codable = status == StatusCode::NOT_MODIFIED || !response.body().is_empty();
     if !codable || !coding::accepts_gzip(&head.headers) {
         return;

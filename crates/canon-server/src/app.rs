@@ -21,7 +21,7 @@ pub use crate::connections::{Limits, serve_connections};
 use crate::error::internal;
 use crate::resources::service::Exchange;
 use crate::shed::{Admission, Gated};
-pub use crate::state::{ANSWERED_BY_HYPER, App, REQUEST_ID};
+pub use crate::state::{ANSWERED_BY_HYPER, App, REQUEST_ID, REQUEST_ID_HEADER};
 
 impl App {
     /// The decision flow as a service, without the envelope (see
@@ -108,7 +108,7 @@ where
                 }
             };
             if let Ok(v) = HeaderValue::from_str(&id) {
-                response.headers_mut().insert(REQUEST_ID, v);
+                response.headers_mut().insert(REQUEST_ID_HEADER, v);
             }
             Ok(framed(&method, response))
         })
@@ -124,7 +124,7 @@ pub struct RequestId(pub Arc<str>);
 /// set), otherwise a new one.
 pub(crate) fn request_id(req: &Request) -> Arc<str> {
     req.headers()
-        .get(REQUEST_ID)
+        .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
             !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
@@ -146,18 +146,21 @@ fn new_request_id() -> Arc<str> {
     Arc::from(&*id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
 }
 
-/// `Content-Length` from a body whose size is known (unless the answer set
-/// it), and no body for `HEAD`: what a router did for every answer, and the
-/// field's place in the head that the shed gate's copy of the 503 matches.
+/// No body for `HEAD`, and its `Content-Length` (unless the answer set it)
+/// from the body it would have had: what a router did for every answer.
+/// Other answers leave `Content-Length` to hyper, which writes it from the
+/// body's exact size straight into the head, where a header value made here
+/// would cost an allocation per response. The shed gate's copy of the 503
+/// is framed the same way ([`crate::shed`]), so the two heads match.
 fn framed(method: &Method, mut response: Response) -> Response {
-    if !response.headers().contains_key(header::CONTENT_LENGTH)
-        && let Some(size) = response.body().size_hint().exact()
-    {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    }
     if method == Method::HEAD {
+        if !response.headers().contains_key(header::CONTENT_LENGTH)
+            && let Some(size) = response.body().size_hint().exact()
+        {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
         *response.body_mut() = Body::empty();
     }
     response

@@ -22,7 +22,6 @@
 //! few seconds and takes the store's totals back as the new base.
 
 use foldhash::{HashMap, HashMapExt};
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -344,7 +343,9 @@ struct Shard {
 /// live size, so memory follows the keys active within one window.
 pub struct MemoryLimiter {
     spaces: [Vec<Mutex<Shard>>; 3],
-    hasher: RandomState,
+    /// Picks a key's shard: foldhash, seeded per process, like the maps
+    /// (SipHash here was most of a charge's hashing).
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Default for MemoryLimiter {
@@ -361,7 +362,7 @@ impl Default for MemoryLimiter {
         };
         Self {
             spaces: [space(), space(), space()],
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 }
@@ -650,7 +651,9 @@ impl Drop for Held {
 /// is checked). Per node, in shards; entries expire.
 pub struct KnownGood {
     shards: Vec<Mutex<HashMap<IpAddr, Seen>>>,
-    hasher: RandomState,
+    /// Picks an address's shard and hashes owners (tenant ids, which the
+    /// server makes, so no client chooses what collides): foldhash.
+    hasher: foldhash::fast::RandomState,
     /// How long a token that worked is remembered.
     remember: u64,
 }
@@ -685,7 +688,7 @@ impl Default for KnownGood {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             remember: DAY_SECS * NANOS_PER_SEC,
         }
     }

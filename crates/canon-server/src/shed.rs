@@ -26,10 +26,10 @@ use bytes::Bytes;
 use canon_http::flow::{self, Availability};
 use futures_util::FutureExt as _;
 use futures_util::future::{Either, Join, Map};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::state::{App, REQUEST_ID};
+use crate::state::{App, REQUEST_ID_HEADER};
 
 /// Seconds a shed request is told to wait (`Retry-After`, and
 /// `retry_after` in its body).
@@ -143,7 +143,7 @@ where
 fn shed(app: &App, req: &Request) -> Response {
     let started = Instant::now();
     let request_id = crate::app::request_id(req);
-    let response = SHED.respond(req.uri().path(), &request_id);
+    let response = SHED.respond(req.uri().path(), &request_id, req.method() == http::Method::HEAD);
     crate::metrics::request(crate::metrics::UNMATCHED, req.method(), 503, started.elapsed());
     let now_ms = u64::try_from(canon_store::now_millis()).unwrap_or(0);
     if let Some(shed) = app.shed.record(now_ms) {
@@ -185,9 +185,6 @@ struct Rendered {
     text_len: usize,
 }
 
-/// [`REQUEST_ID`] as a header name made at compile time, not parsed per answer.
-const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
-
 /// Stand-ins no JSON encoding changes and no problem text contains.
 const INSTANCE_MARK: &str = "canon-shed-instance-6f1d2b";
 const REQUEST_ID_MARK: &str = "canon-shed-request-id-6f1d2b";
@@ -216,8 +213,10 @@ impl Rendered {
     }
 
     /// The answer to the request at `instance` whose id is `request_id`,
-    /// with `X-Request-Id` as the envelope sets it.
-    fn respond(&self, instance: &str, request_id: &str) -> Response {
+    /// with `X-Request-Id` as the envelope sets it, framed as the envelope
+    /// frames the flow's answers (`app::framed`): `Content-Length` set here
+    /// only for `HEAD` (hyper sends no body then), otherwise hyper's.
+    fn respond(&self, instance: &str, request_id: &str, head: bool) -> Response {
         let (mut response, len) = if self.pieces.is_empty() {
             let (parts, body) =
                 flow::unavailable_response(RETRY_AFTER_SECONDS, OVERLOADED, instance, request_id).into_parts();
@@ -241,11 +240,11 @@ impl Rendered {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             response.headers_mut().insert(REQUEST_ID_HEADER, v);
         }
-        // Set here as axum's router sets it on the flow's answers, so the
-        // head's fields come in the same order.
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        if head {
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
         response
     }
 }
@@ -290,6 +289,7 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::REQUEST_ID;
 
     async fn body_of(response: Response) -> (http::response::Parts, Bytes) {
         let (parts, body) = response.into_parts();
@@ -307,7 +307,7 @@ mod tests {
             ("/", "0196a0b2-0000-7000-8000-000000000000"),
             ("/v1/ünïcode/\u{1}", ""),
         ] {
-            let (parts, body) = body_of(rendered.respond(instance, id)).await;
+            let (parts, body) = body_of(rendered.respond(instance, id, false)).await;
             let (want, want_body) =
                 flow::unavailable_response(RETRY_AFTER_SECONDS, OVERLOADED, instance, id).into_parts();
             assert_eq!(parts.status, want.status);
@@ -316,6 +316,9 @@ mod tests {
             if let Ok(v) = HeaderValue::from_str(id) {
                 headers.insert(REQUEST_ID, v);
             }
+            assert_eq!(parts.headers, headers);
+            // To HEAD, the length of the body it would have had.
+            let (parts, _) = body_of(rendered.respond(instance, id, true)).await;
             headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(want_body.len()));
             assert_eq!(parts.headers, headers);
         }
@@ -327,7 +330,7 @@ mod tests {
             pieces: Vec::new(),
             ..Rendered::new()
         };
-        let (parts, body) = body_of(rendered.respond("/v1/x", "id-2")).await;
+        let (parts, body) = body_of(rendered.respond("/v1/x", "id-2", false)).await;
         let (want, want_body) =
             flow::unavailable_response(RETRY_AFTER_SECONDS, OVERLOADED, "/v1/x", "id-2").into_parts();
         assert_eq!(parts.status, want.status);

@@ -19,6 +19,10 @@ use crate::token;
 /// The request-id header.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// [`REQUEST_ID`] as a header name made at compile time: a `&str` name is
+/// parsed, and a custom one copied, on every use.
+pub const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static(REQUEST_ID);
+
 /// Compiled JSON Schema validators, per collection id and version.
 type SchemaCache = Mutex<HashMap<String, (i64, Arc<jsonschema::Validator>)>>;
 

@@ -23,7 +23,7 @@ pub fn generate() -> String {
 
 /// The stored digest of `token` (hex).
 pub fn digest(token: &str) -> String {
-    hex(&digest_bytes(token))
+    hex(&digest_bytes(token)).as_str().to_owned()
 }
 
 /// The SHA-256 digest of `token`, as bytes.
@@ -31,16 +31,28 @@ pub fn digest_bytes(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// `digest` in lower-case hex, as stored digests are written.
-pub fn hex(digest: &[u8; 32]) -> String {
+/// A digest in lower-case hex, as stored digests are written: kept on the
+/// stack, since every request hashes a token and only looks the text up.
+#[derive(Clone, Copy)]
+pub struct HexDigest([u8; 64]);
+
+impl HexDigest {
+    /// The 64 hex digits.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// `digest` in lower-case hex.
+pub fn hex(digest: &[u8; 32]) -> HexDigest {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Written on the stack, then copied once: every request hashes a token.
     let mut out = [0u8; 64];
     for (pair, &b) in out.chunks_exact_mut(2).zip(digest) {
         pair[0] = HEX[usize::from(b >> 4)];
         pair[1] = HEX[usize::from(b & 15)];
     }
-    std::str::from_utf8(&out).unwrap_or_default().to_owned()
+    HexDigest(out)
 }
 
 /// Constant-time equality of two digests.

@@ -41,6 +41,10 @@ pub struct Exchange<'a> {
     /// What the RateLimit node took from the caller's limits, given back
     /// by [`Exchange::settle`] if the server then fails to serve it.
     taken: Mutex<Option<Taken>>,
+    /// The request's time by the limits' clock, read once, when first
+    /// asked: screening, authentication and limits judge one request at one
+    /// instant.
+    now: OnceLock<std::time::SystemTime>,
 }
 
 /// One request taken from a caller's limits: its key's burst and its
@@ -72,6 +76,7 @@ impl<'a> Exchange<'a> {
             caller: OnceLock::new(),
             held: Mutex::new(None),
             taken: Mutex::new(None),
+            now: OnceLock::new(),
         }
     }
 
@@ -125,7 +130,7 @@ impl<'a> Exchange<'a> {
     }
 
     fn now(&self) -> std::time::SystemTime {
-        self.app.clock.now()
+        *self.now.get_or_init(|| self.app.clock.now())
     }
 
     /// This exchange, refused (or not) by maintenance mode.
@@ -162,14 +167,15 @@ impl Service for Exchange<'_> {
             // Hashed once: the hex digest finds the key, the bytes mark the
             // client as known-good below.
             let raw_digest = token::digest_bytes(token);
-            let digest = token::hex(&raw_digest);
+            let hex = token::hex(&raw_digest);
+            let digest = hex.as_str();
             let owner = (self.app.lookups)
-                .key_owner(&*self.app.store, &digest)
+                .key_owner(&*self.app.store, digest)
                 .await
                 .map_err(store_problem)?;
             let principal = owner.and_then(|owner| match &*owner {
                 KeyOwner::Operator { key_id, token_hash } => {
-                    token::digests_match(token_hash, &digest).then(|| Principal::Operator { key_id: key_id.clone() })
+                    token::digests_match(token_hash, digest).then(|| Principal::Operator { key_id: key_id.clone() })
                 }
                 KeyOwner::Member {
                     key_id,
@@ -180,7 +186,7 @@ impl Service for Exchange<'_> {
                     tenant_id,
                     limits,
                     ..
-                } => token::digests_match(token_hash, &digest).then(|| {
+                } => token::digests_match(token_hash, digest).then(|| {
                     // The tenant's limits come with the key: limiting
                     // costs no read of its own.
                     let _ = self.caller.set((tenant_id.clone(), *limits));

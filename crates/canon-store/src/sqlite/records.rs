@@ -102,21 +102,30 @@ fn lookup_record<T>(
 
 /// Inserts a new record row; a taken id is a conflict on `/id`.
 pub(super) fn insert_record(conn: &Connection, r: &Record) -> StoreResult<()> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO records ({RECORD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-    ))
-    .and_then(|mut s| {
-        s.execute(params![
-            r.collection_id,
-            r.id,
-            crate::model::compact_json(&r.data),
-            r.version,
-            r.etag,
-            r.created_at,
-            r.updated_at
-        ])
-    })
-    .map_err(|e| conflict_or_internal(e, "/id"))?;
+    insert_record_text(conn, r, &crate::model::compact_json(&r.data))
+}
+
+/// [`insert_record`] with `r`'s data already written as compact JSON: a
+/// create writes it before its turn on the single writer, which then does
+/// less per write.
+pub(super) fn insert_record_text(conn: &Connection, r: &Record, data: &str) -> StoreResult<()> {
+    // Built once: `prepare_cached` looks statements up by their text, and
+    // formatting it was a tenth of the writer's own work per create.
+    static INSERT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("INSERT INTO records ({RECORD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"));
+    conn.prepare_cached(&INSERT)
+        .and_then(|mut s| {
+            s.execute(params![
+                r.collection_id,
+                r.id,
+                data,
+                r.version,
+                r.etag,
+                r.created_at,
+                r.updated_at
+            ])
+        })
+        .map_err(|e| conflict_or_internal(e, "/id"))?;
     Ok(())
 }
 
@@ -498,11 +507,14 @@ fn list_rows<T>(
 impl RecordStore for SqliteStore {
     async fn create_record(&self, collection: &Collection, data: Value) -> StoreResult<Record> {
         let collection = Enforced::of(collection);
+        // The data's text is written here, in parallel with other requests;
+        // the id and the timestamps are the writer's, so ids follow commits.
+        let text = crate::model::compact_json(&data);
         self.engine
             .write(move |c| {
                 collection_exists(c, &collection.id)?;
                 let r = first_version(&collection.id, new_id(), data);
-                insert_record(c, &r)?;
+                insert_record_text(c, &r, &text)?;
                 index_unique(c, &collection, &r.id, &r.data)?;
                 Ok(r)
             })
