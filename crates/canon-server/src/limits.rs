@@ -560,7 +560,8 @@ pub struct InFlight {
     share: u32,
     /// Slots held per caller. Entries at zero stay (a caller's next request
     /// then allocates nothing) until the map grows past [`IN_FLIGHT_SWEEP`].
-    counts: Mutex<HashMap<Arc<str>, u32>>,
+    /// The counts are `Cell`s, so one look-up finds an entry and moves it.
+    counts: Mutex<HashMap<Arc<str>, std::cell::Cell<u32>>>,
 }
 
 /// Callers remembered by [`InFlight`] before those with nothing in flight
@@ -580,26 +581,40 @@ impl InFlight {
     /// when either already holds its share.
     pub fn enter(self: &Arc<Self>, key: &str, tenant: Option<&str>) -> Option<Held> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let full = |k: &str| counts.get(k).is_some_and(|n| *n >= self.share);
-        if full(key) || tenant.is_some_and(full) {
+        // One look-up per caller in the usual case (both known): found,
+        // judged and counted through the same entry.
+        let known_key = counts.get_key_value(key);
+        let known_tenant = tenant.map(|t| counts.get_key_value(t));
+        let full =
+            |entry: Option<(&Arc<str>, &std::cell::Cell<u32>)>| entry.is_some_and(|(_, n)| n.get() >= self.share);
+        if full(known_key) || known_tenant.is_some_and(full) {
             return None;
         }
-        let mut take = |k: &str| -> Arc<str> {
-            if let Some((kept, n)) = counts.get_key_value(k) {
-                let kept = kept.clone();
-                let n = *n;
-                counts.insert(kept.clone(), n + 1);
-                return kept;
-            }
+        let taken = |entry: Option<(&Arc<str>, &std::cell::Cell<u32>)>| {
+            entry.map(|(kept, n)| {
+                n.set(n.get() + 1);
+                kept.clone()
+            })
+        };
+        let (key_kept, tenant_kept) = (taken(known_key), known_tenant.map(taken));
+        // A caller seen for the first time is added (once the borrows above end).
+        let mut add = |k: &str| -> Arc<str> {
             if counts.len() >= IN_FLIGHT_SWEEP {
-                counts.retain(|_, n| *n > 0);
+                counts.retain(|_, n| n.get() > 0);
             }
             let kept: Arc<str> = Arc::from(k);
-            counts.insert(kept.clone(), 1);
+            counts.insert(kept.clone(), std::cell::Cell::new(1));
             kept
         };
-        let key = take(key);
-        let tenant = tenant.map(&mut take);
+        let key = match key_kept {
+            Some(kept) => kept,
+            None => add(key),
+        };
+        let tenant = match (tenant, tenant_kept) {
+            (_, Some(Some(kept))) => Some(kept),
+            (Some(t), _) => Some(add(t)),
+            (None, _) => None,
+        };
         Some(Held {
             owner: self.clone(),
             key,
@@ -608,9 +623,9 @@ impl InFlight {
     }
 
     fn leave(&self, key: &str) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(key) {
-            *n = n.saturating_sub(1);
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get(key) {
+            n.set(n.get().saturating_sub(1));
         }
     }
 

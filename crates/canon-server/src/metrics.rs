@@ -145,20 +145,36 @@ pub fn limiter_unavailable(failure: &'static str) {
     metrics::counter!(LIMITER_UNAVAILABLE, "failure" => failure).increment(1);
 }
 
+/// A label value of the per-thread handle maps, known by where it lies: the
+/// values are `&'static str`s from fixed tables, and hashing an address and
+/// a length instead of the text was most of what finding a handle cost. The
+/// same address and length are the same text; two equal texts at different
+/// addresses only get a handle each, both to the one metric the recorder
+/// keeps for the label set.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Label(usize, usize);
+
+impl Label {
+    fn of(value: &'static str) -> Label {
+        Label(value.as_ptr() as usize, value.len())
+    }
+}
+
 /// Records one answered request.
 ///
 /// The handles are kept per thread by their labels: building a metric's key
 /// and finding it in the recorder's registry cost more than the rest of the
 /// request's metrics (issue 11's profile), and the label sets are few.
 pub fn request(route: &'static str, method: &Method, status: u16, elapsed: Duration) {
-    type Handles = HashMap<(&'static str, &'static str, &'static str), (metrics::Counter, metrics::Histogram)>;
+    type Handles = HashMap<(Label, Label, Label), (metrics::Counter, metrics::Histogram)>;
     thread_local! {
         static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
     }
     let method = method_label(method);
     let status = status_label(status);
     HANDLES.with_borrow_mut(|handles| {
-        let (count, latency) = handles.entry((route, method, status)).or_insert_with(|| {
+        let key = (Label::of(route), Label::of(method), Label::of(status));
+        let (count, latency) = handles.entry(key).or_insert_with(|| {
             (
                 metrics::counter!(REQUESTS, "route" => route, "method" => method, "status" => status),
                 metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method),
@@ -172,13 +188,13 @@ pub fn request(route: &'static str, method: &Method, status: u16, elapsed: Durat
 /// Counts a look-up of the cache named `cache` (`keys`, `tenants`,
 /// `collections`) that hit or missed.
 pub fn cache_lookup(cache: &'static str, hit: bool) {
-    type Handles = HashMap<(&'static str, bool), metrics::Counter>;
+    type Handles = HashMap<(Label, bool), metrics::Counter>;
     thread_local! {
         static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
     }
     HANDLES.with_borrow_mut(|handles| {
         handles
-            .entry((cache, hit))
+            .entry((Label::of(cache), hit))
             .or_insert_with(|| {
                 let outcome = if hit { "hit" } else { "miss" };
                 metrics::counter!(CACHE_LOOKUPS, "cache" => cache, "outcome" => outcome)
