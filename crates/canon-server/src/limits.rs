@@ -561,8 +561,14 @@ pub struct InFlight {
     /// Slots held per caller. Entries at zero stay (a caller's next request
     /// then allocates nothing) until the map grows past [`IN_FLIGHT_SWEEP`].
     /// The counts are `Cell`s, so one look-up finds an entry and moves it.
-    counts: Mutex<HashMap<Arc<str>, std::cell::Cell<u32>>>,
+    counts: Mutex<HashMap<Arc<str>, Count>>,
 }
+
+/// Slots one caller holds in [`InFlight`].
+type Count = std::cell::Cell<u32>;
+
+/// A caller's entry in [`InFlight`]'s counts, when it has one.
+type Slots<'a> = Option<(&'a Arc<str>, &'a Count)>;
 
 /// Callers remembered by [`InFlight`] before those with nothing in flight
 /// are dropped.
@@ -585,12 +591,11 @@ impl InFlight {
         // judged and counted through the same entry.
         let known_key = counts.get_key_value(key);
         let known_tenant = tenant.map(|t| counts.get_key_value(t));
-        let full =
-            |entry: Option<(&Arc<str>, &std::cell::Cell<u32>)>| entry.is_some_and(|(_, n)| n.get() >= self.share);
+        let full = |entry: Slots<'_>| entry.is_some_and(|(_, n)| n.get() >= self.share);
         if full(known_key) || known_tenant.is_some_and(full) {
             return None;
         }
-        let taken = |entry: Option<(&Arc<str>, &std::cell::Cell<u32>)>| {
+        let taken = |entry: Slots<'_>| {
             entry.map(|(kept, n)| {
                 n.set(n.get() + 1);
                 kept.clone()
@@ -603,7 +608,7 @@ impl InFlight {
                 counts.retain(|_, n| n.get() > 0);
             }
             let kept: Arc<str> = Arc::from(k);
-            counts.insert(kept.clone(), std::cell::Cell::new(1));
+            counts.insert(kept.clone(), Count::new(1));
             kept
         };
         let key = match key_kept {
