@@ -214,7 +214,7 @@ impl Cluster {
         let prefix = format!("canon-{name}-{}-{}", std::process::id(), canon_store::now_millis());
         // Before anything that may fail, so a failure shows the logs.
         let dir = Workdir(tempfile::tempdir().unwrap());
-        let (pa, pb, plb, pstats) = (free_port(), free_port(), free_port(), free_port());
+        let (pa, pb) = (free_port(), free_port());
         let client = canon_server::http_client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(20))
@@ -226,19 +226,32 @@ impl Cluster {
         let b = Member::start(pb, &db.url, &redis_url, &prefix, dir.0.path().join("b.log"));
         tokio::join!(wait_ready(&client, &a.base), wait_ready(&client, &b.base));
 
+        // HAProxy's ports are picked just before it starts, and picked again
+        // when it exits at once: a port found free is free only until
+        // something else takes it, an outgoing connection's local port
+        // included (the nodes' dozens of connections to PostgreSQL and Redis
+        // draw from the same range), and then HAProxy cannot bind and exits.
         let config = dir.0.path().join("haproxy.cfg");
-        std::fs::write(&config, haproxy_config(plb, pstats, pa, pb)).unwrap();
-        let haproxy_log = std::fs::File::create(dir.0.path().join("haproxy.log")).unwrap();
-        let haproxy = Process::new(
-            Command::new(haproxy)
+        let mut attempts = 0;
+        let (haproxy, plb, pstats) = loop {
+            let (plb, pstats) = (free_port(), free_port());
+            std::fs::write(&config, haproxy_config(plb, pstats, pa, pb)).unwrap();
+            let haproxy_log = std::fs::File::create(dir.0.path().join("haproxy.log")).unwrap();
+            let mut child = Command::new(&haproxy)
                 // -db: in the foreground, so dropping the Process ends it.
                 .args(["-db", "-f"])
                 .arg(&config)
                 .stdout(Stdio::null())
                 .stderr(haproxy_log)
                 .spawn()
-                .expect("spawn haproxy"),
-        );
+                .expect("spawn haproxy");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            attempts += 1;
+            if attempts < 5 && matches!(child.try_wait(), Ok(Some(_))) {
+                continue;
+            }
+            break (Process::new(child), plb, pstats);
+        };
         let cluster = Cluster {
             a,
             b,
