@@ -1183,7 +1183,7 @@ fn negotiated(head: &Parts, response: &mut Response<Body>) {
         add_vary(response, "Accept-Encoding");
     } else {
         // The common case, in one insert: what the two calls above write.
-        set_static(response, header::VARY, "Accept, Accept-Encoding");
+        set_static(response, header::VARY, VARY_NEGOTIATED);
     }
     let codable = status == StatusCode::NOT_MODIFIED || !response.body().is_empty();
     if !codable || !coding::accepts_gzip(&head.headers) {
@@ -1214,11 +1214,14 @@ fn negotiated(head: &Parts, response: &mut Response<Body>) {
     }
 }
 
+/// The `Vary` line of a negotiated answer: what [`negotiated`] adds.
+const VARY_NEGOTIATED: &str = "Accept, Accept-Encoding";
+
 /// Adds `token` to `Vary` unless it is there already, keeping one line.
 /// The usual cases (no `Vary` yet; `Accept` then `Accept-Encoding`) set a
 /// static value: no allocation on the hot path.
 fn add_vary<B>(response: &mut Response<B>, token: &'static str) {
-    const BOTH: &str = "Accept, Accept-Encoding";
+    const BOTH: &str = VARY_NEGOTIATED;
     let headers = response.headers_mut();
     // The common cases without building the line: no `Vary` yet, or the
     // one line `negotiated` itself writes. (The general case below allocated

@@ -611,15 +611,8 @@ impl InFlight {
             counts.insert(kept.clone(), Count::new(1));
             kept
         };
-        let key = match key_kept {
-            Some(kept) => kept,
-            None => add(key),
-        };
-        let tenant = match (tenant, tenant_kept) {
-            (_, Some(Some(kept))) => Some(kept),
-            (Some(t), _) => Some(add(t)),
-            (None, _) => None,
-        };
+        let key = key_kept.unwrap_or_else(|| add(key));
+        let tenant = tenant.map(|t| tenant_kept.flatten().unwrap_or_else(|| add(t)));
         Some(Held {
             owner: self.clone(),
             key,
