@@ -14,6 +14,7 @@ pub mod access;
 pub mod body;
 pub mod catalogue;
 pub mod coding;
+pub mod date;
 pub mod flow;
 pub mod media;
 pub mod operation;

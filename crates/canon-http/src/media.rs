@@ -67,6 +67,29 @@ impl MediaType {
         }
     }
 
+    /// [`MediaType::content_type`] as a header value, made at compile time:
+    /// `HeaderValue::from_static` checks every byte when it runs, and every
+    /// answer with a body sends one.
+    pub fn content_type_value(self) -> http::HeaderValue {
+        macro_rules! made {
+            ($media:expr) => {{
+                const VALUE: http::HeaderValue = http::HeaderValue::from_static($media.content_type());
+                VALUE
+            }};
+        }
+        match self {
+            MediaType::Json => made!(MediaType::Json),
+            MediaType::MergePatch => made!(MediaType::MergePatch),
+            MediaType::JsonPatch => made!(MediaType::JsonPatch),
+            MediaType::Ndjson => made!(MediaType::Ndjson),
+            MediaType::Csv => made!(MediaType::Csv),
+            MediaType::Problem => made!(MediaType::Problem),
+            MediaType::Html => made!(MediaType::Html),
+            MediaType::JavaScript => made!(MediaType::JavaScript),
+            MediaType::Text => made!(MediaType::Text),
+        }
+    }
+
     /// The type whose essence is `essence` (compared case-insensitively).
     pub fn from_essence(essence: &str) -> Option<MediaType> {
         Self::ALL
@@ -272,6 +295,13 @@ mod tests {
     #[test]
     fn several_header_lines_combine() {
         assert_eq!(negotiate(["application/xml", "text/csv"], LIST), Some(Csv));
+    }
+
+    #[test]
+    fn content_type_values_are_the_content_types() {
+        for media in MediaType::ALL {
+            assert_eq!(media.content_type_value().to_str().ok(), Some(media.content_type()));
+        }
     }
 
     #[test]

@@ -225,9 +225,7 @@ impl Validators {
 }
 
 /// Formats a time as an HTTP-date (IMF-fixdate).
-pub fn http_date(t: SystemTime) -> String {
-    httpdate::fmt_http_date(t)
-}
+pub use crate::date::http_date;
 
 /// Truncates a time to whole seconds, the precision of HTTP-dates.
 pub fn to_seconds(t: SystemTime) -> SystemTime {

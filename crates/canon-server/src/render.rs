@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use canon_http::date::{civil_from_days, put_digits};
 use canon_http::flow::LockInfo;
 use canon_http::flow::Representation;
 use canon_http::media::MediaType;
@@ -41,41 +42,15 @@ pub fn write_timestamp(out: &mut String, ms: Millis) {
     let in_day = u32::try_from(in_day).unwrap_or(0);
     // Written into a stack buffer, then appended once.
     let mut text = *b"0000-00-00T00:00:00.000Z";
-    let mut digits = |at: usize, width: usize, mut n: u32| {
-        for place in (at..at + width).rev() {
-            text[place] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    };
-    digits(0, 4, year);
-    digits(5, 2, month);
-    digits(8, 2, day);
-    digits(11, 2, in_day / 3_600_000);
-    digits(14, 2, in_day / 60_000 % 60);
-    digits(17, 2, in_day / 1000 % 60);
-    digits(20, 3, in_day % 1000);
+    put_digits(&mut text, 4, 4, year);
+    put_digits(&mut text, 7, 2, month);
+    put_digits(&mut text, 10, 2, day);
+    put_digits(&mut text, 13, 2, in_day / 3_600_000);
+    put_digits(&mut text, 16, 2, in_day / 60_000 % 60);
+    put_digits(&mut text, 19, 2, in_day / 1000 % 60);
+    put_digits(&mut text, 23, 3, in_day % 1000);
     // Only ASCII digits were written into an ASCII template.
     out.push_str(std::str::from_utf8(&text).unwrap_or_default());
-}
-
-/// The proleptic Gregorian (year, month, day) of `days` since 1970-01-01:
-/// Howard Hinnant's `civil_from_days`, in whole 400-year eras.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    // Months counted from March, so that February's leap day comes last.
-    let march_month = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * march_month + 2) / 5 + 1) as u32;
-    let month = if march_month < 10 {
-        march_month + 3
-    } else {
-        march_month - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Milliseconds since the epoch as a `SystemTime`.
