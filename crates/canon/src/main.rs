@@ -6,6 +6,7 @@
 //! server (`transfer`). `canon migrate-store` moves a stopped server's SQLite
 //! store into PostgreSQL (`migrate_store`).
 
+mod allocator;
 mod device_args;
 mod migrate_store;
 mod transfer;
@@ -13,9 +14,10 @@ mod transfer;
 /// mimalloc rather than glibc's malloc: allocation and freeing were about a
 /// third of a record GET's instructions in issue 11's profile, and mimalloc's
 /// thread-local free lists serve a request's many short-lived allocations
-/// for a fraction of that (docs/performance.md).
+/// for a fraction of that (docs/performance.md). Called through
+/// [`allocator`], which takes its plain calls where the alignment allows.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
