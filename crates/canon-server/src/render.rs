@@ -187,7 +187,9 @@ pub fn record_json(r: &Record) -> String {
 /// of the parsed record, since the store keeps data as compact JSON, the
 /// form the JSON writer produces.
 pub fn raw_record_representation(r: &canon_store::RawRecord) -> Representation {
-    let mut out = String::with_capacity(r.data.len() + 112);
+    // Its exact length: a body whose buffer it fills becomes `Bytes` without
+    // a second allocation (one with room to spare needs a shared header).
+    let mut out = String::with_capacity(raw_record_len(r));
     write_raw_record(&mut out, r);
     Representation::new(MediaType::Json, bytes::Bytes::from(out.into_bytes())).with_validators(raw_record_validators(r))
 }
@@ -212,6 +214,16 @@ pub fn write_raw_record(out: &mut String, r: &canon_store::RawRecord) {
     write_timestamp(out, r.updated_at);
     out.push_str("\"}");
 }
+
+/// The length [`write_raw_record`] writes for `r` (a lower bound when the
+/// id needs escapes, which ids almost never do).
+fn raw_record_len(r: &canon_store::RawRecord) -> usize {
+    const FIXED: usize = r#"{"id":"","data":,"version":,"created_at":"","updated_at":""}"#.len();
+    FIXED + r.id.len() + r.data.len() + itoa::Buffer::new().format(r.version).len() + 2 * TIMESTAMP_LEN
+}
+
+/// The length of a [`write_timestamp`] within four-digit years.
+const TIMESTAMP_LEN: usize = "2026-12-02T08:04:07.290Z".len();
 
 /// Appends `text` as a JSON string. Ids are JSON strings as any other:
 /// escaped by the JSON writer when there is anything to escape (ids almost
@@ -373,6 +385,22 @@ mod tests {
             let mut text = String::new();
             write_raw_record(&mut text, &raw);
             assert_eq!(text, record_json(&r));
+            // The length is exact for ids without escapes, a lower bound otherwise.
+            let escapes = r.id.contains(['"', '\\', '\t']);
+            assert!(raw_record_len(&raw) == text.len() || escapes && raw_record_len(&raw) < text.len());
+        }
+        for version in [1, 9, 10, 123_456_789_012] {
+            let raw = canon_store::RawRecord {
+                id: "01a24283-e592-7444-b028-eb2b41d74fc2".into(),
+                data: r#"{"serial":"SN-1"}"#.into(),
+                version,
+                etag: "e".into(),
+                created_at: 0,
+                updated_at: 253_402_300_799_999,
+            };
+            let mut text = String::new();
+            write_raw_record(&mut text, &raw);
+            assert_eq!(raw_record_len(&raw), text.len(), "version {version}");
         }
     }
 
