@@ -34,6 +34,42 @@ use crate::validators::{self, Conditions, EntityTag, PreconditionOutcome, Valida
 /// A boxed, sendable future, as returned by the fact-supplying traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A fact that is usually known at once: a future that is ready without a
+/// box, and boxed only when the answer must wait (a store read on a cache
+/// miss, a limiter shared over the network). Every request asks for its
+/// caller, its standing and its screening; boxing answers that were ready
+/// all along cost an allocation each.
+pub enum Answer<'a, T> {
+    /// Known at once.
+    Ready(std::future::Ready<T>),
+    /// To be waited for.
+    Later(BoxFuture<'a, T>),
+}
+
+impl<'a, T> Answer<'a, T> {
+    /// An answer known now.
+    pub fn ready(value: T) -> Self {
+        Answer::Ready(std::future::ready(value))
+    }
+
+    /// An answer `future` will give.
+    pub fn later(future: impl Future<Output = T> + Send + 'a) -> Self {
+        Answer::Later(Box::pin(future))
+    }
+}
+
+impl<T> Future for Answer<'_, T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        // Both variants are `Unpin`: a `Ready` holds a value, a `Later` a box.
+        match self.get_mut() {
+            Answer::Ready(ready) => Pin::new(ready).poll(cx),
+            Answer::Later(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 /// The nodes of the flow, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Node {
@@ -262,7 +298,7 @@ pub trait Service: Send + Sync {
     fn availability(&self) -> Availability;
     /// The principal holding `token`; `Ok(None)` when the token is unknown,
     /// revoked or expired.
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>>;
+    fn authenticate<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Option<Principal>, Problem>>;
     /// The current time, for judging dates the client sent (a future
     /// `If-Modified-Since` is ignored).
     fn now(&self) -> std::time::SystemTime {
@@ -280,21 +316,21 @@ pub trait Service: Send + Sync {
     /// `principal` (its key's burst, its tenant's daily quota, its share of
     /// the requests in flight), all or nothing. A refusal takes nothing.
     /// Without a limiter nothing is limited.
-    fn rate_limit<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Result<RateVerdict, Problem>> {
+    fn rate_limit<'a>(&'a self, principal: &'a Principal) -> Answer<'a, Result<RateVerdict, Problem>> {
         let _ = principal;
-        Box::pin(async { Ok(RateVerdict::Unlimited) })
+        Answer::ready(Ok(RateVerdict::Unlimited))
     }
     /// Failed-auth limiting, before `token` is checked: `Refused` when the
     /// client has failed too often lately and `token` is not one that
     /// already worked from where it calls. Nothing is taken.
-    fn screen_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, RateVerdict> {
+    fn screen_token<'a>(&'a self, token: &'a str) -> Answer<'a, RateVerdict> {
         let _ = token;
-        Box::pin(async { RateVerdict::Unlimited })
+        Answer::ready(RateVerdict::Unlimited)
     }
     /// Counts a failed authentication (an unknown token) against the
     /// client; its standing afterwards.
-    fn token_failed(&self) -> BoxFuture<'_, RateVerdict> {
-        Box::pin(async { RateVerdict::Unlimited })
+    fn token_failed(&self) -> Answer<'_, RateVerdict> {
+        Answer::ready(RateVerdict::Unlimited)
     }
     /// Records the response to replay for a claimed key, or frees the key
     /// when `response` is `None` (the outcome should not be replayed).

@@ -217,13 +217,14 @@ impl Service for Stub {
     fn availability(&self) -> Availability {
         self.facts.availability.clone()
     }
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>> {
+    fn authenticate<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Option<Principal>, Problem>> {
         let p = if token == "good" {
             self.facts.principal.clone()
         } else {
             None
         };
-        Box::pin(async move { Ok(p) })
+        // Waited for, as a store read would be.
+        Answer::later(async move { Ok(p) })
     }
     fn resource(&self, _: &'static RouteSpec, _: Params, _: Option<Principal>) -> Box<dyn Resource> {
         Box::new(StubResource {
@@ -232,17 +233,15 @@ impl Service for Stub {
             streamed: None,
         })
     }
-    fn rate_limit<'a>(&'a self, _: &'a Principal) -> BoxFuture<'a, Result<RateVerdict, Problem>> {
-        let verdict = self.facts.rate;
-        Box::pin(async move { Ok(verdict) })
+    fn rate_limit<'a>(&'a self, _: &'a Principal) -> Answer<'a, Result<RateVerdict, Problem>> {
+        Answer::ready(Ok(self.facts.rate))
     }
-    fn screen_token<'a>(&'a self, _: &'a str) -> BoxFuture<'a, RateVerdict> {
-        let verdict = self.facts.screen;
-        Box::pin(async move { verdict })
+    fn screen_token<'a>(&'a self, _: &'a str) -> Answer<'a, RateVerdict> {
+        Answer::ready(self.facts.screen)
     }
-    fn token_failed(&self) -> BoxFuture<'_, RateVerdict> {
+    fn token_failed(&self) -> Answer<'_, RateVerdict> {
         let verdict = self.facts.failed;
-        Box::pin(async move { verdict })
+        Answer::later(async move { verdict })
     }
     fn claim_key<'a>(&'a self, _: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
         let state = (self.facts.key_state)();

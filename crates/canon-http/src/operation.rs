@@ -17,8 +17,8 @@ use http::{Method, Request, header};
 use crate::access::{Principal, Role, TenantRole};
 use crate::catalogue::ProblemKind;
 use crate::flow::{
-    Availability, BodyChunks, BodyError, BodySource, BoxFuture, Existence, Found, Input, KeyState, Keyed, LockInfo,
-    Representation, Resource, Service, StreamedBody, Success,
+    Answer, Availability, BodyChunks, BodyError, BodySource, BoxFuture, Existence, Found, Input, KeyState, Keyed,
+    LockInfo, Representation, Resource, Service, StreamedBody, Success,
 };
 use crate::media::MediaType;
 use crate::problem::Problem;
@@ -607,14 +607,14 @@ impl Service for Probe {
             }
         }
     }
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>> {
+    fn authenticate<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Option<Principal>, Problem>> {
         let principal = (token == "good").then(|| self.scene.principal.clone());
-        Box::pin(async move { Ok(principal) })
+        Answer::ready(Ok(principal))
     }
     fn resource(&self, _: &'static RouteSpec, _: Params, _: Option<Principal>) -> Box<dyn Resource> {
         Box::new(ProbeResource(self.scene.clone(), None))
     }
-    fn rate_limit<'a>(&'a self, _: &'a Principal) -> BoxFuture<'a, Result<RateVerdict, Problem>> {
+    fn rate_limit<'a>(&'a self, _: &'a Principal) -> Answer<'a, Result<RateVerdict, Problem>> {
         let verdict = if self.scene.limited {
             RateVerdict::Refused {
                 standing: Standing::default(),
@@ -624,7 +624,7 @@ impl Service for Probe {
         } else {
             RateVerdict::Unlimited
         };
-        Box::pin(async move { Ok(verdict) })
+        Answer::ready(Ok(verdict))
     }
     fn claim_key<'a>(&'a self, _: Keyed<'a>) -> BoxFuture<'a, Result<KeyState, Problem>> {
         let state = match self.scene.key_state {

@@ -166,6 +166,20 @@ pub trait RateLimiter: Send + Sync {
         take: bool,
     ) -> BoxFuture<'a, Result<RateVerdict, LimiterError>>;
 
+    /// [`RateLimiter::acquire`]'s answer when the limiter has it without
+    /// waiting (one kept in process always does), else `None`: nothing was
+    /// judged or taken, and the caller waits for `acquire`. Every request
+    /// is judged, and an answer that is ready needs no boxed future.
+    fn acquire_at_once(
+        &self,
+        charges: &[Charge<'_>],
+        now: SystemTime,
+        take: bool,
+    ) -> Option<Result<RateVerdict, LimiterError>> {
+        let _ = (charges, now, take);
+        None
+    }
+
     /// Gives back to every charge the one request an earlier `acquire` at
     /// about `now` took: the server failed to serve it (a 5xx), and a
     /// client must not pay for the server's failure.
@@ -542,6 +556,15 @@ impl RateLimiter for MemoryLimiter {
     ) -> BoxFuture<'a, Result<RateVerdict, LimiterError>> {
         let verdict = self.acquire_now(charges, now, take);
         Box::pin(async move { Ok(verdict) })
+    }
+
+    fn acquire_at_once(
+        &self,
+        charges: &[Charge<'_>],
+        now: SystemTime,
+        take: bool,
+    ) -> Option<Result<RateVerdict, LimiterError>> {
+        Some(Ok(self.acquire_now(charges, now, take)))
     }
 
     fn refund<'a>(&'a self, charges: &'a [Charge<'a>], now: SystemTime) -> BoxFuture<'a, Result<(), LimiterError>> {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use canon_http::Problem;
 use canon_http::access::Principal;
-use canon_http::flow::{self, Availability, BoxFuture, KeyState, Keyed, Limits, Resource, Service};
+use canon_http::flow::{self, Answer, Availability, BoxFuture, KeyState, Keyed, Limits, Resource, Service};
 use canon_http::ratelimit::{LimitName, RateVerdict};
 use canon_http::route::{Params, RouteSpec, RouteTable};
 use canon_store::{KeyOwner, TenantLimits};
@@ -137,6 +137,122 @@ impl<'a> Exchange<'a> {
     pub fn with_maintenance(self, maintenance: Availability) -> Self {
         Self { maintenance, ..self }
     }
+
+    /// Who holds the token whose digest is `digest` (`raw_digest` as bytes),
+    /// given the key the digest found; remembers the caller's tenant and
+    /// marks the client known-good when it is someone.
+    fn principal_of(&self, owner: Option<&KeyOwner>, digest: &str, raw_digest: [u8; 32]) -> Option<Principal> {
+        let principal = owner.and_then(|owner| match owner {
+            KeyOwner::Operator { key_id, token_hash } => {
+                token::digests_match(token_hash, digest).then(|| Principal::Operator { key_id: key_id.clone() })
+            }
+            KeyOwner::Member {
+                key_id,
+                token_hash,
+                tenant,
+                user_id,
+                role,
+                tenant_id,
+                limits,
+                ..
+            } => token::digests_match(token_hash, digest).then(|| {
+                // The tenant's limits come with the key: limiting
+                // costs no read of its own.
+                let _ = self.caller.set((tenant_id.clone(), *limits));
+                Principal::Member {
+                    key_id: key_id.clone(),
+                    tenant: tenant.clone(),
+                    user_id: user_id.clone(),
+                    role: *role,
+                }
+            }),
+        });
+        if principal.is_some()
+            && let Some(client) = self.client
+            && self.auth_failures().is_some()
+        {
+            // Remembered, so that failures of others at this address
+            // never stop this token.
+            let now = epoch_nanos(self.now());
+            let owner = self
+                .caller
+                .get()
+                .map_or(0, |(tenant_id, _)| self.app.known_good.owner(tenant_id));
+            self.app.known_good.worked(client, raw_digest, owner, now);
+        }
+        principal
+    }
+
+    /// The `RateLimit` node's answer once the limiter judged `charges`:
+    /// without `held` (the caller is over its share of the slots in flight)
+    /// a refusal that took nothing; otherwise the limiter's verdict, with
+    /// the slot and the charges kept until the exchange ends.
+    fn charged(
+        &self,
+        held: Option<Held>,
+        verdict: Result<RateVerdict, crate::limits::LimiterError>,
+        charges: &[Charge<'_>],
+        now: std::time::SystemTime,
+    ) -> Result<RateVerdict, Problem> {
+        let verdict = verdict.map_err(limiter_problem)?;
+        let Some(held) = held else {
+            // The fields still say where it stands.
+            return Ok(counted(RateVerdict::Refused {
+                standing: verdict.standing().unwrap_or_default(),
+                limit: LimitName::InFlight,
+                retry_after: 1,
+            }));
+        };
+        if !matches!(verdict, RateVerdict::Refused { .. }) {
+            // The key as the in-flight counts keep it: no copy per request.
+            let key = held.key().clone();
+            if let Ok(mut slot) = self.held.lock() {
+                *slot = Some(held);
+            }
+            if !charges.is_empty()
+                && let Ok(mut slot) = self.taken.lock()
+            {
+                let policy = |name| charges.iter().find(|c| c.name == name).map(|c| c.policy);
+                *slot = Some(Taken {
+                    key,
+                    burst: policy(LimitName::Burst),
+                    daily: policy(LimitName::Daily),
+                    at: now,
+                });
+            }
+        }
+        Ok(counted(verdict))
+    }
+}
+
+/// A request's charges, on the stack: its key's burst, then its tenant's
+/// daily quota, either of which may be off.
+#[derive(Clone, Copy)]
+enum Charges<'a> {
+    None,
+    One([Charge<'a>; 1]),
+    Two([Charge<'a>; 2]),
+}
+
+impl<'a> Charges<'a> {
+    /// These charges and `charge` after them (a request has two at most:
+    /// a third is not kept).
+    fn and(self, charge: Charge<'a>) -> Self {
+        match self {
+            Charges::None => Charges::One([charge]),
+            Charges::One([first]) => Charges::Two([first, charge]),
+            full @ Charges::Two(_) => full,
+        }
+    }
+
+    /// The charges, in order.
+    fn as_slice(&self) -> &[Charge<'a>] {
+        match self {
+            Charges::None => &[],
+            Charges::One(one) => one,
+            Charges::Two(two) => two,
+        }
+    }
 }
 
 impl Service for Exchange<'_> {
@@ -162,70 +278,35 @@ impl Service for Exchange<'_> {
         }
     }
 
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Principal>, Problem>> {
-        Box::pin(async move {
-            // Hashed once: the hex digest finds the key, the bytes mark the
-            // client as known-good below.
-            let raw_digest = token::digest_bytes(token);
-            let hex = token::hex(&raw_digest);
-            let digest = hex.as_str();
+    fn authenticate<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Option<Principal>, Problem>> {
+        // Hashed once: the hex digest finds the key, the bytes mark the
+        // client as known-good below.
+        let raw_digest = token::digest_bytes(token);
+        let hex = token::hex(&raw_digest);
+        // A key in the cache is answered at once; a miss reads the store.
+        let store = &*self.app.store;
+        if let Some(owner) = self.app.lookups.cached_key_owner(store, hex.as_str()) {
+            return Answer::ready(Ok(self.principal_of(Some(&owner), hex.as_str(), raw_digest)));
+        }
+        Answer::later(async move {
             let owner = (self.app.lookups)
-                .key_owner(&*self.app.store, digest)
+                .read_key_owner(store, hex.as_str())
                 .await
                 .map_err(store_problem)?;
-            let principal = owner.and_then(|owner| match &*owner {
-                KeyOwner::Operator { key_id, token_hash } => {
-                    token::digests_match(token_hash, digest).then(|| Principal::Operator { key_id: key_id.clone() })
-                }
-                KeyOwner::Member {
-                    key_id,
-                    token_hash,
-                    tenant,
-                    user_id,
-                    role,
-                    tenant_id,
-                    limits,
-                    ..
-                } => token::digests_match(token_hash, digest).then(|| {
-                    // The tenant's limits come with the key: limiting
-                    // costs no read of its own.
-                    let _ = self.caller.set((tenant_id.clone(), *limits));
-                    Principal::Member {
-                        key_id: key_id.clone(),
-                        tenant: tenant.clone(),
-                        user_id: user_id.clone(),
-                        role: *role,
-                    }
-                }),
-            });
-            if principal.is_some()
-                && let Some(client) = self.client
-            {
-                // Remembered, so that failures of others at this address
-                // never stop this token.
-                if self.auth_failures().is_some() {
-                    let now = epoch_nanos(self.now());
-                    let owner = self
-                        .caller
-                        .get()
-                        .map_or(0, |(tenant_id, _)| self.app.known_good.owner(tenant_id));
-                    self.app.known_good.worked(client, raw_digest, owner, now);
-                }
-            }
-            Ok(principal)
+            Ok(self.principal_of(owner.as_deref(), hex.as_str(), raw_digest))
         })
     }
 
-    fn screen_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, RateVerdict> {
-        Box::pin(async move {
-            let (Some(client), Some(policy)) = (self.client, self.auth_failures()) else {
-                return RateVerdict::Unlimited;
-            };
-            let now = self.now();
-            // Most clients never failed: one look-up, no counting.
-            if !self.app.known_good.failing(client, epoch_nanos(now)) {
-                return RateVerdict::Unlimited;
-            }
+    fn screen_token<'a>(&'a self, token: &'a str) -> Answer<'a, RateVerdict> {
+        let (Some(client), Some(policy)) = (self.client, self.auth_failures()) else {
+            return Answer::ready(RateVerdict::Unlimited);
+        };
+        let now = self.now();
+        // Most clients never failed: one look-up, no counting, no wait.
+        if !self.app.known_good.failing(client, epoch_nanos(now)) {
+            return Answer::ready(RateVerdict::Unlimited);
+        }
+        Answer::later(async move {
             let key = client.to_string();
             let charge = [Charge::auth_failures(&key, policy)];
             match self.app.limiter.acquire(&charge, now, false).await {
@@ -243,8 +324,8 @@ impl Service for Exchange<'_> {
         })
     }
 
-    fn token_failed(&self) -> BoxFuture<'_, RateVerdict> {
-        Box::pin(async move {
+    fn token_failed(&self) -> Answer<'_, RateVerdict> {
+        Answer::later(async move {
             let (Some(client), Some(policy)) = (self.client, self.auth_failures()) else {
                 return RateVerdict::Unlimited;
             };
@@ -261,95 +342,49 @@ impl Service for Exchange<'_> {
         })
     }
 
-    fn rate_limit<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Result<RateVerdict, Problem>> {
-        Box::pin(async move {
-            if self.nested {
-                return Ok(RateVerdict::Unlimited);
-            }
-            let config = &self.app.config;
-            let (key, tenant) = match principal {
-                Principal::Operator { key_id } => (&**key_id, None),
-                Principal::Member { key_id, .. } => (&**key_id, self.caller.get()),
-            };
-            let own = tenant.map(|(_, l)| *l).unwrap_or_default();
-            let per_second = own.rate_limit_per_second.unwrap_or(config.rate_limit_per_second);
-            let burst = own.burst.unwrap_or(config.rate_limit_burst);
-            let quota = own.daily_quota.unwrap_or(config.daily_quota);
-            let mut charges = [None, None];
-            if per_second > 0 {
-                charges[0] = Some(Charge {
-                    scope: Scope::Key,
-                    key,
-                    policy: Policy::per_second(per_second, burst),
-                    name: LimitName::Burst,
-                });
-            }
-            // The operator has no tenant, so no quota: only its key's rate.
-            if let Some((tenant_id, _)) = tenant.filter(|_| quota > 0) {
-                charges[1] = Some(Charge {
-                    scope: Scope::Tenant,
-                    key: tenant_id,
-                    policy: Policy::Daily { quota },
-                    name: LimitName::Daily,
-                });
-            }
-            // A slice of the charges present, without allocating.
-            let (one, two);
-            let charges: &[Charge<'_>] = match charges {
-                [Some(a), Some(b)] => {
-                    two = [a, b];
-                    &two
-                }
-                [Some(a), None] | [None, Some(a)] => {
-                    one = [a];
-                    &one
-                }
-                [None, None] => &[],
-            };
-            let now = self.now();
-            let held = self.app.callers_in_flight.enter(key, tenant.map(|(id, _)| &**id));
-            let Some(held) = held else {
-                // Over its share of the slots: refused, nothing taken; the
-                // fields still say where it stands.
-                let standing = self
-                    .app
-                    .limiter
-                    .acquire(charges, now, false)
-                    .await
-                    .map_err(limiter_problem)?
-                    .standing()
-                    .unwrap_or_default();
-                return Ok(counted(RateVerdict::Refused {
-                    standing,
-                    limit: LimitName::InFlight,
-                    retry_after: 1,
-                }));
-            };
-            let verdict = self
-                .app
-                .limiter
-                .acquire(charges, now, true)
-                .await
-                .map_err(limiter_problem)?;
-            if !matches!(verdict, RateVerdict::Refused { .. }) {
-                // The key as the in-flight counts keep it: no copy per request.
-                let key = held.key().clone();
-                if let Ok(mut slot) = self.held.lock() {
-                    *slot = Some(held);
-                }
-                if !charges.is_empty()
-                    && let Ok(mut slot) = self.taken.lock()
-                {
-                    let policy = |name| charges.iter().find(|c| c.name == name).map(|c| c.policy);
-                    *slot = Some(Taken {
-                        key,
-                        burst: policy(LimitName::Burst),
-                        daily: policy(LimitName::Daily),
-                        at: now,
-                    });
-                }
-            }
-            Ok(counted(verdict))
+    fn rate_limit<'a>(&'a self, principal: &'a Principal) -> Answer<'a, Result<RateVerdict, Problem>> {
+        if self.nested {
+            return Answer::ready(Ok(RateVerdict::Unlimited));
+        }
+        let config = &self.app.config;
+        let (key, tenant) = match principal {
+            Principal::Operator { key_id } => (&**key_id, None),
+            Principal::Member { key_id, .. } => (&**key_id, self.caller.get()),
+        };
+        let own = tenant.map(|(_, l)| *l).unwrap_or_default();
+        let per_second = own.rate_limit_per_second.unwrap_or(config.rate_limit_per_second);
+        let burst = own.burst.unwrap_or(config.rate_limit_burst);
+        let quota = own.daily_quota.unwrap_or(config.daily_quota);
+        let mut charges = Charges::None;
+        if per_second > 0 {
+            charges = charges.and(Charge {
+                scope: Scope::Key,
+                key,
+                policy: Policy::per_second(per_second, burst),
+                name: LimitName::Burst,
+            });
+        }
+        // The operator has no tenant, so no quota: only its key's rate.
+        if let Some((tenant_id, _)) = tenant.filter(|_| quota > 0) {
+            charges = charges.and(Charge {
+                scope: Scope::Tenant,
+                key: tenant_id,
+                policy: Policy::Daily { quota },
+                name: LimitName::Daily,
+            });
+        }
+        let now = self.now();
+        let held = self.app.callers_in_flight.enter(key, tenant.map(|(id, _)| &**id));
+        // Over its share of the slots: nothing is taken, the limits only
+        // say where the caller stands.
+        let take = held.is_some();
+        // An in-process limiter answers at once; a shared one is waited for.
+        if let Some(verdict) = self.app.limiter.acquire_at_once(charges.as_slice(), now, take) {
+            return Answer::ready(self.charged(held, verdict, charges.as_slice(), now));
+        }
+        Answer::later(async move {
+            let verdict = self.app.limiter.acquire(charges.as_slice(), now, take).await;
+            self.charged(held, verdict, charges.as_slice(), now)
         })
     }
 
