@@ -142,7 +142,8 @@ impl TagCondition {
             let s = value.to_str().map_err(|_| BadTagList(name.as_str()))?;
             // A line holding only empty list elements (`,`, ` , `) counts as
             // absent: RFC 9110 §5.6.1 has recipients ignore empty elements.
-            if s.split(',').all(|e| e.trim().is_empty()) {
+            // (A header value's only whitespace is spaces and tabs.)
+            if s.bytes().all(|b| matches!(b, b',' | b' ' | b'\t')) {
                 continue;
             }
             present = true;
@@ -190,7 +191,7 @@ fn parse_tag_list(s: &str, out: &mut Vec<EntityTag>) -> Option<()> {
         rest = rest.strip_prefix('"')?;
         let end = rest.find('"')?;
         let opaque = &rest[..end];
-        if !opaque.bytes().all(|b| is_etagc(b) || b >= 0x80) {
+        if !opaque.bytes().fold(true, |ok, b| ok & (is_etagc(b) | (b >= 0x80))) {
             return None;
         }
         out.push(EntityTag {
