@@ -587,7 +587,7 @@ impl Representation {
     /// With validators (and the `Cache-Control` records carry).
     pub fn with_validators(mut self, validators: Validators) -> Self {
         self.validators = validators;
-        self.cache_control = Some("private, no-cache");
+        self.cache_control = Some(REVALIDATE_PRIVATELY);
         self
     }
 
@@ -608,6 +608,12 @@ impl Representation {
 
 /// `Cache-Control` of a representation no cache may keep.
 pub const NO_STORE: &str = "no-store";
+
+/// The `Cache-Control` of a representation with validators, and of a 304
+/// unless the resource says otherwise: any cache may keep it, but must
+/// revalidate it (with the validators) before each use, and no shared cache
+/// may keep it (it is a tenant's, sent with credentials).
+pub const REVALIDATE_PRIVATELY: &str = "private, no-cache";
 
 /// How an action succeeded. The variant fixes the 2xx status.
 #[derive(Debug)]
@@ -1656,10 +1662,10 @@ fn set_static<B>(response: &mut Response<B>, name: HeaderName, value: &'static s
 /// when it runs; the values nearly every answer carries are made at compile
 /// time instead, and found by a comparison that costs less than the check.
 fn static_value(value: &'static str) -> HeaderValue {
-    const PRIVATE_NO_CACHE: HeaderValue = HeaderValue::from_static("private, no-cache");
+    const PRIVATELY: HeaderValue = HeaderValue::from_static(REVALIDATE_PRIVATELY);
     const NEGOTIATED: HeaderValue = HeaderValue::from_static(VARY_NEGOTIATED);
     match value {
-        "private, no-cache" => PRIVATE_NO_CACHE,
+        REVALIDATE_PRIVATELY => PRIVATELY,
         VARY_NEGOTIATED => NEGOTIATED,
         _ => HeaderValue::from_static(value),
     }
@@ -1683,7 +1689,7 @@ fn not_modified(found: Option<&Found>, spec: &MethodSpec) -> Response<Body> {
     if let Some(found) = found {
         set_validators(&mut response, &found.validators);
     }
-    let cache_control = found.and_then(|f| f.cache_control).unwrap_or("private, no-cache");
+    let cache_control = found.and_then(|f| f.cache_control).unwrap_or(REVALIDATE_PRIVATELY);
     set_static(&mut response, header::CACHE_CONTROL, cache_control);
     if spec.produces.len() > 1 {
         set_static(&mut response, header::VARY, "Accept");

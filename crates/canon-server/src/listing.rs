@@ -108,7 +108,7 @@ fn page(
     let mut rep = Representation::new(media, body);
     rep.links.extend(link);
     rep.vary = Some("Accept");
-    rep.cache_control = Some("private, no-cache");
+    rep.cache_control = Some(canon_http::flow::REVALIDATE_PRIVATELY);
     Ok(rep)
 }
 
