@@ -120,17 +120,18 @@ fn counted(cache: &'static str, hit: bool) {
 }
 
 impl Lookups {
-    /// `Store::key_owner` of the token digest `digest`, cached.
-    pub async fn key_owner(&self, store: &dyn Store, digest: &str) -> StoreResult<Option<Arc<KeyOwner>>> {
-        match self.cached_key_owner(store, digest) {
-            Some(owner) => Ok(Some(owner)),
-            None => self.read_key_owner(store, digest).await,
-        }
+    /// `Store::key_owner` of the token digest `digest` if the cache holds
+    /// it: answered without waiting, so authentication needs no boxed
+    /// future for a known key. A miss is counted as one; the caller goes
+    /// on to [`Lookups::read_key_owner`].
+    pub fn cached_key_owner(&self, store: &dyn Store, digest: &str) -> Option<Arc<KeyOwner>> {
+        let owner = self.keys.get(store.generation(), digest);
+        counted("keys", owner.is_some());
+        owner
     }
 
-    /// `Store::key_owner` of `digest` read from the store and cached when
-    /// found: what [`Lookups::key_owner`] does after a miss of
-    /// [`Lookups::cached_key_owner`].
+    /// `Store::key_owner` of `digest` read from the store, and cached when
+    /// found: what follows a miss of [`Lookups::cached_key_owner`].
     pub async fn read_key_owner(&self, store: &dyn Store, digest: &str) -> StoreResult<Option<Arc<KeyOwner>>> {
         // Read before the store is: an invalidation meanwhile makes the
         // entry put below stale at once.
@@ -140,15 +141,6 @@ impl Lookups {
             self.keys.put(generation, digest, Arc::clone(owner));
         }
         Ok(owner)
-    }
-
-    /// The key owner [`Lookups::key_owner`] would answer without reading
-    /// the store, if the cache holds it (a miss is counted as one: the
-    /// caller goes on to `key_owner`).
-    pub fn cached_key_owner(&self, store: &dyn Store, digest: &str) -> Option<Arc<KeyOwner>> {
-        let owner = self.keys.get(store.generation(), digest);
-        counted("keys", owner.is_some());
-        owner
     }
 
     /// `Store::tenant` by `name`, cached when found.
