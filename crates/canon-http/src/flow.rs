@@ -546,6 +546,11 @@ pub struct Representation {
     /// 7240 §3), such as `wait=5` on a job's monitor; `return=minimal` is
     /// the flow's own and added beside it.
     pub preference_applied: Option<String>,
+    /// Whether the body is a secret shown once (see
+    /// [`Representation::shown_once`]). Its own fact, not read from
+    /// `Cache-Control`: other bodies (a job's) are `no-store` too, because
+    /// they change, and a replay must show them whole.
+    pub(crate) shown_once: bool,
 }
 
 impl Representation {
@@ -581,6 +586,7 @@ impl Representation {
             retry_after: None,
             content_disposition: None,
             preference_applied: None,
+            shown_once: false,
         }
     }
 
@@ -592,19 +598,27 @@ impl Representation {
     }
 
     /// Marks the body as a secret shown once (a new API key's token): no
-    /// cache may keep it (`Cache-Control: no-store`, which the idempotency
-    /// ledger honours too), and `Prefer: return=minimal` is not applied,
-    /// because this body is the only copy of the secret there will ever be.
+    /// cache may keep it (`Cache-Control: no-store`), the response carries
+    /// [`ShownOnce`] so the idempotency ledger keeps it without the secret,
+    /// and `Prefer: return=minimal` is not applied, because this body is the
+    /// only copy of the secret there will ever be.
     pub fn shown_once(mut self) -> Self {
         self.cache_control = Some(NO_STORE);
+        self.shown_once = true;
         self
     }
 
     /// Whether this is a secret shown once (see [`Representation::shown_once`]).
     pub fn is_shown_once(&self) -> bool {
-        self.cache_control == Some(NO_STORE)
+        self.shown_once
     }
 }
+
+/// The response extension that marks a body holding a secret shown once
+/// ([`Representation::shown_once`]): whoever keeps a copy of the response
+/// (the idempotency ledger) must keep it without the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShownOnce;
 
 /// `Cache-Control` of a representation no cache may keep.
 pub const NO_STORE: &str = "no-store";
@@ -986,6 +1000,9 @@ fn replayable_copy(response: &Response<Body>) -> Option<Response<Bytes>> {
     *copy.status_mut() = response.status();
     *copy.version_mut() = response.version();
     *copy.headers_mut() = response.headers().clone();
+    if let Some(marker) = response.extensions().get::<ShownOnce>() {
+        copy.extensions_mut().insert(*marker);
+    }
     Some(copy)
 }
 
@@ -1700,6 +1717,9 @@ fn not_modified(found: Option<&Found>, spec: &MethodSpec) -> Response<Body> {
 fn representation_response(status: StatusCode, rep: Representation) -> Response<Body> {
     let mut response = Response::new(rep.body);
     *response.status_mut() = status;
+    if rep.shown_once {
+        response.extensions_mut().insert(ShownOnce);
+    }
     // Room for what the flow and the envelope add (validators, `Vary`,
     // `RateLimit` fields, the request id…): the map is not regrown.
     *response.headers_mut() = http::HeaderMap::with_capacity(16);

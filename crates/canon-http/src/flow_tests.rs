@@ -135,6 +135,7 @@ fn copy_success(success: &Success) -> Success {
         retry_after: rep.retry_after,
         content_disposition: rep.content_disposition.clone(),
         preference_applied: rep.preference_applied.clone(),
+        shown_once: rep.shown_once,
     };
     match success {
         Success::Ok(rep) => Success::Ok(copy(rep)),

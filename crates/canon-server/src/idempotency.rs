@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use canon_http::Problem;
-use canon_http::flow::{KeyState, Keyed};
+use canon_http::flow::{KeyState, Keyed, ShownOnce};
 use canon_store::{IdempotencyClaim, IdempotencyRequest, Store, StoredResponse};
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use sha2::{Digest, Sha256};
@@ -96,21 +96,17 @@ fn is_hop_header(name: &HeaderName) -> bool {
     name == header::CONNECTION || name == header::DATE || name.as_str() == crate::state::REQUEST_ID
 }
 
-/// What the ledger keeps of a response. A `Cache-Control: no-store` response
-/// (a new API key's token) is kept without its secret: a JSON object keeps
-/// every member but `token`, which becomes `null`, so a replay confirms what
-/// was created (status, `Location`, the key) but cannot show the secret
-/// again; any other such body is not kept at all, nor the headers that
-/// describe it.
+/// What the ledger keeps of a response. A secret shown once (a new API
+/// key's token, marked [`ShownOnce`] by the flow) is kept without its
+/// secret: a JSON object keeps every member but `token`, which becomes
+/// `null`, so a replay confirms what was created (status, `Location`, the
+/// key) but cannot show the secret again; any other such body is not kept at
+/// all, nor the headers that describe it. Every other body is kept whole,
+/// `no-store` ones too (a job's 202): no cache keeps them, but the replay of
+/// the first answer must be that answer.
 fn keep(response: &Response<Bytes>) -> StoredResponse {
-    let no_store = response
-        .headers()
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case("no-store"));
-    let body = if no_store {
+    let secret = response.extensions().get::<ShownOnce>().is_some();
+    let body = if secret {
         without_secret(response.body())
     } else {
         Some(response.body().to_vec())
@@ -119,8 +115,7 @@ fn keep(response: &Response<Bytes>) -> StoredResponse {
         n == header::CONTENT_TYPE || n == header::CONTENT_LENGTH || n == header::ETAG || n == header::LAST_MODIFIED
     };
     // The body changed (or is gone): its length must be the server's to set.
-    let drop_header =
-        |n: &HeaderName| no_store && (n == header::CONTENT_LENGTH || (body.is_none() && describes_body(n)));
+    let drop_header = |n: &HeaderName| secret && (n == header::CONTENT_LENGTH || (body.is_none() && describes_body(n)));
     StoredResponse {
         status: response.status().as_u16(),
         headers: response

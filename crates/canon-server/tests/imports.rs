@@ -81,6 +81,40 @@ async fn imports_run_as_a_job_and_report_each_failed_line() {
 }
 
 #[tokio::test]
+async fn imports_a_keyed_upload_sent_again_replays_the_first_202_whole() {
+    let s = Server::start().await;
+    let w = world(&s, "acme").await;
+    let send = || {
+        s.req(Method::POST, IMPORTS, Some(&w.editor))
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", "import-once")
+            .body("{\"port\":7}\n")
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let location = header(&first, "location").to_owned();
+    let first_body = first.bytes().await.unwrap();
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(header(&again, "idempotent-replayed"), "true");
+    assert_eq!(header(&again, "location"), location);
+    // A job's 202 is `no-store` (it changes by itself), which is not a
+    // secret: the replay is the first answer, body and all.
+    assert_eq!(header(&again, "cache-control"), "no-store");
+    assert_eq!(header(&again, "content-type"), "application/json");
+    assert!(header(&again, "retry-after").parse::<u64>().is_ok());
+    assert_eq!(again.bytes().await.unwrap(), first_body);
+    let job: Value = serde_json::from_slice(&first_body).unwrap();
+    assert_eq!(job["kind"], "import");
+    // One upload, one job, one record.
+    let report = result_of(&s, &w.editor, &location).await;
+    assert_eq!(report["created"], 1, "{report}");
+    let list = s.ok_json(Method::GET, RECORDS, &w.viewer, None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+}
+
+#[tokio::test]
 async fn imports_an_empty_upload_is_a_job_of_nothing() {
     let s = Server::start().await;
     let w = world(&s, "acme").await;

@@ -636,17 +636,15 @@ impl Resource for RecordLock {
                         .acquire_lease(&collection_id, id, actor(&self.cx), ttl)
                         .await
                         .map_err(store_problem)?;
-                    let rep = Representation::json(&render::lease(&lease));
+                    let mut rep = Representation::json(&render::lease(&lease));
                     if new {
                         return Ok(Success::Created {
                             location: self.path(),
                             representation: rep,
                         });
                     }
-                    Ok(Success::Ok(Representation {
-                        content_location: Some(self.path()),
-                        ..rep
-                    }))
+                    rep.content_location = Some(self.path());
+                    Ok(Success::Ok(rep))
                 }
                 Method::DELETE => {
                     // The holder releases only its own lease (it may have
