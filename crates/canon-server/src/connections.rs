@@ -5,9 +5,12 @@
 //! (docs/http.md, "Connections").
 //!
 //! An accept loop of our own over hyper's HTTP/1 builder rather than
-//! `axum::serve`, which sets no hyper timer: without one hyper's
-//! header-read timeout is silently off, and a client sending its headers a
-//! byte at a time could hold a connection forever.
+//! `axum::serve`, which gives no hold on a connection's life: a client
+//! sending its headers a byte at a time could hold a connection forever.
+//! Both of a connection's clocks (the header section's and the idle one) are
+//! kept here, by one watch per connection that reads what its socket did
+//! ([`Activity`]), rather than by hyper's header-read timer, which boxed and
+//! registered a timer for every request (docs/performance.md).
 
 use foldhash::{HashMap, HashMapExt};
 use std::convert::Infallible;
@@ -134,14 +137,14 @@ pub async fn serve_connections<S: ConnectionService>(
     ));
     let (stop, stopping) = watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        // No `max_headers`: hyper's default of 100 fields is kept. Any other
-        // value, even 100, makes hyper fill an array of that many slots on
-        // every request, about 5 % of a record GET's instructions at 512
-        // (docs/performance.md); more than 100 fields is answered by hyper
-        // (a bare 431, docs/http.md).
-        .header_read_timeout(limits.header_timeout);
+    // No `max_headers`: hyper's default of 100 fields is kept. Any other
+    // value, even 100, makes hyper fill an array of that many slots on every
+    // request, about 5 % of a record GET's instructions at 512
+    // (docs/performance.md); more than 100 fields is answered by hyper (a
+    // bare 431, docs/http.md). No hyper timer: the header section's clock is
+    // the connection's watch ([`watch`]), so hyper's own header-read timeout
+    // (30 s by default, and only with a timer) is off.
+    builder.header_read_timeout(None);
     tokio::pin!(shutdown);
     loop {
         // A slot first, then a connection: at the limit the loop waits here
@@ -181,7 +184,10 @@ pub async fn serve_connections<S: ConnectionService>(
             peer,
             service: service.clone(),
             builder: builder.clone(),
-            idle_timeout: limits.idle_timeout,
+            clocks: Clocks {
+                header: limits.header_timeout,
+                idle: limits.idle_timeout,
+            },
             stopping: stopping.clone(),
         };
         tokio::spawn(async move {
@@ -214,8 +220,25 @@ struct Connection<S> {
     peer: std::net::SocketAddr,
     service: S,
     builder: hyper::server::conn::http1::Builder,
-    idle_timeout: Duration,
+    clocks: Clocks,
     stopping: watch::Receiver<bool>,
+}
+
+/// A connection's two clocks ([`Limits::header_timeout`],
+/// [`Limits::idle_timeout`]).
+#[derive(Debug, Clone, Copy)]
+struct Clocks {
+    header: Duration,
+    idle: Duration,
+}
+
+/// Why a connection's watch closed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    /// No complete header section in time.
+    Header,
+    /// Nothing moved in time.
+    Idle,
 }
 
 /// The response future of one request, boxed so the connection is `Unpin`
@@ -229,7 +252,7 @@ impl<S: ConnectionService> Connection<S> {
             peer,
             service,
             builder,
-            idle_timeout,
+            clocks,
             mut stopping,
         } = self;
         let activity = Arc::new(Activity::new());
@@ -250,8 +273,21 @@ impl<S: ConnectionService> Connection<S> {
             let response = service.clone().oneshot(req);
             Box::pin(async move {
                 let response = response.await;
-                drop(busy);
-                response
+                // A streamed answer is still being produced once it has a
+                // head: the request stays busy until its body ends (or is
+                // dropped), so a slow source is neither idle nor a wait for
+                // the next header section. A whole body (or none) is
+                // written at once: the writes themselves move the clocks.
+                Ok(match response {
+                    Ok(response) if is_streamed(&response) => {
+                        response.map(|inner| Body::new(Answering { inner, _busy: busy }))
+                    }
+                    Ok(response) => {
+                        drop(busy);
+                        response
+                    }
+                    Err(never) => match never {},
+                })
             }) as Responding
         });
         let io = hyper_util::rt::TokioIo::new(Watched {
@@ -265,7 +301,7 @@ impl<S: ConnectionService> Connection<S> {
         }
         let ended = loop {
             tokio::select! {
-                ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break Some(ended),
+                ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break Ok(ended),
                 changed = stopping.changed(), if !shutting_down => {
                     // The sender gone without a word also means: stop.
                     if changed.is_err() || *stopping.borrow() {
@@ -273,11 +309,11 @@ impl<S: ConnectionService> Connection<S> {
                         Pin::new(&mut conn).graceful_shutdown();
                     }
                 }
-                () = idle(&activity, idle_timeout) => break None,
+                expired = watch(&activity, clocks) => break Err(expired),
             }
         };
         match ended {
-            Some(Ok(())) => {
+            Ok(Ok(())) => {
                 let parts = conn.into_parts();
                 // Only a client that may still be sending needs the
                 // lingering read; an idle connection (keep-alive ended by
@@ -289,8 +325,9 @@ impl<S: ConnectionService> Connection<S> {
                     linger(stream).await;
                 }
             }
-            Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
-            None => tracing::debug!(%peer, "idle connection closed"),
+            Ok(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+            Err(Expired::Header) => tracing::debug!(%peer, "connection closed: no header section in time"),
+            Err(Expired::Idle) => tracing::debug!(%peer, "idle connection closed"),
         }
     }
 }
@@ -392,22 +429,14 @@ async fn linger(mut stream: TcpStream) {
     }
 }
 
-/// Resolves once the connection has been idle for `timeout`: no byte read
-/// or written for that long, while no request is being handled or while a
-/// write waits for the client to read.
-async fn idle(activity: &Activity, timeout: Duration) {
+/// Resolves when one of the connection's clocks runs out
+/// ([`Activity::expired`]), looking again when the nearest could.
+async fn watch(activity: &Activity, clocks: Clocks) -> Expired {
     loop {
-        let quiet = activity.quiet_for();
-        if quiet >= timeout && (activity.busy.load(Ordering::Relaxed) == 0 || activity.write_blocked()) {
-            return;
+        match activity.expired(activity.now_ms(), clocks) {
+            Ok(expired) => return expired,
+            Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(10))).await,
         }
-        // A handler busy without IO (a long store call) is not idle: look
-        // again a little later.
-        let wait = timeout
-            .saturating_sub(quiet)
-            .max(timeout / 4)
-            .max(Duration::from_millis(10));
-        tokio::time::sleep(wait).await;
     }
 }
 
@@ -416,6 +445,10 @@ struct Activity {
     start: Instant,
     /// Milliseconds after `start` of the last byte read or written.
     last: AtomicU64,
+    /// Milliseconds after `start` since which the server has been waiting
+    /// for a header section: the connection's start, the end of a request's
+    /// handling, or the last byte of an answer written since.
+    head_wait: AtomicU64,
     /// Requests being handled (their handler has not answered yet).
     busy: AtomicUsize,
     /// The last write found the socket's buffer full.
@@ -430,21 +463,64 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last: AtomicU64::new(0),
+            head_wait: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
             write_pending: AtomicBool::new(false),
             unread: AtomicBool::new(false),
         }
     }
 
-    fn touch(&self) {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(now, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn quiet_for(&self) -> Duration {
-        self.start
-            .elapsed()
-            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    /// A byte was read: the connection is not idle (a header section
+    /// trickling in is still late, so its clock goes on).
+    fn touch(&self) {
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// An answer moved on (a request was handled, or bytes of its answer
+    /// were written): the connection is not idle, and the wait for the next
+    /// header section starts again.
+    fn answered(&self) {
+        let now = self.now_ms();
+        self.last.store(now, Ordering::Relaxed);
+        self.head_wait.store(now, Ordering::Relaxed);
+    }
+
+    /// At `now` (milliseconds after `start`): which clock has run out, or
+    /// how long until one could.
+    ///
+    /// - Header: no request is being handled, no answer waits for the client
+    ///   to read it, and no complete header section came for `clocks.header`
+    ///   since the server began waiting for one (hyper calls the service as
+    ///   soon as a head is complete, which makes the connection busy).
+    /// - Idle: no byte moved for `clocks.idle`, while no request is being
+    ///   handled or while an answer waits for the client to read it.
+    fn expired(&self, now: u64, clocks: Clocks) -> Result<Expired, Duration> {
+        let since = |at: &AtomicU64| Duration::from_millis(now.saturating_sub(at.load(Ordering::Relaxed)));
+        let busy = self.busy.load(Ordering::Relaxed) > 0;
+        let blocked = self.write_blocked();
+        let quiet = since(&self.last);
+        if quiet >= clocks.idle && (!busy || blocked) {
+            return Ok(Expired::Idle);
+        }
+        let waiting = !busy && !blocked;
+        let waited = since(&self.head_wait);
+        if waiting && waited >= clocks.header {
+            return Ok(Expired::Header);
+        }
+        // A handler busy without IO (a long store call) is not idle: look
+        // again a little later. A busy or blocked connection starts its
+        // header clock afresh when it is done, so a full period is enough.
+        let idle_wait = if quiet >= clocks.idle {
+            clocks.idle / 4
+        } else {
+            clocks.idle - quiet
+        };
+        let header_wait = if waiting { clocks.header - waited } else { clocks.header };
+        Err(idle_wait.min(header_wait))
     }
 
     fn write_blocked(&self) -> bool {
@@ -466,7 +542,43 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        self.0.answered();
+    }
+}
+
+/// Whether `response` has a body produced as it is sent (an export, a job's
+/// result): neither a whole one (its length known) nor none at all (a 304,
+/// whose body hyper never sends).
+fn is_streamed(response: &Response) -> bool {
+    response.status() != http::StatusCode::NOT_MODIFIED
+        && !response.body().is_end_stream()
+        && response.body().size_hint().exact().is_none()
+}
+
+/// A streamed answer's body, which keeps its request [`Busy`] until it ends
+/// or is dropped.
+struct Answering {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Answering {
+    type Data = hyper::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -555,7 +667,7 @@ impl Watched {
             Poll::Ready(written) => {
                 self.activity.write_pending.store(false, Ordering::Relaxed);
                 if matches!(written, Ok(n) if *n > 0) {
-                    self.activity.touch();
+                    self.activity.answered();
                 }
             }
         }
@@ -568,6 +680,113 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    const CLOCKS: Clocks = Clocks {
+        header: Duration::from_millis(10_000),
+        idle: Duration::from_millis(60_000),
+    };
+
+    /// An activity whose last byte moved at `last` and whose wait for a head
+    /// began at `head_wait` (milliseconds after its start).
+    fn activity(last: u64, head_wait: u64, busy: usize, blocked: bool) -> Activity {
+        let a = Activity::new();
+        a.last.store(last, Ordering::Relaxed);
+        a.head_wait.store(head_wait, Ordering::Relaxed);
+        a.busy.store(busy, Ordering::Relaxed);
+        a.write_pending.store(blocked, Ordering::Relaxed);
+        a
+    }
+
+    #[test]
+    fn a_header_section_has_its_clock_from_the_wait_not_from_the_last_byte() {
+        // A new connection sending nothing: the header clock runs out first.
+        let silent = activity(0, 0, 0, false);
+        assert_eq!(silent.expired(9_999, CLOCKS), Err(Duration::from_millis(1)));
+        assert_eq!(silent.expired(10_000, CLOCKS), Ok(Expired::Header));
+        // A head trickling in a byte at a time (reads at 9.9 s) is still late.
+        let trickle = activity(9_900, 0, 0, false);
+        assert_eq!(trickle.expired(10_000, CLOCKS), Ok(Expired::Header));
+        // After an answer (written at 5 s), the next head has until 15 s.
+        let keep_alive = activity(5_000, 5_000, 0, false);
+        assert_eq!(keep_alive.expired(14_000, CLOCKS), Err(Duration::from_millis(1_000)));
+        assert_eq!(keep_alive.expired(15_000, CLOCKS), Ok(Expired::Header));
+    }
+
+    #[test]
+    fn a_request_being_handled_or_an_answer_waiting_for_the_client_is_not_late() {
+        // Busy for a minute without IO (a long store call): neither clock.
+        let busy = activity(0, 0, 1, false);
+        assert_eq!(busy.expired(70_000, CLOCKS), Err(Duration::from_millis(10_000)));
+        // An answer the client does not read: not a header wait; idle once
+        // nothing moved for the idle timeout.
+        let blocked = activity(1_000, 1_000, 0, true);
+        assert_eq!(blocked.expired(30_000, CLOCKS), Err(Duration::from_millis(10_000)));
+        assert_eq!(blocked.expired(61_000, CLOCKS), Ok(Expired::Idle));
+        // Busy and blocked (a streamed answer stalled by its client): idle.
+        let streaming = activity(1_000, 0, 1, true);
+        assert_eq!(streaming.expired(61_000, CLOCKS), Ok(Expired::Idle));
+    }
+
+    #[test]
+    fn the_shorter_clock_closes_an_idle_keep_alive_connection() {
+        let clocks = Clocks {
+            header: Duration::from_millis(60_000),
+            idle: Duration::from_millis(10_000),
+        };
+        let keep_alive = activity(5_000, 5_000, 0, false);
+        assert_eq!(keep_alive.expired(14_000, clocks), Err(Duration::from_millis(1_000)));
+        assert_eq!(keep_alive.expired(15_000, clocks), Ok(Expired::Idle));
+    }
+
+    #[test]
+    fn answering_and_writing_restart_the_header_wait_but_reading_does_not() {
+        let a = Activity::new();
+        a.head_wait.store(0, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+        a.touch();
+        assert_eq!(
+            a.head_wait.load(Ordering::Relaxed),
+            0,
+            "a read leaves the header clock alone"
+        );
+        assert!(a.last.load(Ordering::Relaxed) >= 20);
+        a.answered();
+        assert!(a.head_wait.load(Ordering::Relaxed) >= 20, "an answer restarts it");
+    }
+
+    #[test]
+    fn a_streamed_answer_keeps_its_request_busy_until_its_body_is_done() {
+        use futures_util::StreamExt as _;
+        let a = Arc::new(Activity::new());
+        let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x"))]);
+        let streamed = Response::new(Body::from_stream(chunks));
+        assert!(is_streamed(&streamed));
+        assert!(!is_streamed(&Response::new(Body::from("whole"))));
+        assert!(!is_streamed(&Response::new(Body::empty())));
+        let not_modified = http::Response::builder()
+            .status(304)
+            .body(Body::from_stream(futures_util::stream::empty::<
+                Result<bytes::Bytes, std::io::Error>,
+            >()))
+            .unwrap();
+        assert!(!is_streamed(&not_modified));
+
+        let busy = Busy::new(a.clone());
+        let body = Body::new(Answering {
+            inner: streamed.into_body(),
+            _busy: busy,
+        });
+        assert_eq!(a.busy.load(Ordering::Relaxed), 1);
+        let mut frames = body.into_data_stream();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            assert!(frames.next().await.is_some());
+            assert_eq!(a.busy.load(Ordering::Relaxed), 1, "busy while it streams");
+            assert!(frames.next().await.is_none());
+        });
+        drop(frames);
+        assert_eq!(a.busy.load(Ordering::Relaxed), 0, "done once the body is");
     }
 
     #[test]

@@ -58,6 +58,41 @@ async fn a_header_section_that_does_not_arrive_in_time_closes_the_connection() {
 }
 
 #[tokio::test]
+async fn a_header_section_trickling_in_is_closed_when_its_time_is_up() {
+    // Bytes keep arriving, one every 100 ms: the connection is never idle,
+    // but its header section is late all the same.
+    let mut config = config();
+    config.header_timeout = Duration::from_millis(500);
+    let s = Server::start_with(config, |r| r).await;
+    let started = Instant::now();
+    let mut sock = slow_headers(&s).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(5), "still open after 5 s");
+        if sock.write_all(b"a").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), sock.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        out.is_empty(),
+        "closed without a response: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(
+        elapsed >= Duration::from_millis(450),
+        "not before the timeout: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "soon after it: {elapsed:?}");
+}
+
+#[tokio::test]
 async fn many_slow_header_sections_do_not_stop_healthz() {
     // The default header timeout (10 s): what keeps /healthz answering is
     // that a stalled connection costs a task, not the accept loop.
