@@ -1147,10 +1147,29 @@ fn is_valid_host(value: &HeaderValue) -> bool {
             None => (s, None),
         }
     };
-    let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
     let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    !host.is_empty() && host.bytes().all(reg_name) && port_ok
+    !host.is_empty() && host.bytes().all(|b| REG_NAME[usize::from(b)]) && port_ok
 }
+
+/// The bytes of a reg-name (RFC 3986 §3.2.2: unreserved, sub-delims and
+/// `%` of a pct-encoded octet), as a table: every request's `Host` is
+/// checked byte by byte.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let others = b"-._~!$&'()*+,;=%";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Whether a segment of `path` is `.` or `..`, literally or percent-encoded.
 fn has_dot_segment(path: &str) -> bool {

@@ -1332,7 +1332,7 @@ async fn n03b_host_must_be_sent_once_and_valid_on_http_1_1() {
         .unwrap();
     assert_problem(&run_raw(Facts::default(), two).await, 400, "invalid-header");
 
-    for bad in ["", "a b", "user@host", "host:port", "[::1"] {
+    for bad in ["", "a b", "user@host", "host:port", "[::1", "a/b", "a\\b", "a\"b"] {
         let r = run_raw(
             Facts::default(),
             Request::get(ITEM)
@@ -1344,7 +1344,13 @@ async fn n03b_host_must_be_sent_once_and_valid_on_http_1_1() {
         .await;
         assert_problem(&r, 400, "invalid-header");
     }
-    for good in ["canon.test", "127.0.0.1:8080", "[::1]:80", "localhost"] {
+    for good in [
+        "canon.test",
+        "127.0.0.1:8080",
+        "[::1]:80",
+        "localhost",
+        "a-b_c~d!$&'()*+,;=%41.test",
+    ] {
         let r = run_raw(
             Facts::default(),
             Request::get(ITEM)

@@ -340,8 +340,21 @@ impl Params {
 pub struct RouteTable {
     routes: &'static [RouteSpec],
     router: matchit::Router<usize>,
-    /// Parameter names per route, so captured names can be `'static`.
-    param_names: Vec<Vec<&'static str>>,
+    /// Each route's parameters, in pattern order: the values are read
+    /// from the path's segments by position, not from matchit's captures,
+    /// which it checks as UTF-8 one by one (the path is a `&str` already).
+    captures: Vec<Vec<Capture>>,
+}
+
+/// Where a route's parameter sits in its pattern: a whole segment, or
+/// (`{*name}`) the rest of the path from that segment on.
+#[derive(Debug, Clone, Copy)]
+struct Capture {
+    name: &'static str,
+    /// The index of its segment in the pattern split at `/` (0 is the
+    /// empty one before the leading slash).
+    segment: usize,
+    rest: bool,
 }
 
 /// The table could not be compiled (a pattern conflict: a programming error).
@@ -358,30 +371,38 @@ impl RouteTable {
     /// Compiles `routes`.
     pub fn new(routes: &'static [RouteSpec]) -> Result<Self, RouteTableError> {
         let mut router = matchit::Router::new();
-        let mut param_names = Vec::with_capacity(routes.len());
+        let mut captures = Vec::with_capacity(routes.len());
         for (i, r) in routes.iter().enumerate() {
-            router.insert(r.pattern, i).map_err(|e| RouteTableError {
+            let refuse = |reason: String| RouteTableError {
                 pattern: r.pattern,
-                reason: e.to_string(),
-            })?;
-            let names: Vec<&'static str> = r
-                .pattern
-                .split('/')
-                .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-                .map(|s| s.trim_start_matches('*'))
-                .collect();
-            if names.len() > MAX_PARAMS {
-                return Err(RouteTableError {
-                    pattern: r.pattern,
-                    reason: format!("more than {MAX_PARAMS} parameters"),
-                });
+                reason,
+            };
+            router.insert(r.pattern, i).map_err(|e| refuse(e.to_string()))?;
+            let mut these = Vec::new();
+            for (segment, text) in r.pattern.split('/').enumerate() {
+                if !text.contains(['{', '}']) {
+                    continue;
+                }
+                let name = text
+                    .strip_prefix('{')
+                    .and_then(|s| s.strip_suffix('}'))
+                    .filter(|s| !s.contains(['{', '}']))
+                    .ok_or_else(|| refuse(format!("the parameter `{text}` is not a whole segment")))?;
+                let (name, rest) = match name.strip_prefix('*') {
+                    Some(name) => (name, true),
+                    None => (name, false),
+                };
+                these.push(Capture { name, segment, rest });
             }
-            param_names.push(names);
+            if these.len() > MAX_PARAMS {
+                return Err(refuse(format!("more than {MAX_PARAMS} parameters")));
+            }
+            captures.push(these);
         }
         Ok(Self {
             routes,
             router,
-            param_names,
+            captures,
         })
     }
 
@@ -394,21 +415,38 @@ impl RouteTable {
     pub fn lookup(&self, path: &str) -> Option<(&'static RouteSpec, Params)> {
         let matched = self.router.at(path).ok()?;
         let idx = *matched.value;
-        let names = &self.param_names[idx];
-        // matchit yields the values in pattern order, as `names` lists them:
-        // one pass, no look-up by name.
-        if matched.params.len() != names.len() {
+        let captures = &self.captures[idx];
+        if matched.params.len() != captures.len() {
             return None;
         }
-        // The path's length bounds the values' (decoding only shortens): no
-        // second pass over them, each of which matchit checks as UTF-8.
+        // The path's length bounds the values' (decoding only shortens).
         let mut params = Params {
-            text: String::with_capacity(if names.is_empty() { 0 } else { path.len() }),
+            text: String::with_capacity(if captures.is_empty() { 0 } else { path.len() }),
             ..Params::default()
         };
-        for (name, (_, value)) in names.iter().zip(matched.params.iter()) {
-            percent_decode_into(&mut params.text, value)?;
-            params.push_end(name);
+        // The path matched the pattern, so its segments line up with the
+        // pattern's: each value is the segment at its parameter's place (or,
+        // for `{*name}`, the path from there on), found in one pass over
+        // the path's bytes.
+        let bytes = path.as_bytes();
+        let slash_after = |from: usize| bytes.get(from..).and_then(|rest| rest.iter().position(|&b| b == b'/'));
+        // The segment `start` begins, and where it begins.
+        let (mut segment, mut start) = (0, 0);
+        for capture in captures {
+            while segment < capture.segment {
+                start += slash_after(start)? + 1;
+                segment += 1;
+            }
+            let end = if capture.rest {
+                bytes.len()
+            } else {
+                slash_after(start).map_or(bytes.len(), |at| start + at)
+            };
+            percent_decode_into(&mut params.text, path.get(start..end)?)?;
+            params.push_end(capture.name);
+            // `end` is the slash before the next segment: the next step
+            // finds it at once.
+            start = end;
         }
         Some((&self.routes[idx], params))
     }
@@ -497,6 +535,38 @@ mod tests {
             (p.get("outer"), p.get("inner"), p.get("leaf")),
             (Some("a"), Some("b/c"), Some("d"))
         );
+    }
+
+    #[test]
+    fn lookup_takes_a_catch_all_parameter_to_the_end_of_the_path() {
+        static GATEWAY: &[RouteSpec] = &[RouteSpec {
+            name: "gateway",
+            pattern: "/v1/devices/{device}/api/{*path}",
+            methods: &[],
+            planned: &[],
+            summary: "",
+            states: States::FIXED,
+        }];
+        let t = RouteTable::new(GATEWAY).unwrap();
+        let (_, p) = t.lookup("/v1/devices/d%201/api/system/ports/7").unwrap();
+        assert_eq!((p.get("device"), p.get("path")), (Some("d 1"), Some("system/ports/7")));
+        let (_, p) = t.lookup("/v1/devices/d/api/x").unwrap();
+        assert_eq!(p.get("path"), Some("x"));
+        assert!(t.lookup("/v1/devices/d/api/").is_none());
+    }
+
+    #[test]
+    fn a_parameter_must_be_a_whole_segment() {
+        static PARTIAL: &[RouteSpec] = &[RouteSpec {
+            name: "partial",
+            pattern: "/v1/files/{name}.json",
+            methods: &[],
+            planned: &[],
+            summary: "",
+            states: States::FIXED,
+        }];
+        let error = RouteTable::new(PARTIAL).err().expect("refused");
+        assert!(error.reason.contains("whole segment"), "{error}");
     }
 
     #[test]

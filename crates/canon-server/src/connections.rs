@@ -533,8 +533,10 @@ struct Busy(Arc<Activity>);
 
 impl Busy {
     fn new(activity: Arc<Activity>) -> Busy {
+        // No clock read: the read that completed the head (or the answer
+        // written before a pipelined one) moved the clocks just now, and
+        // neither clock runs out while a request is busy.
         activity.busy.fetch_add(1, Ordering::Relaxed);
-        activity.touch();
         Busy(activity)
     }
 }

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{Choice, ConstantTimeEq};
 
 /// Prefix of every token Canon issues, so leaked tokens are easy to find.
 pub const PREFIX: &str = "canon_";
@@ -55,9 +55,22 @@ pub fn hex(digest: &[u8; 32]) -> HexDigest {
     HexDigest(out)
 }
 
-/// Constant-time equality of two digests.
+/// Constant-time equality of two digests. Compared eight bytes at a time
+/// (`subtle` on `u64` words): its byte-slice comparison fences every byte
+/// on its own, which cost ~650 instructions of every request for a
+/// 64-digit digest.
 pub fn digests_match(a: &str, b: &str) -> bool {
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = a_words.remainder().ct_eq(b_words.remainder());
+    let words = a_words.zip(b_words).fold(Choice::from(1), |equal, (x, y)| {
+        let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or_default());
+        equal & word(x).ct_eq(&word(y))
+    });
+    bool::from(words & tail)
 }
 
 #[cfg(test)]
@@ -73,6 +86,17 @@ mod tests {
         assert_ne!(digest(&a), digest(&b));
         assert!(digests_match(&digest(&a), &digest(&a)));
         assert!(!digests_match(&digest(&a), &digest(&b)));
+        // Any one byte differing, in the words or in a tail shorter than one.
+        let hex = digest(&a);
+        for at in 0..hex.len() {
+            let mut other = hex.clone().into_bytes();
+            other[at] ^= 1;
+            assert!(!digests_match(&hex, std::str::from_utf8(&other).unwrap()), "{at}");
+        }
+        assert!(digests_match("abcdefghij", "abcdefghij"));
+        assert!(!digests_match("abcdefghij", "abcdefghik"));
+        assert!(!digests_match("abcdefghij", "abcdefghi"));
+        assert!(digests_match("", ""));
         // Lower-case hex, as every stored key's digest is written.
         assert_eq!(
             digest("abc"),
