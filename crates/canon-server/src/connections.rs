@@ -142,7 +142,7 @@ pub async fn serve_connections<S: ConnectionService>(
     // request, about 5 % of a record GET's instructions at 512
     // (docs/performance.md); more than 100 fields is answered by hyper (a
     // bare 431, docs/http.md). No hyper timer: the header section's clock is
-    // the connection's watch ([`watch`]), so hyper's own header-read timeout
+    // the connection's watch ([`watch_clocks`]), so hyper's own header-read timeout
     // (30 s by default, and only with a timer) is off.
     builder.header_read_timeout(None);
     tokio::pin!(shutdown);
@@ -309,7 +309,7 @@ impl<S: ConnectionService> Connection<S> {
                         Pin::new(&mut conn).graceful_shutdown();
                     }
                 }
-                expired = watch(&activity, clocks) => break Err(expired),
+                expired = watch_clocks(&activity, clocks) => break Err(expired),
             }
         };
         match ended {
@@ -431,7 +431,7 @@ async fn linger(mut stream: TcpStream) {
 
 /// Resolves when one of the connection's clocks runs out
 /// ([`Activity::expired`]), looking again when the nearest could.
-async fn watch(activity: &Activity, clocks: Clocks) -> Expired {
+async fn watch_clocks(activity: &Activity, clocks: Clocks) -> Expired {
     loop {
         match activity.expired(activity.now_ms(), clocks) {
             Ok(expired) => return expired,
