@@ -12,7 +12,7 @@
 use canon_http::Problem;
 use canon_http::access::Principal;
 use canon_http::body::{ChunkSource, StreamError, Streamed};
-use canon_http::flow::{BoxFuture, Existence, Found, Input, Representation, Resource, Success};
+use canon_http::flow::{BoxFuture, Existence, Found, Input, NO_STORE, Representation, Resource, Success};
 use canon_http::media::MediaType;
 use canon_http::validators::{EntityTag, Validators};
 use canon_store::{JOB_RESULT_RETENTION, Job, JobKind, JobStatus, Lookup, now_millis};
@@ -116,7 +116,7 @@ pub fn job_representation(job: &Job) -> Representation {
         rep.retry_after = Some(POLL_SECONDS);
     }
     // A job changes by itself: never served from a cache.
-    rep.cache_control = Some("no-store");
+    rep.cache_control = Some(NO_STORE);
     rep
 }
 
